@@ -1,0 +1,22 @@
+"""Where every command esxdr runs passes: local or over SSH.
+
+``Transport`` is the one choke point for side effects on storage hosts: it logs
+each command with secrets masked, times it, counts it (benchmarks read the
+counts) and turns failures into :class:`esxdr.errors.CommandFailed`. Callers
+that understand the command's stderr (the zfs adapter) refine those further.
+"""
+
+from esxdr.transport.base import CommandResult, Stats, Transport, mask, register_secret
+from esxdr.transport.local import LocalTransport
+from esxdr.transport.ssh import SshTransport, fingerprint_of
+
+__all__ = [
+    "CommandResult",
+    "LocalTransport",
+    "SshTransport",
+    "Stats",
+    "Transport",
+    "fingerprint_of",
+    "mask",
+    "register_secret",
+]
