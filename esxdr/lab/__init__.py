@@ -1,0 +1,378 @@
+"""The embedded lab: a production and a DR site on this machine's loopback.
+
+``Lab.up()`` starts (idempotently): zfs-fuse with a production pool and a DR
+pool on sparse file vdevs, LUN files on sp1/iscsi/lun0..N, an sshd on
+127.0.0.1 with the DR service account behind `esxdr serve`, one tgtd per site
+(production portal 127.0.0.1, DR portal 127.0.0.2) and, when it can be built,
+one esxsim per site. It writes a ready site file. ``Lab.down()`` leaves no
+process, pool, mount, account or file behind.
+
+Needs root on Debian 12; missing packages are installed with apt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from esxdr.errors import UsageError
+
+PACKAGES = {"zfs-fuse": "zfs", "tgt": "tgtd", "openssh-server": "sshd", "openssh-client": "ssh", "sudo": "sudo"}
+DEFAULT_DIR = "/var/lib/esxdr-lab"
+
+
+def ensure_packages(extra: dict[str, str] | None = None) -> None:
+    wanted = {**PACKAGES, **(extra or {})}
+    missing = [pkg for pkg, binary in wanted.items()
+               if not (shutil.which(binary) or Path("/usr/sbin", binary).exists())]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise UsageError(f"the lab needs these packages: {' '.join(missing)}", hint="run as root on Debian 12")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+    r = subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise UsageError(f"apt-get install {' '.join(missing)} failed: {r.stderr.strip()[-500:]}")
+
+
+def zfs_fuse_running() -> bool:
+    return subprocess.run(["zpool", "list", "-H"], capture_output=True).returncode == 0
+
+
+def ensure_zfs_fuse(timeout: float = 20.0) -> None:
+    if zfs_fuse_running():
+        return
+    Path("/var/run/zfs").mkdir(parents=True, exist_ok=True)
+    pidfile = Path("/var/run/zfs-fuse.pid")
+    if pidfile.exists():
+        pidfile.unlink()
+    subprocess.run(["zfs-fuse", "--pidfile", str(pidfile)], check=False, capture_output=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if zfs_fuse_running():
+            return
+        time.sleep(0.2)
+    raise UsageError("zfs-fuse did not start", hint="is /dev/fuse available? (modprobe fuse)")
+
+
+@dataclass
+class LabConfig:
+    dir: str = DEFAULT_DIR
+    prod_pool: str = "sp1"
+    dr_pool: str = "rp1"
+    luns: int = 3
+    lun_size: int = 64 << 20
+    pool_size: int = 2 << 30
+    account: str = "esxdr-dr"
+    group: str = "core"
+    with_tgt: bool = True
+    with_esxsim: bool = True
+
+
+@dataclass
+class Lab:
+    cfg: LabConfig = field(default_factory=LabConfig)
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.cfg.dir)
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "lab.json"
+
+    @property
+    def site_path(self) -> Path:
+        return self.dir / "site.yaml"
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, state: dict) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_path)
+
+    # -- up ----------------------------------------------------------------------
+    def up(self, say=lambda s: None) -> dict:
+        if os.geteuid() != 0:
+            raise UsageError("the lab must run as root (zfs-fuse, tgtd, useradd)")
+        ensure_packages()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        state = self.state()
+        ensure_zfs_fuse()
+        say("zfs-fuse running")
+        self._pools(state, say)
+        self._ssh(state, say)
+        if self.cfg.with_tgt:
+            self._tgtds(state, say)
+        if self.cfg.with_esxsim:
+            self._esxsim(state, say)
+        self._save(state)
+        self._write_site(state)
+        say(f"site file: {self.site_path}")
+        return self.status()
+
+    def _pools(self, state: dict, say) -> None:
+        vdevs = self.dir / "vdevs"
+        vdevs.mkdir(exist_ok=True)
+        mnt = self.dir / "mnt"
+        for pool in (self.cfg.prod_pool, self.cfg.dr_pool):
+            if subprocess.run(["zpool", "list", "-H", pool], capture_output=True).returncode == 0:
+                continue
+            img = vdevs / f"{pool}.img"
+            with open(img, "wb") as f:
+                f.truncate(self.cfg.pool_size)
+            run(["zpool", "create", "-f", "-m", str(mnt / pool), pool, str(img)])
+            say(f"pool {pool} on {img}")
+        root = f"{self.cfg.prod_pool}/iscsi"
+        if not _exists(root):
+            run(["zfs", "create", root])
+        for i in range(self.cfg.luns):
+            ds = f"{root}/lun{i}"
+            if not _exists(ds):
+                run(["zfs", "create", ds])
+            lun = mnt / self.cfg.prod_pool / "iscsi" / f"lun{i}" / "lun.img"
+            if not lun.exists():
+                with open(lun, "wb") as f:
+                    f.truncate(self.cfg.lun_size)
+                say(f"LUN file {lun} ({self.cfg.lun_size >> 20} MiB)")
+        state["pools"] = {"production": self.cfg.prod_pool, "dr": self.cfg.dr_pool,
+                          "vdevs": str(vdevs), "mountpoint_root": str(mnt)}
+        state["luns"] = [f"{root}/lun{i}" for i in range(self.cfg.luns)]
+
+    def _serve_install(self) -> str:
+        """A copy of esxdr the service account can read (the checkout may sit under /root)."""
+        lib = self.dir / "serve-lib"
+        src = Path(__file__).resolve().parents[1]
+        if lib.exists():
+            shutil.rmtree(lib)
+        (lib / "esxdr").mkdir(parents=True)
+        for name in ("__init__.py", "__main__.py", "serve.py"):
+            shutil.copy2(src / name, lib / "esxdr" / name)
+        launcher = self.dir / "bin" / "esxdr"
+        launcher.parent.mkdir(exist_ok=True)
+        launcher.write_text(f"#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, {str(lib)!r})\n"
+                            "from esxdr.__main__ import main\nmain()\n")
+        os.chmod(launcher, 0o755)
+        for p in [lib, *lib.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        return str(launcher)
+
+    def _ssh(self, state: dict, say) -> None:
+        from esxdr.lab import sshd as sshd_mod
+        from esxdr.lab.tgtd import free_port
+
+        account = self.cfg.account
+        home = self.dir / "home"
+        home.mkdir(exist_ok=True)
+        sshd_mod.ensure_account(account, str(home))
+        sudoers = f"/etc/sudoers.d/{account.replace('.', '_')}"
+        sshd_mod.write_sudoers(account, sudoers)
+        keys = self.dir / "keys"
+        keys.mkdir(exist_ok=True, mode=0o700)
+        pub = sshd_mod.keygen(str(keys / "id_ed25519"), f"esxdr@{self.cfg.prod_pool}")
+        launcher = self._serve_install()
+        ak_dir = self.dir / "authorized_keys"
+        ak_dir.mkdir(exist_ok=True)
+        os.chmod(ak_dir, 0o755)
+        log = self.dir / "serve.log"
+        log.touch()
+        os.chmod(log, 0o666)
+        line = (f'command="{launcher} serve --sudo --allow-prefix {self.cfg.dr_pool} --log {log}",restrict {pub}')
+        (ak_dir / account).write_text(line + "\n")
+        os.chmod(ak_dir / account, 0o644)
+        old = state.get("sshd")
+        if old and _alive(old["pid"]):
+            return
+        port = free_port("127.0.0.1")
+        s = sshd_mod.start(str(self.dir), "127.0.0.1", port, str(ak_dir))
+        state["sshd"] = {"pid": s.pid, "address": "127.0.0.1", "port": port, "account": account,
+                         "key": str(keys / "id_ed25519"), "host_key": sshd_mod.host_fingerprint(str(self.dir)),
+                         "authorized_line": line, "sudoers": sudoers}
+        say(f"sshd 127.0.0.1:{port} (account {account}, forced command esxdr serve)")
+
+    def _tgtds(self, state: dict, say) -> None:
+        from esxdr.lab import tgtd
+
+        state.setdefault("tgtd", {})
+        for site, addr in (("production", "127.0.0.1"), ("dr", "127.0.0.2")):
+            old = state["tgtd"].get(site)
+            if old and _alive(old["pid"]):
+                continue
+            port = tgtd.free_port(addr)
+            t = tgtd.start(tgtd.free_control_port(), addr, port, str(self.dir / f"tgtd-{site}.log"))
+            state["tgtd"][site] = {"pid": t.pid, "portal": t.portal, "control_port": t.control_port}
+            say(f"tgtd {site} portal {t.portal} (control port {t.control_port})")
+
+    def _esxsim(self, state: dict, say) -> None:
+        try:
+            from esxdr.lab import esxsim
+        except ImportError:
+            return
+        if not shutil.which("go"):
+            ensure_packages({"golang-go": "go"})
+        state.setdefault("esxsim", {})
+        from esxdr.lab.tgtd import free_port
+
+        for site, addr, host in (("production", "127.0.0.1", "esx-prod"), ("dr", "127.0.0.2", "esx-dr")):
+            old = state["esxsim"].get(site)
+            if old and _alive(old["pid"]):
+                continue
+            datadir = self.dir / f"esxsim-{host}"
+            datadir.mkdir(exist_ok=True)
+            p = esxsim.start(host, addr, free_port(addr), str(datadir),
+                             iqn=f"iqn.1998-01.com.vmware:{host}", password="esxsim",
+                             log_path=str(self.dir / f"esxsim-{host}.log"))
+            state["esxsim"][site] = {"pid": p.pid, "url": p.url, "username": p.username, "password": p.password,
+                                     "host": host, "thumbprint": getattr(p, "thumbprint", None)}
+            say(f"esxsim {host} at {p.url}")
+
+    def _write_site(self, state: dict) -> None:
+        s = state["sshd"]
+        c = self.cfg
+        lines = [
+            "# Written by `esxdr lab up`: the embedded lab's site.",
+            "version: 1",
+            "name: esxdr-lab",
+            f"state_dir: {self.dir / 'state'}",
+            "storage:",
+            "  ss1:",
+            "    role: production",
+            "    local: true",
+            "    zfs: auto",
+        ]
+        t = state.get("tgtd", {})
+        if "production" in t:
+            lines += ["    target:", "      stack: tgt", f"      portal: {t['production']['portal']}",
+                      f"      control_port: {t['production']['control_port']}"]
+        lines += [
+            "  ss2:",
+            "    role: dr",
+            f"    address: {s['address']}",
+            f"    port: {s['port']}",
+            f"    user: {s['account']}",
+            f"    key: {s['key']}",
+            f"    host_key: {s['host_key']}",
+            "    zfs: auto",
+            f"    serve_prefix: {c.dr_pool}",
+        ]
+        if "dr" in t:
+            lines += ["    target:", "      stack: tgt", f"      portal: {t['dr']['portal']}",
+                      f"      control_port: {t['dr']['control_port']}"]
+        lines += [
+            "protection_groups:",
+            f"  {c.group}:",
+            "    source: ss1",
+            "    destination: ss2",
+            f"    source_root: {c.prod_pool}/iscsi",
+            f"    dr_root: {c.dr_pool}/iscsi",
+            "    datasets: [" + ", ".join(f"lun{i}" for i in range(c.luns)) + "]",
+            "    retention:",
+            "      source: {hourly: 48, daily: 30, weekly: 12, monthly: 12}",
+            "      destination: {hourly: 48, daily: 30, weekly: 12, monthly: 12}",
+            "    schedule: {every: 1h}",
+            "    rpo: 2h",
+        ]
+        self.site_path.write_text("\n".join(lines) + "\n")
+
+    # -- status / down ---------------------------------------------------------------
+    def status(self) -> dict:
+        state = self.state()
+        out: dict = {"dir": str(self.dir), "site": str(self.site_path) if self.site_path.exists() else None,
+                     "zfs_fuse": zfs_fuse_running(), "components": []}
+        if state.get("pools"):
+            for role in ("production", "dr"):
+                name = state["pools"][role]
+                ok = subprocess.run(["zpool", "list", "-H", name], capture_output=True).returncode == 0
+                out["components"].append({"kind": "pool", "role": role, "name": name, "up": ok})
+        if state.get("sshd"):
+            s = state["sshd"]
+            out["components"].append({"kind": "sshd", "address": f"{s['address']}:{s['port']}", "account": s["account"],
+                                      "host_key": s["host_key"], "up": _alive(s["pid"])})
+        for role, t in state.get("tgtd", {}).items():
+            out["components"].append({"kind": "tgtd", "role": role, "portal": t["portal"],
+                                      "control_port": t["control_port"], "up": _alive(t["pid"])})
+        for role, e in state.get("esxsim", {}).items():
+            out["components"].append({"kind": "esxsim", "role": role, "host": e["host"], "url": e["url"],
+                                      "username": e["username"], "password": e["password"], "up": _alive(e["pid"])})
+        return out
+
+    def down(self, say=lambda s: None) -> None:
+        state = self.state()
+        for _role, e in state.get("esxsim", {}).items():
+            _kill(e["pid"])
+        for role, t in state.get("tgtd", {}).items():
+            from esxdr.lab.tgtd import Tgtd
+
+            Tgtd(control_port=t["control_port"], portal=t["portal"], pid=t["pid"], log_path="").stop()
+            say(f"tgtd {role} stopped")
+        if state.get("sshd"):
+            _kill(state["sshd"]["pid"])
+            from esxdr.lab.sshd import remove_account
+
+            remove_account(state["sshd"]["account"])
+            Path(state["sshd"].get("sudoers", "/nonexistent")).unlink(missing_ok=True)
+            say("sshd stopped, account removed")
+        pools = state.get("pools") or {"production": self.cfg.prod_pool, "dr": self.cfg.dr_pool}
+        if zfs_fuse_running():
+            for role in ("dr", "production"):
+                name = pools[role]
+                if subprocess.run(["zpool", "list", "-H", name], capture_output=True).returncode == 0:
+                    _destroy_pool(name)
+                    say(f"pool {name} destroyed")
+        if self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _destroy_pool(name: str) -> None:
+    # zfs-fuse may report a just-used dataset as busy for a moment: retry.
+    for _ in range(20):
+        if subprocess.run(["zpool", "destroy", "-f", name], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"could not destroy pool {name}")
+
+
+def _exists(ds: str) -> bool:
+    return subprocess.run(["zfs", "list", "-H", "-o", "name", ds], capture_output=True).returncode == 0
+
+
+def _alive(pid: int) -> bool:
+    from esxdr.lab.tgtd import _pid_running
+
+    return _pid_running(pid)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 15)
+    except OSError:
+        return
+    for _ in range(100):
+        if not _alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, 9)
+    except OSError:
+        pass
+
+
+def run(argv: list[str]) -> str:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr)
+        raise UsageError(f"lab: `{' '.join(argv)}` failed: {r.stderr.strip()}")
+    return r.stdout

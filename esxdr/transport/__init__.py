@@ -14,9 +14,20 @@ __all__ = [
     "CommandResult",
     "LocalTransport",
     "SshTransport",
+    "for_server",
     "Stats",
     "Transport",
     "fingerprint_of",
     "mask",
     "register_secret",
 ]
+
+
+def for_server(server) -> Transport:  # server: esxdr.site.model.StorageServer
+    """The transport for a storage server of the site file."""
+    if server.local:
+        return LocalTransport(server.name)
+    return SshTransport(
+        server.name, server.address, port=server.port, user=server.user, key_file=server.key,
+        host_key=server.host_key, known_hosts=server.known_hosts,
+    )

@@ -33,8 +33,24 @@ def mask(text: str) -> str:
     return text
 
 
+def stages(argv: list[str]) -> list[list[str]]:
+    """Split an argv on literal '|' elements into pipeline stages."""
+    out: list[list[str]] = [[]]
+    for a in argv:
+        if a == "|":
+            out.append([])
+        else:
+            out[-1].append(a)
+    return out
+
+
+def shell_join(argv: list[str]) -> str:
+    """A command line for a POSIX shell (or `esxdr serve`), with '|' elements left as pipes."""
+    return " | ".join(shlex.join(s) for s in stages(argv))
+
+
 def display(argv: list[str]) -> str:
-    return mask(shlex.join(argv))
+    return mask(shell_join(argv))
 
 
 @dataclass

@@ -6,7 +6,7 @@ import subprocess
 import time
 
 from esxdr.errors import CommandFailed, TransientError
-from esxdr.transport.base import CommandResult, Stats, display, finish
+from esxdr.transport.base import CommandResult, Stats, display, finish, shell_join
 
 
 class LocalTransport:
@@ -31,6 +31,8 @@ class LocalTransport:
 
     def spawn_stream(self, argv: list[str], *, stdin: int | None, stdout: int | None) -> subprocess.Popen:
         self.stats.record(argv, 0.0)
+        if "|" in argv:
+            argv = ["sh", "-c", shell_join(argv)]
         return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
 
     def close(self) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,7 +21,7 @@ from pathlib import Path
 import paramiko
 
 from esxdr.errors import HostKeyError, TransientError, UsageError
-from esxdr.transport.base import CommandResult, Stats, display, finish
+from esxdr.transport.base import CommandResult, Stats, display, finish, shell_join
 
 
 def fingerprint_of(key: paramiko.PKey) -> str:
@@ -129,7 +127,7 @@ class SshTransport:
             check: bool = True) -> CommandResult:
         client = self._get()
         started = time.monotonic()
-        command = shlex.join(argv)
+        command = shell_join(argv)
         try:
             stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
             if input is not None:
@@ -138,7 +136,7 @@ class SshTransport:
             out = stdout.read().decode(errors="replace")
             err = stderr.read().decode(errors="replace")
             rc = stdout.channel.recv_exit_status()
-        except (socket.timeout, TimeoutError) as e:
+        except TimeoutError as e:
             raise TransientError(f"{self.name}: `{display(argv)}` timed out after {timeout}s") from e
         except (paramiko.SSHException, OSError, EOFError) as e:
             with self._lock:
@@ -170,7 +168,7 @@ class SshTransport:
             "-o", "ServerAliveCountMax=3", "-o", "Compression=no", "-o", "LogLevel=ERROR",
             *self.ssh_options,
             "-i", self.key_file, "-p", str(self.port), f"{self.user}@{self.address}",
-            "--", shlex.join(argv),
+            "--", shell_join(argv),
         ]
 
     def spawn_stream(self, argv: list[str], *, stdin: int | None, stdout: int | None) -> subprocess.Popen:
@@ -202,7 +200,7 @@ class _ChannelProcess:
         transport = client.get_transport()
         assert transport is not None
         self.channel = transport.open_session(window_size=128 << 20, max_packet_size=1 << 15)
-        self.channel.exec_command(shlex.join(argv))
+        self.channel.exec_command(shell_join(argv))
         self.args = argv
         self.stdin = None
         self.stdout = None

@@ -1,0 +1,163 @@
+"""esxdr replicate / snapshots / prune."""
+
+from __future__ import annotations
+
+import click
+
+from esxdr.cli.main import Context, json_option, pass_ctx, site_option
+from esxdr.errors import UsageError
+
+
+def _groups(ctx: Context, group: str | None) -> list[str]:
+    site = ctx.site()
+    if group:
+        if group not in site.protection_groups:
+            raise UsageError(f"no protection group {group!r} in {site.path}",
+                             hint=f"known groups: {', '.join(sorted(site.protection_groups)) or 'none'}")
+        return [group]
+    if not site.protection_groups:
+        raise UsageError(f"{site.path} defines no protection_groups")
+    return sorted(site.protection_groups)
+
+
+@click.command(epilog="""\b
+Examples:
+  esxdr replicate core --dry-run      show the snapshot and every stream it would send
+  esxdr replicate core                snapshot, send, hold, prune
+  esxdr replicate --no-snapshot       only send snapshots that already exist
+  esxdr replicate core --rollback-dr  accept losing DR-side changes after a conflict
+""")
+@click.argument("group", required=False)
+@click.option("--dry-run", is_flag=True, help="Describe the plan; change nothing.")
+@click.option("--rollback-dr", is_flag=True,
+              help="Allow destroying DR-side changes or DR-only snapshots to resolve a conflict.")
+@click.option("--no-snapshot", is_flag=True, help="Do not take a new snapshot; send what exists.")
+@click.option("--no-prune", is_flag=True, help="Skip retention after replicating.")
+@json_option
+@site_option
+@pass_ctx
+def replicate(ctx: Context, group: str | None, dry_run: bool, rollback_dr: bool, no_snapshot: bool,
+              no_prune: bool) -> None:
+    """Snapshot a protection group atomically and send it to the DR side.
+
+    The stream path is chosen per dataset by snapshot guid: a full stream for a
+    new dataset, an incremental from the newest common snapshot otherwise. A DR
+    dataset that was modified, diverged or is unrelated stops the run with exit
+    code 3 and the evidence; nothing is overwritten without --rollback-dr.
+    """
+    from esxdr.replication import Engine, Options, summary_text
+
+    results = []
+    for name in _groups(ctx, group):
+        opts = Options(dry_run=dry_run, rollback_dr=rollback_dr, take_snapshot=not no_snapshot,
+                       prune=not no_prune, progress=ctx.verbosity >= 0 and not ctx.json, say=ctx.info)
+        results.append(Engine(ctx.site(), name, opts).run())
+    ctx.emit([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(),
+             "\n".join(summary_text(r) for r in results))
+
+
+@click.command(epilog="""\b
+Examples:
+  esxdr snapshots core
+  esxdr snapshots --json
+""")
+@click.argument("group", required=False)
+@json_option
+@site_option
+@pass_ctx
+def snapshots(ctx: Context, group: str | None) -> None:
+    """List each dataset's snapshots on both sides, marking the common one."""
+    from esxdr.plan.replication import common_snapshot
+    from esxdr.replication import open_side
+
+    site = ctx.site()
+    data = []
+    lines = []
+    for name in _groups(ctx, group):
+        g = site.protection_groups[name]
+        src, dst = open_side(site, g.source), open_side(site, g.destination)
+        try:
+            s_obs, d_obs = src.zfs.observe([g.source_root]), dst.zfs.observe([g.dr_root])
+        finally:
+            src.transport.close()
+            dst.transport.close()
+        for ds in g.datasets:
+            s, d = s_obs.get(ds), d_obs.get(g.dr_dataset(ds))
+            pair = common_snapshot(s, d) if s and d else None
+            entry = {
+                "group": name, "source": ds, "dest": g.dr_dataset(ds),
+                "source_snapshots": [x.name for x in s.snapshots] if s else None,
+                "dr_snapshots": [x.name for x in d.snapshots] if d else None,
+                "common": pair[0].name if pair else None,
+            }
+            data.append(entry)
+            lines.append(f"{ds} → {g.dr_dataset(ds)}")
+            names = sorted({*(entry["source_snapshots"] or []), *(entry["dr_snapshots"] or [])},
+                           key=lambda n: next((x.createtxg for x in (s.snapshots if s else []) if x.name == n),
+                                              next((x.createtxg for x in (d.snapshots if d else [])
+                                                    if x.name == n), 0)))
+            for n in names:
+                on_s = "S" if n in (entry["source_snapshots"] or []) else "-"
+                on_d = "D" if n in (entry["dr_snapshots"] or []) else "-"
+                mark = "  ← common" if n == entry["common"] else ""
+                lines.append(f"  {on_s}{on_d} @{n}{mark}")
+    ctx.emit(data, "\n".join(lines))
+
+
+@click.command(epilog="""\b
+Examples:
+  esxdr prune --dry-run     every snapshot with keep/destroy and the reason
+  esxdr prune core
+""")
+@click.argument("group", required=False)
+@click.option("--dry-run", is_flag=True, help="Show the decisions; destroy nothing.")
+@json_option
+@site_option
+@pass_ctx
+def prune(ctx: Context, group: str | None, dry_run: bool) -> None:
+    """Apply the retention rules of each side (only esxdr's snapshots, never the common one)."""
+    from esxdr.lock import GroupLock
+    from esxdr.plan.replication import common_snapshot
+    from esxdr.replication import open_side, prune_decisions
+
+    site = ctx.site()
+    data = []
+    lines = []
+    for name in _groups(ctx, group):
+        g = site.protection_groups[name]
+        lock = GroupLock(site.state_dir, name)
+        if not dry_run:
+            lock.__enter__()
+        try:
+            src, dst = open_side(site, g.source), open_side(site, g.destination)
+            s_obs, d_obs = src.zfs.observe([g.source_root]), dst.zfs.observe([g.dr_root])
+            for side, obs, other, rules, to_other in (
+                (src, s_obs, d_obs, g.retention.source, g.dr_dataset),
+                (dst, d_obs, s_obs, g.retention.destination, g.source_dataset),
+            ):
+                doomed = []
+                for dsname, ds in sorted(obs.items()):
+                    try:
+                        partner = other.get(to_other(dsname))
+                    except (ValueError, KeyError):
+                        partner = None
+                    pair = common_snapshot(ds, partner) if partner else None
+                    protected = frozenset({pair[0].guid}) if pair else frozenset(s.guid for s in ds.snapshots) \
+                        if dsname in g.datasets else frozenset()
+                    for dec in prune_decisions(ds, rules, name, protected, g.retention.prune_foreign,
+                                               g.schedule.timezone):
+                        data.append({"group": name, "side": side.name, **dec.to_dict()})
+                        if not dec.keep:
+                            doomed.append(dec.snapshot.full_name)
+                        if ctx.verbosity > 0 or not dec.keep:
+                            lines.append(f"{side.name}: {'keep   ' if dec.keep else 'destroy'} "
+                                         f"{dec.snapshot.full_name}  ({'; '.join(dec.reasons)})")
+                if doomed and not dry_run:
+                    side.zfs.destroy_snapshots(doomed)
+                lines.append(f"{side.name}: {len(doomed)} snapshot(s) {'to prune' if dry_run else 'pruned'}")
+            src.transport.close()
+            dst.transport.close()
+        finally:
+            if not dry_run:
+                lock.__exit__(None, None, None)
+    ctx.emit(data, "\n".join(lines))

@@ -1,0 +1,17 @@
+"""esxdr serve: documented here for --help; the real entry is the fast path in esxdr/__main__.py."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, epilog="""\b
+Example authorized_keys line on the DR box (print yours with `esxdr keys authorized-line`):
+  command="esxdr serve --allow-prefix rp1/iscsi",restrict ssh-ed25519 AAAA... esxdr@ss1
+""")
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Forced command of the DR service account: allow only esxdr's zfs operations under a prefix."""
+    from esxdr.serve import main
+
+    raise SystemExit(main(ctx.args))

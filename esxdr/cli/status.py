@@ -1,0 +1,164 @@
+"""esxdr status (RPO per group, Prometheus textfile) and esxdr noise (change rate per dataset)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+
+from esxdr.cli.main import Context, json_option, pass_ctx, site_option
+from esxdr.cli.replicate import _groups
+from esxdr.errors import StaleStateError
+from esxdr.plan.replication import human_bytes
+from esxdr.plan.retention import esxdr_prefix
+from esxdr.progress import human_duration
+
+
+def group_status(site, name: str, now: float) -> dict:
+    """RPO of a group = age of the oldest among each DR dataset's newest esxdr snapshot."""
+    from esxdr.replication import open_side
+
+    g = site.protection_groups[name]
+    dst = open_side(site, g.destination)
+    try:
+        obs = dst.zfs.observe([g.dr_root])
+    finally:
+        dst.transport.close()
+    per_ds = {}
+    for ds in g.datasets:
+        d = obs.get(g.dr_dataset(ds))
+        snaps = [s for s in (d.snapshots if d else []) if s.name.startswith(esxdr_prefix(name))]
+        per_ds[g.dr_dataset(ds)] = snaps[-1] if snaps else None
+    newest = [s for s in per_ds.values() if s is not None]
+    complete = len(newest) == len(per_ds)
+    worst = min(newest, key=lambda s: s.creation) if complete and newest else None
+    rpo = (now - worst.creation) if worst else None
+    last = {}
+    p = Path(site.state_dir) / "runs" / f"{name}.last.json"
+    if p.exists():
+        try:
+            last = json.loads(p.read_text())
+        except ValueError:
+            last = {}
+    return {
+        "group": name,
+        "last_snapshot": worst.name if worst else None,
+        "rpo_seconds": round(rpo, 1) if rpo is not None else None,
+        "rpo_target_seconds": g.rpo_seconds,
+        "ok": rpo is not None and rpo <= g.rpo_seconds,
+        "datasets": {k: (v.name if v else None) for k, v in per_ds.items()},
+        "last_run": {"bytes": last.get("bytes"), "seconds": last.get("seconds"), "finished": last.get("finished")},
+    }
+
+
+def prometheus_text(rows: list[dict], now: float) -> str:
+    out = [
+        "# HELP esxdr_rpo_seconds Age of the newest snapshot replicated to DR for every dataset of the group.",
+        "# TYPE esxdr_rpo_seconds gauge",
+    ]
+    for r in rows:
+        out.append(f'esxdr_rpo_seconds{{group="{r["group"]}"}} {r["rpo_seconds"] if r["rpo_seconds"] is not None else "NaN"}')
+    out += ["# HELP esxdr_rpo_target_seconds The configured RPO.", "# TYPE esxdr_rpo_target_seconds gauge"]
+    out += [f'esxdr_rpo_target_seconds{{group="{r["group"]}"}} {r["rpo_target_seconds"]}' for r in rows]
+    out += ["# HELP esxdr_rpo_ok 1 when the RPO is within target.", "# TYPE esxdr_rpo_ok gauge"]
+    out += [f'esxdr_rpo_ok{{group="{r["group"]}"}} {1 if r["ok"] else 0}' for r in rows]
+    out += ["# HELP esxdr_last_run_bytes Bytes sent by the last replication run.",
+            "# TYPE esxdr_last_run_bytes gauge"]
+    out += [f'esxdr_last_run_bytes{{group="{r["group"]}"}} {r["last_run"]["bytes"] or 0}' for r in rows]
+    out += ["# HELP esxdr_status_timestamp_seconds When this file was written.",
+            "# TYPE esxdr_status_timestamp_seconds gauge", f"esxdr_status_timestamp_seconds {now:.0f}"]
+    return "\n".join(out) + "\n"
+
+
+@click.command(epilog="""\b
+Examples:
+  esxdr status
+  esxdr status core --json
+  esxdr status --prometheus /var/lib/prometheus/node-exporter/esxdr.prom
+Exit code 5 when any group's RPO is older than its `rpo` setting.
+""")
+@click.argument("group", required=False)
+@click.option("--prometheus", "prom_file", metavar="FILE", help="Also write a node_exporter textfile.")
+@json_option
+@site_option
+@pass_ctx
+def status(ctx: Context, group: str | None, prom_file: str | None) -> None:
+    """Per group: the last replicated snapshot, its age (the current RPO) and the last run."""
+    site = ctx.site()
+    now = time.time()
+    rows = [group_status(site, n, now) for n in _groups(ctx, group)]
+    if prom_file:
+        tmp = f"{prom_file}.tmp"
+        Path(tmp).write_text(prometheus_text(rows, now))
+        os.replace(tmp, prom_file)
+
+    def text() -> str:
+        lines = []
+        for r in rows:
+            rpo = human_duration(r["rpo_seconds"]) if r["rpo_seconds"] is not None else "never replicated"
+            flag = "ok" if r["ok"] else f"STALE (target {human_duration(r['rpo_target_seconds'])})"
+            lr = r["last_run"]
+            last = f", last run {human_bytes(lr['bytes'])} in {lr['seconds']}s" if lr.get("bytes") is not None else ""
+            lines.append(f"{r['group']}: RPO {rpo} {flag} — @{r['last_snapshot'] or '-'}{last}")
+        return "\n".join(lines)
+
+    ctx.emit(rows if group is None else rows[0], text)
+    stale = [r["group"] for r in rows if not r["ok"]]
+    if stale:
+        raise StaleStateError(f"RPO exceeded for {', '.join(stale)}",
+                              hint="check the schedule and the last run (esxdr replicate GROUP -v)")
+
+
+def change_rate(snapshots, has_written: bool) -> tuple[float, str]:
+    """Bytes per day between the oldest and newest snapshot, and how it was measured."""
+    if len(snapshots) < 2:
+        return 0.0, "fewer than two snapshots"
+    span_days = max((snapshots[-1].creation - snapshots[0].creation) / 86400, 1 / 24)
+    later = snapshots[1:]
+    if has_written and all(s.written is not None for s in later):
+        return sum(s.written for s in later) / span_days, "written"
+    # Pool-v23 zfs has no `written`; a snapshot's `used` counts only blocks unique to it,
+    # so this is a lower bound.
+    return sum((s.used or 0) for s in later) / span_days, "used (lower bound)"
+
+
+@click.command(epilog="""\b
+Examples:
+  esxdr noise
+  esxdr noise core --threshold 512M --json
+""")
+@click.argument("group", required=False)
+@click.option("--threshold", default="1G", show_default=True, help="Flag datasets changing more per day.")
+@json_option
+@site_option
+@pass_ctx
+def noise(ctx: Context, group: str | None, threshold: str) -> None:
+    """Change rate per dataset per day: candidates to move swap/temp data off replicated LUNs."""
+    from esxdr.errors import UsageError
+    from esxdr.replication import open_side
+    from esxdr.site.values import parse_size
+
+    try:
+        limit = parse_size(threshold)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--threshold {threshold!r}: {e}", hint="use a size like 512M or 1G") from e
+    site = ctx.site()
+    rows = []
+    for name in _groups(ctx, group):
+        g = site.protection_groups[name]
+        src = open_side(site, g.source)
+        try:
+            obs = src.zfs.observe([g.source_root])
+        finally:
+            src.transport.close()
+        for ds in g.datasets:
+            d = obs.get(ds)
+            rate, how = change_rate(d.snapshots if d else [], src.caps.written)
+            rows.append({"group": name, "dataset": ds, "bytes_per_day": int(rate), "measured_by": how,
+                         "noisy": rate > limit})
+    ctx.emit(rows, lambda: "\n".join(
+        f"{r['dataset']:<32} {human_bytes(r['bytes_per_day']):>10}/day  {'NOISY' if r['noisy'] else 'ok':<5} "
+        f"({r['measured_by']})" for r in rows))

@@ -1,0 +1,446 @@
+"""The replication engine: snapshot, plan, stream, hold, prune — for one protection group.
+
+Control flow (docs/architecture.md draws it): lock → observe both sides (one
+``zfs get`` each) → atomic snapshot → plan per dataset (pure) → streams in
+parallel with retries for transient failures → holds moved to the new common
+snapshot → prune by retention → run record. Dry-run walks the same plan and
+only describes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from esxdr.errors import EsxdrError, ReplicationConflict, TransientError, UsageError
+from esxdr.lock import GroupLock
+from esxdr.model import Capabilities, Dataset, Snapshot
+from esxdr.plan.replication import (
+    Action,
+    Resume,
+    RollbackDr,
+    SendFull,
+    SendIncremental,
+    UpToDate,
+    human_bytes,
+    plan_dataset,
+)
+from esxdr.plan.retention import Decision, decide, esxdr_prefix
+from esxdr.progress import Progress
+from esxdr.transport import for_server
+from esxdr.transport.base import Transport
+from esxdr.zfs import Zfs
+from esxdr.zfs.capabilities import detect
+from esxdr.zfs.stream import run_stream
+
+
+def snapshot_name(group: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"{esxdr_prefix(group)}{now.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def hold_tag(group: str) -> str:
+    return f"esxdr_{group}"
+
+
+@dataclass
+class Side:
+    name: str
+    transport: Transport
+    zfs: Zfs
+    caps: Capabilities
+    local: bool
+    address: str | None = None
+
+
+def open_side(site, server_name: str) -> Side:
+    server = site.storage[server_name]
+    transport = for_server(server)
+    zfs_cmd = tuple(server.zfs_command) if server.local else ("zfs",)
+    caps = detect(transport, zfs_cmd, server.zfs, os.path.join(site.state_dir, "hosts"))
+    return Side(name=server_name, transport=transport, zfs=Zfs(transport, caps, zfs_cmd), caps=caps,
+                local=server.local, address=server.address)
+
+
+@dataclass
+class DatasetResult:
+    source: str
+    dest: str
+    actions: list[Action]
+    bytes: int = 0
+    seconds: float = 0.0
+    retries: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"source": self.source, "dest": self.dest, "actions": [a.to_dict() for a in self.actions],
+                "bytes": self.bytes, "seconds": round(self.seconds, 3), "retries": self.retries,
+                "error": self.error}
+
+
+@dataclass
+class GroupResult:
+    group: str
+    snapshot: str | None
+    dry_run: bool
+    datasets: list[DatasetResult] = field(default_factory=list)
+    pruned: dict[str, list[str]] = field(default_factory=dict)  # side -> snapshots destroyed (or to destroy)
+    seconds: float = 0.0
+    compression: str | None = None
+    remote_commands: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.bytes for d in self.datasets)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"group": self.group, "snapshot": self.snapshot, "dry_run": self.dry_run,
+                "bytes": self.bytes, "seconds": round(self.seconds, 3), "compression": self.compression,
+                "datasets": [d.to_dict() for d in self.datasets], "pruned": self.pruned,
+                "commands": self.remote_commands}
+
+
+@dataclass
+class Options:
+    dry_run: bool = False
+    rollback_dr: bool = False
+    take_snapshot: bool = True
+    prune: bool = True
+    progress: bool = True
+    retries: int = 3
+    backoff: float = 1.0
+    say: Callable[[str], None] = lambda s: None
+    now: datetime | None = None
+
+
+def _pick_compression(group, src: Side, dst: Side) -> str | None:
+    mode = group.compression
+    if mode == "none":
+        return None
+    common = [c for c in ("zstd", "lz4") if c in src.caps.compressors and c in dst.caps.compressors]
+    if mode in ("zstd", "lz4"):
+        if mode not in common:
+            raise UsageError(f"compression {mode} requested but not available on both {src.name} and {dst.name}",
+                             hint=f"install {mode} on both hosts or set compression: auto")
+        return mode
+    # auto: compress only when the stream really crosses a network.
+    loopback = dst.local or (dst.address or "").startswith("127.") or dst.address in ("localhost", "::1")
+    return None if loopback or not common else common[0]
+
+
+def _group_datasets(group, observed: dict[str, Dataset]) -> list[str]:
+    return [d for d in group.datasets if d in observed]
+
+
+def take_snapshot(group, src: Side, observed: dict[str, Dataset], name: str) -> None:
+    """One atomic snapshot of all the group's datasets."""
+    children = {n for n in observed if n == group.source_root or n.startswith(group.source_root + "/")}
+    wanted = set(group.datasets)
+    if children - {group.source_root} <= wanted:
+        src.zfs.snapshot([], recursive_root=f"{group.source_root}@{name}")
+    elif src.caps.multi_snapshot:
+        src.zfs.snapshot([f"{d}@{name}" for d in group.datasets])
+    else:
+        # Pool-v23 zfs snapshots one name per call; -r on the root is the only atomic form,
+        # so take it and drop the snapshots of datasets outside the group.
+        src.zfs.snapshot([], recursive_root=f"{group.source_root}@{name}")
+        extra = sorted(children - wanted - {group.source_root})
+        if extra:
+            src.zfs.destroy_snapshots([f"{d}@{name}" for d in extra])
+
+
+def _with_new_snapshot(ds: Dataset, name: str, when: int) -> Dataset:
+    snap = Snapshot(dataset=ds.name, name=name, guid=-1, createtxg=(ds.snapshots[-1].createtxg + 1
+                                                                     if ds.snapshots else 1 << 62),
+                    creation=when, referenced=ds.referenced)
+    return Dataset(**{**ds.__dict__, "snapshots": [*ds.snapshots, snap]})
+
+
+def plan_group(group, src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset], *,
+               rollback_dr: bool) -> tuple[list[tuple[str, str, list[Action]]], list[ReplicationConflict]]:
+    plans = []
+    conflicts = []
+    for ds in group.datasets:
+        source = src_obs.get(ds)
+        if source is None:
+            raise UsageError(f"protection group {group.name}: source dataset {ds} does not exist",
+                             hint="fix protection_groups in the site file (esxdr site validate)")
+        dest_name = group.dr_dataset(ds)
+        try:
+            actions = plan_dataset(source, dst_obs.get(dest_name), dest_name,
+                                   intermediate=group.incremental == "intermediate", allow_rollback_dr=rollback_dr)
+        except ReplicationConflict as c:
+            conflicts.append(c)
+            continue
+        plans.append((ds, dest_name, actions))
+    return plans, conflicts
+
+
+class Engine:
+    def __init__(self, site, group_name: str, opts: Options):
+        if group_name not in site.protection_groups:
+            known = ", ".join(sorted(site.protection_groups)) or "none"
+            raise UsageError(f"no protection group {group_name!r} in {site.path}", hint=f"known groups: {known}")
+        self.site = site
+        self.group = site.protection_groups[group_name]
+        self.opts = opts
+        self.src: Side | None = None
+        self.dst: Side | None = None
+
+    def close(self) -> None:
+        for s in (self.src, self.dst):
+            if s:
+                s.transport.close()
+
+    def run(self) -> GroupResult:
+        started = time.monotonic()
+        try:
+            if self.opts.dry_run:
+                result = self._run()
+            else:
+                with GroupLock(self.site.state_dir, self.group.name):
+                    result = self._run()
+        finally:
+            self.close()
+        result.seconds = time.monotonic() - started
+        if self.src and self.dst:
+            result.remote_commands = {self.src.name: self.src.transport.stats.commands,
+                                      self.dst.name: self.dst.transport.stats.commands}
+        if not self.opts.dry_run:
+            record_run(self.site.state_dir, result)
+        return result
+
+    def _run(self) -> GroupResult:
+        g, opts = self.group, self.opts
+        self.src = src = open_side(self.site, g.source)
+        self.dst = dst = open_side(self.site, g.destination)
+        src_obs = src.zfs.observe([g.source_root])
+        dst_obs = dst.zfs.observe([g.dr_root])
+        result = GroupResult(group=g.name, snapshot=None, dry_run=opts.dry_run)
+        result.compression = _pick_compression(g, src, dst)
+        now = opts.now or datetime.now(UTC)
+        if opts.take_snapshot:
+            name = snapshot_name(g.name, now)
+            result.snapshot = name
+            opts.say(f"{g.name}: snapshot {g.source_root}@{name} ({len(g.datasets)} datasets, atomic)")
+            if not opts.dry_run:
+                take_snapshot(g, src, src_obs, name)
+            for ds in g.datasets:
+                if ds in src_obs:
+                    src_obs[ds] = _with_new_snapshot(src_obs[ds], name, int(now.timestamp()))
+        plans, conflicts = plan_group(g, src_obs, dst_obs, rollback_dr=opts.rollback_dr)
+        if conflicts:
+            raise _combine(conflicts)
+        if not plans or all(isinstance(a, UpToDate) for _, _, acts in plans for a in acts):
+            newest = plans[0][2][0].snapshot.name if plans and plans[0][2] else None  # type: ignore[attr-defined]
+            result.snapshot = result.snapshot or newest
+        if g.dr_root not in dst_obs and any(not isinstance(a, UpToDate) for _, _, acts in plans for a in acts):
+            opts.say(f"{g.name}: create {g.dr_root} on {dst.name}")
+            if not opts.dry_run:
+                dst.zfs.create(g.dr_root)
+        for source, dest, actions in plans:
+            for a in actions:
+                opts.say(f"{g.name}: {a.describe()}")
+            result.datasets.append(DatasetResult(source=source, dest=dest, actions=actions))
+        if opts.dry_run:
+            if opts.prune:
+                result.pruned = self._prune(src_obs, dst_obs, dry_run=True, plans=plans)
+            return result
+        work = [r for r in result.datasets if any(not isinstance(a, UpToDate) for a in r.actions)]
+        if work:
+            with ThreadPoolExecutor(max_workers=max(1, g.parallel)) as pool:
+                futures = [pool.submit(self._replicate_one, r, src_obs[r.source], result.compression) for r in work]
+                errors = []
+                for f in futures:
+                    try:
+                        f.result()
+                    except EsxdrError as e:
+                        errors.append(e)
+            if errors:
+                raise errors[0] if len(errors) == 1 or not all(isinstance(e, ReplicationConflict) for e in errors) \
+                    else _combine(errors)  # type: ignore[arg-type]
+            self._move_holds(work, src_obs, dst_obs)
+        if opts.prune:
+            if work:
+                src_obs = src.zfs.observe([g.source_root])
+                dst_obs = dst.zfs.observe([g.dr_root])
+            result.pruned = self._prune(src_obs, dst_obs, dry_run=False, plans=plans)
+        return result
+
+    # -- one dataset -----------------------------------------------------------
+    def _replicate_one(self, r: DatasetResult, source: Dataset, compression: str | None) -> None:
+        assert self.src and self.dst
+        attempt = 0
+        actions = list(r.actions)
+        started = time.monotonic()
+        while actions:
+            action = actions[0]
+            try:
+                r.bytes += self._apply(action, r, compression)
+                actions.pop(0)
+            except TransientError as e:
+                attempt += 1
+                r.retries = attempt
+                if attempt > self.opts.retries:
+                    r.error = e.message
+                    raise
+                delay = self.opts.backoff * (2 ** (attempt - 1)) * (1 + random.random() * 0.2)
+                self.opts.say(f"{r.dest}: {e.message} — retry {attempt}/{self.opts.retries} in {delay:.1f}s")
+                time.sleep(delay)
+                # Re-observe this dataset: a resumable receive may have left a token, or the
+                # stream may have completed before the cut was noticed.
+                dest_now = self.dst.zfs.observe([r.dest]).get(r.dest)
+                actions = plan_dataset(source, dest_now, r.dest, intermediate=self.group.incremental == "intermediate",
+                                       allow_rollback_dr=self.opts.rollback_dr)
+                actions = [a for a in actions if not isinstance(a, UpToDate)]
+        r.seconds = time.monotonic() - started
+
+    def _apply(self, action: Action, r: DatasetResult, compression: str | None) -> int:
+        src, dst = self.src, self.dst
+        assert src and dst
+        if isinstance(action, RollbackDr):
+            dst.zfs.rollback(action.to.full_name, destroy_newer=True)
+            return 0
+        if isinstance(action, SendFull | SendIncremental | Resume):
+            if isinstance(action, SendFull):
+                send = src.zfs.send_argv(None, action.source.full_name, False)
+                total = action.source.referenced
+                force = action.force
+            elif isinstance(action, SendIncremental):
+                send = src.zfs.send_argv(action.base.full_name, action.target.full_name, action.intermediate)
+                total = action.estimate or src.zfs.send_estimate(action.base.full_name, action.target.full_name,
+                                                                 action.intermediate)
+                force = action.force
+            else:
+                send = src.zfs.send_argv(None, "", False, resume_token=action.token)
+                total, force = None, False
+            label = r.dest.rsplit("/", 1)[-1]
+            bar = Progress(label, total, enabled=self.opts.progress)
+            recv = dst.zfs.recv_argv(r.dest, force=force)
+            res = run_stream(src.transport, send, dst.transport, recv, compress=compression,
+                             mbuffer=self._mbuffer(src, dst), progress=bar, bwlimit=self.group.bandwidth_limit,
+                             dataset=r.dest)
+            bar.finish()
+            if isinstance(action, SendFull):
+                # A replica must not be written on DR; tests and failover work on clones or promote it.
+                dst.zfs.set_props(r.dest, {"readonly": "on"})
+            return res.bytes
+        raise AssertionError(f"unknown action {action!r}")
+
+    def _mbuffer(self, src: Side, dst: Side) -> bool:
+        mode = self.group.mbuffer
+        if mode == "off":
+            return False
+        if mode == "on":
+            return True
+        return dst.caps.mbuffer and not dst.local and not (dst.address or "").startswith("127.")
+
+    def _move_holds(self, work: list[DatasetResult], src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset]) -> None:
+        """Hold the new common snapshot on both sides and release the previous one (one call each)."""
+        assert self.src and self.dst
+        tag = hold_tag(self.group.name)
+        new_src, new_dst, old_src, old_dst = [], [], [], []
+        for r in work:
+            last = r.actions[-1]
+            target = last.target if isinstance(last, SendIncremental) else getattr(last, "source", None)
+            if target is None:
+                continue
+            new_src.append(target.full_name)
+            new_dst.append(f"{r.dest}@{target.name}")
+            for s in src_obs[r.source].snapshots:
+                if s.held and s.guid != -1 and s.name != target.name:
+                    old_src.append(s.full_name)
+            for s in (dst_obs.get(r.dest).snapshots if dst_obs.get(r.dest) else []):
+                if s.held and s.name != target.name:
+                    old_dst.append(s.full_name)
+        if not (self.src.caps.holds and self.dst.caps.holds):
+            return
+        for side, new, old in ((self.src, new_src, old_src), (self.dst, new_dst, old_dst)):
+            if new:
+                side.transport.run([*side.zfs.cmd, "hold", tag, *new], check=False)
+            if old:
+                # A hold may be another tool's; release fails harmlessly for snapshots without ours.
+                side.transport.run([*side.zfs.cmd, "release", tag, *old], check=False)
+
+    # -- retention -------------------------------------------------------------
+    def _prune(self, src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset], *, dry_run: bool,
+               plans) -> dict[str, list[str]]:
+        assert self.src and self.dst
+        g = self.group
+        out: dict[str, list[str]] = {}
+        tz = g.schedule.timezone if g.schedule else "UTC"
+        for side, obs, rules, mapping in (
+            (self.src, src_obs, g.retention.source, {ds: g.dr_dataset(ds) for ds in g.datasets}),
+            (self.dst, dst_obs, g.retention.destination, {g.dr_dataset(ds): ds for ds in g.datasets}),
+        ):
+            other = dst_obs if side is self.src else src_obs
+            doomed: list[str] = []
+            for name, ds in sorted(obs.items()):
+                if not ds.snapshots:
+                    continue
+                partner = other.get(mapping.get(name, ""))
+                protected = frozenset()
+                if partner is not None:
+                    from esxdr.plan.replication import common_snapshot
+
+                    pair = common_snapshot(ds, partner)
+                    if pair:
+                        protected = frozenset({pair[0].guid})
+                elif name in mapping:
+                    # Not replicated yet: everything may be the base of the first stream.
+                    protected = frozenset(s.guid for s in ds.snapshots)
+                decisions = prune_decisions(ds, rules, g.name, protected, g.retention.prune_foreign, tz)
+                doomed += [d.snapshot.full_name for d in decisions if not d.keep and d.snapshot.guid != -1]
+            out[side.name] = doomed
+            if doomed and not dry_run:
+                self.opts.say(f"{g.name}: prune {len(doomed)} snapshot(s) on {side.name}")
+                side.zfs.destroy_snapshots(doomed)
+        return out
+
+
+def prune_decisions(ds: Dataset, rules, group: str, protected: frozenset[int], prune_foreign: bool,
+                    tz: str) -> list[Decision]:
+    rule_map = {k: getattr(rules, k) for k in ("hourly", "daily", "weekly", "monthly", "yearly")}
+    return decide(ds.snapshots, rule_map, last=max(1, rules.last), prefix=esxdr_prefix(group),
+                  protected_guids=protected, prune_foreign=prune_foreign, timezone=tz)
+
+
+def _combine(conflicts: list) -> ReplicationConflict:
+    if len(conflicts) == 1:
+        return conflicts[0]
+    first = conflicts[0]
+    msg = "\n".join(c.message for c in conflicts)
+    return ReplicationConflict(first.kind, msg, hint=first.hint,
+                               evidence={"conflicts": [c.to_dict() for c in conflicts]})
+
+
+def record_run(state_dir: str, result: GroupResult) -> None:
+    runs = Path(state_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    entry = {**result.to_dict(), "finished": datetime.now(UTC).isoformat()}
+    tmp = runs / f"{result.group}.last.json.tmp"
+    tmp.write_text(json.dumps(entry, indent=2))
+    os.replace(tmp, runs / f"{result.group}.last.json")
+    with open(runs / f"{result.group}.history.jsonl", "a") as f:
+        f.write(json.dumps({k: entry[k] for k in ("group", "snapshot", "bytes", "seconds", "finished")}) + "\n")
+
+
+def summary_text(result: GroupResult) -> str:
+    lines = []
+    verb = "would replicate" if result.dry_run else "replicated"
+    moved = [d for d in result.datasets if any(not isinstance(a, UpToDate) for a in d.actions)]
+    lines.append(f"{result.group}: {verb} {len(moved)} of {len(result.datasets)} datasets"
+                 + (f" to @{result.snapshot}" if result.snapshot else "")
+                 + ("" if result.dry_run else f", {human_bytes(result.bytes)} in {result.seconds:.1f}s"))
+    for side, snaps in result.pruned.items():
+        if snaps:
+            lines.append(f"{result.group}: {'would prune' if result.dry_run else 'pruned'} {len(snaps)} "
+                         f"snapshot(s) on {side}")
+    return "\n".join(lines)

@@ -1,0 +1,290 @@
+"""``esxdr serve``: the forced command of the DR service account.
+
+The account's authorized_keys line pins ``command="esxdr serve --allow-prefix P"``,
+so every SSH request arrives here with the requested command in
+SSH_ORIGINAL_COMMAND. Only the zfs operations esxdr needs, on datasets under
+the allowed prefix(es), are run — without a shell, argv by argv. Everything else
+is refused with exit 126 and logged to syslog-style stderr and the log file.
+
+Standard library only: this runs for every remote zfs call and must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]*(@[A-Za-z0-9_.:\-]+)?$")
+PROP_ASSIGN_RE = re.compile(r"^(readonly=(on|off)|esxdr:[a-z0-9_.:\-]+=[A-Za-z0-9_.:,=+/\-]*)$")
+PROP_LIST_RE = re.compile(r"^[a-z0-9_:,@.\-]+$")
+HOLD_TAG_RE = re.compile(r"^esxdr[A-Za-z0-9_.\-]*$")
+
+
+class Refused(Exception):
+    pass
+
+
+def _under(name: str, prefixes: list[str]) -> bool:
+    ds = name.split("@", 1)[0]
+    if not DATASET_RE.match(name) or ".." in ds.split("/"):
+        return False
+    return any(ds == p or ds.startswith(p + "/") for p in prefixes)
+
+
+def _need_dataset(arg: str, prefixes: list[str], *, snapshot: bool | None = None) -> None:
+    if not _under(arg, prefixes):
+        raise Refused(f"dataset {arg!r} is not under the allowed prefix {', '.join(prefixes)}")
+    if snapshot is True and "@" not in arg:
+        raise Refused(f"{arg!r} is not a snapshot")
+    if snapshot is False and "@" in arg:
+        raise Refused(f"{arg!r} must not be a snapshot")
+
+
+def _flags(args: list[str], allowed: str) -> list[str]:
+    """Split leading single-letter flags (possibly bundled, e.g. -rHp); refuse unknown ones."""
+    rest = list(args)
+    while rest and rest[0].startswith("-") and rest[0] != "-":
+        flag = rest.pop(0)
+        for ch in flag[1:]:
+            if ch not in allowed:
+                raise Refused(f"flag -{ch} is not allowed here")
+    return rest
+
+
+def check_zfs(args: list[str], prefixes: list[str]) -> None:
+    """Refuse any zfs invocation esxdr does not make."""
+    if not args:
+        raise Refused("empty zfs command")
+    verb, rest = args[0], args[1:]
+    if verb == "version" and not rest:
+        return
+    if verb == "get":
+        # get -rHp -o name,property,value <props> <datasets...>
+        i = 0
+        while i < len(rest) and rest[i].startswith("-"):
+            if rest[i] == "-o":
+                if i + 1 >= len(rest) or rest[i + 1] not in ("name,property,value", "value", "name,value"):
+                    raise Refused("get -o takes only name,property,value or value")
+                i += 2
+                continue
+            if rest[i] == "-d":
+                i += 2
+                continue
+            for ch in rest[i][1:]:
+                if ch not in "rHp":
+                    raise Refused(f"flag -{ch} is not allowed for get")
+            i += 1
+        rest = rest[i:]
+        if len(rest) < 2 or not PROP_LIST_RE.match(rest[0]):
+            raise Refused("get needs a property list and datasets")
+        for ds in rest[1:]:
+            _need_dataset(ds, prefixes)
+        return
+    if verb in ("receive", "recv"):
+        rest = _flags(rest, "uFsvA")
+        if len(rest) != 1:
+            raise Refused("receive takes exactly one dataset")
+        _need_dataset(rest[0], prefixes, snapshot=False)
+        return
+    if verb == "send":
+        if rest[:1] == ["-t"] and len(rest) == 2 and re.match(r"^[0-9a-f\-]+$", rest[1]):
+            return
+        i = 0
+        while i < len(rest) and rest[i].startswith("-"):
+            if rest[i] in ("-i", "-I"):
+                if i + 1 >= len(rest):
+                    raise Refused("-i/-I needs a snapshot")
+                base = rest[i + 1]
+                if not (base.startswith("@") or base.startswith("#")):
+                    _need_dataset(base, prefixes)
+                i += 2
+                continue
+            for ch in rest[i][1:]:
+                if ch not in "wLecpnvP":
+                    raise Refused(f"flag -{ch} is not allowed for send")
+            i += 1
+        if len(rest) - i != 1:
+            raise Refused("send takes exactly one snapshot")
+        _need_dataset(rest[i], prefixes, snapshot=True)
+        return
+    if verb == "snapshot":
+        rest = _flags(rest, "r")
+        if not rest:
+            raise Refused("snapshot needs a name")
+        for s in rest:
+            _need_dataset(s, prefixes, snapshot=True)
+        return
+    if verb == "destroy":
+        rest = _flags(rest, "d")
+        if len(rest) != 1:
+            raise Refused("destroy takes exactly one snapshot")
+        # Snapshots only (ds@a or ds@a,b,c); whole datasets are never destroyed remotely.
+        _need_dataset(rest[0].replace(",", "_"), prefixes, snapshot=True)
+        return
+    if verb in ("hold", "release"):
+        rest = _flags(rest, "")
+        if len(rest) < 2 or not HOLD_TAG_RE.match(rest[0]):
+            raise Refused(f"{verb} takes an esxdr tag and snapshots")
+        for snap in rest[1:]:
+            _need_dataset(snap, prefixes, snapshot=True)
+        return
+    if verb == "rollback":
+        rest = _flags(rest, "r")
+        if len(rest) != 1:
+            raise Refused("rollback takes one snapshot")
+        _need_dataset(rest[0], prefixes, snapshot=True)
+        return
+    if verb == "set":
+        if len(rest) < 2:
+            raise Refused("set needs property=value and a dataset")
+        for a in rest[:-1]:
+            if not PROP_ASSIGN_RE.match(a):
+                raise Refused(f"setting {a!r} is not allowed")
+        _need_dataset(rest[-1], prefixes)
+        return
+    if verb == "create":
+        rest = _flags(rest, "p")
+        if len(rest) != 1:
+            raise Refused("create takes one dataset")
+        _need_dataset(rest[0], prefixes, snapshot=False)
+        return
+    raise Refused(f"zfs {verb} is not allowed")
+
+
+STAGE_ALLOWED = {
+    "zstd": {"-dc", "-c", "-d", "-q", "-1", "-3", "-T0"},
+    "lz4": {"-dc", "-c", "-d", "-q", "-1"},
+    "mbuffer": {"-q", "-s", "-m", "128k", "128M", "256M", "1G"},
+}
+
+
+def check_stage(argv: list[str]) -> None:
+    prog = argv[0]
+    if prog not in STAGE_ALLOWED:
+        raise Refused(f"program {prog!r} is not allowed")
+    for a in argv[1:]:
+        if a not in STAGE_ALLOWED[prog]:
+            raise Refused(f"argument {a!r} is not allowed for {prog}")
+
+
+def parse(command: str, prefixes: list[str]) -> list[list[str]] | str:
+    """Validate a requested command; returns pipeline stages or the name of a built-in."""
+    if not command.strip():
+        raise Refused("no command (interactive logins are not allowed)")
+    if any(c in command for c in "`$;&><\n\\(){}*?[]~!"):
+        raise Refused("shell metacharacters are not allowed")
+    try:
+        tokens = shlex.split(command)
+    except ValueError as e:
+        raise Refused(f"unparsable command: {e}") from e
+    if tokens == ["esxdr-capabilities"]:
+        return "capabilities"
+    stages: list[list[str]] = [[]]
+    for t in tokens:
+        if t == "|":
+            stages.append([])
+        else:
+            stages[-1].append(t)
+    if any(not s for s in stages) or len(stages) > 3:
+        raise Refused("malformed pipeline")
+    zfs_stages = [s for s in stages if s[0] == "zfs"]
+    if len(zfs_stages) != 1:
+        raise Refused("exactly one zfs command is allowed")
+    for s in stages:
+        if s[0] == "zfs":
+            check_zfs(s[1:], prefixes)
+        else:
+            check_stage(s)
+    zfs_at = stages.index(zfs_stages[0])
+    verb = zfs_stages[0][1]
+    # Pipelines only feed a receive or drain a send; never anything else.
+    if len(stages) > 1 and not ((verb in ("receive", "recv") and zfs_at == len(stages) - 1)
+                                or (verb == "send" and zfs_at == 0)):
+        raise Refused("pipelines are only allowed into zfs receive or out of zfs send")
+    return stages
+
+
+def capabilities(zfs: list[str]) -> dict:
+    version = subprocess.run([*zfs, "version"], capture_output=True, text=True)
+    return {
+        "openzfs": version.returncode == 0 and "zfs-" in version.stdout,
+        "zfs_version": version.stdout.strip().splitlines()[0] if version.returncode == 0 and version.stdout else None,
+        "compressors": [c for c in ("zstd", "lz4") if shutil.which(c)],
+        "mbuffer": bool(shutil.which("mbuffer")),
+    }
+
+
+def _log(log_file: str | None, line: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    client = os.environ.get("SSH_CLIENT", "-").split(" ")[0]
+    text = f"{stamp} esxdr-serve[{os.getpid()}] from {client}: {line}\n"
+    if log_file:
+        try:
+            with open(log_file, "a") as f:
+                f.write(text)
+        except OSError:
+            pass
+
+
+USAGE = """usage: esxdr serve --allow-prefix DATASET [--allow-prefix DATASET ...] [--sudo] [--log FILE]
+
+Forced command for the DR service account (see `esxdr keys authorized-line`).
+Reads the requested command from SSH_ORIGINAL_COMMAND and runs it only if it is
+one of the zfs operations esxdr needs on a dataset under an allowed prefix.
+"""
+
+
+def main(argv: list[str]) -> int:
+    prefixes: list[str] = []
+    sudo = False
+    log_file: str | None = None
+    it = iter(argv)
+    for a in it:
+        if a == "--allow-prefix":
+            prefixes.append(next(it, "").rstrip("/"))
+        elif a == "--sudo":
+            sudo = True
+        elif a == "--log":
+            log_file = next(it, None)
+        elif a in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            return 0
+        else:
+            sys.stderr.write(f"esxdr serve: unknown option {a}\n{USAGE}")
+            return 2
+    if not prefixes or any(not p or not DATASET_RE.match(p) or "@" in p for p in prefixes):
+        sys.stderr.write("esxdr serve: --allow-prefix DATASET is required\n")
+        return 2
+    command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    zfs = ["sudo", "-n", "zfs"] if sudo else ["zfs"]
+    try:
+        parsed = parse(command, prefixes)
+    except Refused as e:
+        _log(log_file, f"REFUSED {command!r}: {e}")
+        sys.stderr.write(f"esxdr serve: refused: {e}\n")
+        return 126
+    if parsed == "capabilities":
+        sys.stdout.write(json.dumps(capabilities(zfs)) + "\n")
+        return 0
+    assert isinstance(parsed, list)
+    _log(log_file, f"run {command!r}")
+    argvs = [(zfs + s[1:]) if s[0] == "zfs" else s for s in parsed]
+    if len(argvs) == 1:
+        os.execvp(argvs[0][0], argvs[0])
+    procs: list[subprocess.Popen] = []
+    prev = None
+    for i, a in enumerate(argvs):
+        p = subprocess.Popen(a, stdin=prev if prev is not None else None,
+                             stdout=subprocess.PIPE if i < len(argvs) - 1 else None)
+        if prev is not None:
+            prev.close()
+        prev = p.stdout
+        procs.append(p)
+    rcs = [p.wait() for p in procs]
+    return next((rc for rc in reversed(rcs) if rc), 0)

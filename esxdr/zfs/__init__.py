@@ -1,0 +1,217 @@
+"""The zfs CLI adapter: observe datasets and snapshots, run zfs operations.
+
+Observation is ONE ``zfs get -rHp -o name,property,value`` per side per run:
+``zfs get`` accepts ``-p`` even on pool-v23 ZFS (zfs-fuse, Solaris) where
+``zfs list`` does not, and it returns exact numbers (guids especially: without
+``-p`` a guid prints as "7.08E").
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterable
+
+from esxdr.errors import CommandFailed
+from esxdr.model import LEGACY, OPENZFS, Capabilities, Dataset, Snapshot
+from esxdr.transport.base import Transport
+from esxdr.zfs.errors import translate
+
+BASE_PROPS = ["type", "guid", "createtxg", "creation", "used", "referenced", "userrefs", "origin",
+              "mountpoint", "readonly"]
+OPENZFS_PROPS = ["written", "receive_resume_token"]
+USER_PROPS = ["esxdr:group", "esxdr:consistency", "esxdr:source"]
+
+
+def parse_get(text: str, user_props: Iterable[str] = USER_PROPS) -> dict[str, Dataset]:
+    """Parse ``zfs get -rHp -o name,property,value`` output into datasets with their snapshots."""
+    user = set(user_props)
+    rows: dict[str, dict[str, str]] = {}
+    order: list[str] = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        name, prop, value = parts[0], parts[1], "\t".join(parts[2:])
+        if name not in rows:
+            rows[name] = {}
+            order.append(name)
+        rows[name][prop] = value
+    datasets: dict[str, Dataset] = {}
+    snaps: list[tuple[str, dict[str, str]]] = []
+    for name in order:
+        p = rows[name]
+        kind = p.get("type", "")
+        if kind == "snapshot" or "@" in name:
+            snaps.append((name, p))
+        elif kind in ("filesystem", "volume"):
+            datasets[name] = Dataset(
+                name=name, type=kind, guid=_int(p.get("guid")) or 0, createtxg=_int(p.get("createtxg")) or 0,
+                used=_int(p.get("used")), referenced=_int(p.get("referenced")), written=_int(p.get("written")),
+                resume_token=_str(p.get("receive_resume_token")), origin=_str(p.get("origin")),
+                mountpoint=_str(p.get("mountpoint")), readonly=(p.get("readonly") == "on") if "readonly" in p else None,
+                props={k: v for k, v in p.items() if k in user and v != "-"},
+            )
+    for name, p in snaps:
+        ds, _, snap = name.partition("@")
+        parent = datasets.get(ds)
+        if parent is None:
+            continue
+        parent.snapshots.append(Snapshot(
+            dataset=ds, name=snap, guid=_int(p.get("guid")) or 0, createtxg=_int(p.get("createtxg")) or 0,
+            creation=_int(p.get("creation")) or 0, used=_int(p.get("used")), referenced=_int(p.get("referenced")),
+            written=_int(p.get("written")), userrefs=_int(p.get("userrefs")),
+            props=tuple(sorted((k, v) for k, v in p.items() if k in user and v != "-")),
+        ))
+    for d in datasets.values():
+        d.snapshots.sort(key=lambda s: (s.createtxg, s.creation))
+    return datasets
+
+
+def _int(v: str | None) -> int | None:
+    if v is None or v in ("-", ""):
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        return None
+
+
+def _str(v: str | None) -> str | None:
+    return None if v in (None, "-", "") else v
+
+
+def parse_send_estimate(text: str) -> int | None:
+    """Total bytes from ``zfs send -nvP`` (OpenZFS): the ``size\\t<n>`` line."""
+    total = None
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if parts[0] == "size" and len(parts) >= 2:
+            total = _int(parts[1].strip())
+    return total
+
+
+def capabilities_from_probe(probe: dict) -> Capabilities:
+    """Capabilities from what a host reports (``esxdr serve`` capability probe or a local probe)."""
+    base = OPENZFS if probe.get("openzfs") else LEGACY
+    return Capabilities(**{**base.to_dict(), "compressors": tuple(probe.get("compressors", ())),
+                           "mbuffer": bool(probe.get("mbuffer"))})
+
+
+class Zfs:
+    """zfs operations on one host, through its transport."""
+
+    def __init__(self, transport: Transport, caps: Capabilities, zfs_command: tuple[str, ...] = ("zfs",)):
+        self.t = transport
+        self.caps = caps
+        self.cmd = list(zfs_command)
+
+    @property
+    def host(self) -> str:
+        return self.t.name
+
+    def run(self, *args: str, dataset: str | None = None, timeout: float | None = 300, input: str | None = None):
+        try:
+            return self.t.run([*self.cmd, *args], timeout=timeout, input=input)
+        except CommandFailed as e:
+            raise translate(e, dataset=dataset) from e
+
+    # -- observe ---------------------------------------------------------------
+    def props(self) -> list[str]:
+        return BASE_PROPS + (OPENZFS_PROPS if self.caps.written else []) + USER_PROPS
+
+    def observe(self, roots: list[str]) -> dict[str, Dataset]:
+        """Every dataset and snapshot under ``roots`` in one call; missing roots are simply absent."""
+        argv = [*self.cmd, "get", "-rHp", "-o", "name,property,value", ",".join(self.props()), *roots]
+        result = self.t.run(argv, check=False, timeout=300)
+        if result.returncode != 0 and "does not exist" not in result.stderr:
+            raise translate(CommandFailed(f"{self.host}: `{shlex.join(argv)}` failed: {result.stderr.strip()}",
+                                          argv=argv, returncode=result.returncode, stderr=result.stderr,
+                                          host=self.host))
+        return parse_get(result.stdout)
+
+    # -- operations ------------------------------------------------------------
+    def snapshot(self, names: list[str], recursive_root: str | None = None, props: dict[str, str] | None = None):
+        opts: list[str] = []
+        for k, v in (props or {}).items():
+            opts += ["-o", f"{k}={v}"]
+        if recursive_root:
+            return self.run("snapshot", "-r", *opts, recursive_root, dataset=recursive_root)
+        return self.run("snapshot", *opts, *names, dataset=names[0])
+
+    def destroy_snapshots(self, names: list[str]) -> None:
+        # OpenZFS takes ds@a,b,c in one call; legacy needs one call each.
+        by_ds: dict[str, list[str]] = {}
+        for n in names:
+            ds, _, s = n.partition("@")
+            by_ds.setdefault(ds, []).append(s)
+        for ds, snaps in by_ds.items():
+            if self.caps.flavour == "openzfs":
+                self.run("destroy", f"{ds}@{','.join(snaps)}", dataset=ds)
+            else:
+                for s in snaps:
+                    self.run("destroy", f"{ds}@{s}", dataset=ds)
+
+    def hold(self, tag: str, snapshot: str) -> None:
+        self.run("hold", tag, snapshot, dataset=snapshot)
+
+    def release(self, tag: str, snapshot: str) -> None:
+        self.run("release", tag, snapshot, dataset=snapshot)
+
+    def rollback(self, snapshot: str, destroy_newer: bool = False) -> None:
+        self.run("rollback", *(["-r"] if destroy_newer else []), snapshot, dataset=snapshot)
+
+    def set_props(self, dataset: str, props: dict[str, str]) -> None:
+        # Legacy zfs takes one property per `set`.
+        if self.caps.flavour == "openzfs":
+            self.run("set", *[f"{k}={v}" for k, v in props.items()], dataset, dataset=dataset)
+        else:
+            for k, v in props.items():
+                self.run("set", f"{k}={v}", dataset, dataset=dataset)
+
+    def create(self, dataset: str, props: dict[str, str] | None = None, parents: bool = True) -> None:
+        opts: list[str] = []
+        for k, v in (props or {}).items():
+            opts += ["-o", f"{k}={v}"]
+        self.run("create", *(["-p"] if parents else []), *opts, dataset, dataset=dataset)
+
+    def send_estimate(self, from_snap: str | None, to_snap: str, intermediate: bool) -> int | None:
+        if not self.caps.send_estimate:
+            return None
+        args = ["send", "-nvP"]
+        if from_snap:
+            args += ["-I" if intermediate else "-i", from_snap]
+        try:
+            return parse_send_estimate(self.run(*args, to_snap, dataset=to_snap).stdout)
+        except CommandFailed:
+            return None
+
+    def send_argv(self, from_snap: str | None, to_snap: str, intermediate: bool, resume_token: str | None = None,
+                  raw: bool = False) -> list[str]:
+        if resume_token:
+            return [*self.cmd, "send", "-t", resume_token]
+        args = [*self.cmd, "send"]
+        if raw and self.caps.flavour == "openzfs":
+            args.append("-w")
+        if from_snap:
+            args += ["-I" if intermediate else "-i", from_snap]
+        return [*args, to_snap]
+
+    def recv_argv(self, dataset: str, *, force: bool = False, resumable: bool = True) -> list[str]:
+        args = [*self.cmd, "receive"]
+        if self.caps.flavour == "openzfs":
+            args.append("-u")  # pool-v23 receive has no -u (and mounts what it receives)
+        if force:
+            args.append("-F")
+        if resumable and self.caps.resume:
+            args.append("-s")
+        return [*args, dataset]
+
+    def abort_resume(self, dataset: str) -> None:
+        self.run("receive", "-A", dataset, dataset=dataset)
+
+
+def dump_caps(c: Capabilities) -> str:
+    return json.dumps(c.to_dict())

@@ -1,0 +1,58 @@
+"""Which zfs a host runs, detected once and cached in the state dir.
+
+A no-op replication must cost at most two remote zfs calls per side, so the
+probe (one call: ``esxdr-capabilities`` through `esxdr serve`, else
+``zfs version``) runs only when the cache has no entry for the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from esxdr.errors import CommandFailed
+from esxdr.model import LEGACY, OPENZFS, Capabilities
+from esxdr.transport.base import Transport
+from esxdr.transport.local import LocalTransport
+from esxdr.zfs import capabilities_from_probe
+
+
+def probe(transport: Transport, zfs_command: tuple[str, ...]) -> Capabilities:
+    if isinstance(transport, LocalTransport):
+        from esxdr.serve import capabilities
+
+        return capabilities_from_probe(capabilities(list(zfs_command)))
+    r = transport.run(["esxdr-capabilities"], check=False, timeout=60)
+    if r.returncode == 0:
+        try:
+            return capabilities_from_probe(json.loads(r.stdout))
+        except (ValueError, TypeError):
+            pass
+    try:
+        transport.run([*zfs_command, "version"], timeout=60)
+        return OPENZFS
+    except CommandFailed:
+        return LEGACY
+
+
+def detect(transport: Transport, zfs_command: tuple[str, ...], setting: str, cache_dir: str | None) -> Capabilities:
+    """Capabilities for a host: forced by the site file (zfs: openzfs|legacy) or probed and cached."""
+    cache = Path(cache_dir) / f"{transport.name}.json" if cache_dir else None
+    if cache and cache.exists():
+        try:
+            caps = Capabilities.from_dict(json.loads(cache.read_text()))
+            if setting in ("auto", caps.flavour):
+                return caps
+        except (ValueError, KeyError, TypeError):
+            pass
+    caps = probe(transport, zfs_command)
+    if setting in ("openzfs", "legacy") and caps.flavour != setting:
+        base = OPENZFS if setting == "openzfs" else LEGACY
+        caps = Capabilities(**{**base.to_dict(), "compressors": caps.compressors, "mbuffer": caps.mbuffer})
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(caps.to_dict()))
+        os.replace(tmp, cache)
+    return caps

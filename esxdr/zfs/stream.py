@@ -1,0 +1,162 @@
+"""The bulk data path: ``zfs send`` → [compress] → ssh → [decompress, mbuffer] → ``zfs recv``.
+
+Bytes move between OS pipes with ``os.splice`` (falling back to 1 MiB
+read/write), so the stream never sits in Python memory and peak RSS stays flat
+whatever the size. The relay counts bytes for the progress bar and applies the
+bandwidth limit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from esxdr.errors import CommandFailed, TransientError
+from esxdr.transport.base import Transport, display
+from esxdr.zfs.errors import translate
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class StreamResult:
+    bytes: int
+    seconds: float
+
+
+def _drain(pipe, sink: list[bytes]) -> threading.Thread:
+    def run() -> None:
+        try:
+            for chunk in iter(lambda: pipe.read(65536), b""):
+                if sum(len(c) for c in sink) < 65536:
+                    sink.append(chunk)
+        except (OSError, ValueError):
+            pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def relay(src_fd: int, dst_fd: int, progress: Callable[[int], None] | None = None,
+          bwlimit: int | None = None) -> int:
+    """Move everything from src_fd to dst_fd; returns the byte count."""
+    total = 0
+    started = time.monotonic()
+    use_splice = hasattr(os, "splice")
+    while True:
+        try:
+            if use_splice:
+                n = os.splice(src_fd, dst_fd, CHUNK)
+            else:
+                data = os.read(src_fd, CHUNK)
+                n = len(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(dst_fd, view):]
+        except OSError as e:
+            if use_splice and e.errno in (22, 38):  # EINVAL/ENOSYS: fds that cannot splice
+                use_splice = False
+                continue
+            raise
+        if n == 0:
+            break
+        total += n
+        if progress:
+            progress(n)
+        if bwlimit:
+            ahead = total / bwlimit - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    return total
+
+
+def run_stream(src: Transport, send_argv: list[str], dst: Transport, recv_argv: list[str], *,
+               compress: str | None = None, mbuffer: bool = False, progress: Callable[[int], None] | None = None,
+               bwlimit: int | None = None, dataset: str | None = None,
+               on_start: Callable[[list[subprocess.Popen]], None] | None = None) -> StreamResult:
+    """Run one send/receive pair; raises typed errors (transient ones are worth a retry)."""
+    started = time.monotonic()
+    recv_stages: list[list[str]] = []
+    if compress:
+        recv_stages.append([compress, "-dc"])
+    if mbuffer:
+        recv_stages.append(["mbuffer", "-q", "-s", "128k", "-m", "128M"])
+    recv_cmd = _pipeline(recv_stages + [recv_argv])
+    sender = src.spawn_stream(send_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    procs: list[subprocess.Popen] = [sender]
+    compressor = None
+    receiver = None
+    try:
+        receiver = dst.spawn_stream(recv_cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        procs.append(receiver)
+        if compress:
+            # Compress on the sending side after the relay, so the byte count is the raw stream.
+            compressor = subprocess.Popen([compress, "-c", "-1", "-q"],
+                                          stdin=subprocess.PIPE, stdout=receiver.stdin, stderr=subprocess.PIPE)
+            procs.append(compressor)
+            assert receiver.stdin is not None
+            receiver.stdin.close()
+        sink_in = compressor.stdin if compressor else receiver.stdin
+        assert sender.stdout is not None and sink_in is not None
+        errs = {id(p): [] for p in procs}
+        drains = [_drain(p.stderr, errs[id(p)]) for p in procs if p.stderr is not None]
+        if on_start:
+            on_start(procs)
+        relay_error: OSError | None = None
+        n = 0
+        try:
+            n = relay(sender.stdout.fileno(), sink_in.fileno(), progress, bwlimit)
+        except OSError as e:  # the receiving side went away (EPIPE) or the sender died
+            relay_error = e
+        finally:
+            try:
+                sink_in.close()
+            except OSError:
+                pass
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=3600)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for d in drains:
+            d.join(timeout=5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    failures = [(p, b"".join(errs[id(p)]).decode(errors="replace")) for p in procs if p.returncode]
+    if failures:
+        # The receiver's complaint explains most; a dead sender or ssh explains the rest.
+        order = [receiver, sender] + ([compressor] if compressor else [])
+        failures.sort(key=lambda f: order.index(f[0]) if f[0] in order else 99)
+        proc, err = failures[0]
+        if proc.returncode is not None and proc.returncode < 0 or proc.returncode == 255:
+            raise TransientError(f"stream into {dataset or '?'} cut: `{display(list(proc.args))}` "
+                                 f"ended with {proc.returncode}: {err.strip()[:300]}")
+        side = dst if proc is receiver else src
+        raise translate(CommandFailed(
+            f"{side.name}: `{display(list(proc.args) if isinstance(proc.args, list) else [str(proc.args)])}` "
+            f"failed: {err.strip()[:500] or f'exit {proc.returncode}'}",
+            argv=list(proc.args) if isinstance(proc.args, list) else [], returncode=proc.returncode,
+            stderr=err, host=side.name), dataset=dataset)
+    if relay_error is not None:
+        raise TransientError(f"stream into {dataset or '?'} cut: {relay_error}")
+    return StreamResult(bytes=n, seconds=time.monotonic() - started)
+
+
+def _pipeline(stages: list[list[str]]) -> list[str]:
+    """Stages joined with a literal '|' argument; `esxdr serve` and the local runner split on it."""
+    if len(stages) == 1:
+        return stages[0]
+    out: list[str] = []
+    for i, s in enumerate(stages):
+        if i:
+            out.append("|")
+        out.extend(s)
+    return out
