@@ -1,0 +1,344 @@
+"""The site file as typed, frozen values.
+
+These are what the rest of esxdr works with; only :mod:`esxdr.site.loader`
+builds them from YAML, after every check has passed. Paths are absolute,
+durations are seconds, sizes are bytes, and secrets appear only as references
+(an environment variable name or a file path), never as values.
+
+Fields keep the order of the design so positional construction works in
+tests; every field after the first few has a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from esxdr.errors import UsageError
+
+Role = Literal["production", "dr"]
+ZfsFlavour = Literal["auto", "openzfs", "legacy"]
+TargetStack = Literal["comstar", "iscsitgt", "lio", "tgt"]
+VsphereKind = Literal["esxi", "vcenter"]
+Incremental = Literal["intermediate", "direct"]
+Compression = Literal["auto", "zstd", "lz4", "none"]
+Mbuffer = Literal["auto", "on", "off"]
+Consistency = Literal["crash", "application"]
+
+KEEP_PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """The iSCSI target stack a storage server runs, and where it listens."""
+
+    stack: TargetStack
+    portal: str  # "addr:port" ("[v6addr]:port" for IPv6)
+    control_port: int | None = None  # tgt only: tgtadm -C / tgtd --control-port
+    iqn_prefix: str | None = None
+
+    @property
+    def portal_address(self) -> str:
+        return self.portal.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def portal_port(self) -> int:
+        return int(self.portal.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class StorageServer:
+    name: str
+    role: Role
+    local: bool
+    address: str | None
+    port: int = 22
+    user: str | None = None
+    key: str | None = None  # absolute path of the SSH private key
+    host_key: str | None = None  # pinned "SHA256:<base64>" fingerprint
+    known_hosts: str | None = None  # absolute path
+    zfs: ZfsFlavour = "auto"
+    zfs_command: tuple[str, ...] = ("zfs",)
+    serve_prefix: str | None = None  # the --allow-prefix of the DR service account
+    target: TargetConfig | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class VsphereEndpoint:
+    name: str
+    role: Role
+    url: str
+    user: str
+    password_env: str | None = None
+    password_file: str | None = None  # absolute path
+    thumbprint: str | None = None  # SHA-256, upper-case colon hex
+    ca_file: str | None = None  # absolute path
+    kind: VsphereKind = "esxi"
+    hosts: tuple[str, ...] = ()  # vCenter: the hosts esxdr acts on
+    line: int = 0
+
+    @property
+    def plain_http(self) -> bool:
+        """True for the loopback lab endpoints reached without TLS."""
+        return self.url.startswith("http://")
+
+
+@dataclass(frozen=True)
+class KeepRules:
+    """Grandfather-father-son retention: how many snapshots to keep per period."""
+
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    last: int = 1  # the newest N, whatever their age
+
+    def describe(self) -> str:
+        parts = [f"{getattr(self, p)} {p}" for p in KEEP_PERIODS if getattr(self, p)]
+        if self.last:
+            parts.append(f"{self.last} last")
+        return ", ".join(parts) or "nothing"
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    source: KeepRules = field(default_factory=KeepRules)
+    destination: KeepRules = field(default_factory=KeepRules)
+    prune_foreign: bool = False  # also prune snapshots esxdr did not make
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When replication runs. Both None: no schedule (run by hand only)."""
+
+    every_seconds: int | None = None
+    cron: str | None = None  # five fields: minute hour day-of-month month day-of-week
+    timezone: str = "UTC"
+
+    @property
+    def manual(self) -> bool:
+        return self.every_seconds is None and self.cron is None
+
+
+@dataclass(frozen=True)
+class NetworkMap:
+    """Where a VM's production port group goes on the DR side."""
+
+    failover: str
+    test: str
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    priority: int = 3  # 1 boots first
+    depends_on: tuple[str, ...] = ()
+    networks: dict[str, NetworkMap] = field(default_factory=dict, hash=False)  # production port group → map
+    boot_timeout_seconds: int = 300
+    shutdown_timeout_seconds: int = 300
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class LunSpec:
+    """Optional identity of one dataset's LUN, as discovered or written by hand."""
+
+    dataset: str  # full source dataset name
+    naa: str | None = None  # "naa." + lower-case hex
+    datastore: str | None = None
+    vmfs_uuid: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ProtectionGroup:
+    name: str
+    source: str  # storage server (role production)
+    destination: str  # storage server (role dr)
+    source_root: str
+    dr_root: str
+    datasets: tuple[str, ...] = ()  # full source dataset names
+    incremental: Incremental = "intermediate"  # zfs send -I (intermediate) or -i (direct)
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    schedule: Schedule = field(default_factory=Schedule)
+    rpo_seconds: int = 86400
+    parallel: int = 4
+    compression: Compression = "auto"
+    bandwidth_limit: int | None = None  # bytes per second
+    mbuffer: Mbuffer = "auto"
+    consistency: Consistency = "crash"
+    vsphere_production: str | None = None
+    vsphere_dr: str | None = None
+    vms: tuple[VmSpec, ...] = ()
+    line: int = 0
+    luns: dict[str, LunSpec] = field(default_factory=dict, hash=False)  # by full source dataset name
+
+    def dr_dataset(self, source_dataset: str) -> str:
+        """The DR dataset a source dataset replicates into (source_root prefix → dr_root)."""
+        if source_dataset == self.source_root:
+            return self.dr_root
+        prefix = self.source_root + "/"
+        if not source_dataset.startswith(prefix):
+            raise ValueError(f"{source_dataset} is not under {self.source_root}")
+        return self.dr_root + "/" + source_dataset[len(prefix):]
+
+    def source_dataset(self, dr_dataset: str) -> str:
+        """The inverse of :meth:`dr_dataset` (for reprotect and failback)."""
+        if dr_dataset == self.dr_root:
+            return self.source_root
+        prefix = self.dr_root + "/"
+        if not dr_dataset.startswith(prefix):
+            raise ValueError(f"{dr_dataset} is not under {self.dr_root}")
+        return self.source_root + "/" + dr_dataset[len(prefix):]
+
+    @property
+    def dr_datasets(self) -> tuple[str, ...]:
+        return tuple(self.dr_dataset(d) for d in self.datasets)
+
+    def vm(self, name: str) -> VmSpec:
+        for v in self.vms:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class VSwitch:
+    name: str
+    uplinks: tuple[str, ...] = ()
+    mtu: int = 1500
+    active: tuple[str, ...] = ()  # the loader fills this with the uplinks when not given
+    standby: tuple[str, ...] = ()
+    ports: int = 128
+
+
+@dataclass(frozen=True)
+class PortGroupSpec:
+    name: str
+    vswitch: str
+    vlan: int = 0
+    active_uplinks: tuple[str, ...] | None = None  # None: inherit the vSwitch's order
+    standby_uplinks: tuple[str, ...] | None = None
+    isolated: bool = False  # only for validation drills: must not reach production
+
+
+@dataclass(frozen=True)
+class VmkernelNic:
+    name: str  # "vmk1"
+    port_group: str
+    ip: str | None = None  # "10.20.0.11/24"; None = DHCP
+    mtu: int = 1500
+
+
+@dataclass(frozen=True)
+class Portal:
+    address: str
+    port: int = 3260
+
+
+@dataclass(frozen=True)
+class StaticTarget:
+    address: str
+    port: int
+    iqn: str
+
+
+@dataclass(frozen=True)
+class ChapSpec:
+    name: str
+    secret_file: str | None = None  # absolute path
+    secret_env: str | None = None
+
+
+@dataclass(frozen=True)
+class IscsiSpec:
+    enabled: bool = True
+    bind: tuple[str, ...] = ()  # vmk names bound to the software iSCSI adapter
+    send_targets: tuple[Portal, ...] = ()
+    static_targets: tuple[StaticTarget, ...] = ()
+    chap: ChapSpec | None = None
+
+
+@dataclass(frozen=True)
+class HostNetwork:
+    """The desired network of one DR ESXi host (what `esxdr host plan|apply` enforces)."""
+
+    host: str  # a vsphere endpoint (role dr, kind esxi) or a host of a DR vCenter
+    vswitches: dict[str, VSwitch] = field(default_factory=dict, hash=False)
+    port_groups: dict[str, PortGroupSpec] = field(default_factory=dict, hash=False)
+    vmkernel: dict[str, VmkernelNic] = field(default_factory=dict, hash=False)
+    iscsi: IscsiSpec | None = None
+    endpoint: str = ""  # the vsphere endpoint that manages this host
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Site:
+    path: str  # absolute path of the site file
+    version: int
+    name: str
+    state_dir: str
+    # Mappings are left out of the hash (dicts are not hashable), so every value here can go in a set.
+    storage: dict[str, StorageServer] = field(hash=False)
+    vsphere: dict[str, VsphereEndpoint] = field(hash=False)
+    protection_groups: dict[str, ProtectionGroup] = field(hash=False)
+    dr_network: dict[str, HostNetwork] = field(hash=False)
+
+    def group(self, name: str) -> ProtectionGroup:
+        """A protection group by name; an unknown name is a usage error with a suggestion."""
+        try:
+            return self.protection_groups[name]
+        except KeyError:
+            raise UsageError(f"no protection group {name!r} in {self.path}",
+                             hint=_known_hint(name, self.protection_groups)) from None
+
+    def groups(self, name: str | None = None) -> list[ProtectionGroup]:
+        """One group (by name) or all of them, for commands taking an optional GROUP."""
+        return [self.group(name)] if name else list(self.protection_groups.values())
+
+    def storage_server(self, name: str) -> StorageServer:
+        try:
+            return self.storage[name]
+        except KeyError:
+            raise UsageError(f"no storage server {name!r} in {self.path}",
+                             hint=_known_hint(name, self.storage)) from None
+
+    def endpoint(self, name: str) -> VsphereEndpoint:
+        try:
+            return self.vsphere[name]
+        except KeyError:
+            raise UsageError(f"no vsphere endpoint {name!r} in {self.path}",
+                             hint=_known_hint(name, self.vsphere)) from None
+
+    def endpoint_for_host(self, host: str) -> VsphereEndpoint | None:
+        """The endpoint that manages a host: the ESXi endpoint of that name, or a vCenter listing it."""
+        if host in self.vsphere:
+            return self.vsphere[host]
+        for ep in self.vsphere.values():
+            if host in ep.hosts:
+                return ep
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for `esxdr site show` and --json (secrets are references already)."""
+        return _plain(self)
+
+
+def _known_hint(name: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    listing = ", ".join(known) or "none"
+    return (f"did you mean {close[0]!r}? " if close else "") + f"known: {listing}"
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "line"}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
