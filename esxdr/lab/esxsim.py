@@ -1,0 +1,217 @@
+"""Build, start and stop esxsim, the Go ESXi simulator of the lab (tests/esxsim).
+
+Standard library only. esxsim prints one JSON line on stdout when its SOAP port is
+ready ({"url", "thumbprint", "hostname", "iqn", "username", "pid"}); logs go to stderr,
+which we send to a log file. The password travels in the environment, never in argv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_USERNAME = "root"
+READY_TIMEOUT_S = 20.0
+
+
+class EsxsimError(RuntimeError):
+    """esxsim could not be built or started."""
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def build(root: Path | str | None = None, force: bool = False) -> Path:
+    """Run scripts/build-esxsim (idempotent) and return the binary path."""
+    base = Path(root) if root is not None else repo_root()
+    script = base / "scripts" / "build-esxsim"
+    cmd = [str(script)] + (["--force"] if force else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EsxsimError(
+            f"building esxsim failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}; "
+            "install golang-go and golang-github-vmware-govmomi-dev, then run scripts/build-esxsim"
+        )
+    binary = base / "build" / "esxsim"
+    if not binary.exists():
+        raise EsxsimError(f"scripts/build-esxsim succeeded but {binary} is missing")
+    return binary
+
+
+@dataclass
+class EsxsimProcess:
+    """A running esxsim. stop() terminates it and waits."""
+
+    name: str
+    pid: int
+    url: str
+    host: str
+    port: int
+    username: str
+    password: str = field(repr=False)
+    thumbprint: str
+    iqn: str
+    datadir: Path
+    log_path: Path
+    popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        stop(self, timeout=timeout)
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start(
+    name: str,
+    listen_host: str,
+    port: int,
+    datadir: Path | str,
+    iqn: str | None = None,
+    password: str = "esxsim",
+    heartbeat_delay: float = 1.0,
+    log_path: Path | str | None = None,
+    username: str = DEFAULT_USERNAME,
+    tls: bool = False,
+    mount_registry: Path | str | None = None,
+    binary: Path | str | None = None,
+    ready_timeout: float = READY_TIMEOUT_S,
+) -> EsxsimProcess:
+    """Start esxsim serving host `name` on listen_host:port and wait for its SOAP port."""
+    if not listen_host.startswith("127."):
+        raise EsxsimError(f"esxsim listens on 127.0.0.0/8 only, not {listen_host}")
+    exe = Path(binary) if binary else build()
+    data = Path(datadir)
+    data.mkdir(parents=True, exist_ok=True)
+    logp = Path(log_path) if log_path else data / "esxsim.log"
+    logp.parent.mkdir(parents=True, exist_ok=True)
+    if _port_open(listen_host, port):
+        raise EsxsimError(f"{listen_host}:{port} is already in use; pick another port for esxsim {name}")
+    cmd = [
+        str(exe),
+        "-listen",
+        f"{listen_host}:{port}",
+        "-hostname",
+        name,
+        "-datadir",
+        str(data),
+        "-iqn",
+        iqn or f"iqn.1998-01.com.vmware:{name}",
+        "-username",
+        username,
+        "-heartbeat-delay",
+        f"{heartbeat_delay}s",
+    ]
+    if tls:
+        cmd.append("-tls")
+    if mount_registry:
+        cmd += ["-mount-registry", str(mount_registry)]
+    env = dict(os.environ)
+    env["ESXSIM_PASSWORD"] = password
+    logf = open(logp, "ab")
+    try:
+        popen = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=logf,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    finally:
+        logf.close()
+    assert popen.stdout is not None
+    deadline = time.monotonic() + ready_timeout
+    line = b""
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            break
+        ready, _, _ = select.select([popen.stdout], [], [], 0.2)
+        if ready:
+            chunk = os.read(popen.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            line += chunk
+            if b"\n" in line:
+                break
+    first = line.split(b"\n", 1)[0]
+    if not first:
+        popen.kill()
+        popen.wait()
+        tail = logp.read_text(errors="replace")[-2000:] if logp.exists() else ""
+        raise EsxsimError(f"esxsim {name} did not become ready on {listen_host}:{port}: {tail}")
+    info = json.loads(first)
+    while time.monotonic() < deadline and not _port_open(listen_host, port):
+        time.sleep(0.05)
+    # keep draining stdout so esxsim never blocks on a full pipe
+    popen.stdout.close()
+    return EsxsimProcess(
+        name=name,
+        pid=popen.pid,
+        url=info["url"],
+        host=listen_host,
+        port=port,
+        username=username,
+        password=password,
+        thumbprint=info.get("thumbprint", ""),
+        iqn=info.get("iqn", ""),
+        datadir=data,
+        log_path=logp,
+        popen=popen,
+    )
+
+
+def stop(proc: EsxsimProcess, timeout: float = 10.0) -> None:
+    """Terminate esxsim (it syncs datastores to their LUNs on SIGTERM) and wait."""
+    if proc.popen is not None:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
