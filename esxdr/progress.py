@@ -24,7 +24,7 @@ class Progress:
     BAR = 20
 
     def __init__(self, label: str, total: int | None, *, enabled: bool = True, stream=None,
-                 interval: float = 0.25):
+                 interval: float = 0.25, on_bytes=None):
         self.label = label
         self.total = total
         self.done = 0
@@ -35,10 +35,13 @@ class Progress:
         self.interval = interval if self.tty else 5.0
         self._last = 0.0
         self._lock = threading.Lock()
+        self.on_bytes = on_bytes
 
     def __call__(self, n: int) -> None:
         with self._lock:
             self.done += n
+            if self.on_bytes:
+                self.on_bytes(self.done)
             now = time.monotonic()
             if self.enabled and now - self._last >= self.interval:
                 self._last = now

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from esxdr.errors import EsxdrError, ReplicationConflict, TransientError, UsageError
+from esxdr.faults import checkpoint
 from esxdr.lock import GroupLock
 from esxdr.model import Capabilities, Dataset, Snapshot
 from esxdr.plan.replication import (
@@ -193,6 +194,7 @@ class Engine:
         self.opts = opts
         self.src: Side | None = None
         self.dst: Side | None = None
+        self._kinds: dict[str, str] = {}
 
     def close(self) -> None:
         for s in (self.src, self.dst):
@@ -214,6 +216,7 @@ class Engine:
             result.remote_commands = {self.src.name: self.src.transport.stats.commands,
                                       self.dst.name: self.dst.transport.stats.commands}
         if not self.opts.dry_run:
+            checkpoint("before-record")
             record_run(self.site.state_dir, result)
         return result
 
@@ -226,12 +229,16 @@ class Engine:
         result = GroupResult(group=g.name, snapshot=None, dry_run=opts.dry_run)
         result.compression = _pick_compression(g, src, dst)
         now = opts.now or datetime.now(UTC)
+        if not opts.dry_run and src.local and self._release_leaked_send_holds(src_obs):
+            src_obs = src.zfs.observe([g.source_root])
         if opts.take_snapshot:
             name = snapshot_name(g.name, now)
             result.snapshot = name
             opts.say(f"{g.name}: snapshot {g.source_root}@{name} ({len(g.datasets)} datasets, atomic)")
             if not opts.dry_run:
+                checkpoint("before-snapshot")
                 take_snapshot(g, src, src_obs, name)
+                checkpoint("after-snapshot")
             for ds in g.datasets:
                 if ds in src_obs:
                     src_obs[ds] = _with_new_snapshot(src_obs[ds], name, int(now.timestamp()))
@@ -253,7 +260,9 @@ class Engine:
             if opts.prune:
                 result.pruned = self._prune(src_obs, dst_obs, dry_run=True, plans=plans)
             return result
+        checkpoint("after-plan")
         work = [r for r in result.datasets if any(not isinstance(a, UpToDate) for a in r.actions)]
+        self._kinds = {r.dest: src_obs[r.source].type for r in work}
         if work:
             with ThreadPoolExecutor(max_workers=max(1, g.parallel)) as pool:
                 futures = [pool.submit(self._replicate_one, r, src_obs[r.source], result.compression) for r in work]
@@ -266,8 +275,10 @@ class Engine:
             if errors:
                 raise errors[0] if len(errors) == 1 or not all(isinstance(e, ReplicationConflict) for e in errors) \
                     else _combine(errors)  # type: ignore[arg-type]
+            checkpoint("after-receive")
             self._move_holds(work, src_obs, dst_obs)
         if opts.prune:
+            checkpoint("before-prune")
             if work:
                 src_obs = src.zfs.observe([g.source_root])
                 dst_obs = dst.zfs.observe([g.dr_root])
@@ -322,17 +333,79 @@ class Engine:
                 send = src.zfs.send_argv(None, "", False, resume_token=action.token)
                 total, force = None, False
             label = r.dest.rsplit("/", 1)[-1]
-            bar = Progress(label, total, enabled=self.opts.progress)
+            bar = Progress(label, total, enabled=self.opts.progress, on_bytes=_mid_stream_checkpoint)
             recv = dst.zfs.recv_argv(r.dest, force=force)
+            inflight: list[Path] = []
             res = run_stream(src.transport, send, dst.transport, recv, compress=compression,
                              mbuffer=self._mbuffer(src, dst), progress=bar, bwlimit=self.group.bandwidth_limit,
-                             dataset=r.dest)
+                             dataset=r.dest, on_start=lambda procs: inflight.append(self._note_send(procs[0], r)))
+            for p in inflight:
+                p.unlink(missing_ok=True)
             bar.finish()
             if isinstance(action, SendFull):
-                # A replica must not be written on DR; tests and failover work on clones or promote it.
-                dst.zfs.set_props(r.dest, {"readonly": "on"})
+                self._seal_replica(r.dest, self._kinds.get(r.dest, "filesystem"))
             return res.bytes
         raise AssertionError(f"unknown action {action!r}")
+
+    # -- pool-v23 send holds ------------------------------------------------------------
+    # A pool-v23 `zfs send -I` takes temporary user holds (".send-<pid>-0") on the range it
+    # sends; zfs-fuse only drops them when the sender exits on its own. A sender killed with
+    # esxdr (power cut, SIGKILL) leaves them behind and they would block pruning forever, so
+    # each local send is noted in the state dir and a later run releases what a dead one left.
+
+    def _inflight_dir(self) -> Path:
+        return Path(self.site.state_dir) / "inflight" / self.group.name
+
+    def _note_send(self, proc, r: DatasetResult) -> Path:
+        assert self.src
+        d = self._inflight_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{proc.pid}.json"
+        if self.src.local and self.src.caps.flavour == "legacy" and isinstance(getattr(proc, "pid", None), int):
+            path.write_text(json.dumps({"pid": proc.pid, "dataset": r.source}))
+        return path
+
+    def _release_leaked_send_holds(self, src_obs: dict[str, Dataset]) -> bool:
+        """True when something was released (the caller then observes again)."""
+        assert self.src
+        d = self._inflight_dir()
+        released = False
+        if not d.exists():
+            return released
+        from esxdr.lab.tgtd import _pid_running
+
+        for note in sorted(d.glob("*.json")):
+            try:
+                entry = json.loads(note.read_text())
+            except (OSError, ValueError):
+                note.unlink(missing_ok=True)
+                continue
+            if _pid_running(int(entry["pid"])):
+                continue
+            ds = src_obs.get(entry["dataset"])
+            held = [s.full_name for s in (ds.snapshots if ds else []) if s.held]
+            if held:
+                self.opts.say(f"{self.group.name}: releasing holds left by a killed send (pid {entry['pid']})")
+                self.src.transport.run([*self.src.zfs.cmd, "release", f".send-{entry['pid']}-0", *held],
+                                       check=False)
+                released = True
+            note.unlink(missing_ok=True)
+        return released
+
+    def _seal_replica(self, dest: str, kind: str) -> None:
+        """A replica is never written or mounted on DR; drills use clones and failover promotes it.
+
+        Unmounted also because zfs-fuse does not invalidate the kernel page cache when an
+        incremental receive lands in a mounted filesystem: readers would see stale blocks.
+        """
+        assert self.dst
+        props = {"readonly": "on"}
+        if kind == "filesystem":
+            props["canmount"] = "noauto"
+        self.dst.zfs.set_props(dest, props)
+        if kind == "filesystem" and self.dst.caps.flavour == "legacy":
+            # pool-v23 receive mounts what it receives (it has no -u)
+            self.dst.zfs.run("unmount", dest, dataset=dest)
 
     def _mbuffer(self, src: Side, dst: Side) -> bool:
         mode = self.group.mbuffer
@@ -365,9 +438,11 @@ class Engine:
         for side, new, old in ((self.src, new_src, old_src), (self.dst, new_dst, old_dst)):
             if new:
                 side.transport.run([*side.zfs.cmd, "hold", tag, *new], check=False)
+                checkpoint("after-hold")
             if old:
                 # A hold may be another tool's; release fails harmlessly for snapshots without ours.
                 side.transport.run([*side.zfs.cmd, "release", tag, *old], check=False)
+                checkpoint("after-release")
 
     # -- retention -------------------------------------------------------------
     def _prune(self, src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset], *, dry_run: bool,
@@ -401,8 +476,16 @@ class Engine:
             out[side.name] = doomed
             if doomed and not dry_run:
                 self.opts.say(f"{g.name}: prune {len(doomed)} snapshot(s) on {side.name}")
-                side.zfs.destroy_snapshots(doomed)
+                side.zfs.destroy_snapshots(doomed[:1])
+                checkpoint("mid-prune")
+                if doomed[1:]:
+                    side.zfs.destroy_snapshots(doomed[1:])
         return out
+
+
+def _mid_stream_checkpoint(done: int) -> None:
+    if done >= 1 << 20:
+        checkpoint("mid-stream")
 
 
 def prune_decisions(ds: Dataset, rules, group: str, protected: frozenset[int], prune_foreign: bool,

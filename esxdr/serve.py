@@ -21,7 +21,7 @@ import sys
 import time
 
 DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]*(@[A-Za-z0-9_.:\-]+)?$")
-PROP_ASSIGN_RE = re.compile(r"^(readonly=(on|off)|esxdr:[a-z0-9_.:\-]+=[A-Za-z0-9_.:,=+/\-]*)$")
+PROP_ASSIGN_RE = re.compile(r"^(readonly=(on|off)|canmount=(on|off|noauto)|esxdr:[a-z0-9_.:\-]+=[A-Za-z0-9_.:,=+/\-]*)$")
 PROP_LIST_RE = re.compile(r"^[a-z0-9_:,@.\-]+$")
 HOLD_TAG_RE = re.compile(r"^esxdr[A-Za-z0-9_.\-]*$")
 
@@ -147,6 +147,12 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
             if not PROP_ASSIGN_RE.match(a):
                 raise Refused(f"setting {a!r} is not allowed")
         _need_dataset(rest[-1], prefixes)
+        return
+    if verb in ("mount", "unmount"):
+        rest = _flags(rest, "f" if verb == "unmount" else "")
+        if len(rest) != 1:
+            raise Refused(f"{verb} takes one dataset")
+        _need_dataset(rest[0], prefixes, snapshot=False)
         return
     if verb == "create":
         rest = _flags(rest, "p")

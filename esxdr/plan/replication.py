@@ -171,6 +171,10 @@ def plan_dataset(source: Dataset, dest: Dataset | None, dest_name: str, *, inter
                 hint="a DR test left writes behind? run again with --rollback-dr to discard them",
                 evidence={"dataset": dest_name, "common": src_common.name, "written": dest.written})
         force = True
+    elif dest.written is None and allow_rollback_dr:
+        # Pool-v23 zfs cannot tell whether DR was written since the snapshot; the user has
+        # accepted losing such writes, so let receive roll them back.
+        force = True
     newer = [s for s in source.snapshots if s.createtxg > src_common.createtxg]
     if not newer:
         if actions:

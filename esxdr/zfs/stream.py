@@ -114,10 +114,14 @@ def run_stream(src: Transport, send_argv: list[str], dst: Transport, recv_argv: 
         except OSError as e:  # the receiving side went away (EPIPE) or the sender died
             relay_error = e
         finally:
-            try:
-                sink_in.close()
-            except OSError:
-                pass
+            for f in (sink_in, sender.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        # With our read end closed the sender fails on its next write and exits through its own
+        # error path; it is not killed, because a killed pool-v23 `zfs send -I` leaks its
+        # temporary holds (see Engine._release_leaked_send_holds).
         for p in reversed(procs):
             try:
                 p.wait(timeout=3600)

@@ -1,0 +1,619 @@
+"""Pure planning for a DR ESXi host: desired (site file) vs observed → actions with reasons.
+
+No pyVmomi here: observed state comes in as :mod:`esxdr.vsphere.observed` values, actions
+go out as data. :mod:`esxdr.vsphere.host` walks the same action list for ``--dry-run``
+(describe) and apply (execute), so the two cannot disagree.
+
+Two planners:
+
+- :func:`plan_host` — network and software iSCSI (``esxdr host plan|apply``)
+- :func:`check_storage` and :func:`plan_resolution` — is every expected LUN visible and every
+  expected VMFS volume mounted with its identity (``esxdr host verify-storage``)
+
+Order of a host plan, and why:
+
+1. with ``prune``: unbind, remove targets, VMkernel NICs, port groups, vSwitches first —
+   so uplinks and names they held are free for what comes next;
+2. vSwitch updates before vSwitch adds (an update may release an uplink an add needs);
+3. port groups, then VMkernel NICs (a NIC needs its port group);
+4. software iSCSI on, CHAP, port binding (needs the NIC), send and static targets;
+5. RescanAllHba + RescanVmfs, only when storage configuration changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from esxdr.vsphere.observed import HostState, ObservedLun, UnresolvedVolume
+
+MANAGEMENT_VNIC = "vmk0"
+
+# Action kinds in execution order (the planner sorts by this).
+ORDER = [
+    "unbind_vnic", "remove_static_target", "remove_send_target", "remove_vnic", "remove_port_group",
+    "remove_vswitch",
+    "update_vswitch", "add_vswitch", "update_port_group", "add_port_group", "update_vnic", "add_vnic",
+    "enable_software_iscsi", "set_chap", "bind_vnic", "add_send_target", "add_static_target",
+    "disable_software_iscsi",
+    "rescan_all_hba", "rescan_vmfs",
+    # storage resolution (verify-storage --resolve)
+    "force_mount", "resignature", "rename_datastore",
+]
+STORAGE_KINDS = {"enable_software_iscsi", "set_chap", "bind_vnic", "add_send_target", "add_static_target",
+                 "unbind_vnic", "remove_static_target", "remove_send_target", "disable_software_iscsi"}
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    target: str  # the object acted on, by name
+    reason: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+
+    @property
+    def changes_storage(self) -> bool:
+        return self.kind in STORAGE_KINDS
+
+    def describe(self) -> str:
+        p = self.params
+        k = self.kind
+        if k in ("add_vswitch", "update_vswitch"):
+            verb = "add" if k == "add_vswitch" else "update"
+            team = f", active {_csv(p['active'])}" + (f", standby {_csv(p['standby'])}" if p["standby"] else "")
+            return (f"{verb} vSwitch {self.target} (uplinks {_csv(p['uplinks']) or 'none'}, MTU {p['mtu']}"
+                    f"{team if p['uplinks'] else ''}, {p['ports']} ports)")
+        if k in ("add_port_group", "update_port_group"):
+            verb = "add" if k == "add_port_group" else "update"
+            team = "" if p["active"] is None else f", active {_csv(p['active'])}" + \
+                (f", standby {_csv(p['standby'])}" if p["standby"] else "")
+            return f"{verb} port group {self.target} on {p['vswitch']} (VLAN {p['vlan']}{team})"
+        if k in ("add_vnic", "update_vnic"):
+            verb = "add" if k == "add_vnic" else "update"
+            ip = "DHCP" if p["ip"] is None else f"{p['ip']}/{p['prefix']}"
+            return f"{verb} VMkernel NIC {self.target} on {p['port_group']} ({ip}, MTU {p['mtu']})"
+        if k == "enable_software_iscsi":
+            return "enable the software iSCSI adapter"
+        if k == "disable_software_iscsi":
+            return "disable the software iSCSI adapter"
+        if k == "set_chap":
+            return f"set CHAP on the iSCSI adapter (name {p['name']}, secret from {p['secret_ref']})"
+        if k == "bind_vnic":
+            return f"bind {self.target} to the software iSCSI adapter"
+        if k == "unbind_vnic":
+            return f"unbind {self.target} from the software iSCSI adapter"
+        if k == "add_send_target":
+            return f"add send target {self.target}"
+        if k == "remove_send_target":
+            return f"remove send target {self.target}"
+        if k == "add_static_target":
+            return f"add static target {self.target}"
+        if k == "remove_static_target":
+            return f"remove static target {self.target}"
+        if k == "remove_vnic":
+            return f"remove VMkernel NIC {self.target}"
+        if k == "remove_port_group":
+            return f"remove port group {self.target}"
+        if k == "remove_vswitch":
+            return f"remove vSwitch {self.target}"
+        if k == "rescan_all_hba":
+            return "rescan all HBAs"
+        if k == "rescan_vmfs":
+            return "rescan for VMFS volumes"
+        if k == "force_mount":
+            return f"force-mount VMFS volume {self.target} keeping its UUID (from {_csv(p['extents'])})"
+        if k == "resignature":
+            rename = f", then rename it to {p['rename_to']}" if p.get("rename_to") else ""
+            return f"resignature VMFS volume {self.target} (new UUID{rename})"
+        if k == "rename_datastore":
+            return f"rename datastore {self.target} to {p['new_name']}"
+        return f"{k} {self.target}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "target": self.target, "reason": self.reason,
+                "description": self.describe(), "params": _plain(self.params)}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Something the plan will not do, with why and what to change. apply stops before acting."""
+
+    target: str
+    message: str
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"target": self.target, "message": self.message, "hint": self.hint}
+
+
+@dataclass
+class HostPlan:
+    host: str
+    actions: list[Action] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # left alone, and why
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions and not self.refusals
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "actions": [a.to_dict() for a in self.actions],
+                "refusals": [r.to_dict() for r in self.refusals], "notes": list(self.notes)}
+
+    def render(self) -> str:
+        lines = []
+        if not self.actions and not self.refusals:
+            lines.append(f"{self.host}: up to date, nothing to do")
+        for i, a in enumerate(self.actions, 1):
+            lines.append(f"{i:3}. {a.describe()}")
+            lines.append(f"     because {a.reason}")
+        for r in self.refusals:
+            lines.append(f"refused: {r.target}: {r.message}")
+            if r.hint:
+                lines.append(f"     hint: {r.hint}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        return "\n".join(lines)
+
+
+def _csv(items: Any) -> str:
+    return ", ".join(items or ())
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def split_ip(cidr: str | None) -> tuple[str | None, str | None, int | None]:
+    """"10.20.0.11/24" → ("10.20.0.11", "255.255.255.0", 24); None (DHCP) → (None, None, None)."""
+    if cidr is None or cidr == "dhcp":
+        return None, None, None
+    iface = ipaddress.ip_interface(cidr if "/" in cidr else cidr + "/32")
+    return str(iface.ip), str(iface.network.netmask), iface.network.prefixlen
+
+
+def _vs_teaming(vs: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    standby = tuple(vs.standby)
+    active = tuple(vs.active) or tuple(u for u in vs.uplinks if u not in standby)
+    return active, standby
+
+
+# --------------------------------------------------------------------------- host network plan
+def plan_host(desired: Any, observed: HostState, *, prune: bool = False) -> HostPlan:
+    """Plan ``desired`` (a :class:`~esxdr.site.model.HostNetwork`) against ``observed``."""
+    plan = HostPlan(host=desired.host)
+    acts: list[Action] = []
+    refuse = plan.refusals.append
+    mgmt_pg = observed.vnics[MANAGEMENT_VNIC].port_group if MANAGEMENT_VNIC in observed.vnics else None
+    mgmt_vs = observed.port_groups[mgmt_pg].vswitch if mgmt_pg in observed.port_groups else None
+
+    # vSwitches that will be gone (pruned) or will release uplinks
+    pruned_vs = set()
+    if prune:
+        pruned_vs = {n for n in observed.vswitches if n not in desired.vswitches and n != mgmt_vs}
+    releasing = {n: set(v.uplinks) - set(desired.vswitches[n].uplinks)
+                 for n, v in observed.vswitches.items() if n in desired.vswitches}
+
+    # -- vSwitches
+    for name, vs in desired.vswitches.items():
+        active, standby = _vs_teaming(vs)
+        params = {"uplinks": tuple(vs.uplinks), "mtu": vs.mtu, "active": active, "standby": standby,
+                  "ports": vs.ports}
+        for u in vs.uplinks:
+            if observed.pnics and u not in observed.pnics:
+                refuse(Refusal(f"vSwitch {name}", f"uplink {u} does not exist on {observed.name}",
+                               f"physical NICs there: {_csv(observed.pnics)}"))
+                continue
+            owner = observed.uplink_owner(u)
+            if owner and owner != name and owner not in pruned_vs and u not in releasing.get(owner, set()):
+                refuse(Refusal(
+                    f"vSwitch {name}", f"uplink {u} is already an uplink of {owner} (an uplink belongs to one vSwitch)",
+                    f"remove {u} from {owner} first, or describe {owner} in the site file without it"
+                    + ("" if owner in desired.vswitches else " (or run with --prune to remove it)")))
+        ob = observed.vswitches.get(name)
+        if ob is None:
+            acts.append(Action("add_vswitch", name, "it is in the site file but not on the host", params))
+            continue
+        diffs = []
+        if set(ob.uplinks) != set(vs.uplinks):
+            diffs.append(f"uplinks {_csv(ob.uplinks) or 'none'} → {_csv(vs.uplinks) or 'none'}")
+        if ob.mtu != vs.mtu:
+            diffs.append(f"MTU {ob.mtu} → {vs.mtu}")
+        if vs.uplinks and (tuple(ob.active) != active or tuple(ob.standby) != standby):
+            diffs.append(f"failover order active [{_csv(ob.active)}] standby [{_csv(ob.standby)}] → "
+                         f"active [{_csv(active)}] standby [{_csv(standby)}]")
+        if ob.ports != vs.ports:
+            diffs.append(f"ports {ob.ports} → {vs.ports}")
+        if diffs:
+            acts.append(Action("update_vswitch", name, "; ".join(diffs), params))
+
+    # -- port groups
+    def vs_order(vs_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        if vs_name in desired.vswitches:
+            return _vs_teaming(desired.vswitches[vs_name])
+        ob = observed.vswitches.get(vs_name)
+        return (tuple(ob.active), tuple(ob.standby)) if ob else ((), ())
+
+    def effective(pg_name: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        pg = desired.port_groups.get(pg_name)
+        if pg is not None:
+            if pg.active_uplinks is not None:
+                return tuple(pg.active_uplinks), tuple(pg.standby_uplinks or ())
+            return vs_order(pg.vswitch)
+        ob = observed.port_groups.get(pg_name)
+        return (tuple(ob.effective_active), tuple(ob.effective_standby)) if ob else None
+
+    for name, pg in desired.port_groups.items():
+        active = tuple(pg.active_uplinks) if pg.active_uplinks is not None else None
+        standby = tuple(pg.standby_uplinks or ()) if active is not None else None
+        params = {"vswitch": pg.vswitch, "vlan": pg.vlan, "active": active, "standby": standby}
+        ob = observed.port_groups.get(name)
+        if ob is None:
+            acts.append(Action("add_port_group", name, "it is in the site file but not on the host", params))
+            continue
+        if ob.vswitch != pg.vswitch:
+            refuse(Refusal(f"port group {name}", f"exists on {ob.vswitch}, the site file puts it on {pg.vswitch}",
+                           "ESXi cannot move a port group: remove it on the host (or rename it in the site file)"))
+            continue
+        diffs = []
+        if ob.vlan != pg.vlan:
+            diffs.append(f"VLAN {ob.vlan} → {pg.vlan}")
+        ob_active = tuple(ob.active) if ob.active is not None else None
+        ob_standby = tuple(ob.standby or ()) if ob.active is not None else None
+        if (ob_active, ob_standby) != (active, standby):
+            def show(a: Any, s: Any) -> str:
+                return "inherited from the vSwitch" if a is None else f"active [{_csv(a)}] standby [{_csv(s)}]"
+            diffs.append(f"teaming {show(ob_active, ob_standby)} → {show(active, standby)}")
+        if diffs:
+            acts.append(Action("update_port_group", name, "; ".join(diffs), params))
+
+    # -- VMkernel NICs. ESXi numbers new NICs itself, so a desired vmkN is matched by its port
+    # group first; apply maps the desired name to the device ESXi hands back.
+    claimed: set[str] = set()
+    for name, nic in desired.vmkernel.items():
+        ip, mask, prefix = split_ip(nic.ip)
+        params = {"port_group": nic.port_group, "ip": ip, "netmask": mask, "prefix": prefix, "mtu": nic.mtu}
+        ob = observed.vnic_on(nic.port_group)
+        if ob is None and name in observed.vnics:
+            ob = observed.vnics[name]
+        if ob is None:
+            acts.append(Action("add_vnic", name, "it is in the site file but not on the host", params))
+            continue
+        claimed.add(ob.device)
+        diffs = []
+        if ob.device != name:
+            plan.notes.append(f"{name} is {ob.device} on {observed.name} (ESXi chose the number)")
+        if ob.port_group != nic.port_group:
+            diffs.append(f"port group {ob.port_group} → {nic.port_group}")
+        if ip is None and not ob.dhcp:
+            diffs.append(f"IP {ob.ip} → DHCP")
+        elif ip is not None and (ob.dhcp or ob.ip != ip or ob.netmask != mask):
+            diffs.append(f"IP {'DHCP' if ob.dhcp else f'{ob.ip}/{ob.netmask}'} → {ip}/{mask}")
+        if ob.mtu != nic.mtu:
+            diffs.append(f"MTU {ob.mtu} → {nic.mtu}")
+        if diffs:
+            acts.append(Action("update_vnic", ob.device, "; ".join(diffs), {**params, "desired_name": name}))
+
+    def device_of(vmk: str) -> str:
+        nic = desired.vmkernel.get(vmk)
+        if nic is not None:
+            ob = observed.vnic_on(nic.port_group)
+            if ob is not None:
+                return ob.device
+        return vmk
+
+    # -- software iSCSI
+    spec = desired.iscsi
+    iscsi = observed.iscsi
+    if spec is not None and spec.enabled:
+        if not observed.software_iscsi_enabled or iscsi is None:
+            acts.append(Action("enable_software_iscsi", "software iSCSI", "the site file wants it and it is off"))
+        if spec.chap is not None:
+            ref = f"file {spec.chap.secret_file}" if spec.chap.secret_file else f"${spec.chap.secret_env}"
+            if iscsi is None or not iscsi.chap_enabled or iscsi.chap_name != spec.chap.name:
+                why = "CHAP is off" if iscsi is None or not iscsi.chap_enabled else \
+                    f"CHAP name is {iscsi.chap_name}, the site file says {spec.chap.name}"
+                acts.append(Action("set_chap", spec.chap.name, why,
+                                   {"name": spec.chap.name, "secret_ref": ref,
+                                    "secret_file": spec.chap.secret_file, "secret_env": spec.chap.secret_env}))
+        bound = set(iscsi.bound or ()) if iscsi is not None else set()
+        for vmk in spec.bind:
+            nic = desired.vmkernel.get(vmk)
+            pg_name = nic.port_group if nic else (observed.vnics[vmk].port_group if vmk in observed.vnics else None)
+            order = effective(pg_name) if pg_name else None
+            if order is None:
+                refuse(Refusal(vmk, f"cannot bind {vmk}: it has no port group on {observed.name}",
+                               f"describe {vmk} under vmkernel: in the site file"))
+                continue
+            active, standby = order
+            if len(active) != 1 or standby:
+                what = f"{len(active)} active uplink{'s' if len(active) != 1 else ''}" + \
+                    (f" ({_csv(active)})" if active else "") + \
+                    (f" and standby {_csv(standby)}" if standby else "")
+                first = active[0] if active else "vmnicN"
+                refuse(Refusal(
+                    vmk, f"cannot bind {vmk} to software iSCSI: its port group {pg_name} has {what}; "
+                         "iSCSI port binding needs exactly one active uplink and no standby uplink",
+                    f"set active_uplinks: [{first}] and standby_uplinks: [] on port group {pg_name}"))
+                continue
+            dev = device_of(vmk)
+            if dev not in bound:
+                acts.append(Action("bind_vnic", vmk, "the site file binds it and it is not bound",
+                                   {"device": dev}))
+        have_send = set(iscsi.send_targets) if iscsi else set()
+        for p in spec.send_targets:
+            if (p.address, p.port) not in have_send:
+                acts.append(Action("add_send_target", f"{p.address}:{p.port}", "not configured on the adapter",
+                                   {"address": p.address, "port": p.port}))
+        have_static = set(iscsi.static_targets) if iscsi else set()
+        for st in spec.static_targets:
+            if (st.address, st.port, st.iqn) not in have_static:
+                acts.append(Action("add_static_target", f"{st.iqn} at {st.address}:{st.port}",
+                                   "not configured on the adapter",
+                                   {"address": st.address, "port": st.port, "iqn": st.iqn}))
+        if iscsi is not None:
+            want_send = {(p.address, p.port) for p in spec.send_targets}
+            want_static = {(s.address, s.port, s.iqn) for s in spec.static_targets}
+            want_bound = {device_of(v) for v in spec.bind}
+            extra_send = [s for s in iscsi.send_targets if s not in want_send]
+            extra_static = [s for s in iscsi.static_targets if s not in want_static]
+            extra_bound = [b for b in (iscsi.bound or ()) if b not in want_bound]
+            if prune:
+                for dev in extra_bound:
+                    acts.append(Action("unbind_vnic", dev, "bound on the host, not in the site file (--prune)",
+                                       {"device": dev}))
+                for a, port in extra_send:
+                    acts.append(Action("remove_send_target", f"{a}:{port}", "not in the site file (--prune)",
+                                       {"address": a, "port": port}))
+                for a, port, iqn in extra_static:
+                    acts.append(Action("remove_static_target", f"{iqn} at {a}:{port}",
+                                       "not in the site file (--prune)", {"address": a, "port": port, "iqn": iqn}))
+            else:
+                for what in ([f"send target {a}:{p}" for a, p in extra_send]
+                             + [f"static target {q} at {a}:{p}" for a, p, q in extra_static]
+                             + [f"iSCSI binding of {d}" for d in extra_bound]):
+                    plan.notes.append(f"{what} is not in the site file; kept (--prune removes it)")
+    elif spec is not None and not spec.enabled and observed.software_iscsi_enabled:
+        acts.append(Action("disable_software_iscsi", "software iSCSI", "the site file says enabled: false"))
+
+    # -- things on the host that the site file does not describe
+    protected_pgs = {mgmt_pg} if mgmt_pg else set()
+    bound_now = set(iscsi.bound or ()) if iscsi else set()
+    extra_vnics = [d for d in observed.vnics if d not in claimed and d != MANAGEMENT_VNIC]
+    extra_pgs = [n for n in observed.port_groups if n not in desired.port_groups and n not in protected_pgs]
+    extra_vs = [n for n in observed.vswitches if n not in desired.vswitches]
+    if prune:
+        for d in extra_vnics:
+            if d in bound_now and not any(a.kind == "unbind_vnic" and a.target == d for a in acts):
+                continue
+            acts.append(Action("remove_vnic", d, "not in the site file (--prune)", {"device": d}))
+        for n in extra_pgs:
+            acts.append(Action("remove_port_group", n, "not in the site file (--prune)",
+                               {"vswitch": observed.port_groups[n].vswitch}))
+        for n in extra_vs:
+            if n == mgmt_vs:
+                plan.notes.append(f"{n} carries the management network ({MANAGEMENT_VNIC}); kept even with --prune")
+                continue
+            acts.append(Action("remove_vswitch", n, "not in the site file (--prune)"))
+        if mgmt_pg and mgmt_pg not in desired.port_groups:
+            plan.notes.append(f"port group {mgmt_pg} carries {MANAGEMENT_VNIC}; kept even with --prune")
+    else:
+        extras = ([f"vSwitch {n}" for n in extra_vs] + [f"port group {n}" for n in extra_pgs]
+                  + [f"VMkernel NIC {d}" for d in extra_vnics])
+        if extras:
+            plan.notes.append("not in the site file, left alone (--prune removes them): " + ", ".join(extras))
+
+    if any(a.changes_storage for a in acts):
+        acts.append(Action("rescan_all_hba", observed.name, "the iSCSI configuration changed"))
+        acts.append(Action("rescan_vmfs", observed.name, "new LUNs may carry VMFS volumes"))
+    acts.sort(key=lambda a: ORDER.index(a.kind))
+    plan.actions = acts
+    return plan
+
+
+# --------------------------------------------------------------------------- storage verification
+@dataclass(frozen=True)
+class ExpectedLun:
+    """One LUN of the target manifest and the VMFS volume expected on it (when known)."""
+
+    naa: str  # lower-case hex, no "naa."
+    target: str | None = None  # the target IQN that presents it (manifest view)
+    datastore: str | None = None  # expected datastore name (site LunSpec, else the VMFS label)
+    vmfs_uuid: str | None = None
+    label: str | None = None  # the label read from the LUN's header
+    product_id: str | None = None
+
+    @property
+    def canonical(self) -> str:
+        return "naa." + self.naa
+
+
+@dataclass
+class LunCheck:
+    naa: str
+    status: str  # ok | missing | unresolved | no-volume | not-mounted
+    message: str
+    hint: str = ""
+    datastore: str | None = None
+    vmfs_uuid: str | None = None
+    paths: tuple[str, ...] = ()
+    unresolved: UnresolvedVolume | None = None
+    expected: ExpectedLun | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"naa": "naa." + self.naa, "status": self.status, "message": self.message, "hint": self.hint,
+                "datastore": self.datastore, "vmfs_uuid": self.vmfs_uuid, "paths": list(self.paths),
+                "notes": list(self.notes),
+                "unresolved": None if self.unresolved is None else {
+                    "vmfs_uuid": self.unresolved.vmfs_uuid, "label": self.unresolved.label,
+                    "extents": list(self.unresolved.extents), "reason": self.unresolved.reason}}
+
+
+@dataclass
+class StorageReport:
+    host: str
+    checks: list[LunCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def missing(self) -> list[LunCheck]:
+        return [c for c in self.checks if c.status == "missing"]
+
+    @property
+    def unresolved(self) -> list[LunCheck]:
+        return [c for c in self.checks if c.status == "unresolved"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "ok": self.ok, "luns": [c.to_dict() for c in self.checks]}
+
+    def render(self) -> str:
+        lines = []
+        for c in self.checks:
+            mark = "ok " if c.ok else "!! "
+            lines.append(f"{mark} naa.{c.naa}: {c.message}")
+            for n in c.notes:
+                lines.append(f"     note: {n}")
+            if c.hint:
+                lines.append(f"     hint: {c.hint}")
+        n_ok = sum(c.ok for c in self.checks)
+        lines.append(f"{self.host}: {n_ok}/{len(self.checks)} LUNs verified")
+        return "\n".join(lines)
+
+
+def _missing_lun_diagnosis(exp: ExpectedLun, host: HostState) -> tuple[str, str]:
+    """Why a LUN is not seen, from what the adapter shows: message tail and hint."""
+    iscsi = host.iscsi
+    if not host.software_iscsi_enabled or iscsi is None:
+        return ("the software iSCSI adapter is off", "run `esxdr host apply` (iscsi: in the site file's dr_network)")
+    if not iscsi.send_targets and not iscsi.static_targets:
+        return (f"{iscsi.device} has no send or static targets",
+                "add send_targets: [portal] under iscsi: in dr_network and run `esxdr host apply`")
+    targets = {t[2] for t in iscsi.discovered} | {t[2] for t in iscsi.static_targets}
+    lun_targets: dict[str, list[ObservedLun]] = {}
+    for lun in host.luns.values():
+        for t in lun.targets:
+            lun_targets.setdefault(t, []).append(lun)
+    portals = ", ".join(f"{a}:{p}" for a, p in iscsi.send_targets) or \
+        ", ".join(f"{a}:{p}" for a, p, _ in iscsi.static_targets)
+    if exp.target and exp.target in targets:
+        others = [x.canonical_name for x in lun_targets.get(exp.target, [])]
+        offered = f"offered {len(others)} LUN{'s' if len(others) != 1 else ''}" + \
+            (f" ({', '.join(others)})" if others else "")
+        return (f"target {exp.target} {offered} to initiator {iscsi.iqn}, not this one",
+                f"present naa.{exp.naa} on {exp.target} and allow {iscsi.iqn} in the target's ACL "
+                f"(esxdr target import --allow-initiator {iscsi.iqn}), then rerun")
+    if not targets:
+        return (f"no iSCSI session: discovery on {portals} returned no targets for initiator {iscsi.iqn}",
+                "check that the portal address and port are right and reachable from the bound VMkernel NIC "
+                "(VLAN id, IP subnet, iSCSI port binding), and that the target's ACL allows "
+                f"{iscsi.iqn} (esxdr target import --allow-initiator {iscsi.iqn})")
+    shown = ", ".join(sorted(targets))
+    what = f"target {exp.target} is not among the discovered targets ({shown})" if exp.target else \
+        f"none of the discovered targets ({shown}) offered it to initiator {iscsi.iqn}"
+    return (what, f"check the target's LUN mapping and ACL (allow {iscsi.iqn}); "
+                  "the LUN must keep its NAA (esxdr target import keeps identities)")
+
+
+def check_storage(expected: list[ExpectedLun], host: HostState,
+                  unresolved: list[UnresolvedVolume] | None = None) -> StorageReport:
+    """Is each expected LUN seen (by NAA) and each expected VMFS volume mounted as itself?"""
+    report = StorageReport(host=host.name)
+    unresolved = unresolved or []
+    for exp in expected:
+        lun = host.luns.get(exp.canonical)
+        paths = lun.paths if lun else ()
+        # the volume: by UUID when known, else whatever datastore sits on this LUN
+        ds = host.datastore_by_uuid(exp.vmfs_uuid) if exp.vmfs_uuid else None
+        if ds is None and not exp.vmfs_uuid:
+            ds = next((d for d in host.datastores.values() if exp.canonical in d.extents), None)
+        unres = None
+        if ds is None:
+            unres = next((u for u in unresolved if exp.vmfs_uuid and u.vmfs_uuid == exp.vmfs_uuid), None) or \
+                next((u for u in unresolved if exp.canonical in u.extents), None)
+        name = exp.datastore or exp.label
+        label = f" ({name})" if name else ""
+        if ds is not None:
+            check = LunCheck(exp.naa, "ok", f"datastore {ds.name} mounted, VMFS {ds.vmfs_uuid}",
+                             datastore=ds.name, vmfs_uuid=ds.vmfs_uuid, paths=paths, expected=exp)
+            if lun is None:
+                check.status = "missing"
+                check.message = f"not seen by {host.name}, yet datastore {ds.name} is mounted from {_csv(ds.extents)}"
+                check.hint = "the volume is mounted from another LUN identity: check the target manifest's NAA"
+            elif exp.canonical not in ds.extents:
+                check.notes.append(f"the datastore's extents are {_csv(ds.extents)}")
+            if ds.force_mounted:
+                check.notes.append("force-mounted (UUID kept, LUN identity differs): resignature when convenient")
+            if exp.datastore and ds.name != exp.datastore:
+                check.notes.append(f"named {ds.name}, expected {exp.datastore}")
+            if lun is not None and lun.adapters and host.iscsi and host.iscsi.device not in lun.adapters:
+                check.notes.append(f"reached through {_csv(lun.adapters)}, not the software iSCSI adapter")
+            if not ds.accessible and check.status == "ok":
+                check.status = "not-mounted"
+                check.message = f"datastore {ds.name} is inaccessible (all paths down)"
+                check.hint = "check the iSCSI session to the target serving it"
+            report.checks.append(check)
+            continue
+        if unres is not None:
+            served = _csv(unres.extents) or "?"
+            if exp.canonical in unres.extents:
+                why = (f"VMFS volume {unres.vmfs_uuid} '{unres.label}' on {served} is unresolved "
+                       f"({unres.reason or 'snapshot'}): ESXi sees the NAA it expects, so the device id in the "
+                       f"volume header differs in the product id (was the LUN re-created by another target stack?)")
+            else:
+                why = (f"VMFS volume {unres.vmfs_uuid} '{unres.label}' is unresolved ({unres.reason or 'snapshot'}): "
+                       f"expected it on naa.{exp.naa} (the manifest), but the target serves it as {served}; "
+                       "the volume header names the old device, so ESXi takes it for a copy")
+            report.checks.append(LunCheck(
+                exp.naa, "unresolved", why,
+                hint=("rebuild the target with the original identity (esxdr target import), or choose: "
+                      "--resolve keep-uuid (force-mount, UUID kept, nothing written) or --resolve resignature "
+                      f"(new UUID, datastore renamed back to {name or unres.label}; VMs must be re-registered)"),
+                vmfs_uuid=unres.vmfs_uuid, paths=paths, unresolved=unres, expected=exp))
+            continue
+        if lun is None:
+            tail, hint = _missing_lun_diagnosis(exp, host)
+            report.checks.append(LunCheck(exp.naa, "missing", f"not seen by {host.name}{label}: {tail}", hint=hint,
+                                          expected=exp))
+            continue
+        report.checks.append(LunCheck(
+            exp.naa, "no-volume",
+            f"LUN seen{label} but no VMFS volume is mounted or unresolved on it"
+            + (f" (expected VMFS {exp.vmfs_uuid})" if exp.vmfs_uuid else ""),
+            hint="the LUN may be blank or its replica incomplete: check it with `esxdr vmfs inspect`",
+            paths=paths, expected=exp))
+    return report
+
+
+def plan_resolution(report: StorageReport, mode: str) -> list[Action]:
+    """Actions that resolve the unresolved volumes of ``report``: ``keep-uuid`` or ``resignature``."""
+    if mode not in ("keep-uuid", "resignature"):
+        raise ValueError(f"unknown resolution {mode!r}")
+    acts = []
+    for c in report.unresolved:
+        u = c.unresolved
+        assert u is not None
+        want = (c.expected.datastore or c.expected.label) if c.expected else None
+        want = want or u.label
+        if mode == "keep-uuid":
+            acts.append(Action("force_mount", u.vmfs_uuid, "--resolve keep-uuid: mount the copy as the original",
+                               {"device_paths": u.device_paths, "extents": u.extents, "label": u.label}))
+        else:
+            acts.append(Action("resignature", u.vmfs_uuid,
+                               "--resolve resignature: give the copy a new UUID and its expected name",
+                               {"device_paths": u.device_paths, "extents": u.extents, "rename_to": want,
+                                "label": u.label}))
+    return acts

@@ -1,0 +1,126 @@
+"""The storage side of the lab for integration tests: real zfs-fuse pools and a real sshd.
+
+One lab per test session (unique pool, account and port names, so a developer's
+own `esxdr lab up` is untouched); each test gets its own protection group under
+fresh datasets and its own site file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from esxdr.lab import Lab, LabConfig
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def storage_lab():
+    tag = f"t{os.getpid() % 100000}"
+    # sshd StrictModes refuses keys below a world-writable directory such as /var/tmp.
+    d = tempfile.mkdtemp(prefix=f"esxdr-{tag}-", dir="/var/lib")
+    os.chmod(d, 0o755)
+    lab = Lab(LabConfig(dir=d, prod_pool=f"{tag}sp", dr_pool=f"{tag}rp", luns=0, account=f"esxdr-{tag}",
+                        with_tgt=False, with_esxsim=False, pool_size=3 << 30))
+    lab.up()
+    yield lab
+    lab.down()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class GroupFixture:
+    """A protection group of N datasets with a LUN-like file each, and a site file for it."""
+
+    def __init__(self, lab: Lab, tmp: Path, n: int, name: str, extra: str = ""):
+        self.lab = lab
+        self.name = name
+        st = lab.state()
+        self.prod_pool = st["pools"]["production"]
+        self.dr_pool = st["pools"]["dr"]
+        self.source_root = f"{self.prod_pool}/{name}"
+        self.dr_root = f"{self.dr_pool}/{name}"
+        self.mnt = Path(st["pools"]["mountpoint_root"])
+        self.datasets = [f"{self.source_root}/lun{i}" for i in range(n)]
+        zfs("create", self.source_root)
+        for ds in self.datasets:
+            zfs("create", ds)
+        s = st["sshd"]
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.site = tmp / "site.yaml"
+        self.state_dir = tmp / "state"
+        self.site.write_text(f"""version: 1
+name: test
+state_dir: {self.state_dir}
+storage:
+  ss1: {{role: production, local: true, zfs: auto}}
+  ss2:
+    role: dr
+    address: {s['address']}
+    port: {s['port']}
+    user: {s['account']}
+    key: {s['key']}
+    host_key: {s['host_key']}
+    serve_prefix: {self.dr_pool}
+protection_groups:
+  {name}:
+    source: ss1
+    destination: ss2
+    source_root: {self.source_root}
+    dr_root: {self.dr_root}
+    datasets: [{', '.join(d.rsplit('/', 1)[1] for d in self.datasets)}]
+    retention:
+      source: {{hourly: 48, daily: 30}}
+      destination: {{hourly: 48, daily: 30}}
+    rpo: 1h
+{extra}""")
+
+    def lun_file(self, ds: str, side: str = "source") -> Path:
+        pool_root = self.source_root if side == "source" else self.dr_root
+        rel = ds.rsplit("/", 1)[1]
+        pool = self.prod_pool if side == "source" else self.dr_pool
+        return self.mnt / pool / pool_root.split("/", 1)[1] / rel / "lun.img"
+
+    def write(self, ds: str, size: int, offset: int = 0) -> None:
+        path = self.lun_file(ds)
+        with open(path, "r+b" if path.exists() else "wb") as f:
+            f.seek(offset)
+            f.write(os.urandom(size))
+
+    def esxdr(self, *args: str, env: dict | None = None, check: bool = False, timeout: float = 300):
+        return subprocess.run([str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "esxdr"),
+                               "--site", str(self.site), *args], capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, timeout=timeout, check=check)
+
+    def destroy(self) -> None:
+        for root in (self.dr_root, self.source_root):
+            for _ in range(20):
+                r = subprocess.run(["zfs", "destroy", "-r", root], capture_output=True, text=True)
+                if r.returncode == 0 or "does not exist" in r.stderr:
+                    break
+                subprocess.run(["zfs", "unmount", "-f", root], capture_output=True)
+
+
+def zfs(*args: str) -> str:
+    return subprocess.run(["zfs", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def group_factory(storage_lab, tmp_path):
+    made: list[GroupFixture] = []
+
+    def make(n: int = 2, extra: str = "") -> GroupFixture:
+        g = GroupFixture(storage_lab, tmp_path / f"g{len(made)}", n, f"g{os.getpid() % 1000}x{next(_counter)}", extra)
+        made.append(g)
+        return g
+
+    (tmp_path).mkdir(exist_ok=True)
+    yield make
+    for g in made:
+        g.destroy()

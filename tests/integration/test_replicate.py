@@ -1,0 +1,205 @@
+"""Replication through real zfs-fuse pools and a real sshd running `esxdr serve`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from esxdr.faults import POINTS
+
+pytestmark = pytest.mark.integration
+ESXDR = os.path.join(os.path.dirname(__file__), "..", "..", ".venv", "bin", "esxdr")
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snaps(root: str) -> dict[str, list[str]]:
+    out = subprocess.run(["zfs", "get", "-rHp", "-o", "name,property,value", "userrefs", root],
+                         capture_output=True, text=True).stdout
+    res: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        name, _, value = line.split("\t")
+        if "@" in name:
+            ds, s = name.split("@")
+            res.setdefault(ds, []).append(f"{s}:{value}")
+    return res
+
+
+def dr_sha(g, ds) -> str:
+    """Hash a DR replica's LUN file: replicas stay unmounted, so mount it just for the read."""
+    dr = g.dr_root + ds[len(g.source_root):]
+    subprocess.run(["zfs", "mount", dr], check=True, capture_output=True)
+    try:
+        return sha(g.lun_file(ds, "dr"))
+    finally:
+        subprocess.run(["zfs", "unmount", dr], check=True, capture_output=True)
+
+
+def assert_consistent(g) -> None:
+    """DR data equals source, newest snapshot common, holds only on it, nothing stray."""
+    src, dst = snaps(g.source_root), snaps(g.dr_root)
+    for ds in g.datasets:
+        assert sha(g.lun_file(ds)) == dr_sha(g, ds), ds
+        s_names = [x.split(":")[0] for x in src[ds]]
+        d_entries = dst[g.dr_root + ds[len(g.source_root):]]
+        d_names = [x.split(":")[0] for x in d_entries]
+        assert s_names[-1] == d_names[-1], (s_names, d_names)
+        # every esxdr snapshot left on the source is on DR too (none half-sent or orphaned)
+        assert set(s_names) <= set(d_names) | {s_names[-1]}, (src[ds], d_entries)
+        held_src = [x for x in src[ds] if not x.endswith(":0")]
+        held_dst = [x for x in d_entries if not x.endswith(":0")]
+        assert [h.split(":")[0] for h in held_src] == [s_names[-1]], held_src
+        assert [h.split(":")[0] for h in held_dst] == [d_names[-1]], held_dst
+
+
+def test_full_then_incremental_then_noop(group_factory):
+    g = group_factory(3)
+    for ds in g.datasets:
+        g.write(ds, 4 << 20)
+    r = g.esxdr("--json", "replicate", g.name)
+    assert r.returncode == 0, r.stderr
+    first = json.loads(r.stdout)
+    assert first["bytes"] >= 3 * (4 << 20)
+    assert all(a["kind"] == "send-full" for d in first["datasets"] for a in d["actions"])
+    assert_consistent(g)
+
+    g.write(g.datasets[1], 1 << 20, offset=1 << 20)
+    r = g.esxdr("--json", "replicate", g.name)
+    assert r.returncode == 0, r.stderr
+    second = json.loads(r.stdout)
+    kinds = {d["source"]: [a["kind"] for a in d["actions"]] for d in second["datasets"]}
+    assert kinds[g.datasets[1]] == ["send-incremental"]
+    assert second["bytes"] < first["bytes"] / 2
+    assert_consistent(g)
+
+    r = g.esxdr("--json", "replicate", g.name, "--no-snapshot")
+    assert r.returncode == 0, r.stderr
+    noop = json.loads(r.stdout)
+    assert noop["bytes"] == 0
+    assert noop["commands"] == {"ss1": 1, "ss2": 1}
+    assert all(a["kind"] == "up-to-date" for d in noop["datasets"] for a in d["actions"])
+
+
+def test_dry_run_changes_nothing(group_factory):
+    g = group_factory(2)
+    g.write(g.datasets[0], 1 << 20)
+    before = snaps(g.source_root)
+    r = g.esxdr("replicate", g.name, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "full →" in r.stderr
+    assert snaps(g.source_root) == before
+    assert snaps(g.dr_root) == {}
+
+
+def test_dr_modified_is_refused_with_evidence(group_factory):
+    g = group_factory(1)
+    g.write(g.datasets[0], 1 << 20)
+    assert g.esxdr("replicate", g.name).returncode == 0
+    dr = g.dr_root + "/lun0"
+    subprocess.run(["zfs", "set", "readonly=off", dr], check=True)
+    subprocess.run(["zfs", "mount", dr], check=True)
+    g.lun_file(g.datasets[0], "dr").write_bytes(b"written on DR")
+    subprocess.run(["zfs", "unmount", dr], check=True)
+    g.write(g.datasets[0], 1 << 20)
+    r = g.esxdr("--json", "replicate", g.name)
+    assert r.returncode == 3, r.stderr
+    assert "modified" in r.stderr and dr in r.stderr
+    assert "--rollback-dr" in r.stderr
+    # explicit acceptance of the loss resolves it
+    r = g.esxdr("replicate", g.name, "--rollback-dr")
+    assert r.returncode == 0, r.stderr
+    assert sha(g.lun_file(g.datasets[0])) == dr_sha(g, g.datasets[0])
+
+
+def test_diverged_is_refused_naming_the_common_snapshot(group_factory):
+    g = group_factory(1)
+    g.write(g.datasets[0], 1 << 20)
+    r = g.esxdr("--json", "replicate", g.name)
+    common = json.loads(r.stdout)["snapshot"]
+    subprocess.run(["zfs", "snapshot", f"{g.dr_root}/lun0@made-on-dr"], check=True)
+    time.sleep(1.1)
+    r = g.esxdr("--json", "replicate", g.name)
+    assert r.returncode == 3
+    err = json.loads(r.stdout)
+    assert err["kind"] == "diverged"
+    assert err["evidence"]["common"] == common
+    assert err["evidence"]["dr_only"] == ["made-on-dr"]
+    assert f"@{common}" in r.stderr
+
+
+def test_concurrent_run_is_refused_with_the_holder(group_factory):
+    g = group_factory(1, extra="    bandwidth_limit: 2M\n")
+    g.write(g.datasets[0], 8 << 20)
+    first = subprocess.Popen([ESXDR, "--site", str(g.site), "-q", "replicate", g.name],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        r = g.esxdr("replicate", g.name)
+        assert r.returncode == 3, r.stderr
+        assert f"pid {first.pid}" in r.stderr
+    finally:
+        assert first.wait(timeout=120) == 0
+    assert_consistent(g)
+
+
+def test_ssh_killed_mid_stream_is_retried(group_factory):
+    g = group_factory(1, extra="    bandwidth_limit: 4M\n")
+    g.write(g.datasets[0], 16 << 20)
+    proc = subprocess.Popen([ESXDR, "--site", str(g.site), "replicate", g.name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = False
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not killed:
+        time.sleep(0.3)
+        out = subprocess.run(["pgrep", "-P", str(proc.pid), "-x", "ssh"], capture_output=True, text=True).stdout
+        for pid in out.split():
+            os.kill(int(pid), signal.SIGKILL)
+            killed = True
+    out, err = proc.communicate(timeout=180)
+    assert killed, "never saw the ssh stream process"
+    assert proc.returncode == 0, err
+    assert "retry 1/" in err
+    assert_consistent(g)
+
+
+def test_unknown_host_key_is_refused(group_factory):
+    g = group_factory(1)
+    text = g.site.read_text()
+    import re
+
+    g.site.write_text(re.sub(r"host_key: SHA256:\S+", "host_key: SHA256:" + "A" * 43, text))
+    g.write(g.datasets[0], 1 << 20)
+    r = g.esxdr("replicate", g.name)
+    assert r.returncode == 4
+    assert "host key" in r.stderr and "SHA256:" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert snaps(g.dr_root) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", POINTS)
+def test_sigkill_then_rerun_recovers(group_factory, point):
+    g = group_factory(2)
+    for ds in g.datasets:
+        g.write(ds, 2 << 20)
+    # an initial replication, so that holds, prune and incrementals are all in play
+    assert g.esxdr("replicate", g.name).returncode == 0
+    time.sleep(1.1)
+    for ds in g.datasets:
+        g.write(ds, 2 << 20, offset=4 << 20)
+    r = g.esxdr("replicate", g.name, env={"ESXDR_FAULT_KILL": point})
+    assert r.returncode == -signal.SIGKILL, (point, r.returncode, r.stderr)
+    time.sleep(1.1)
+    r = g.esxdr("replicate", g.name)
+    assert r.returncode == 0, (point, r.stderr)
+    assert_consistent(g)
+    lock = g.state_dir / "locks" / f"{g.name}.lock"
+    assert lock.read_text() == ""  # released by the second run, none left by the killed one
