@@ -37,6 +37,12 @@ def _under(name: str, prefixes: list[str]) -> bool:
     return any(ds == p or ds.startswith(p + "/") for p in prefixes)
 
 
+def _is_test_clone(name: str) -> bool:
+    """Drill clones live under a dataset named esxdr-test…; only those may be created or destroyed whole."""
+    return any(part.startswith("esxdr-test") for part in name.split("/")[1:-1] + name.split("/")[-1:]) \
+        and "@" not in name
+
+
 def _need_dataset(arg: str, prefixes: list[str], *, snapshot: bool | None = None) -> None:
     if not _under(arg, prefixes):
         raise Refused(f"dataset {arg!r} is not under the allowed prefix {', '.join(prefixes)}")
@@ -123,9 +129,26 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
     if verb == "destroy":
         rest = _flags(rest, "d")
         if len(rest) != 1:
-            raise Refused("destroy takes exactly one snapshot")
-        # Snapshots only (ds@a or ds@a,b,c); whole datasets are never destroyed remotely.
+            raise Refused("destroy takes exactly one snapshot or test clone")
+        if "@" not in rest[0] and _is_test_clone(rest[0]):
+            _need_dataset(rest[0], prefixes, snapshot=False)
+            return
+        # Otherwise snapshots only (ds@a or ds@a,b,c): replicas are never destroyed remotely.
         _need_dataset(rest[0].replace(",", "_"), prefixes, snapshot=True)
+        return
+    if verb == "clone":
+        i = 0
+        while i < len(rest) and rest[i] == "-o":
+            if i + 1 >= len(rest) or not PROP_ASSIGN_RE.match(rest[i + 1]):
+                raise Refused("clone -o takes only readonly, canmount or esxdr: properties")
+            i += 2
+        rest = rest[i:]
+        if len(rest) != 2:
+            raise Refused("clone takes a snapshot and a dataset")
+        _need_dataset(rest[0], prefixes, snapshot=True)
+        if not _is_test_clone(rest[1]):
+            raise Refused(f"clones must be made under an esxdr-test dataset, not {rest[1]!r}")
+        _need_dataset(rest[1], prefixes, snapshot=False)
         return
     if verb in ("hold", "release"):
         rest = _flags(rest, "")

@@ -177,6 +177,22 @@ class Zfs:
             opts += ["-o", f"{k}={v}"]
         self.run("create", *(["-p"] if parents else []), *opts, dataset, dataset=dataset)
 
+    def clone(self, snapshot: str, dataset: str, props: dict[str, str] | None = None) -> None:
+        opts: list[str] = []
+        for k, v in (props or {}).items():
+            opts += ["-o", f"{k}={v}"]
+        self.run("clone", *opts, snapshot, dataset, dataset=dataset)
+
+    def destroy_clone(self, dataset: str) -> None:
+        """Destroy a clone made by esxdr (never anything else: the caller checks `origin`)."""
+        self.run("destroy", dataset, dataset=dataset)
+
+    def mount(self, dataset: str) -> None:
+        self.run("mount", dataset, dataset=dataset)
+
+    def unmount(self, dataset: str, force: bool = False) -> None:
+        self.run("unmount", *(["-f"] if force else []), dataset, dataset=dataset)
+
     def send_estimate(self, from_snap: str | None, to_snap: str, intermediate: bool) -> int | None:
         if not self.caps.send_estimate:
             return None

@@ -28,6 +28,10 @@ ALLOWED = [
     "zfs create -p rp1/iscsi",
     "zfs version",
     "esxdr-capabilities",
+    "zfs clone rp1/iscsi/lun0@a rp1/iscsi/esxdr-test-core/lun0",
+    "zfs clone -o readonly=off rp1/iscsi/lun0@a rp1/iscsi/esxdr-test-core/lun0",
+    "zfs destroy rp1/iscsi/esxdr-test-core/lun0",
+    "zfs mount rp1/iscsi/esxdr-test-core/lun0",
 ]
 
 HOSTILE = [
@@ -61,6 +65,10 @@ HOSTILE = [
     "zfs receive rp1/iscsi/lun0 | zstd -c",               # pipes out of a receive
     "zfs send -R rp1/iscsi@a",                            # replication streams of everything
     "zfs 'receive' 'rp1/iscsi/lun0\nx'",
+    "zfs clone rp1/iscsi/lun0@a rp1/iscsi/lun9",              # clones only under esxdr-test
+    "zfs clone rp1/iscsi/lun0@a sp1/esxdr-test/lun0",         # or outside the prefix
+    "zfs clone -o mountpoint=/etc rp1/iscsi/lun0@a rp1/iscsi/esxdr-test/x",
+    "zfs destroy -r rp1/iscsi/esxdr-test-core",                # no recursive destroy, even of clones
 ]
 
 
