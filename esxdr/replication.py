@@ -96,6 +96,7 @@ class GroupResult:
     seconds: float = 0.0
     compression: str | None = None
     remote_commands: dict[str, int] = field(default_factory=dict)
+    manifest: str | None = None  # sha of the target manifest on DR
 
     @property
     def bytes(self) -> int:
@@ -104,7 +105,7 @@ class GroupResult:
     def to_dict(self) -> dict[str, object]:
         return {"group": self.group, "snapshot": self.snapshot, "dry_run": self.dry_run,
                 "bytes": self.bytes, "seconds": round(self.seconds, 3), "compression": self.compression,
-                "datasets": [d.to_dict() for d in self.datasets], "pruned": self.pruned,
+                "datasets": [d.to_dict() for d in self.datasets], "pruned": self.pruned, "manifest": self.manifest,
                 "commands": self.remote_commands}
 
 
@@ -277,6 +278,8 @@ class Engine:
                     else _combine(errors)  # type: ignore[arg-type]
             checkpoint("after-receive")
             self._move_holds(work, src_obs, dst_obs)
+        if work or opts.take_snapshot:
+            result.manifest = self._ship_manifest(dst_obs)
         if opts.prune:
             checkpoint("before-prune")
             if work:
@@ -346,6 +349,36 @@ class Engine:
                 self._seal_replica(r.dest, self._kinds.get(r.dest, "filesystem"))
             return res.bytes
         raise AssertionError(f"unknown action {action!r}")
+
+    # -- the target manifest travels with the replica ----------------------------------
+    def _ship_manifest(self, dst_obs: dict[str, Dataset]) -> str | None:
+        """Capture the production target for this group and store it on DR when it changed."""
+        from esxdr import shipping
+        from esxdr.targets import backend
+
+        assert self.src and self.dst
+        server = self.site.storage[self.group.source]
+        if server.target is None:
+            return None
+        stack = server.target.stack
+        kwargs: dict = {}
+        if stack == "tgt":
+            kwargs = {"control_port": server.target.control_port, "portal": server.target.portal,
+                      "initiator": "iqn.2024-01.io.esxdr:replicate"}
+        m = shipping.for_group(backend(stack).observe(self.src.transport, **kwargs), list(self.group.datasets))
+        m.source.host = server.name
+        if not m.logical_units:
+            self.opts.say(f"{self.group.name}: the production target presents none of the group's datasets; "
+                          "no manifest shipped")
+            return None
+        sha, props = shipping.encode(m)
+        root = dst_obs.get(self.group.dr_root)
+        if root is not None and root.props.get(shipping.SHA_PROP) == sha:
+            return sha
+        self.opts.say(f"{self.group.name}: ship the target manifest ({len(m.logical_units)} LUs) to "
+                      f"{self.group.dr_root}")
+        self.dst.zfs.set_props(self.group.dr_root, props)
+        return sha
 
     # -- pool-v23 send holds ------------------------------------------------------------
     # A pool-v23 `zfs send -I` takes temporary user holds (".send-<pid>-0") on the range it

@@ -92,16 +92,8 @@ def _with_target(server):  # noqa: ANN001, ANN202
 
 
 def _transport(server):  # noqa: ANN001, ANN202
-    try:
-        from esxdr.transport import for_server  # the transport package builds Local/SSH per server
-    except ImportError:
-        # Until the transport package offers for_server: the same choice, made here.
-        from esxdr.transport import LocalTransport, SshTransport
+    from esxdr.transport import for_server
 
-        if server.local:
-            return LocalTransport(server.name)
-        return SshTransport(server.name, server.address, port=server.port, user=server.user,
-                            key_file=server.key, host_key=server.host_key, known_hosts=server.known_hosts)
     return for_server(server)
 
 

@@ -120,6 +120,9 @@ class Lab:
         if self.cfg.with_esxsim:
             self._esxsim(state, say)
         self._save(state)
+        if self.cfg.with_tgt and self.cfg.luns:
+            self._seed(state, say)
+        self._save(state)
         self._write_site(state)
         say(f"site file: {self.site_path}")
         return self.status()
@@ -239,6 +242,19 @@ class Lab:
                                      "host": host, "thumbprint": getattr(p, "thumbprint", None)}
             say(f"esxsim {host} at {p.url}")
 
+    def _seed(self, state: dict, say) -> None:
+        from esxdr.lab import seed
+        from esxdr.targets import manifest as mf
+
+        m = seed.export_production(state, str(self.dir), self.cfg.prod_pool, self.cfg.luns, self.cfg.lun_size)
+        path = self.dir / "production-manifest.yaml"
+        mf.save(m, path)
+        state["production_manifest"] = str(path)
+        say(f"tgtd production exports {len(m.logical_units)} LUNs with COMSTAR-style NAAs ({path})")
+        if "esxsim" in state and "production" in state["esxsim"]:
+            state["seed"] = seed.seed_esx_prod(state["esxsim"]["production"], state["tgtd"]["production"]["portal"],
+                                               m, say)
+
     def _write_site(self, state: dict) -> None:
         s = state["sshd"]
         c = self.cfg
@@ -271,6 +287,34 @@ class Lab:
         if "dr" in t:
             lines += ["    target:", "      stack: tgt", f"      portal: {t['dr']['portal']}",
                       f"      control_port: {t['dr']['control_port']}"]
+        esx = state.get("esxsim", {})
+        if esx:
+            pw = self.dir / "esxsim.password"
+            pw.write_text(next(iter(esx.values()))["password"] + "\n")
+            os.chmod(pw, 0o600)
+            lines.append("vsphere:")
+            for role, e in sorted(esx.items(), key=lambda kv: kv[0] != "production"):
+                lines += [f"  {e['host']}:", f"    role: {role}", f"    url: {e['url']}", f"    user: {e['username']}",
+                          f"    password_file: {pw}"]
+        if "dr" in esx and "dr" in t:
+            dr_addr, _, dr_port = t["dr"]["portal"].rpartition(":")
+            lines += [
+                "dr_network:",
+                f"  {esx['dr']['host']}:",
+                "    vswitches:",
+                "      vSwitch0: {uplinks: [vmnic0]}",
+                "      vSwitch1: {uplinks: [vmnic1], mtu: 9000}",
+                "    port_groups:",
+                "      iSCSI-Net0: {vswitch: vSwitch1, vlan: 20}",
+                "      DR-LAN: {vswitch: vSwitch0, vlan: 10}",
+                "      Prod-LAN: {vswitch: vSwitch1, vlan: 310, isolated: true}",
+                "    vmkernel:",
+                "      vmk1: {port_group: iSCSI-Net0, ip: 127.0.0.12/8, mtu: 9000}",
+                "    iscsi:",
+                "      bind: [vmk1]",
+                f"      send_targets: [{dr_addr}:{dr_port}]",
+            ]
+        seeded = state.get("seed", {})
         lines += [
             "protection_groups:",
             f"  {c.group}:",
@@ -278,7 +322,24 @@ class Lab:
             "    destination: ss2",
             f"    source_root: {c.prod_pool}/iscsi",
             f"    dr_root: {c.dr_pool}/iscsi",
-            "    datasets: [" + ", ".join(f"lun{i}" for i in range(c.luns)) + "]",
+        ]
+        if seeded.get("datastores"):
+            lines.append("    datasets:")
+            for ds_name, d in sorted(seeded["datastores"].items()):
+                lines.append(f"      - {{name: {d['dataset'].rsplit('/', 1)[1]}, naa: {d['naa']}, datastore: {ds_name}, "
+                             f"vmfs_uuid: {d['uuid']}}}")
+        else:
+            lines.append("    datasets: [" + ", ".join(f"lun{i}" for i in range(c.luns)) + "]")
+        if "production" in esx:
+            lines.append(f"    vsphere_production: {esx['production']['host']}")
+        if "dr" in esx:
+            lines.append(f"    vsphere_dr: {esx['dr']['host']}")
+        if seeded.get("vms") and "dr" in esx:
+            lines.append("    vms:")
+            for vm in seeded["vms"]:
+                lines += [f"      {vm['name']}:", f"        priority: {vm['priority']}",
+                          "        networks: {Prod-LAN: {failover: DR-LAN, test: Prod-LAN}}"]
+        lines += [
             "    retention:",
             "      source: {hourly: 48, daily: 30, weekly: 12, monthly: 12}",
             "      destination: {hourly: 48, daily: 30, weekly: 12, monthly: 12}",

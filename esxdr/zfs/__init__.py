@@ -20,7 +20,7 @@ from esxdr.zfs.errors import translate
 BASE_PROPS = ["type", "guid", "createtxg", "creation", "used", "referenced", "userrefs", "origin",
               "mountpoint", "readonly"]
 OPENZFS_PROPS = ["written", "receive_resume_token"]
-USER_PROPS = ["esxdr:group", "esxdr:consistency", "esxdr:source"]
+USER_PROPS = ["esxdr:group", "esxdr:consistency", "esxdr:source", "esxdr:manifest-sha"]
 
 
 def parse_get(text: str, user_props: Iterable[str] = USER_PROPS) -> dict[str, Dataset]:
