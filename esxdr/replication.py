@@ -225,8 +225,7 @@ class Engine:
         g, opts = self.group, self.opts
         self.src = src = open_side(self.site, g.source)
         self.dst = dst = open_side(self.site, g.destination)
-        src_obs = src.zfs.observe([g.source_root])
-        dst_obs = dst.zfs.observe([g.dr_root])
+        src_obs, dst_obs = both(lambda: src.zfs.observe([g.source_root]), lambda: dst.zfs.observe([g.dr_root]))
         result = GroupResult(group=g.name, snapshot=None, dry_run=opts.dry_run)
         result.compression = _pick_compression(g, src, dst)
         now = opts.now or datetime.now(UTC)
@@ -283,8 +282,8 @@ class Engine:
         if opts.prune:
             checkpoint("before-prune")
             if work:
-                src_obs = src.zfs.observe([g.source_root])
-                dst_obs = dst.zfs.observe([g.dr_root])
+                src_obs, dst_obs = both(lambda: src.zfs.observe([g.source_root]),
+                                        lambda: dst.zfs.observe([g.dr_root]))
             result.pruned = self._prune(src_obs, dst_obs, dry_run=False, plans=plans)
         return result
 
@@ -468,7 +467,7 @@ class Engine:
                     old_dst.append(s.full_name)
         if not (self.src.caps.holds and self.dst.caps.holds):
             return
-        for side, new, old in ((self.src, new_src, old_src), (self.dst, new_dst, old_dst)):
+        def move(side: Side, new: list[str], old: list[str]) -> None:
             if new:
                 side.transport.run([*side.zfs.cmd, "hold", tag, *new], check=False)
                 checkpoint("after-hold")
@@ -476,6 +475,8 @@ class Engine:
                 # A hold may be another tool's; release fails harmlessly for snapshots without ours.
                 side.transport.run([*side.zfs.cmd, "release", tag, *old], check=False)
                 checkpoint("after-release")
+
+        both(lambda: move(self.src, new_src, old_src), lambda: move(self.dst, new_dst, old_dst))
 
     # -- retention -------------------------------------------------------------
     def _prune(self, src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset], *, dry_run: bool,
@@ -507,18 +508,31 @@ class Engine:
                 decisions = prune_decisions(ds, rules, g.name, protected, g.retention.prune_foreign, tz)
                 doomed += [d.snapshot.full_name for d in decisions if not d.keep and d.snapshot.guid != -1]
             out[side.name] = doomed
+
+        def destroy(side: Side) -> None:
+            doomed = out[side.name]
             if doomed and not dry_run:
                 self.opts.say(f"{g.name}: prune {len(doomed)} snapshot(s) on {side.name}")
                 side.zfs.destroy_snapshots(doomed[:1])
                 checkpoint("mid-prune")
                 if doomed[1:]:
                     side.zfs.destroy_snapshots(doomed[1:])
+
+        both(lambda: destroy(self.src), lambda: destroy(self.dst))
         return out
 
 
 def _mid_stream_checkpoint(done: int) -> None:
     if done >= 1 << 20:
         checkpoint("mid-stream")
+
+
+def both(a: Callable, b: Callable) -> tuple:
+    """Run two independent steps, one per side, at the same time (each side's latency overlaps)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fb = pool.submit(b)
+        ra = a()
+        return ra, fb.result()
 
 
 def prune_decisions(ds: Dataset, rules, group: str, protected: frozenset[int], prune_foreign: bool,

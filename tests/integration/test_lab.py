@@ -1,0 +1,53 @@
+"""`esxdr lab up|status|down`: everything up, then nothing left — twice in a row."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from esxdr.lab import Lab, LabConfig
+from esxdr.lab.tgtd import _pid_running
+from esxdr.site import load_site
+
+pytestmark = pytest.mark.integration
+
+
+def pools() -> set[str]:
+    return set(subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True, text=True).stdout.split())
+
+
+def test_lab_up_down_twice_leaves_the_machine_clean():
+    tag = f"l{os.getpid() % 100000}"
+    d = tempfile.mkdtemp(prefix=f"esxdr-{tag}-", dir="/var/lib")
+    cfg = LabConfig(dir=d, prod_pool=f"{tag}sp", dr_pool=f"{tag}rp", account=f"esxdr-{tag}", luns=2,
+                    lun_size=32 << 20)
+    before = pools()
+    for _round in range(2):
+        lab = Lab(cfg)
+        st = lab.up()
+        kinds = sorted(c["kind"] for c in st["components"])
+        assert kinds == ["esxsim", "esxsim", "pool", "pool", "sshd", "tgtd", "tgtd"]
+        assert all(c["up"] for c in st["components"]), st
+        # idempotent: a second `up` changes nothing and keeps the same processes
+        pids = {k: v for k, v in lab.state().get("tgtd", {}).items()}
+        assert lab.up()["components"] and lab.state()["tgtd"] == pids
+        site = load_site(str(lab.site_path))
+        assert set(site.storage) == {"ss1", "ss2"} and set(site.vsphere) == {"esx-prod", "esx-dr"}
+        g = site.protection_groups["core"]
+        assert len(g.luns) == 2 and all(lu.naa.startswith("naa.600144f0") for lu in g.luns.values())
+        assert len(g.vms) == 4
+        state = lab.state()
+        procs = [state["sshd"]["pid"], *(t["pid"] for t in state["tgtd"].values()),
+                 *(e["pid"] for e in state["esxsim"].values())]
+        lab.down()
+        assert pools() == before
+        assert not any(_pid_running(p) for p in procs)
+        with pytest.raises(KeyError):
+            pwd.getpwnam(cfg.account)
+        assert not Path(d).exists()
+        assert not Path(f"/etc/sudoers.d/{cfg.account}").exists()
