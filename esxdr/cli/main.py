@@ -1,7 +1,7 @@
 """The esxdr command line: the root group, shared options and the one error handler.
 
 Command groups live in their own modules (one per group) and are attached in
-:func:`_attach_groups`. Each command receives a :class:`Context` through
+:func:`_attach_groups` (imported on first use). Each command receives a :class:`Context` through
 ``@pass_ctx`` with the global options (--site, --json, -v/-q, --debug) and
 renders its result with :meth:`Context.emit`: text or JSON to stdout, while
 logs and progress go to stderr.
@@ -113,7 +113,15 @@ Exit codes: 0 ok, 2 bad input or configuration, 3 a conflict needing a decision,
 """
 
 
-@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(a for _, a in _attach_groups() if _load(a) is not None)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or _load(name)
+
+
+@click.group(cls=LazyGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--site", "site_path", default=DEFAULT_SITE, metavar="FILE", show_default=True,
               help="Site file (YAML). Also $ESXDR_SITE.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
@@ -132,11 +140,10 @@ def cli(ctx: click.Context, site_path: str, as_json: bool, verbose: int, quiet: 
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
 
-def _attach_groups() -> None:
-    import importlib
-
-    # Each entry: module path, attribute. Modules that do not exist yet are simply absent.
-    for mod, attr in [
+def _attach_groups() -> list[tuple[str, str]]:
+    """Each command group: (module path, attribute). Loaded only when used, so that a command
+    imports just its own module (start-up time counts: `esxdr status` runs from cron)."""
+    return [
         ("esxdr.cli.site", "site"),
         ("esxdr.cli.replicate", "replicate"),
         ("esxdr.cli.replicate", "snapshots"),
@@ -150,17 +157,22 @@ def _attach_groups() -> None:
         ("esxdr.cli.vmfs", "vmfs"),
         ("esxdr.cli.lab", "lab"),
         ("esxdr.cli.host", "host"),
-    ]:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        cli.add_command(getattr(module, attr))
+    ]
 
 
-_attach_groups()
+def _load(name: str) -> click.Command | None:
+    import importlib
+
+    for mod, attr in _attach_groups():
+        if attr == name:
+            try:
+                module = importlib.import_module(mod)
+            except ModuleNotFoundError as e:
+                if e.name == mod:
+                    return None
+                raise
+            return getattr(module, attr)
+    return None
 
 
 def run(argv: list[str] | None = None) -> int:

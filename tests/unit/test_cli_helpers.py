@@ -1,0 +1,89 @@
+"""Pure pieces behind status, noise, schedule and progress."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+
+from esxdr.cli.schedule import cron_of, on_calendar
+from esxdr.cli.status import change_rate, prometheus_text
+from esxdr.errors import UsageError
+from esxdr.model import Snapshot
+from esxdr.progress import Progress, human_duration
+
+
+@pytest.mark.parametrize("every,cron", [
+    (60, "* * * * *"), (900, "*/15 * * * *"), (3600, "0 * * * *"), (4 * 3600, "0 */4 * * *"), (86400, "0 0 * * *"),
+])
+def test_cron_of_intervals(every, cron):
+    assert cron_of(SimpleNamespace(cron=None, every_seconds=every)) == cron
+
+
+def test_cron_of_refuses_what_cron_cannot_say():
+    with pytest.raises(UsageError):
+        cron_of(SimpleNamespace(cron=None, every_seconds=7 * 60))
+    with pytest.raises(UsageError):
+        cron_of(SimpleNamespace(cron=None, every_seconds=None))
+
+
+@pytest.mark.parametrize("cron,tz,cal", [
+    ("0 * * * *", "UTC", "*-*-* *:0:00 UTC"),
+    ("*/15 2 * * 1-5", "Europe/Berlin", "Mon..Fri *-*-* 2:0/15:00 Europe/Berlin"),
+    ("30 1 1 */3 *", "UTC", "*-0/3-1 1:30:00 UTC"),
+])
+def test_on_calendar(cron, tz, cal):
+    assert on_calendar(cron, tz) == cal
+
+
+def test_prometheus_text():
+    rows = [{"group": "core", "rpo_seconds": 252.0, "rpo_target_seconds": 14400, "ok": True,
+             "last_run": {"bytes": 1024}},
+            {"group": "db", "rpo_seconds": None, "rpo_target_seconds": 3600, "ok": False, "last_run": {"bytes": None}}]
+    text = prometheus_text(rows, 1_800_000_000)
+    assert 'esxdr_rpo_seconds{group="core"} 252.0' in text
+    assert 'esxdr_rpo_seconds{group="db"} NaN' in text
+    assert 'esxdr_rpo_ok{group="db"} 0' in text
+    assert 'esxdr_last_run_bytes{group="db"} 0' in text
+    assert text.count("# TYPE") == 5 and text.endswith("\n")
+
+
+def snap(i: int, day: float, written=None, used=None) -> Snapshot:
+    return Snapshot("sp1/a", f"s{i}", i, i, int(day * 86400), used=used, written=written)
+
+
+def test_change_rate_uses_written_when_known():
+    snaps = [snap(1, 0, written=0), snap(2, 1, written=2 << 30), snap(3, 2, written=2 << 30)]
+    rate, how = change_rate(snaps, has_written=True)
+    assert rate == 2 << 30 and how == "written"
+
+
+def test_change_rate_falls_back_to_used_as_lower_bound():
+    snaps = [snap(1, 0, used=0), snap(2, 0.5, used=1 << 30)]
+    rate, how = change_rate(snaps, has_written=False)
+    assert rate == 2 << 30 and "lower bound" in how
+    assert change_rate(snaps[:1], True) == (0.0, "fewer than two snapshots")
+
+
+@pytest.mark.parametrize("s,text", [(5, "5s"), (221, "3m41s"), (7322, "2h02m")])
+def test_human_duration(s, text):
+    assert human_duration(s) == text
+
+
+def test_progress_line_has_bytes_rate_and_eta():
+    out = io.StringIO()
+    p = Progress("lun0", 212 << 30, stream=out)
+    p.started -= 300  # five minutes in
+    p(123 << 30)
+    line = p.line()
+    assert line.startswith("lun0")
+    assert "58%" in line and "123.0 GiB/212.0 GiB" in line and "MiB/s" in line and "ETA" in line
+    p.finish()
+    assert out.getvalue().endswith("\n")
+
+
+def test_progress_without_total_shows_bytes_and_rate():
+    p = Progress("lun1", None, enabled=False)
+    p(1 << 20)
+    assert "1.0 MiB" in p.line() and "ETA" not in p.line()
