@@ -120,9 +120,11 @@ def change_rate(snapshots, has_written: bool) -> tuple[float, str]:
     later = snapshots[1:]
     if has_written and all(s.written is not None for s in later):
         return sum(s.written for s in later) / span_days, "written"
-    # Pool-v23 zfs has no `written`; a snapshot's `used` counts only blocks unique to it,
-    # so this is a lower bound.
-    return sum((s.used or 0) for s in later) / span_days, "used (lower bound)"
+    # Pool-v23 zfs has no `written`. Blocks overwritten after a snapshot stay unique to it
+    # (its `used`), and growth shows in `referenced`; together a lower bound of what changed.
+    overwritten = sum((s.used or 0) for s in snapshots[:-1])
+    growth = sum(max(0, (b.referenced or 0) - (a.referenced or 0)) for a, b in zip(snapshots, later))
+    return (overwritten + growth) / span_days, "used + growth (lower bound)"
 
 
 @click.command(epilog="""\b

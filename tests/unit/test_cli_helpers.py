@@ -49,8 +49,8 @@ def test_prometheus_text():
     assert text.count("# TYPE") == 5 and text.endswith("\n")
 
 
-def snap(i: int, day: float, written=None, used=None) -> Snapshot:
-    return Snapshot("sp1/a", f"s{i}", i, i, int(day * 86400), used=used, written=written)
+def snap(i: int, day: float, written=None, used=None, referenced=None) -> Snapshot:
+    return Snapshot("sp1/a", f"s{i}", i, i, int(day * 86400), used=used, written=written, referenced=referenced)
 
 
 def test_change_rate_uses_written_when_known():
@@ -59,10 +59,11 @@ def test_change_rate_uses_written_when_known():
     assert rate == 2 << 30 and how == "written"
 
 
-def test_change_rate_falls_back_to_used_as_lower_bound():
-    snaps = [snap(1, 0, used=0), snap(2, 0.5, used=1 << 30)]
+def test_change_rate_falls_back_to_used_and_growth_as_lower_bound():
+    # 1 GiB overwritten after s1 (kept by s1), then 1 GiB appended before s2, over half a day
+    snaps = [snap(1, 0, used=1 << 30, referenced=4 << 30), snap(2, 0.5, used=0, referenced=5 << 30)]
     rate, how = change_rate(snaps, has_written=False)
-    assert rate == 2 << 30 and "lower bound" in how
+    assert rate == 4 << 30 and "lower bound" in how
     assert change_rate(snaps[:1], True) == (0.0, "fewer than two snapshots")
 
 
