@@ -311,5 +311,42 @@ def verify(ctx: Context, manifest_path: str, server: str | None, portal: str | N
                               hint="re-run `esxdr target import` and check the problems listed above")
 
 
+@target.command()
+@click.argument("group", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the manifest here (else stdout).")
+@json_option
+@site_option
+@pass_ctx
+def shipped(ctx: Context, group: str | None, output: str | None) -> None:
+    """Show the target manifest that replication stored with the group's DR datasets.
+
+    \b
+    Examples:
+      esxdr target shipped core
+      esxdr target shipped core -o /tmp/core-manifest.yaml && esxdr target diff /tmp/core-manifest.yaml
+    """
+    from esxdr import shipping
+    from esxdr.cli.replicate import _groups
+    from esxdr.replication import open_side
+    from esxdr.targets.manifest import dumps, save
+
+    name = _groups(ctx, group)[0]
+    g = ctx.site().protection_groups[name]
+    side = open_side(ctx.site(), g.destination)
+    try:
+        m = shipping.read(side.zfs, g.dr_root)
+    finally:
+        side.transport.close()
+    if m is None:
+        raise UsageError(f"no target manifest shipped to {g.dr_root} on {g.destination} yet",
+                         hint="give the production storage server a target: section and run esxdr replicate")
+    if output:
+        save(m, output)
+        ctx.emit({"written": output, "logical_units": len(m.logical_units)},
+                 f"wrote {output}: {len(m.logical_units)} LUs shipped with {g.dr_root}")
+    else:
+        ctx.emit(m.to_dict(), lambda: dumps(m).rstrip("\n"))
+
+
 def main() -> None:  # pragma: no cover - convenience for `python -m esxdr.cli.target`
     sys.exit(target())

@@ -41,6 +41,8 @@ def test_lab_up_down_twice_leaves_the_machine_clean():
         g = site.protection_groups["core"]
         assert len(g.luns) == 2 and all(lu.naa.startswith("naa.600144f0") for lu in g.luns.values())
         assert len(g.vms) == 4
+        if _round == 0:
+            check_replication_ships_identities(lab, g)
         state = lab.state()
         procs = [state["sshd"]["pid"], *(t["pid"] for t in state["tgtd"].values()),
                  *(e["pid"] for e in state["esxsim"].values())]
@@ -51,3 +53,25 @@ def test_lab_up_down_twice_leaves_the_machine_clean():
             pwd.getpwnam(cfg.account)
         assert not Path(d).exists()
         assert not Path(f"/etc/sudoers.d/{cfg.account}").exists()
+
+
+def check_replication_ships_identities(lab, g) -> None:
+    """Replicate the seeded lab; DR then knows every LUN's NAA, and production serves it on the wire."""
+    import json
+
+    esxdr = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "esxdr")
+    site = str(lab.site_path)
+    r = subprocess.run([esxdr, "--site", site, "--json", "replicate", "core"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["manifest"]
+    r = subprocess.run([esxdr, "--site", site, "--json", "target", "shipped", "core"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    shipped = json.loads(r.stdout)
+    assert sorted("naa." + u["naa"] for u in shipped["logical_units"]) == sorted(lu.naa for lu in g.luns.values())
+    assert {u["product_id"] for u in shipped["logical_units"]} == {"COMSTAR"}
+    manifest = Path(lab.cfg.dir) / "shipped.json"
+    manifest.write_text(json.dumps(shipped))
+    r = subprocess.run([esxdr, "--site", site, "target", "verify", str(manifest), "--server", "ss1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("will mount as-is") == len(g.luns)
