@@ -250,26 +250,26 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False) -> Host
         return (tuple(ob.effective_active), tuple(ob.effective_standby)) if ob else None
 
     for name, pg in desired.port_groups.items():
-        active = tuple(pg.active_uplinks) if pg.active_uplinks is not None else None
-        standby = tuple(pg.standby_uplinks or ()) if active is not None else None
-        params = {"vswitch": pg.vswitch, "vlan": pg.vlan, "active": active, "standby": standby}
-        ob = observed.port_groups.get(name)
-        if ob is None:
+        pg_active: tuple[str, ...] | None = tuple(pg.active_uplinks) if pg.active_uplinks is not None else None
+        pg_standby = tuple(pg.standby_uplinks or ()) if pg_active is not None else None
+        params = {"vswitch": pg.vswitch, "vlan": pg.vlan, "active": pg_active, "standby": pg_standby}
+        obp = observed.port_groups.get(name)
+        if obp is None:
             acts.append(Action("add_port_group", name, "it is in the site file but not on the host", params))
             continue
-        if ob.vswitch != pg.vswitch:
-            refuse(Refusal(f"port group {name}", f"exists on {ob.vswitch}, the site file puts it on {pg.vswitch}",
+        if obp.vswitch != pg.vswitch:
+            refuse(Refusal(f"port group {name}", f"exists on {obp.vswitch}, the site file puts it on {pg.vswitch}",
                            "ESXi cannot move a port group: remove it on the host (or rename it in the site file)"))
             continue
         diffs = []
-        if ob.vlan != pg.vlan:
-            diffs.append(f"VLAN {ob.vlan} → {pg.vlan}")
-        ob_active = tuple(ob.active) if ob.active is not None else None
-        ob_standby = tuple(ob.standby or ()) if ob.active is not None else None
-        if (ob_active, ob_standby) != (active, standby):
+        if obp.vlan != pg.vlan:
+            diffs.append(f"VLAN {obp.vlan} → {pg.vlan}")
+        ob_active: tuple[str, ...] | None = tuple(obp.active) if obp.active is not None else None
+        ob_standby: tuple[str, ...] | None = tuple(obp.standby or ()) if obp.active is not None else None
+        if (ob_active, ob_standby) != (pg_active, pg_standby):
             def show(a: Any, s: Any) -> str:
                 return "inherited from the vSwitch" if a is None else f"active [{_csv(a)}] standby [{_csv(s)}]"
-            diffs.append(f"teaming {show(ob_active, ob_standby)} → {show(active, standby)}")
+            diffs.append(f"teaming {show(ob_active, ob_standby)} → {show(pg_active, pg_standby)}")
         if diffs:
             acts.append(Action("update_port_group", name, "; ".join(diffs), params))
 
@@ -279,26 +279,26 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False) -> Host
     for name, nic in desired.vmkernel.items():
         ip, mask, prefix = split_ip(nic.ip)
         params = {"port_group": nic.port_group, "ip": ip, "netmask": mask, "prefix": prefix, "mtu": nic.mtu}
-        ob = observed.vnic_on(nic.port_group)
-        if ob is None and name in observed.vnics:
-            ob = observed.vnics[name]
-        if ob is None:
+        obn = observed.vnic_on(nic.port_group)
+        if obn is None and name in observed.vnics:
+            obn = observed.vnics[name]
+        if obn is None:
             acts.append(Action("add_vnic", name, "it is in the site file but not on the host", params))
             continue
-        claimed.add(ob.device)
+        claimed.add(obn.device)
         diffs = []
-        if ob.device != name:
-            plan.notes.append(f"{name} is {ob.device} on {observed.name} (ESXi chose the number)")
-        if ob.port_group != nic.port_group:
-            diffs.append(f"port group {ob.port_group} → {nic.port_group}")
-        if ip is None and not ob.dhcp:
-            diffs.append(f"IP {ob.ip} → DHCP")
-        elif ip is not None and (ob.dhcp or ob.ip != ip or ob.netmask != mask):
-            diffs.append(f"IP {'DHCP' if ob.dhcp else f'{ob.ip}/{ob.netmask}'} → {ip}/{mask}")
-        if ob.mtu != nic.mtu:
-            diffs.append(f"MTU {ob.mtu} → {nic.mtu}")
+        if obn.device != name:
+            plan.notes.append(f"{name} is {obn.device} on {observed.name} (ESXi chose the number)")
+        if obn.port_group != nic.port_group:
+            diffs.append(f"port group {obn.port_group} → {nic.port_group}")
+        if ip is None and not obn.dhcp:
+            diffs.append(f"IP {obn.ip} → DHCP")
+        elif ip is not None and (obn.dhcp or obn.ip != ip or obn.netmask != mask):
+            diffs.append(f"IP {'DHCP' if obn.dhcp else f'{obn.ip}/{obn.netmask}'} → {ip}/{mask}")
+        if obn.mtu != nic.mtu:
+            diffs.append(f"MTU {obn.mtu} → {nic.mtu}")
         if diffs:
-            acts.append(Action("update_vnic", ob.device, "; ".join(diffs), {**params, "desired_name": name}))
+            acts.append(Action("update_vnic", obn.device, "; ".join(diffs), {**params, "desired_name": name}))
 
     def device_of(vmk: str) -> str:
         nic = desired.vmkernel.get(vmk)
@@ -540,6 +540,11 @@ def check_storage(expected: list[ExpectedLun], host: HostState,
         ds = host.datastore_by_uuid(exp.vmfs_uuid) if exp.vmfs_uuid else None
         if ds is None and not exp.vmfs_uuid:
             ds = next((d for d in host.datastores.values() if exp.canonical in d.extents), None)
+        resignatured = False
+        if ds is None and exp.datastore and exp.datastore in host.datastores:
+            # After --resolve resignature the volume has a new UUID and got its expected name back.
+            ds = host.datastores[exp.datastore]
+            resignatured = bool(exp.vmfs_uuid and ds.vmfs_uuid != exp.vmfs_uuid)
         unres = None
         if ds is None:
             unres = next((u for u in unresolved if exp.vmfs_uuid and u.vmfs_uuid == exp.vmfs_uuid), None) or \
@@ -549,12 +554,11 @@ def check_storage(expected: list[ExpectedLun], host: HostState,
         if ds is not None:
             check = LunCheck(exp.naa, "ok", f"datastore {ds.name} mounted, VMFS {ds.vmfs_uuid}",
                              datastore=ds.name, vmfs_uuid=ds.vmfs_uuid, paths=paths, expected=exp)
-            if lun is None:
-                check.status = "missing"
-                check.message = f"not seen by {host.name}, yet datastore {ds.name} is mounted from {_csv(ds.extents)}"
-                check.hint = "the volume is mounted from another LUN identity: check the target manifest's NAA"
-            elif exp.canonical not in ds.extents:
-                check.notes.append(f"the datastore's extents are {_csv(ds.extents)}")
+            if resignatured:
+                check.notes.append(f"resignatured: VMFS UUID {ds.vmfs_uuid}, was {exp.vmfs_uuid}")
+            if exp.canonical not in ds.extents:
+                # Only a resolved copy (force-mount or resignature) mounts from another identity.
+                check.notes.append(f"mounted from {_csv(ds.extents)}, not naa.{exp.naa}: the LUN identity changed")
             if ds.force_mounted:
                 check.notes.append("force-mounted (UUID kept, LUN identity differs): resignature when convenient")
             if exp.datastore and ds.name != exp.datastore:

@@ -73,6 +73,7 @@ func NewWorld(cfg Config) (*World, error) {
 	w.setupNetwork()
 	w.setupStorage()
 	w.setupVMs()
+	w.setupRename()
 	w.fixConfigManager()
 	return w, nil
 }

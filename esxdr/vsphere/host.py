@@ -1,0 +1,275 @@
+"""Apply a host plan (:mod:`esxdr.plan.host`) to an ESXi host; ``dry_run`` walks the same list.
+
+Each action kind has one executor here. Dry-run and apply share :func:`apply_plan`: the only
+difference is whether the executor is called, so "what dry-run said" is "what apply does".
+Consecutive send/static targets go to the host in one call (the API takes lists).
+Faults are translated with what the observed state knows (e.g. which vSwitch holds an uplink).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyVmomi import vim
+
+from esxdr.errors import ConflictError, UsageError
+from esxdr.plan.host import Action, HostPlan, plan_host
+from esxdr.vsphere import inventory
+from esxdr.vsphere.observed import HostState
+from esxdr.vsphere.session import Session
+
+BATCHED = {"add_send_target", "add_static_target", "remove_send_target", "remove_static_target"}
+
+
+@dataclass
+class StepResult:
+    action: Action
+    status: str  # done | would do
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.action.to_dict(), "status": self.status, "detail": self.detail}
+
+
+@dataclass
+class ApplyResult:
+    host: str
+    dry_run: bool
+    steps: list[StepResult] = field(default_factory=list)
+    requests: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "dry_run": self.dry_run, "steps": [s.to_dict() for s in self.steps],
+                "requests": self.requests}
+
+    def render(self) -> str:
+        if not self.steps:
+            return f"{self.host}: up to date, nothing to do"
+        verb = "would" if self.dry_run else "done:"
+        lines = [f"{verb} {s.action.describe()}" + (f" ({s.detail})" if s.detail else "") for s in self.steps]
+        lines.append(f"{self.host}: {len(self.steps)} action{'s' if len(self.steps) != 1 else ''}"
+                     + (" (dry run, nothing changed)" if self.dry_run else " applied"))
+        return "\n".join(lines)
+
+
+def read_chap_secret(params: dict[str, Any]) -> str:
+    if params.get("secret_env"):
+        value = os.environ.get(params["secret_env"])
+        if value is None:
+            raise UsageError(f"CHAP secret: environment variable {params['secret_env']} is not set")
+        return value
+    path = params.get("secret_file")
+    if not path:
+        raise UsageError("CHAP needs secret_file or secret_env")
+    st = os.stat(path)
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(f"CHAP secret file {path} is readable by others", hint=f"chmod 600 {path}")
+    with open(path, encoding="utf-8") as f:
+        return f.readline().rstrip("\r\n")
+
+
+# --------------------------------------------------------------------------- observe + plan
+def observe(session: Session, host_name: str | None, *, bindings: bool = True) -> HostState:
+    """The host's state for planning: one property read, plus QueryBoundVnics when iSCSI is on."""
+    state = inventory.read_host(session, host_name, with_vms=False)
+    return inventory.with_bindings(session, state) if bindings else state
+
+
+def plan(session: Session, desired: Any, *, prune: bool = False) -> tuple[HostPlan, HostState]:
+    state = observe(session, desired.host, bindings=bool(desired.iscsi and (desired.iscsi.bind or prune)))
+    return plan_host(desired, state, prune=prune), state
+
+
+# --------------------------------------------------------------------------- executors
+def _teaming(active: Any, standby: Any) -> Any:
+    return vim.host.NetworkPolicy.NicTeamingPolicy(
+        policy="failover_explicit",
+        nicOrder=vim.host.NetworkPolicy.NicOrderPolicy(activeNic=list(active), standbyNic=list(standby or ())))
+
+
+def _vswitch_spec(p: dict[str, Any]) -> Any:
+    spec = vim.host.VirtualSwitch.Specification(numPorts=p["ports"], mtu=p["mtu"])
+    if p["uplinks"]:
+        spec.bridge = vim.host.VirtualSwitch.BondBridge(nicDevice=list(p["uplinks"]))
+        spec.policy = vim.host.NetworkPolicy(nicTeaming=_teaming(p["active"], p["standby"]))
+    return spec
+
+
+def _pg_spec(name: str, p: dict[str, Any]) -> Any:
+    policy = vim.host.NetworkPolicy()
+    if p["active"] is not None:
+        policy.nicTeaming = _teaming(p["active"], p["standby"])
+    return vim.host.PortGroup.Specification(name=name, vlanId=p["vlan"], vswitchName=p["vswitch"], policy=policy)
+
+
+def _vnic_spec(p: dict[str, Any], with_pg: bool = False) -> Any:
+    ip = vim.host.IpConfig(dhcp=True) if p["ip"] is None else \
+        vim.host.IpConfig(dhcp=False, ipAddress=p["ip"], subnetMask=p["netmask"])
+    spec = vim.host.VirtualNic.Specification(ip=ip, mtu=p["mtu"])
+    if with_pg:
+        spec.portgroup = p["port_group"]
+    return spec
+
+
+class _Executor:
+    """Runs actions against one host, keeping what earlier actions produced (vmk names, HBA)."""
+
+    def __init__(self, session: Session, state: HostState):
+        self.s = session
+        self.state = state
+        self.vmk: dict[str, str] = {}  # desired name → device ESXi gave it
+        self.hba = state.iscsi.device if state.iscsi else None
+        self._ns = self._ss = self._im = None
+
+    @property
+    def ns(self) -> Any:
+        if self._ns is None:
+            self._ns = self.s.ref("host.NetworkSystem", self.state.refs["networkSystem"])
+        return self._ns
+
+    @property
+    def ss(self) -> Any:
+        if self._ss is None:
+            self._ss = self.s.ref("host.StorageSystem", self.state.refs["storageSystem"])
+        return self._ss
+
+    @property
+    def im(self) -> Any:
+        if self._im is None:
+            self._im = self.s.ref("host.IscsiManager", self.state.refs["iscsiManager"])
+        return self._im
+
+    def _hba(self) -> str:
+        if self.hba is None:
+            # The adapter appears when software iSCSI is enabled; one targeted read finds its name.
+            fresh = inventory.read_host(self.s, self.state.name, with_vms=False, with_datastores=False)
+            if fresh.iscsi is None:
+                raise ConflictError(f"{self.state.name}: no software iSCSI adapter after enabling it",
+                                    hint="enable software iSCSI on the host and rerun")
+            self.hba = fresh.iscsi.device
+        return self.hba
+
+    def hints(self, a: Action) -> dict[str, str]:
+        h = {}
+        if a.kind in ("add_vswitch", "update_vswitch"):
+            held = [f"{u} is an uplink of {self.state.uplink_owner(u)}" for u in a.params["uplinks"]
+                    if self.state.uplink_owner(u) not in (None, a.target)]
+            if held:
+                h["ResourceInUse"] = "; ".join(held) + " (an uplink belongs to one vSwitch)"
+        if a.kind in ("remove_port_group", "remove_vswitch"):
+            users = [v.device for v in self.state.vnics.values()
+                     if v.port_group == a.target or self.state.port_groups.get(v.port_group, None) is not None
+                     and self.state.port_groups[v.port_group].vswitch == a.target]
+            if users:
+                h["ResourceInUse"] = f"{a.target} still carries {', '.join(users)}"
+        if a.kind == "bind_vnic":
+            h["IscsiFaultVnicHasMultipleUplinks"] = (
+                f"{a.target}'s port group has more than one active uplink or a standby uplink; iSCSI port binding "
+                "needs exactly one active uplink (set active_uplinks: [vmnicN], standby_uplinks: [])")
+        return h
+
+    def run(self, a: Action, batch: list[Action]) -> str:
+        p = a.params
+        k = a.kind
+        if k == "add_vswitch":
+            self.ns.AddVirtualSwitch(a.target, _vswitch_spec(p))
+        elif k == "update_vswitch":
+            self.ns.UpdateVirtualSwitch(a.target, _vswitch_spec(p))
+        elif k == "add_port_group":
+            self.ns.AddPortGroup(_pg_spec(a.target, p))
+        elif k == "update_port_group":
+            self.ns.UpdatePortGroup(a.target, _pg_spec(a.target, p))
+        elif k == "add_vnic":
+            dev = self.ns.AddVirtualNic(p["port_group"], _vnic_spec(p))
+            self.vmk[a.target] = dev
+            return f"ESXi named it {dev}" if dev != a.target else ""
+        elif k == "update_vnic":
+            self.ns.UpdateVirtualNic(a.target, _vnic_spec(p, with_pg=True))
+        elif k == "remove_vnic":
+            self.ns.RemoveVirtualNic(a.target)
+        elif k == "remove_port_group":
+            self.ns.RemovePortGroup(a.target)
+        elif k == "remove_vswitch":
+            self.ns.RemoveVirtualSwitch(a.target)
+        elif k == "enable_software_iscsi":
+            self.ss.UpdateSoftwareInternetScsiEnabled(True)
+            self.hba = None
+        elif k == "disable_software_iscsi":
+            self.ss.UpdateSoftwareInternetScsiEnabled(False)
+        elif k == "set_chap":
+            self.ss.UpdateInternetScsiAuthenticationProperties(
+                self._hba(), vim.host.InternetScsiHba.AuthenticationProperties(
+                    chapAuthEnabled=True, chapName=p["name"], chapSecret=read_chap_secret(p),
+                    chapAuthenticationType="chapRequired"))
+        elif k == "bind_vnic":
+            self.im.BindVnic(self._hba(), self.vmk.get(a.target, p["device"]))
+        elif k == "unbind_vnic":
+            self.im.UnbindVnic(self._hba(), p["device"], False)
+        elif k == "add_send_target":
+            self.ss.AddInternetScsiSendTargets(self._hba(), [
+                vim.host.InternetScsiHba.SendTarget(address=b.params["address"], port=b.params["port"])
+                for b in batch])
+        elif k == "remove_send_target":
+            self.ss.RemoveInternetScsiSendTargets(self._hba(), [
+                vim.host.InternetScsiHba.SendTarget(address=b.params["address"], port=b.params["port"])
+                for b in batch])
+        elif k in ("add_static_target", "remove_static_target"):
+            targets = [vim.host.InternetScsiHba.StaticTarget(address=b.params["address"], port=b.params["port"],
+                                                             iScsiName=b.params["iqn"]) for b in batch]
+            if k == "add_static_target":
+                self.ss.AddInternetScsiStaticTargets(self._hba(), targets)
+            else:
+                self.ss.RemoveInternetScsiStaticTargets(self._hba(), targets)
+        elif k == "rescan_all_hba":
+            self.ss.RescanAllHba()
+        elif k == "rescan_vmfs":
+            self.ss.RescanVmfs()
+        else:
+            raise UsageError(f"no executor for action {k}")
+        return ""
+
+
+def apply_plan(session: Session, state: HostState, host_plan: HostPlan, *, dry_run: bool = False,
+               progress: Callable[[str], None] | None = None) -> ApplyResult:
+    """Walk ``host_plan``: describe each action (dry run) or execute it. Refusals stop everything first."""
+    if host_plan.refusals:
+        r = host_plan.refusals[0]
+        more = f" (and {len(host_plan.refusals) - 1} more)" if len(host_plan.refusals) > 1 else ""
+        raise ConflictError(f"{host_plan.host}: {r.target}: {r.message}{more}", hint=r.hint or None)
+    start = session.requests
+    result = ApplyResult(host=host_plan.host, dry_run=dry_run)
+    ex = _Executor(session, state)
+    actions = host_plan.actions
+    i = 0
+    while i < len(actions):
+        a = actions[i]
+        batch = [a]
+        if a.kind in BATCHED:
+            while i + len(batch) < len(actions) and actions[i + len(batch)].kind == a.kind:
+                batch.append(actions[i + len(batch)])
+        for b in batch:
+            if progress:
+                progress(("would " if dry_run else "") + b.describe())
+        detail = ""
+        if not dry_run:
+            with session.errors(a.describe() + f" on {host_plan.host}", ex.hints(a)):
+                detail = ex.run(a, batch)
+        for b in batch:
+            result.steps.append(StepResult(b, "would do" if dry_run else "done", detail if b is a else ""))
+        i += len(batch)
+    result.requests = session.requests - start
+    return result
+
+
+def ensure(session: Session, desired: Any, *, prune: bool = False, dry_run: bool = False,
+           progress: Callable[[str], None] | None = None) -> ApplyResult:
+    """Observe, plan and apply in one go (what `esxdr host apply` and recovery plans call)."""
+    host_plan, state = plan(session, desired, prune=prune)
+    for n in host_plan.notes:
+        if progress:
+            progress(f"note: {n}")
+    return apply_plan(session, state, host_plan, dry_run=dry_run, progress=progress)

@@ -1,0 +1,127 @@
+"""Wait for tasks and property conditions with WaitForUpdatesEx, never by sleep-polling.
+
+One property filter covers every object being waited for (forty power-on tasks are one
+filter and a handful of WaitForUpdatesEx calls, not forty polling loops), and the server
+holds each call open until something changes, so a wait costs a few requests whatever
+its length.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from esxdr.errors import TransientError
+from esxdr.vsphere.session import Session, translate
+
+PC = vmodl.query.PropertyCollector
+State = dict[str, dict[str, Any]]  # moid → property path → value
+
+_locks: dict[int, threading.Lock] = {}
+
+
+class WaitTimeout(TransientError):
+    pass
+
+
+def _lock(session: Session) -> threading.Lock:
+    # The session's PropertyCollector keeps one update version: one waiter at a time.
+    return _locks.setdefault(id(session), threading.Lock())
+
+
+def watch(session: Session, objects: list[Any], paths: list[str], until: Callable[[State], bool], *,
+          timeout: float, what: str, on_change: Callable[[State], None] | None = None) -> State:
+    """Wait until ``until(state)`` holds for the watched properties of ``objects``.
+
+    ``on_change`` sees every update first (the power-on runbook answers VM questions there).
+    Raises :class:`WaitTimeout` naming ``what`` when ``timeout`` passes.
+    """
+    if not objects:
+        return {}
+    pc = session.content.propertyCollector
+    by_type: dict[Any, None] = {type(o): None for o in objects}
+    spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=o, skip=False) for o in objects],
+                         propSet=[PC.PropertySpec(type=t, pathSet=paths) for t in by_type])
+    state: State = {o._moId: {} for o in objects}
+    deadline = time.monotonic() + timeout
+    with _lock(session), session.errors(f"waiting for {what}"):
+        flt = pc.CreateFilter(spec, partialUpdates=False)
+        try:
+            version = ""
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}",
+                                      hint="the host is slow or stuck: look at its recent tasks and events")
+                upd = pc.WaitForUpdatesEx(version, PC.WaitOptions(maxWaitSeconds=max(1, min(int(left) + 1, 60))))
+                if upd is None:
+                    continue
+                version = upd.version
+                for fs in upd.filterSet or ():
+                    for oc in fs.objectSet or ():
+                        props = state.setdefault(oc.obj._moId, {})
+                        for ch in oc.changeSet or ():
+                            if ch.op == "remove":
+                                props.pop(ch.name, None)
+                            else:
+                                props[ch.name] = ch.val
+                if on_change is not None:
+                    on_change(state)
+                if until(state):
+                    return state
+        finally:
+            try:
+                flt.DestroyPropertyFilter()
+            except Exception:  # noqa: BLE001 - the filter dies with the session anyway
+                pass
+
+
+TASK_PATHS = ["info.state", "info.error", "info.result"]
+
+
+def _task_done(props: dict[str, Any]) -> bool:
+    return str(props.get("info.state")) in ("success", "error")
+
+
+def wait_tasks(session: Session, tasks: list[Any], *, timeout: float = 600, what: str = "tasks",
+               on_change: Callable[[State], None] | None = None, raise_first: bool = True,
+               extra: list[Any] | None = None, extra_paths: list[str] | None = None) -> list[Any]:
+    """Wait for all ``tasks``; return their results in order (or the translated errors).
+
+    ``extra`` objects (e.g. the VMs being powered on) are watched in the same filter with
+    ``extra_paths`` so that ``on_change`` can react to them (answer a question).
+    """
+    if not tasks:
+        return []
+    objects = list(tasks) + list(extra or [])
+    paths = TASK_PATHS + [p for p in (extra_paths or []) if p not in TASK_PATHS]
+    ids = [t._moId for t in tasks]
+    state = watch(session, objects, paths, lambda s: all(_task_done(s.get(i, {})) for i in ids),
+                  timeout=timeout, what=what, on_change=on_change)
+    out: list[Any] = []
+    for i in ids:
+        props = state[i]
+        if str(props.get("info.state")) == "success":
+            out.append(props.get("info.result"))
+        else:
+            err = props.get("info.error")
+            fault = getattr(err, "fault", None) or vmodl.fault.SystemError(reason="task failed")
+            if err is not None and getattr(err, "localizedMessage", None) and not getattr(fault, "msg", None):
+                fault.msg = err.localizedMessage
+            e = translate(fault, what, endpoint=session.name)
+            if raise_first:
+                raise e
+            out.append(e)
+    return out
+
+
+def wait_task(session: Session, task: Any, *, timeout: float = 600, what: str = "a task") -> Any:
+    return wait_tasks(session, [task], timeout=timeout, what=what)[0]
+
+
+def is_task(obj: Any) -> bool:
+    return isinstance(obj, vim.Task)

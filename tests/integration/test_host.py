@@ -1,0 +1,256 @@
+"""`esxdr host` against esxsim and a real tgtd: bootstrap, idempotency, refusals, verify-storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vsphere_fixtures import PASSWORD_ENV, ROOT, naa_for, start_lab, vmfs_uuid_for  # noqa: E402
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("pyVmomi")
+pytest_plugins = ["conftest_esxsim"]
+
+ESXDR = str(ROOT / ".venv" / "bin" / "esxdr")
+
+
+@pytest.fixture
+def lab(esxsim_binary, tmp_path):
+    lab = start_lab(tmp_path / "lab", binary=esxsim_binary)
+    yield lab
+    lab.stop()
+
+
+def esxdr(lab, *args, check=None):
+    p = subprocess.run([ESXDR, "--site", str(lab.site), *args], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, PASSWORD_ENV: lab.esx.password})
+    if check is not None:
+        assert p.returncode == check, p.stdout + p.stderr
+    return p
+
+
+def test_plan_apply_from_empty_then_second_plan_is_empty(lab):
+    lab.add_lun(1)
+    plan = json.loads(esxdr(lab, "host", "plan", "esx-dr", "--json", check=0).stdout)
+    kinds = [a["kind"] for a in plan["actions"]]
+    assert kinds[:5] == ["add_vswitch", "add_port_group", "add_port_group", "add_port_group", "add_vnic"]
+    assert kinds[-2:] == ["rescan_all_hba", "rescan_vmfs"]
+    assert all(a["reason"] for a in plan["actions"])
+
+    dry = json.loads(esxdr(lab, "host", "apply", "--dry-run", "--json", check=0).stdout)
+    assert [s["kind"] for s in dry["steps"]] == kinds and {s["status"] for s in dry["steps"]} == {"would do"}
+    # dry run changed nothing
+    assert [a["kind"] for a in json.loads(esxdr(lab, "host", "plan", "--json", check=0).stdout)["actions"]] == kinds
+
+    done = json.loads(esxdr(lab, "host", "apply", "--json", check=0).stdout)
+    assert [s["kind"] for s in done["steps"]] == kinds and {s["status"] for s in done["steps"]} == {"done"}
+    assert done["requests"] <= 30
+
+    again = json.loads(esxdr(lab, "host", "plan", "--json", check=0).stdout)
+    assert again["actions"] == [] and again["refusals"] == []
+    assert again["requests"] <= 8
+    text = esxdr(lab, "host", "plan", check=0).stdout
+    assert "up to date" in text
+
+    # the LUN came in through the rescans of apply, bound through vmk1
+    with lab.connect() as s:
+        from esxdr.vsphere import inventory
+
+        st = inventory.with_bindings(s, inventory.read_host(s))
+        assert st.iscsi.bound == ("vmk1",)
+        assert f"naa.{naa_for(1)}" in st.luns and "ds1" in st.datastores
+
+
+def test_drift_is_corrected_and_prune_removes_extras(lab):
+    from esxdr.vsphere import host as H
+
+    with lab.connect() as s:
+        H.ensure(s, lab.desired())
+        ns = s.ref("host.NetworkSystem", H.observe(s, None).refs["networkSystem"])
+        from pyVmomi import vim
+
+        ns.UpdatePortGroup("Repl", vim.host.PortGroup.Specification(name="Repl", vlanId=99, vswitchName="vSwitch1",
+                                                                    policy=vim.host.NetworkPolicy()))
+        plan, _ = H.plan(s, lab.desired())
+        assert [(a.kind, a.reason) for a in plan.actions] == [("update_port_group", "VLAN 99 → 30")]
+        H.ensure(s, lab.desired())
+        assert H.plan(s, lab.desired())[0].empty
+        pruned = H.ensure(s, lab.desired(), prune=True)
+        assert [st.action.target for st in pruned.steps] == ["VM Network"]
+        plan, state = H.plan(s, lab.desired(), prune=True)
+        assert plan.empty and "Management Network" in state.port_groups and "vmk0" in state.vnics
+
+
+def test_bind_refused_with_explanation_before_anything_changes(lab):
+    from esxdr.errors import ConflictError, VsphereError
+    from esxdr.site.model import PortGroupSpec
+    from esxdr.vsphere import host as H
+
+    desired = lab.desired()
+    bad = replace(desired, port_groups={**desired.port_groups,
+                                        "iSCSI-A": PortGroupSpec("iSCSI-A", "vSwitch1", 20)})  # inherits 1+1 standby
+    with lab.connect() as s:
+        with pytest.raises(ConflictError) as e:
+            H.ensure(s, bad)
+        assert "exactly one active uplink" in e.value.message and "standby vmnic2" in e.value.message
+        assert "active_uplinks: [vmnic1]" in e.value.hint
+        assert "vSwitch1" not in H.observe(s, None).vswitches  # nothing was done
+
+        # the host's own refusal (BindVnic fault) is translated with the same advice
+        H.ensure(s, replace(bad, iscsi=replace(bad.iscsi, bind=())))
+        im = s.ref("host.IscsiManager", H.observe(s, None).refs["iscsiManager"])
+        with pytest.raises(VsphereError) as e, s.errors("binding vmk1 on esx-dr"):
+            im.BindVnic("vmhba65", "vmk1")
+        assert "IscsiFaultVnicHasMultipleUplinks" in e.value.message
+        assert "exactly one active uplink" in e.value.hint
+
+
+def test_uplink_in_use_names_the_vswitch(lab):
+    from esxdr.errors import ConflictError, VsphereError
+    from esxdr.site.model import VSwitch
+    from esxdr.vsphere import host as H
+
+    desired = lab.desired()
+    bad = replace(desired, vswitches={"vSwitch1": VSwitch("vSwitch1", ("vmnic0",), 1500, ("vmnic0",))},
+                  port_groups={}, vmkernel={}, iscsi=None)
+    with lab.connect() as s:
+        with pytest.raises(ConflictError) as e:
+            H.ensure(s, bad)
+        assert "vmnic0 is already an uplink of vSwitch0" in e.value.message
+        # the fault path, as a planner-less caller would meet it
+        state = H.observe(s, None)
+        from esxdr.plan.host import Action
+
+        act = Action("add_vswitch", "vSwitch1", "test", {"uplinks": ("vmnic0",), "mtu": 1500,
+                                                          "active": ("vmnic0",), "standby": (), "ports": 128})
+        with pytest.raises(VsphereError) as e:
+            H.apply_plan(s, state, H.HostPlan("esx-dr", [act]))
+        assert "ResourceInUse" in e.value.message and "vmnic0 is an uplink of vSwitch0" in e.value.message
+
+
+def test_verify_storage_ok_and_missing_lun_explained(lab):
+    lab.add_lun(1)
+    lab.add_lun(2, label="prod-ds2")
+    esxdr(lab, "host", "apply", check=0)
+    manifest = lab.manifest()
+    out = json.loads(esxdr(lab, "host", "verify-storage", "--manifest", str(manifest), "--json", check=0).stdout)
+    assert out["ok"] and [c["datastore"] for c in out["luns"]] == ["ds1", "prod-ds2"]
+    assert out["luns"][0]["vmfs_uuid"] == vmfs_uuid_for(1)
+    assert out["requests"] <= 10
+
+    # a LUN the target does not offer: explained with the initiator and an ACL hint
+    from conftest_esxsim import make_lun_file
+
+    lab.luns[naa_for(7)] = make_lun_file(lab.dir / "blank7.img", 1)
+    manifest = lab.manifest([naa_for(1), naa_for(7)])
+    p = esxdr(lab, "host", "verify-storage", "--manifest", str(manifest), "--timeout", "1", check=4)
+    assert f"naa.{naa_for(7)}" in p.stderr and "offered 2 LUNs (" in p.stderr
+    assert "to initiator iqn.1998-01.com.vmware:esx-dr" in p.stderr
+    assert "--allow-initiator" in p.stderr
+
+
+def test_unresolved_explained_then_resignature_renames_back(lab):
+    served = naa_for(9)
+    lab.add_lun(1, served_naa=served)  # header written for naa 1, served as naa 9
+    esxdr(lab, "host", "apply", check=0)
+    manifest = lab.manifest([served])
+    # the manifest says the LU should be naa 1 (production identity)
+    text = manifest.read_text().replace(served, naa_for(1))
+    manifest.write_text(text)
+    p = esxdr(lab, "host", "verify-storage", "--manifest", str(manifest), check=3)
+    assert "unresolved" in p.stderr and f"naa.{naa_for(1)}" in p.stderr and f"naa.{served}" in p.stderr
+    assert "--resolve keep-uuid" in p.stderr and "--resolve resignature" in p.stderr
+    with lab.connect() as s:
+        from esxdr.vsphere import inventory
+
+        assert not inventory.read_host(s).datastores  # never resolved silently
+
+    out = json.loads(esxdr(lab, "host", "verify-storage", "--manifest", str(manifest), "--resolve", "resignature",
+                           "--json", check=0).stdout)
+    assert [a["kind"] for a in out["resolved"]] == ["resignature"]
+    [c] = out["luns"]
+    assert c["datastore"] == "ds1" and c["vmfs_uuid"] != vmfs_uuid_for(1)
+    assert any("resignatured" in n for n in c["notes"])
+
+
+def test_unresolved_keep_uuid_force_mounts(lab):
+    served = naa_for(8)
+    lab.add_lun(2, served_naa=served)
+    esxdr(lab, "host", "apply", check=0)
+    manifest = lab.manifest([served])
+    manifest.write_text(manifest.read_text().replace(served, naa_for(2)))
+    out = json.loads(esxdr(lab, "host", "verify-storage", "--manifest", str(manifest), "--resolve", "keep-uuid",
+                           "--json", check=0).stdout)
+    [c] = out["luns"]
+    assert c["vmfs_uuid"] == vmfs_uuid_for(2) and c["datastore"] == "ds2"
+    assert any("force-mounted" in n for n in c["notes"])
+
+
+def test_session_relogin_counter_and_runbook_vm_steps(lab):
+    from pyVmomi import vim
+
+    from esxdr.vsphere import host as H
+    from esxdr.vsphere import inventory, vms
+    from esxdr.vsphere.tasks import wait_task
+
+    lab.add_lun(1)
+    with lab.connect() as s:
+        H.ensure(s, lab.desired())
+        # an expired session is logged in again transparently
+        s.stub.relogin, saved = None, s.stub.relogin
+        s.content.sessionManager.Logout()
+        s.stub.relogin = saved
+        state = inventory.read_host(s)
+        assert s.stub.relogins == 1 and "ds1" in state.datastores
+
+        # create a VM, unregister it, then register + power on + heartbeat as a runbook would
+        href = s.ref("HostSystem", state.moid)
+        folder, pool, _ = vms.placement(s, state)
+        spec = vim.vm.ConfigSpec(name="app01", guestId="otherLinux64Guest", memoryMB=128, numCPUs=1,
+                                 files=vim.vm.FileInfo(vmPathName="[ds1]"))
+        vm = wait_task(s, folder.CreateVM_Task(spec, pool, href))
+        vm.UnregisterVM()
+        [vm2] = vms.register_vms(s, state, ["[ds1] app01/app01.vmx"])
+        before = s.requests
+        vms.power_on(s, [vm2], uuid_answer="moved")
+        vms.wait_heartbeats(s, [vm2], timeout=30)
+        assert s.requests - before <= 10
+        state = inventory.read_host(s)
+        assert state.vms["app01"].power_state == "poweredOn" and state.vms["app01"].heartbeat == "green"
+        vms.power_off(s, [vm2])
+
+
+def test_thumbprint_command(esxsim_binary, tmp_path):
+    from conftest_esxsim import free_port
+
+    from esxdr.lab import esxsim
+
+    p = esxsim.start("esx-tls", "127.0.0.1", free_port(), tmp_path / "tls", password="pw", tls=True,
+                     binary=esxsim_binary)
+    try:
+        r = subprocess.run([ESXDR, "host", "thumbprint", f"127.0.0.1:{p.port}", "--json"], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["thumbprint"] == p.thumbprint
+
+        # pinned: connects; wrong pin: refused with a hint
+        from esxdr.errors import VsphereError
+        from esxdr.site.model import VsphereEndpoint
+        from esxdr.vsphere.session import connect
+
+        ep = VsphereEndpoint("esx-tls", "dr", p.url, "root", thumbprint=p.thumbprint)
+        with connect(ep, password="pw") as s:
+            assert s.requests == 2
+        wrong = replace(ep, thumbprint="00:" * 31 + "00")
+        with pytest.raises(VsphereError) as e:
+            connect(wrong, password="pw")
+        assert "TLS" in e.value.message and "thumbprint" in e.value.hint
+    finally:
+        p.stop()

@@ -1,0 +1,273 @@
+"""The pure host planner: desired (site dr_network) vs observed → actions, refusals, notes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from esxdr.plan.host import ExpectedLun, check_storage, plan_host, plan_resolution, split_ip
+from esxdr.site.model import (
+    ChapSpec,
+    HostNetwork,
+    IscsiSpec,
+    Portal,
+    PortGroupSpec,
+    StaticTarget,
+    VmkernelNic,
+    VSwitch,
+)
+from esxdr.vsphere.observed import (
+    HostState,
+    ObservedDatastore,
+    ObservedIscsi,
+    ObservedLun,
+    ObservedPortGroup,
+    ObservedVnic,
+    ObservedVSwitch,
+    UnresolvedVolume,
+)
+
+FRESH = HostState(
+    name="esx-dr", moid="ha-host", pnics=("vmnic0", "vmnic1", "vmnic2", "vmnic3"),
+    vswitches={"vSwitch0": ObservedVSwitch("vSwitch0", ("vmnic0",), 1500, ("vmnic0",), (), 128)},
+    port_groups={"Management Network": ObservedPortGroup("Management Network", "vSwitch0", 0, None, None, ("vmnic0",)),
+                 "VM Network": ObservedPortGroup("VM Network", "vSwitch0", 0, None, None, ("vmnic0",))},
+    vnics={"vmk0": ObservedVnic("vmk0", "Management Network", False, "127.0.0.2", "255.0.0.0", 1500)},
+)
+
+DESIRED = HostNetwork(
+    host="esx-dr",
+    vswitches={"vSwitch1": VSwitch("vSwitch1", ("vmnic1", "vmnic2"), 9000, ("vmnic1",), ("vmnic2",))},
+    port_groups={"iSCSI-A": PortGroupSpec("iSCSI-A", "vSwitch1", 20, ("vmnic1",), ()),
+                 "Repl": PortGroupSpec("Repl", "vSwitch1", 30),
+                 "Prod-LAN": PortGroupSpec("Prod-LAN", "vSwitch1", 310, isolated=True)},
+    vmkernel={"vmk1": VmkernelNic("vmk1", "iSCSI-A", "10.20.0.11/24", 9000)},
+    iscsi=IscsiSpec(bind=("vmk1",), send_targets=(Portal("10.20.0.5"),)),
+)
+
+# What the host looks like after applying DESIRED.
+APPLIED = replace(
+    FRESH,
+    vswitches={**FRESH.vswitches,
+               "vSwitch1": ObservedVSwitch("vSwitch1", ("vmnic1", "vmnic2"), 9000, ("vmnic1",), ("vmnic2",), 128)},
+    port_groups={**FRESH.port_groups,
+                 "iSCSI-A": ObservedPortGroup("iSCSI-A", "vSwitch1", 20, ("vmnic1",), (), ("vmnic1",), ()),
+                 "Repl": ObservedPortGroup("Repl", "vSwitch1", 30, None, None, ("vmnic1",), ("vmnic2",)),
+                 "Prod-LAN": ObservedPortGroup("Prod-LAN", "vSwitch1", 310, None, None, ("vmnic1",), ("vmnic2",))},
+    vnics={**FRESH.vnics, "vmk1": ObservedVnic("vmk1", "iSCSI-A", False, "10.20.0.11", "255.255.255.0", 9000)},
+    software_iscsi_enabled=True,
+    iscsi=ObservedIscsi("vmhba65", "iqn.1998-01.com.vmware:esx-dr", send_targets=(("10.20.0.5", 3260),),
+                        bound=("vmk1",)),
+)
+
+
+def kinds(plan):
+    return [(a.kind, a.target) for a in plan.actions]
+
+
+def test_bootstrap_from_empty_in_order_with_reasons():
+    plan = plan_host(DESIRED, FRESH)
+    assert kinds(plan) == [
+        ("add_vswitch", "vSwitch1"), ("add_port_group", "iSCSI-A"), ("add_port_group", "Repl"),
+        ("add_port_group", "Prod-LAN"), ("add_vnic", "vmk1"), ("enable_software_iscsi", "software iSCSI"),
+        ("bind_vnic", "vmk1"), ("add_send_target", "10.20.0.5:3260"), ("rescan_all_hba", "esx-dr"),
+        ("rescan_vmfs", "esx-dr"),
+    ]
+    assert all(a.reason for a in plan.actions)
+    assert not plan.refusals
+    vs = plan.actions[0].params
+    assert vs["active"] == ("vmnic1",) and vs["standby"] == ("vmnic2",) and vs["mtu"] == 9000
+    vmk = plan.actions[4].params
+    assert (vmk["ip"], vmk["netmask"], vmk["mtu"]) == ("10.20.0.11", "255.255.255.0", 9000)
+    assert any("VM Network" in n and "--prune" in n for n in plan.notes)
+
+
+def test_second_plan_after_apply_is_empty():
+    plan = plan_host(DESIRED, APPLIED)
+    assert plan.empty, plan.render()
+
+
+@pytest.mark.parametrize("change, expected_kind, reason_part", [
+    (lambda s: replace(s, vswitches={**s.vswitches, "vSwitch1": replace(s.vswitches["vSwitch1"], mtu=1500)}),
+     "update_vswitch", "MTU 1500 → 9000"),
+    (lambda s: replace(s, vswitches={**s.vswitches, "vSwitch1": replace(s.vswitches["vSwitch1"],
+                                                                        active=("vmnic2",), standby=("vmnic1",))}),
+     "update_vswitch", "failover order"),
+    (lambda s: replace(s, port_groups={**s.port_groups, "Repl": replace(s.port_groups["Repl"], vlan=31)}),
+     "update_port_group", "VLAN 31 → 30"),
+    (lambda s: replace(s, port_groups={**s.port_groups, "iSCSI-A": replace(s.port_groups["iSCSI-A"],
+                                                                          active=None, standby=None)}),
+     "update_port_group", "inherited from the vSwitch → active [vmnic1]"),
+    (lambda s: replace(s, vnics={**s.vnics, "vmk1": replace(s.vnics["vmk1"], ip="10.20.0.99")}),
+     "update_vnic", "10.20.0.99/255.255.255.0 → 10.20.0.11/255.255.255.0"),
+    (lambda s: replace(s, vnics={**s.vnics, "vmk1": replace(s.vnics["vmk1"], mtu=1500)}),
+     "update_vnic", "MTU 1500 → 9000"),
+    (lambda s: replace(s, iscsi=replace(s.iscsi, bound=())), "bind_vnic", "not bound"),
+    (lambda s: replace(s, iscsi=replace(s.iscsi, send_targets=())), "add_send_target", "not configured"),
+    (lambda s: replace(s, software_iscsi_enabled=False, iscsi=None), "enable_software_iscsi", "it is off"),
+])
+def test_single_drift_gives_one_action_and_rescans_only_for_storage(change, expected_kind, reason_part):
+    plan = plan_host(DESIRED, change(APPLIED))
+    main = [a for a in plan.actions if not a.kind.startswith("rescan")]
+    assert main[0].kind == expected_kind, plan.render()
+    assert reason_part in main[0].reason
+    rescans = [a.kind for a in plan.actions if a.kind.startswith("rescan")]
+    assert rescans == (["rescan_all_hba", "rescan_vmfs"] if main[0].changes_storage else [])
+
+
+def test_vmk_numbered_differently_by_esxi_is_matched_by_port_group():
+    other = replace(APPLIED, vnics={"vmk0": APPLIED.vnics["vmk0"],
+                                    "vmk2": replace(APPLIED.vnics["vmk1"], device="vmk2")},
+                    iscsi=replace(APPLIED.iscsi, bound=("vmk2",)))
+    plan = plan_host(DESIRED, other)
+    assert plan.actions == []
+    assert any("vmk1 is vmk2" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("pg, message", [
+    (PortGroupSpec("iSCSI-A", "vSwitch1", 20), "has 1 active uplink (vmnic1) and standby vmnic2"),
+    (PortGroupSpec("iSCSI-A", "vSwitch1", 20, ("vmnic1", "vmnic2"), ()), "has 2 active uplinks (vmnic1, vmnic2)"),
+    (PortGroupSpec("iSCSI-A", "vSwitch1", 20, (), ()), "has 0 active uplinks"),
+])
+def test_binding_refused_unless_exactly_one_active_uplink(pg, message):
+    desired = replace(DESIRED, port_groups={**DESIRED.port_groups, "iSCSI-A": pg})
+    plan = plan_host(desired, FRESH)
+    assert not any(a.kind == "bind_vnic" for a in plan.actions)
+    [r] = plan.refusals
+    assert r.target == "vmk1" and message in r.message and "exactly one active uplink" in r.message
+    assert "active_uplinks: [" in r.hint and "iSCSI-A" in r.hint
+
+
+def test_uplink_held_by_another_vswitch_is_refused_naming_it():
+    desired = replace(DESIRED, vswitches={"vSwitch1": VSwitch("vSwitch1", ("vmnic0",), 1500, ("vmnic0",))},
+                      iscsi=None, vmkernel={}, port_groups={})
+    plan = plan_host(desired, FRESH)
+    [r] = plan.refusals
+    assert "vmnic0 is already an uplink of vSwitch0" in r.message
+    assert "--prune" in r.hint
+    plan = plan_host(desired, replace(FRESH, vswitches={**FRESH.vswitches}), prune=True)
+    # vSwitch0 carries the management vmk0: never pruned, so still refused
+    assert plan.refusals and any("vSwitch0 carries the management network" in n for n in plan.notes)
+
+
+def test_unknown_pnic_refused():
+    desired = replace(DESIRED, vswitches={"vSwitch1": VSwitch("vSwitch1", ("vmnic9",), 1500, ("vmnic9",))},
+                      iscsi=None, vmkernel={}, port_groups={})
+    assert "vmnic9 does not exist" in plan_host(desired, FRESH).refusals[0].message
+
+
+def test_prune_removes_extras_in_dependency_order_but_keeps_management():
+    extra = replace(
+        APPLIED,
+        vswitches={**APPLIED.vswitches, "vSwitch9": ObservedVSwitch("vSwitch9", ("vmnic3",), 1500, ("vmnic3",))},
+        port_groups={**APPLIED.port_groups, "Old": ObservedPortGroup("Old", "vSwitch9", 5)},
+        vnics={**APPLIED.vnics, "vmk5": ObservedVnic("vmk5", "Old")},
+        iscsi=replace(APPLIED.iscsi, send_targets=APPLIED.iscsi.send_targets + (("10.9.9.9", 3260),),
+                      static_targets=(("10.9.9.9", 3260, "iqn.x:old"),), bound=("vmk1", "vmk5")),
+    )
+    keep = plan_host(DESIRED, extra)
+    assert keep.actions == [] and any("--prune" in n for n in keep.notes)
+    plan = plan_host(DESIRED, extra, prune=True)
+    assert kinds(plan) == [
+        ("unbind_vnic", "vmk5"), ("remove_static_target", "iqn.x:old at 10.9.9.9:3260"),
+        ("remove_send_target", "10.9.9.9:3260"), ("remove_vnic", "vmk5"), ("remove_port_group", "VM Network"),
+        ("remove_port_group", "Old"), ("remove_vswitch", "vSwitch9"), ("rescan_all_hba", "esx-dr"),
+        ("rescan_vmfs", "esx-dr"),
+    ]
+    assert not any(a.target in ("vmk0", "Management Network", "vSwitch0") for a in plan.actions)
+
+
+def test_chap_and_static_targets():
+    desired = replace(DESIRED, iscsi=IscsiSpec(
+        bind=("vmk1",), send_targets=(Portal("10.20.0.5"),),
+        static_targets=(StaticTarget("10.20.0.6", 3260, "iqn.2024-01.x:t"),),
+        chap=ChapSpec("esxi-dr", secret_file="/etc/esxdr/chap")))
+    plan = plan_host(desired, APPLIED)
+    assert kinds(plan) == [("set_chap", "esxi-dr"), ("add_static_target", "iqn.2024-01.x:t at 10.20.0.6:3260"),
+                           ("rescan_all_hba", "esx-dr"), ("rescan_vmfs", "esx-dr")]
+    assert "secret" not in str(plan.actions[0].params.get("name"))
+    done = replace(APPLIED, iscsi=replace(APPLIED.iscsi, chap_name="esxi-dr", chap_enabled=True,
+                                          static_targets=(("10.20.0.6", 3260, "iqn.2024-01.x:t"),)))
+    assert plan_host(desired, done).empty
+
+
+def test_dhcp_and_split_ip():
+    assert split_ip("10.20.0.11/24") == ("10.20.0.11", "255.255.255.0", 24)
+    assert split_ip(None) == (None, None, None)
+    desired = replace(DESIRED, vmkernel={"vmk1": VmkernelNic("vmk1", "iSCSI-A", None, 9000)})
+    [a] = [a for a in plan_host(desired, APPLIED).actions if a.kind == "update_vnic"]
+    assert "→ DHCP" in a.reason
+
+
+def test_dry_run_text_and_json_are_the_same_list():
+    plan = plan_host(DESIRED, FRESH)
+    d = plan.to_dict()
+    assert [x["kind"] for x in d["actions"]] == [a.kind for a in plan.actions]
+    assert all(x["description"] in plan.render() for x in d["actions"])
+
+
+# --------------------------------------------------------------------------- storage
+NAA1 = "600144f0c0ffee000000000000000001"
+NAA2 = "600144f0c0ffee0000000000000000aa"
+UUID1 = "5f1e2d3c-00000001-8796-000c29aabbcc"
+ISCSI = ObservedIscsi("vmhba65", "iqn.1998-01.com.vmware:esx-dr", send_targets=(("10.20.0.5", 3260),),
+                      discovered=(("10.20.0.5", 3260, "iqn.t:dr"),))
+
+
+def host_with(luns=(), datastores=(), iscsi=ISCSI):
+    return replace(FRESH, software_iscsi_enabled=iscsi is not None, iscsi=iscsi,
+                   luns={f"naa.{n}": ObservedLun(f"naa.{n}", paths=("vmhba65:C0:T0:L1",), adapters=("vmhba65",),
+                                                 targets=("iqn.t:dr",)) for n in luns},
+                   datastores={d.name: d for d in datastores})
+
+
+EXP = ExpectedLun(NAA1, "iqn.t:dr", "ds1", UUID1, "ds1")
+
+
+def test_storage_ok_when_lun_seen_and_volume_mounted():
+    ds = ObservedDatastore("ds1", UUID1, UUID1, (f"naa.{NAA1}",))
+    r = check_storage([EXP], host_with([NAA1], [ds]))
+    assert r.ok and r.checks[0].paths == ("vmhba65:C0:T0:L1",)
+
+
+@pytest.mark.parametrize("host, status, words", [
+    (host_with(iscsi=None), "missing", ["software iSCSI adapter is off", "esxdr host apply"]),
+    (host_with(iscsi=replace(ISCSI, send_targets=(), discovered=())), "missing", ["no send or static targets"]),
+    (host_with(iscsi=replace(ISCSI, discovered=())), "missing", ["no iSCSI session", "VLAN", "binding", "ACL"]),
+    (host_with(), "missing", ["target iqn.t:dr offered 0 LUNs to initiator iqn.1998-01.com.vmware:esx-dr",
+                              "--allow-initiator"]),
+    (host_with([NAA1]), "no-volume", ["no VMFS volume"]),
+])
+def test_storage_problems_are_explained(host, status, words):
+    r = check_storage([EXP], host)
+    c = r.checks[0]
+    assert c.status == status
+    text = c.message + " " + c.hint
+    for w in words:
+        assert w in text, text
+
+
+def test_unresolved_on_other_naa_names_expected_and_served_and_offers_resolve():
+    u = UnresolvedVolume(UUID1, "ds1", (f"naa.{NAA2}",), (f"/vmfs/devices/disks/naa.{NAA2}:1",), "diskIdMismatch")
+    r = check_storage([EXP], host_with([NAA2]), [u])
+    c = r.checks[0]
+    assert c.status == "unresolved" and not r.ok
+    assert f"naa.{NAA1}" in c.message and f"naa.{NAA2}" in c.message
+    assert "--resolve keep-uuid" in c.hint and "--resolve resignature" in c.hint
+    [fm] = plan_resolution(r, "keep-uuid")
+    assert fm.kind == "force_mount" and fm.params["device_paths"] == u.device_paths
+    [rs] = plan_resolution(r, "resignature")
+    assert rs.kind == "resignature" and rs.params["rename_to"] == "ds1"
+
+
+def test_unresolved_with_same_naa_blames_the_product_id():
+    u = UnresolvedVolume(UUID1, "ds1", (f"naa.{NAA1}",), (f"/vmfs/devices/disks/naa.{NAA1}:1",), "diskIdMismatch")
+    c = check_storage([EXP], host_with([NAA1]), [u]).checks[0]
+    assert c.status == "unresolved" and "product id" in c.message
+
+
+def test_force_mounted_and_renamed_are_ok_with_notes():
+    ds = ObservedDatastore("snap-1234abcd-ds1", UUID1, UUID1, (f"naa.{NAA1}",), force_mounted=True)
+    c = check_storage([EXP], host_with([NAA1], [ds])).checks[0]
+    assert c.ok and any("force-mounted" in n for n in c.notes) and any("expected ds1" in n for n in c.notes)
