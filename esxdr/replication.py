@@ -97,6 +97,7 @@ class GroupResult:
     compression: str | None = None
     remote_commands: dict[str, int] = field(default_factory=dict)
     manifest: str | None = None  # sha of the target manifest on DR
+    consistency: dict | None = None  # how the snapshot was taken (crash / application / mixed)
 
     @property
     def bytes(self) -> int:
@@ -106,6 +107,7 @@ class GroupResult:
         return {"group": self.group, "snapshot": self.snapshot, "dry_run": self.dry_run,
                 "bytes": self.bytes, "seconds": round(self.seconds, 3), "compression": self.compression,
                 "datasets": [d.to_dict() for d in self.datasets], "pruned": self.pruned, "manifest": self.manifest,
+                "consistency": self.consistency,
                 "commands": self.remote_commands}
 
 
@@ -141,18 +143,19 @@ def _group_datasets(group, observed: dict[str, Dataset]) -> list[str]:
     return [d for d in group.datasets if d in observed]
 
 
-def take_snapshot(group, src: Side, observed: dict[str, Dataset], name: str) -> None:
+def take_snapshot(group, src: Side, observed: dict[str, Dataset], name: str,
+                  props: dict[str, str] | None = None) -> None:
     """One atomic snapshot of all the group's datasets."""
     children = {n for n in observed if n == group.source_root or n.startswith(group.source_root + "/")}
     wanted = set(group.datasets)
     if children - {group.source_root} <= wanted:
-        src.zfs.snapshot([], recursive_root=f"{group.source_root}@{name}")
+        src.zfs.snapshot([], recursive_root=f"{group.source_root}@{name}", props=props)
     elif src.caps.multi_snapshot:
-        src.zfs.snapshot([f"{d}@{name}" for d in group.datasets])
+        src.zfs.snapshot([f"{d}@{name}" for d in group.datasets], props=props)
     else:
         # Pool-v23 zfs snapshots one name per call; -r on the root is the only atomic form,
         # so take it and drop the snapshots of datasets outside the group.
-        src.zfs.snapshot([], recursive_root=f"{group.source_root}@{name}")
+        src.zfs.snapshot([], recursive_root=f"{group.source_root}@{name}", props=props)
         extra = sorted(children - wanted - {group.source_root})
         if extra:
             src.zfs.destroy_snapshots([f"{d}@{name}" for d in extra])
@@ -237,7 +240,9 @@ class Engine:
             opts.say(f"{g.name}: snapshot {g.source_root}@{name} ({len(g.datasets)} datasets, atomic)")
             if not opts.dry_run:
                 checkpoint("before-snapshot")
-                take_snapshot(g, src, src_obs, name)
+                with self._consistency() as consistency:
+                    take_snapshot(g, src, src_obs, name, props={"esxdr:consistency": consistency.level})
+                result.consistency = consistency.to_dict()
                 checkpoint("after-snapshot")
             for ds in g.datasets:
                 if ds in src_obs:
@@ -348,6 +353,19 @@ class Engine:
                 self._seal_replica(r.dest, self._kinds.get(r.dest, "filesystem"))
             return res.bytes
         raise AssertionError(f"unknown action {action!r}")
+
+    # -- application consistency ---------------------------------------------------------
+    def _consistency(self):
+        """Context manager around the ZFS snapshot: quiesced VMware snapshots when the group asks.
+
+        Its value has ``level`` ("crash", "application" or "mixed", recorded on the ZFS snapshot
+        as esxdr:consistency) and ``to_dict()`` for the run summary.
+        """
+        if self.group.consistency == "application":
+            from esxdr.consistency import quiesced
+
+            return quiesced(self.site, self.group, say=self.opts.say)
+        return _CrashConsistent()
 
     # -- the target manifest travels with the replica ----------------------------------
     def _ship_manifest(self, dst_obs: dict[str, Dataset]) -> str | None:
@@ -520,6 +538,19 @@ class Engine:
 
         both(lambda: destroy(self.src), lambda: destroy(self.dst))
         return out
+
+
+class _CrashConsistent:
+    level = "crash"
+
+    def __enter__(self) -> _CrashConsistent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"level": self.level, "reason": "protection group consistency: crash"}
 
 
 def _mid_stream_checkpoint(done: int) -> None:
