@@ -6,6 +6,8 @@ counts) and turns failures into :class:`esxdr.errors.CommandFailed`. Callers
 that understand the command's stderr (the zfs adapter) refine those further.
 """
 
+import os
+
 from esxdr.transport.base import CommandResult, Stats, Transport, mask, register_secret
 from esxdr.transport.local import LocalTransport
 from esxdr.transport.ssh import SshTransport, fingerprint_of
@@ -27,7 +29,10 @@ def for_server(server) -> Transport:  # server: esxdr.site.model.StorageServer
     """The transport for a storage server of the site file."""
     if server.local:
         return LocalTransport(server.name)
+    # ESXDR_STREAM_CLIENT=paramiko forces the bulk stream through paramiko even where the
+    # OpenSSH client exists (for a client that misbehaves; it is slower, see DESIGN.md).
+    client = "auto" if os.environ.get("ESXDR_STREAM_CLIENT", "openssh") != "paramiko" else None
     return SshTransport(
         server.name, server.address, port=server.port, user=server.user, key_file=server.key,
-        host_key=server.host_key, known_hosts=server.known_hosts,
+        host_key=server.host_key, known_hosts=server.known_hosts, ssh_client=client,
     )

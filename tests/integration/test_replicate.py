@@ -203,3 +203,25 @@ def test_sigkill_then_rerun_recovers(group_factory, point):
     assert_consistent(g)
     lock = g.state_dir / "locks" / f"{g.name}.lock"
     assert lock.read_text() == ""  # released by the second run, none left by the killed one
+
+
+def test_compressed_buffered_stream(group_factory):
+    g = group_factory(2, extra="    compression: zstd\n    mbuffer: on\n")
+    for ds in g.datasets:
+        g.write(ds, 3 << 20)
+    r = g.esxdr("--json", "replicate", g.name)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["compression"] == "zstd"
+    assert_consistent(g)
+
+
+def test_paramiko_stream_fallback(group_factory):
+    g = group_factory(1)
+    g.write(g.datasets[0], 3 << 20)
+    r = g.esxdr("--json", "replicate", g.name, env={"ESXDR_STREAM_CLIENT": "paramiko"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bytes"] >= 3 << 20
+    g.write(g.datasets[0], 1 << 20, offset=1 << 20)
+    r = g.esxdr("replicate", g.name, env={"ESXDR_STREAM_CLIENT": "paramiko"})
+    assert r.returncode == 0, r.stderr
+    assert_consistent(g)
