@@ -1,0 +1,537 @@
+"""Recovery runbooks: observations in, ordered steps with reasons out. PURE (no pyVmomi, no I/O).
+
+A runbook is the whole of a drill (``esxdr test start``), its cleanup, or a failover,
+as data. Dry-run prints it; apply (:mod:`esxdr.recovery`) walks the very same list and
+records every step in a journal, so a killed run resumes at the first step not done.
+
+Step ids are stable across re-plans of the same drill (``clone:rp1/iscsi/lun0``,
+``power:2:1``): the journal keys completed work by id, and re-planning after a crash
+must produce the same ids for the same work.
+
+The identity rule everything here serves: ESXi mounts a VMFS volume as-is only when the
+LUN it sits on has the NAA (and product id) stored in the volume's LVM header. A drill
+therefore presents each clone with the production NAA to a DR host that sees no other
+LUN with that NAA; where it could (the replica is already presented, or the host has
+another path), the clone gets a new NAA and the volume is resignatured instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from esxdr.errors import ConflictError, IdentityConflict, UsageError
+from esxdr.targets import rewrite
+from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Portal, Target, View
+
+TEST_PREFIX = "esxdr-test"
+DRILL_VSWITCH = "esxdr-test"  # a vSwitch without uplinks: nothing on it can reach any network
+HOLD_PREFIX = "esxdr-test"
+
+
+# --------------------------------------------------------------------------- value types
+@dataclass(frozen=True)
+class Step:
+    id: str
+    kind: str
+    title: str
+    reason: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "title": self.title, "reason": self.reason,
+                "params": self.params}
+
+
+@dataclass
+class Runbook:
+    kind: str  # test-start | test-cleanup
+    group: str
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    snapshot: str | None = None
+    snapshot_created: int | None = None  # epoch seconds (for the RPO)
+    new_naa: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "group": self.group, "snapshot": self.snapshot,
+                "snapshot_created": self.snapshot_created, "new_naa": self.new_naa,
+                "steps": [s.to_dict() for s in self.steps], "notes": list(self.notes)}
+
+    def render(self) -> str:
+        if not self.steps:
+            return f"{self.group}: nothing to do" + "".join(f"\nnote: {n}" for n in self.notes)
+        lines = []
+        for i, s in enumerate(self.steps, 1):
+            lines.append(f"{i:3d}. {s.title}")
+            lines.append(f"     because {s.reason}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Point:
+    """The snapshot a drill recovers: present on every DR dataset of the group."""
+
+    name: str
+    creation: int  # epoch seconds, as received (zfs keeps the production creation time)
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What the runbook needs to know of the DR ESXi host (filled from esxdr.vsphere.observed)."""
+
+    name: str
+    iqn: str | None = None  # software iSCSI initiator name; None: adapter off
+    send_targets: tuple[str, ...] = ()  # "addr:port"
+    port_groups: dict[str, tuple[str, int]] = field(default_factory=dict, hash=False)  # name -> (vswitch, vlan)
+    vswitches: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)  # name -> uplinks
+    luns: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)  # naa hex -> target IQNs
+    datastores: dict[str, tuple[str | None, tuple[str, ...]]] = field(default_factory=dict, hash=False)
+    # ^ name -> (vmfs uuid, extent naa hexes)
+    vms: dict[str, tuple[str, str, str | None]] = field(default_factory=dict, hash=False)
+    # ^ name -> (vmx path, power state, pending question id)
+
+
+@dataclass(frozen=True)
+class ServedLun:
+    """One LU the DR target serves now (observed through tgtadm)."""
+
+    naa: str
+    target: str
+    tid: int | None = None
+    lun: int | None = None
+    path: str = ""
+
+
+# --------------------------------------------------------------------------- naming
+def safe_name(text: str) -> str:
+    """A group name as it may appear in IQNs and hold tags (lower-case a-z0-9 and '-')."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "group"
+
+
+def test_root(group) -> str:  # noqa: ANN001 - esxdr.site.model.ProtectionGroup
+    """The container of a drill's clones; ``esxdr serve`` lets the DR account clone only below it."""
+    return f"{group.dr_root}/{TEST_PREFIX}-{group.name}"
+
+
+def clone_of(group, dr_dataset: str) -> str:  # noqa: ANN001
+    rel = dr_dataset[len(group.dr_root) + 1:] if dr_dataset.startswith(group.dr_root + "/") else \
+        dr_dataset.rsplit("/", 1)[-1]
+    # Flat below the container: zfs clone does not create missing parents.
+    return f"{test_root(group)}/{rel.replace('/', '--')}"
+
+
+def test_iqn(prod_iqn: str, group_name: str) -> str:
+    """The DR target a drill presents its clones on: production's IQN, marked as a drill's."""
+    return f"{prod_iqn}.{TEST_PREFIX}-{safe_name(group_name)}"
+
+
+def is_test_iqn(iqn: str, group_name: str) -> bool:
+    return iqn.endswith(f".{TEST_PREFIX}-{safe_name(group_name)}")
+
+
+def hold_tag(group_name: str) -> str:
+    return f"{HOLD_PREFIX}-{safe_name(group_name)}"
+
+
+# --------------------------------------------------------------------------- the point
+def choose_point(dr_datasets: list[str], dr_obs: dict, point: str = "latest") -> Point:
+    """The newest snapshot name present on every DR dataset (``latest``), or the one named."""
+    missing = [d for d in dr_datasets if d not in dr_obs]
+    if missing:
+        raise UsageError(f"DR dataset(s) {', '.join(missing)} do not exist yet",
+                         hint="replicate first: esxdr replicate GROUP")
+    if not dr_datasets:
+        raise UsageError("the protection group has no datasets")
+    names = [{s.name: s for s in dr_obs[d].snapshots} for d in dr_datasets]
+    common = set(names[0]).intersection(*names[1:])
+    if point != "latest":
+        name = point.split("@", 1)[-1]
+        if name not in common:
+            lacking = [d for d, n in zip(dr_datasets, names, strict=True) if name not in n]
+            raise UsageError(f"snapshot {name} is not on {', '.join(lacking)}",
+                             hint="choose one of: " + (", ".join(sorted(common)[-5:]) or "none (replicate first)"))
+        s = names[0][name]
+        return Point(name, max(n[name].creation for n in names) or s.creation)
+    if not common:
+        raise UsageError(f"no snapshot is on all of {', '.join(dr_datasets)}",
+                         hint="replicate first: esxdr replicate GROUP")
+    # Newest by creation txg on the first dataset (txgs order snapshots of one dataset exactly).
+    best = max(common, key=lambda n: (names[0][n].createtxg, names[0][n].creation))
+    return Point(best, max(n[best].creation for n in names))
+
+
+# --------------------------------------------------------------------------- power order
+def power_waves(vms) -> list[tuple[int, int, list[str]]]:  # noqa: ANN001 - VmSpec list
+    """(priority, wave, names): one parallel batch per priority group, split into waves only
+    where ``depends_on`` names a VM of the same group (it must run first). A dependency on a
+    later priority group, an unknown VM or a cycle is refused."""
+    by_name = {v.name: v for v in vms}
+    out: list[tuple[int, int, list[str]]] = []
+    for prio in sorted({v.priority for v in vms}):
+        members = [v for v in vms if v.priority == prio]
+        names = {v.name for v in members}
+        for v in members:
+            for d in v.depends_on:
+                if d not in by_name:
+                    raise UsageError(f"VM {v.name} depends on {d}, which is not in the protection group")
+                if by_name[d].priority > prio:
+                    raise UsageError(f"VM {v.name} (priority {prio}) depends on {d} (priority {by_name[d].priority})",
+                                     hint=f"give {d} priority {prio} or lower (1 boots first)")
+        placed: set[str] = set()
+        wave = 0
+        remaining = [v for v in members]
+        while remaining:
+            ready = [v for v in remaining if all(d in placed or d not in names for d in v.depends_on)]
+            if not ready:
+                raise UsageError("VMs " + ", ".join(v.name for v in remaining) + f" of priority {prio} depend on "
+                                 "each other in a cycle", hint="break the cycle in depends_on")
+            wave += 1
+            out.append((prio, wave, sorted(v.name for v in ready)))
+            placed |= {v.name for v in ready}
+            remaining = [v for v in remaining if v.name not in placed]
+    return out
+
+
+# --------------------------------------------------------------------------- LUNs
+@dataclass(frozen=True)
+class DrillLun:
+    source_dataset: str
+    dr_dataset: str
+    clone: str
+    naa: str  # what the clone is presented as
+    production_naa: str
+    path: str  # backing path of the clone's LUN
+    datastore: str | None
+    vmfs_uuid: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _lu_dataset(lu: LogicalUnit, group) -> str | None:  # noqa: ANN001
+    """The production dataset backing an LU: the manifest says, else the site's NAA, else the path."""
+    if lu.backing.dataset:
+        return lu.backing.dataset
+    for ds, spec in group.luns.items():
+        if spec.naa and Naa.parse(spec.naa).hex == lu.naa.hex:
+            return ds
+    for ds in group.datasets:
+        if f"/{ds}/" in lu.backing.path or lu.backing.path.endswith("/" + ds):
+            return ds
+    return None
+
+
+def _relative_file(lu: LogicalUnit, dataset: str) -> str:
+    """The LUN file's path inside its dataset (``lun.img``): a file LU lives on a ZFS filesystem."""
+    path = lu.backing.path
+    marker = f"/{dataset}/"
+    if marker in path:
+        return path.split(marker, 1)[1]
+    return path.rsplit("/", 1)[-1]
+
+
+def drill_luns(group, manifest: Manifest, dr_root_mountpoint: str | None, snapshot: str,  # noqa: ANN001
+               new_naa: bool) -> list[DrillLun]:
+    out = []
+    specs = {Naa.parse(s.naa).hex: s for s in group.luns.values() if s.naa}
+    for lu in manifest.logical_units:
+        ds = _lu_dataset(lu, group)
+        if ds is None or ds not in group.datasets:
+            continue
+        dr_ds = group.dr_dataset(ds)
+        clone = clone_of(group, dr_ds)
+        if lu.backing.kind == "zvol":
+            path = f"/dev/zvol/{clone}"
+        else:
+            if not dr_root_mountpoint or not dr_root_mountpoint.startswith("/"):
+                raise UsageError(f"{group.dr_root} has mountpoint {dr_root_mountpoint or 'none'}; the drill's clones "
+                                 "inherit theirs from it and must be mounted to serve LUN files",
+                                 hint=f"zfs set mountpoint=/{group.dr_root} {group.dr_root}")
+            rel_clone = clone[len(group.dr_root) + 1:]
+            path = f"{dr_root_mountpoint.rstrip('/')}/{rel_clone}/{_relative_file(lu, ds)}"
+        spec = specs.get(lu.naa.hex) or group.luns.get(ds)
+        naa = rewrite.clone_naa(lu.naa, snapshot).hex if new_naa else lu.naa.hex
+        out.append(DrillLun(source_dataset=ds, dr_dataset=dr_ds, clone=clone, naa=naa, production_naa=lu.naa.hex,
+                            path=path, datastore=spec.datastore if spec else None,
+                            vmfs_uuid=spec.vmfs_uuid if spec else None))
+    return out
+
+
+def drill_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str, portal: str,
+                   initiator: str | None) -> Manifest:
+    """Production's manifest turned into the drill's: clone backing files, the drill's own target
+    IQNs on the DR portal, only the DR host's initiator admitted. Serials, vendor and product ids
+    stay: the product id is part of the device id in the VMFS header."""
+    by_naa = {d.production_naa: d for d in luns}
+    m = copy.deepcopy(manifest)
+    m.logical_units = [lu for lu in m.logical_units if lu.naa.hex in by_naa]
+    iqn_map = {t.iqn: test_iqn(t.iqn, group_name) for t in m.targets}
+    for lu in m.logical_units:
+        d = by_naa[lu.naa.hex]
+        lu.backing = Backing(kind="zvol" if d.path.startswith("/dev/zvol/") else "file", path=d.path,
+                             dataset=d.clone)
+        lu.naa = Naa(d.naa)
+        lu.read_only = False  # the drill boots VMs: their disks must be writable (clones absorb the writes)
+        lu.views = [View(lun=v.lun, target=iqn_map.get(v.target) if v.target else None) for v in lu.views] or \
+            [View(lun=1, target=None)]
+    used = {v.target for lu in m.logical_units for v in lu.views}
+    m.targets = [Target(iqn=iqn_map[t.iqn], alias=f"esxdr drill {group_name}") for t in m.targets
+                 if iqn_map[t.iqn] in used or None in used]
+    if not m.targets:
+        m.targets = [Target(iqn=test_iqn("iqn.2024-01.io.esxdr:drill", group_name), alias=f"esxdr drill {group_name}")]
+    m.initiator_groups = []
+    m = rewrite.set_portals(m, [Portal.parse(portal)])
+    if initiator:
+        m = rewrite.allow_initiators(m, [initiator], group=f"{TEST_PREFIX}-{safe_name(group_name)}")
+    return m.validate()
+
+
+# --------------------------------------------------------------------------- networks
+def test_networks(vms, host: HostView | None, dr_network) -> tuple[dict[str, str], list[dict], list[str]]:  # noqa: ANN001
+    """(production port group -> test port group, port groups to create, notes)."""
+    mapping: dict[str, str] = {}
+    for v in vms:
+        for prod, nm in v.networks.items():
+            if mapping.get(prod, nm.test) != nm.test:
+                raise UsageError(f"port group {prod} maps to two test port groups ({mapping[prod]}, {nm.test})",
+                                 hint="give every VM the same test mapping for one production port group")
+            mapping[prod] = nm.test
+    create: list[dict] = []
+    notes: list[str] = []
+    if host is None:
+        return mapping, create, notes
+    wanted = sorted(set(mapping.values()))
+    specs = dr_network.port_groups if dr_network is not None else {}
+    for pg in wanted:
+        spec = specs.get(pg)
+        if pg in host.port_groups:
+            vs, vlan = host.port_groups[pg]
+            if spec is not None and not spec.isolated:
+                notes.append(f"test port group {pg} is not marked isolated in the site file: drill VMs on it may "
+                             "reach production")
+            continue
+        if spec is not None:
+            if spec.vswitch not in host.vswitches:
+                raise ConflictError(f"{host.name}: test port group {pg} belongs on {spec.vswitch}, which does not exist",
+                                    hint=f"prepare the host first: esxdr host apply {host.name}")
+            create.append({"name": pg, "vswitch": spec.vswitch, "vlan": spec.vlan, "create_vswitch": False,
+                           "isolated": spec.isolated})
+        else:
+            create.append({"name": pg, "vswitch": DRILL_VSWITCH, "vlan": 0,
+                           "create_vswitch": DRILL_VSWITCH not in host.vswitches
+                           and not any(c["create_vswitch"] for c in create), "isolated": True})
+    return mapping, create, notes
+
+
+# --------------------------------------------------------------------------- test start
+@dataclass
+class DrillInputs:
+    group: Any  # esxdr.site.model.ProtectionGroup
+    manifest: Manifest  # production identities of the group's LUs
+    dr_obs: dict  # DR datasets under dr_root (esxdr.model.Dataset)
+    point: str = "latest"
+    new_naa: bool = False
+    host: HostView | None = None
+    served: list[ServedLun] = field(default_factory=list)  # what the DR target serves now
+    dr_portal: str = ""
+    dr_network: Any = None  # esxdr.site.model.HostNetwork of the DR host
+    manifest_origin: str = ""
+
+
+def plan_test_start(inp: DrillInputs) -> Runbook:
+    g = inp.group
+    point = choose_point(list(g.dr_datasets), inp.dr_obs, inp.point)
+    rb = Runbook(kind="test-start", group=g.name, snapshot=point.name, snapshot_created=point.creation,
+                 new_naa=inp.new_naa)
+    root = inp.dr_obs.get(g.dr_root)
+    luns = drill_luns(g, inp.manifest, root.mountpoint if root else None, point.name, inp.new_naa)
+    covered = {d.dr_dataset for d in luns}
+    for ds in g.dr_datasets:
+        if ds not in covered:
+            rb.notes.append(f"{ds}: no LU of the target manifest ({inp.manifest_origin or 'manifest'}) is backed by it; "
+                            "it is cloned but not presented")
+    if not luns:
+        raise UsageError(f"the target manifest ({inp.manifest_origin or 'manifest'}) presents none of "
+                         f"{g.name}'s datasets", hint="pass the production manifest with --manifest FILE")
+    host = inp.host
+    # Identity guard: a second LUN with a drill NAA would be taken for another path to it.
+    if not inp.new_naa:
+        clashes = []
+        for d in luns:
+            for s in inp.served:
+                if s.naa == d.naa and not is_test_iqn(s.target, g.name):
+                    clashes.append(f"naa.{d.naa} is already served by the DR target as {s.target} LUN {s.lun} "
+                                   f"({s.path})")
+            if host is not None:
+                for iqn in host.luns.get(d.naa, ()):
+                    if iqn and not is_test_iqn(iqn, g.name):
+                        clashes.append(f"{host.name} already sees naa.{d.naa} through {iqn}")
+        if clashes:
+            raise IdentityConflict("the drill cannot present its clones with the production NAAs:\n  "
+                                   + "\n  ".join(sorted(set(clashes))),
+                                   hint="run the drill with --new-naa (the clones get new NAAs and the volumes "
+                                        "are resignatured), or remove the other presentation first")
+    if host is not None:
+        if host.iqn is None:
+            raise ConflictError(f"{host.name}: the software iSCSI adapter is off",
+                                hint=f"prepare the host first: esxdr host apply {host.name}")
+        if inp.dr_portal and inp.dr_portal not in host.send_targets:
+            raise ConflictError(f"{host.name} has no send target {inp.dr_portal} (the DR target's portal); it would "
+                                "not find the drill's LUNs", hint=f"prepare the host first: esxdr host apply {host.name}")
+    else:
+        rb.notes.append(f"{g.name} names no vsphere_dr: only the storage part of the drill is planned")
+
+    snaps = [f"{d}@{point.name}" for d in g.dr_datasets]
+    rb.steps.append(Step("hold", "hold", f"hold {g.dr_root}/*@{point.name} ({len(snaps)} snapshots)",
+                         "retention on DR must keep the snapshots the clones depend on while replication goes on",
+                         {"tag": hold_tag(g.name), "snapshots": snaps}))
+    tr = test_root(g)
+    exists = tr in inp.dr_obs
+    rb.steps.append(Step("container", "container", f"create {tr}",
+                         "clones live in their own container, apart from the replicas replication writes into"
+                         + (" (it exists: kept)" if exists else ""), {"dataset": tr}))
+    by_dr = {d.dr_dataset: d for d in luns}
+    for ds in g.dr_datasets:
+        clone = clone_of(g, ds)
+        lun = by_dr.get(ds)
+        rb.steps.append(Step(f"clone:{ds}", "clone", f"clone {ds}@{point.name} → {clone}",
+                             "a writable copy for the drill; the replica itself stays untouched"
+                             + (" (it exists: kept)" if clone in inp.dr_obs else ""),
+                             {"snapshot": f"{ds}@{point.name}", "clone": clone,
+                              "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None}))
+    same = "new NAA" if inp.new_naa else "same NAA"
+    initiator = host.iqn if host else None
+    m = drill_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiator)
+    from esxdr.targets.manifest import manifest_to_dict
+
+    rb.steps.append(Step("present", "present",
+                         f"present {len(luns)} LUN(s) ({same}) on {', '.join(t.iqn for t in m.targets)}",
+                         ("the DR host sees no other LUN with these NAAs, so the volumes mount as-is"
+                          if not inp.new_naa else
+                          "--new-naa: the clones get NAAs of their own; their volumes will be resignatured")
+                         + (f"; only {initiator} may log in" if initiator else ""),
+                         {"manifest": manifest_to_dict(m), "luns": [d.to_dict() for d in luns],
+                          "iqns": [t.iqn for t in m.targets]}))
+    if host is None:
+        return rb
+    mapping, create, notes = test_networks(g.vms, host, inp.dr_network)
+    rb.notes += notes
+    if create:
+        rb.steps.append(Step("network", "network", "create test port group(s) " + ", ".join(
+            f"{c['name']} on {c['vswitch']}" + (f" VLAN {c['vlan']}" if c["vlan"] else "") for c in create),
+            "the VMs' test networks must exist before their NICs are attached"
+            + ("; a vSwitch without uplinks isolates the drill by construction" if any(
+                c["vswitch"] == DRILL_VSWITCH for c in create) else ""), {"create": create}))
+    rb.steps.append(Step("rescan", "rescan", f"rescan {host.name}",
+                         "the host finds the new LUNs and the VMFS volumes on them", {}))
+    expected = [{"naa": d.naa, "datastore": d.datastore, "vmfs_uuid": d.vmfs_uuid, "production_naa": d.production_naa,
+                 "target": m.lu(d.naa).views[0].target if m.lu(d.naa) and m.lu(d.naa).views else None}  # type: ignore[union-attr]
+                for d in luns]
+    rb.steps.append(Step("verify", "verify",
+                         f"verify {len(luns)} VMFS datastore(s) on {host.name} "
+                         + ("mounted as-is (UUID unchanged)" if not inp.new_naa else "resignatured and renamed back"),
+                         "evidence that the NAA served is the NAA of each datastore's extent"
+                         + ("" if not inp.new_naa else " (new UUIDs: the volumes are copies now)"),
+                         {"expected": expected, "resolve": "resignature" if inp.new_naa else None}))
+    names = [v.name for v in g.vms]
+    datastores = sorted({d.datastore for d in luns if d.datastore})
+    rb.steps.append(Step("register", "register",
+                         f"register {len(names) or 'all'} VM(s) from the drill datastores (answer: I copied it)",
+                         "a drill VM runs beside its production original, so it gets a new BIOS UUID",
+                         {"vms": names, "datastores": datastores, "answer": "copied"}))
+    changed = {p: t for p, t in mapping.items() if p != t}
+    rb.steps.append(Step("nics", "nics", "attach NICs to test port groups: " + (", ".join(
+        f"{p} → {t}" for p, t in sorted(mapping.items())) or "no NICs mapped"),
+        "drill VMs must only reach the isolated test networks" + ("" if changed else
+                                                                   " (names unchanged: only checked)"),
+        {"map": mapping, "vms": names}))
+    for prio, wave, batch in power_waves(list(g.vms)):
+        timeout = max((g.vm(n).boot_timeout_seconds for n in batch), default=300)
+        label = f"priority {prio}" + (f" wave {wave}" if wave > 1 else "")
+        rb.steps.append(Step(f"power:{prio}:{wave}", "power", f"{label}: power on {', '.join(batch)}, wait for heartbeats",
+                             "one parallel batch per priority group" + (
+                                 "; after the VMs they depend on" if wave > 1 else ""),
+                             {"priority": prio, "wave": wave, "vms": batch, "timeout": timeout, "answer": "copied"}))
+    return rb
+
+
+# --------------------------------------------------------------------------- test cleanup
+@dataclass
+class CleanupInputs:
+    group: Any
+    dr_obs: dict
+    served: list[ServedLun] = field(default_factory=list)
+    host: HostView | None = None
+    journal: dict | None = None  # the drill's journal, when it survived
+
+
+def plan_test_cleanup(inp: CleanupInputs) -> Runbook:
+    """Everything a drill may have left, found from the journal AND by observation (a journal
+    lost or written half-way must not leave a clone, target or VM behind)."""
+    g = inp.group
+    rb = Runbook(kind="test-cleanup", group=g.name)
+    j = inp.journal or {}
+    tr = test_root(g)
+    drill_targets = sorted({(s.target, s.tid) for s in inp.served if is_test_iqn(s.target, g.name)},
+                           key=lambda x: x[0])
+    naas = {s.naa for s in inp.served if is_test_iqn(s.target, g.name)}
+    naas |= {d["naa"] for d in j.get("luns", [])}
+    host = inp.host
+    if host is not None:
+        naas |= {n for n, iqns in host.luns.items() if any(is_test_iqn(i, g.name) for i in iqns)}
+        ds_names = {name for name, (_u, extents) in host.datastores.items() if any(e in naas for e in extents)}
+        vms = {name: v for name, v in host.vms.items() if _vmx_datastore(v[0]) in ds_names}
+        on = sorted(n for n, v in vms.items() if v[1] != "poweredOff" or v[2])
+        if on:
+            rb.steps.append(Step("poweroff", "poweroff", f"power off {', '.join(on)}",
+                                 "drill VMs run from the clones about to go away", {"vms": on}))
+        if vms:
+            rb.steps.append(Step("unregister", "unregister", f"unregister {', '.join(sorted(vms))}",
+                                 "drill VMs must not stay in the DR host's inventory", {"vms": sorted(vms)}))
+    if drill_targets:
+        rb.steps.append(Step("unpresent", "unpresent", "remove target(s) " + ", ".join(t for t, _ in drill_targets),
+                             "the DR target must stop serving the clones before they can be destroyed",
+                             {"targets": [{"iqn": t, "tid": tid} for t, tid in drill_targets]}))
+    if host is not None and (drill_targets or any(n in host.luns for n in naas)):
+        rb.steps.append(Step("rescan", "rescan", f"rescan {host.name}; the drill datastores disappear",
+                             "the host forgets the LUNs that are gone", {"naas": sorted(naas)}))
+    if host is not None:
+        pgs = [p for p in j.get("created", {}).get("port_groups", []) if p in host.port_groups]
+        vss = [v for v in j.get("created", {}).get("vswitches", []) if v in host.vswitches]
+        if pgs or vss:
+            rb.steps.append(Step("network", "network", "remove " + ", ".join(
+                [f"port group {p}" for p in pgs] + [f"vSwitch {v}" for v in vss]),
+                "the drill created them; they were not there before", {"port_groups": pgs, "vswitches": vss}))
+    clones = sorted(n for n in inp.dr_obs if n.startswith(tr + "/"))
+    for c in clones:
+        rb.steps.append(Step(f"destroy:{c}", "destroy", f"unmount and destroy {c}",
+                             "the drill's writable copy; the replica it came from is untouched",
+                             {"dataset": c, "origin": inp.dr_obs[c].origin}))
+    if tr in inp.dr_obs:
+        rb.steps.append(Step("container", "uncontainer", f"destroy {tr}", "the clones' container is empty now",
+                             {"dataset": tr}))
+    # Which tag holds a snapshot is not observable through the DR account (no `zfs holds`),
+    # so without a journal the drill's tag is released from every held snapshot, and only
+    # when the drill left something else behind: replication's own holds are always there.
+    held = sorted(f"{ds}@{s.name}" for ds in g.dr_datasets if ds in inp.dr_obs
+                  for s in inp.dr_obs[ds].snapshots if s.held)
+    wanted = set(j.get("held", [])) | (set(held) if (rb.steps or j) else set())
+    if wanted:
+        rb.steps.append(Step("release", "release", f"release hold {hold_tag(g.name)} on {len(wanted)} snapshot(s)",
+                             "retention may prune them again (holds of other tags are left alone)",
+                             {"tag": hold_tag(g.name), "snapshots": sorted(wanted), "quiet": sorted(wanted - set(
+                                 j.get("held", [])))}))
+    return rb
+
+
+def _vmx_datastore(vmx_path: str) -> str | None:
+    m = re.match(r"^\[([^\]]+)\]", vmx_path or "")
+    return m.group(1) if m else None

@@ -1,0 +1,811 @@
+"""Apply recovery runbooks (drill start and cleanup) with a journal, and write their reports.
+
+Control flow: drill lock → observe (DR datasets, DR target, DR host: one read each) →
+pure plan (:mod:`esxdr.plan.runbook`) → walk the steps. Dry-run stops after the plan,
+so dry-run and apply share everything up to the first side effect.
+
+The journal (``<state_dir>/drills/<group>.json``) is written before and after every
+step and before every object is created (intent first). A run killed anywhere is
+re-run with the same command: completed steps are skipped, and each step checks what
+exists before acting, so a step cut in the middle is finished rather than repeated.
+``test cleanup`` uses the journal when it exists AND observes (clones under the test
+container, the drill's target IQNs, VMs on the drill datastores), so it finishes
+even when the journal is gone or half-written.
+
+The drill takes its own lock (``<group>.drill``), not the replication lock:
+replication into the DR datasets goes on while the clones are in use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from esxdr.errors import ConflictError, EsxdrError, LockHeld, UsageError
+from esxdr.faults import checkpoint
+from esxdr.lock import GroupLock
+from esxdr.plan import runbook as rb
+from esxdr.targets.manifest import Manifest, Naa
+
+Say = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- where things come from
+def target_transport(server):  # noqa: ANN001, ANN201 - StorageServer -> Transport
+    """Where the DR target's admin commands (tgtadm) run.
+
+    The DR service account's forced command (`esxdr serve`) allows zfs only, so the
+    target is administered locally when it runs here: the server is ``local``, or its
+    portal is a loopback address (a target listening on loopback is on this machine).
+    Otherwise through the server's own transport (an account allowed to run the
+    target's admin tool).
+    """
+    from esxdr.transport import LocalTransport, for_server
+    from esxdr.vsphere.session import is_loopback
+
+    if server.local or (server.target and is_loopback(server.target.portal_address)):
+        return LocalTransport(server.name)
+    return for_server(server)
+
+
+def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None) -> tuple[Manifest, str]:  # noqa: ANN001
+    """The production identities of the group's LUNs, and where they came from. Precedence:
+
+    1. ``--manifest FILE`` (the user said so);
+    2. the manifest replication shipped to the DR root dataset (``esxdr:manifest.*``):
+       what production served at the last replication, readable even with production gone;
+    3. the production manifest named in the lab's state (``lab.json`` beside the site file);
+    4. the site file's ``datasets[].naa`` with the LUN file convention ``<mountpoint>/lun.img``
+       (product ids unknown: a volume whose header names another product id will not mount as-is).
+    """
+    from esxdr import shipping
+    from esxdr.targets import manifest as mf
+
+    if explicit:
+        return shipping.for_group(mf.load(explicit), list(group.datasets)), explicit
+    if dr_zfs is not None:
+        try:
+            shipped = shipping.read(dr_zfs, group.dr_root)
+        except (EsxdrError, ValueError):
+            shipped = None
+        if shipped is not None and shipped.logical_units:
+            return shipped, f"shipped with the replica ({group.dr_root} esxdr:manifest.*)"
+    lab = Path(site.path).parent / "lab.json"
+    try:
+        path = json.loads(lab.read_text()).get("production_manifest")
+    except (OSError, ValueError):
+        path = None
+    if path and Path(path).exists():
+        m = shipping.for_group(mf.load(path), list(group.datasets))
+        if m.logical_units:
+            return m, path
+    return site_manifest(group), "site file (datasets[].naa)"
+
+
+def site_manifest(group) -> Manifest:  # noqa: ANN001
+    from esxdr.targets.manifest import Backing, LogicalUnit, Target, View
+
+    units = []
+    for i, ds in enumerate(group.datasets):
+        spec = group.luns.get(ds)
+        if not spec or not spec.naa:
+            continue
+        units.append(LogicalUnit(naa=Naa.parse(spec.naa), backing=Backing(kind="file", path=f"/{ds}/lun.img",
+                                                                           dataset=ds),
+                                 size_bytes=0, alias=ds.rsplit("/", 1)[-1], views=[View(lun=i + 1)]))
+    if not units:
+        raise UsageError(f"no target manifest for {group.name}: nothing shipped with the replica and no "
+                         "datasets[].naa in the site file", hint="pass one with --manifest FILE (esxdr target export)")
+    return Manifest(targets=[Target(iqn=f"iqn.2024-01.io.esxdr:{rb.safe_name(group.name)}")], logical_units=units)
+
+
+# --------------------------------------------------------------------------- journal
+class Journal:
+    def __init__(self, state_dir: str, group: str):
+        self.path = Path(state_dir) / "drills" / f"{group}.json"
+        self.data: dict[str, Any] = {}
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            self.data = json.loads(self.path.read_text())
+            return self.data
+        except (OSError, ValueError):
+            self.data = {}
+            return None
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.data, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def step(self, sid: str) -> dict[str, Any]:
+        return self.data.setdefault("steps", {}).setdefault(sid, {})
+
+    def done(self, sid: str) -> bool:
+        return self.data.get("steps", {}).get(sid, {}).get("outcome") == "done"
+
+    def intend(self, key: str, value: str) -> None:
+        """Record an object BEFORE creating it, so a kill right after creation cannot orphan it."""
+        items = self.data.setdefault("created", {}).setdefault(key, [])
+        if value not in items:
+            items.append(value)
+            self.save()
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class RunRecord:
+    kind: str
+    group: str
+    site: str
+    started: float
+    dry_run: bool = False
+    runbook: rb.Runbook | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    datastores: list[dict[str, Any]] = field(default_factory=list)
+    vms: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    snapshot: str | None = None
+    snapshot_created: float | None = None
+    last_heartbeat: float | None = None
+    finished: float | None = None
+    outcome: str = "running"
+    error: str | None = None
+    resumed: bool = False
+    requests: dict[str, int] = field(default_factory=dict)
+    manifest_origin: str | None = None
+    new_naa: bool = False
+    report_json: str | None = None
+    report_html: str | None = None
+
+    @property
+    def rpo_seconds(self) -> float | None:
+        return (self.started - self.snapshot_created) if self.snapshot_created else None
+
+    @property
+    def rto_seconds(self) -> float | None:
+        return (self.last_heartbeat - self.started) if self.last_heartbeat else None
+
+    def to_dict(self) -> dict[str, Any]:
+        def iso(t: float | None) -> str | None:
+            return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds") if t else None
+
+        return {"kind": self.kind, "group": self.group, "site": self.site, "dry_run": self.dry_run,
+                "outcome": self.outcome, "error": self.error, "resumed": self.resumed,
+                "started": iso(self.started), "finished": iso(self.finished),
+                "duration_seconds": round(self.finished - self.started, 1) if self.finished else None,
+                "snapshot": self.snapshot, "snapshot_created": iso(self.snapshot_created),
+                "rpo_seconds": round(self.rpo_seconds) if self.rpo_seconds is not None else None,
+                "rto_seconds": round(self.rto_seconds, 1) if self.rto_seconds is not None else None,
+                "new_naa": self.new_naa, "manifest": self.manifest_origin,
+                "steps": self.steps, "datastores": self.datastores, "vms": self.vms, "notes": self.notes,
+                "requests": self.requests, "runbook": self.runbook.to_dict() if self.runbook else None,
+                "report": {"json": self.report_json, "html": self.report_html}}
+
+
+def clock(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s // 60:02d}:{s % 60:02d}"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+# --------------------------------------------------------------------------- the drill
+class Drill:
+    """``esxdr test start`` and ``esxdr test cleanup`` for one protection group."""
+
+    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):  # noqa: ANN001
+        if group_name is None:
+            if len(site.protection_groups) != 1:
+                raise UsageError("name the protection group", hint="known: " + ", ".join(site.protection_groups))
+            group_name = next(iter(site.protection_groups))
+        self.site = site
+        self.g = site.group(group_name)
+        self.say = say
+        self.journal = Journal(site.state_dir, self.g.name)
+        self.dst: Any = None  # replication Side of the DR storage server
+        self.session: Any = None
+        self.host_state: Any = None
+        self.manifest_origin: str | None = None
+        self.server = site.storage_server(self.g.destination)
+        self._tgt_transport = None
+
+    # -- connections --------------------------------------------------------
+    def _dr(self):  # noqa: ANN202
+        if self.dst is None:
+            from esxdr.replication import open_side
+
+            self.dst = open_side(self.site, self.g.destination)
+        return self.dst
+
+    def _target(self):  # noqa: ANN202
+        if self.server.target is None:
+            raise UsageError(f"storage server {self.server.name} has no target: section",
+                             hint="add target: {stack: tgt, portal: ADDR:PORT, control_port: N} to the site file")
+        if self.server.target.stack != "tgt":
+            raise UsageError(f"drills present clones through tgt only so far; {self.server.name} runs "
+                             f"{self.server.target.stack}")
+        if self._tgt_transport is None:
+            self._tgt_transport = target_transport(self.server)
+        return self._tgt_transport
+
+    def _vsphere(self):  # noqa: ANN202
+        if self.g.vsphere_dr is None:
+            return None
+        if self.session is None:
+            from esxdr.vsphere.session import connect
+
+            self.session = connect(self.site.endpoint(self.g.vsphere_dr))
+        return self.session
+
+    def _host(self, *, with_vms: bool = True):  # noqa: ANN202
+        s = self._vsphere()
+        if s is None:
+            return None
+        from esxdr.vsphere import inventory
+
+        self.host_state = inventory.read_host(s, self.g.vsphere_dr, with_vms=with_vms)
+        return self.host_state
+
+    def close(self) -> None:
+        for t in (self.dst.transport if self.dst else None, self._tgt_transport):
+            if t is not None:
+                try:
+                    t.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+        if self.session is not None:
+            self.session.close()
+
+    def _served(self) -> tuple[list[rb.ServedLun], list]:
+        from esxdr.targets import tgt
+
+        targets, _ = tgt.observe_native(self._target(), self.server.target.control_port)  # type: ignore[union-attr]
+        served = []
+        for t in targets:
+            for n, lu in t.luns.items():
+                if lu.device_type == "controller" or not lu.path:
+                    continue
+                served.append(rb.ServedLun(naa=tgt.naa_from_scsi_id(lu.scsi_id, t.tid, n).hex, target=t.iqn,
+                                           tid=t.tid, lun=n, path=lu.path))
+        return served, targets
+
+    def _lock(self) -> GroupLock:
+        return GroupLock(self.site.state_dir, f"{self.g.name}.drill")
+
+    # -- test start ---------------------------------------------------------
+    def plan_start(self, point: str = "latest", new_naa: bool = False, manifest_path: str | None = None) -> rb.Runbook:
+        dst = self._dr()
+        dr_obs = dst.zfs.observe([self.g.dr_root])
+        manifest, origin = resolve_manifest(self.site, self.g, dst.zfs, manifest_path)
+        self.manifest_origin = origin
+        served, _ = self._served()
+        h = self._host()
+        from esxdr.vsphere.recovery import host_view
+
+        return rb.plan_test_start(rb.DrillInputs(
+            group=self.g, manifest=manifest, dr_obs=dr_obs, point=point, new_naa=new_naa,
+            host=host_view(h) if h else None, served=served, dr_portal=self.server.target.portal,  # type: ignore[union-attr]
+            dr_network=self.site.dr_network.get(h.name) or self.site.dr_network.get(self.g.vsphere_dr or "")
+            if h else None, manifest_origin=origin))
+
+    def start(self, point: str = "latest", new_naa: bool = False, dry_run: bool = False,
+              manifest_path: str | None = None) -> RunRecord:
+        rec = RunRecord(kind="test-start", group=self.g.name, site=self.site.name, started=time.time(), dry_run=dry_run)
+        try:
+            if dry_run:
+                rec.runbook = self.plan_start(point, new_naa, manifest_path)
+                rec.snapshot, rec.snapshot_created = rec.runbook.snapshot, rec.runbook.snapshot_created
+                rec.manifest_origin = self.manifest_origin
+                rec.outcome = "dry-run"
+                return rec
+            try:
+                with self._lock():
+                    self._start(rec, point, new_naa, manifest_path)
+            except LockHeld as e:
+                raise LockHeld(f"another drill of {self.g.name} is running (pid {e.pid})", pid=e.pid,
+                               hint="wait for it, or stop it and run esxdr test cleanup") from None
+        finally:
+            self._finish(rec)
+            self.close()
+        return rec
+
+    def _start(self, rec: RunRecord, point: str, new_naa: bool, manifest_path: str | None) -> None:
+        j = self.journal
+        prev = j.load()
+        if prev and prev.get("kind") == "test":
+            if point not in ("latest", prev.get("snapshot")) or new_naa != prev.get("new_naa", False):
+                raise ConflictError(f"a drill of {self.g.name} at {prev.get('snapshot')} is already set up "
+                                    f"(started {datetime.fromtimestamp(prev['started'], UTC):%Y-%m-%d %H:%M:%S}Z)",
+                                    hint=f"clean it up first: esxdr test cleanup {self.g.name}")
+            point, new_naa = prev["snapshot"], prev.get("new_naa", False)
+            rec.started = prev["started"]
+            rec.resumed = True
+            self.say(f"resuming the drill of {self.g.name} started "
+                     f"{datetime.fromtimestamp(prev['started'], UTC):%H:%M:%S}Z at @{point}")
+        plan = self.plan_start(point, new_naa, manifest_path)
+        rec.runbook = plan
+        rec.snapshot, rec.snapshot_created, rec.new_naa = plan.snapshot, plan.snapshot_created, new_naa
+        rec.manifest_origin = self.manifest_origin
+        rec.notes += plan.notes
+        if not prev:
+            j.data = {"kind": "test", "group": self.g.name, "started": rec.started, "snapshot": plan.snapshot,
+                      "snapshot_created": plan.snapshot_created, "new_naa": new_naa,
+                      "luns": next(s.params["luns"] for s in plan.steps if s.kind == "present"),
+                      "held": [], "created": {}, "steps": {}, "vms": {}, "datastores": []}
+            j.save()
+        self._walk(rec, plan, START_STEPS)
+        j.data["complete"] = True
+        j.save()
+        rec.datastores = j.data.get("datastores", [])
+        rec.vms = [{"name": n, **v, "heartbeat_after_s": round(v["heartbeat_at"] - rec.started, 1)
+                    if v.get("heartbeat_at") else None} for n, v in j.data.get("vms", {}).items()]
+        beats = [v["heartbeat_at"] for v in j.data.get("vms", {}).values() if v.get("heartbeat_at")]
+        rec.last_heartbeat = max(beats) if beats else None
+
+    # -- walking ------------------------------------------------------------
+    def _walk(self, rec: RunRecord, plan: rb.Runbook, table: dict[str, Callable]) -> None:
+        j = self.journal
+        for step in plan.steps:
+            entry: dict[str, Any] = {"id": step.id, "kind": step.kind, "title": step.title, "reason": step.reason, "evidence": []}
+            if j.done(step.id):
+                old = j.step(step.id)
+                entry.update({k: old.get(k) for k in ("start", "end", "evidence")}, outcome="done earlier")
+                rec.steps.append(entry)
+                continue
+            t0 = time.time()
+            js: dict[str, Any] = j.step(step.id)
+            js.update(title=step.title, start=t0 - rec.started, outcome="running")
+            j.save()
+            entry.update(start=t0 - rec.started)
+            rec.steps.append(entry)
+            try:
+                evidence = table[step.kind](self, step, rec) or []
+            except BaseException as e:
+                entry.update(end=time.time() - rec.started, outcome="failed",
+                             evidence=[getattr(e, "message", None) or str(e) or type(e).__name__])
+                js.update(end=entry["end"], outcome="failed", evidence=entry["evidence"])
+                j.save()
+                raise
+            end = time.time() - rec.started
+            entry.update(end=end, outcome="done", evidence=evidence)
+            js.update(end=end, outcome="done", evidence=evidence)
+            j.save()
+            line = f"[{clock(t0 - rec.started)}] {step.title}"
+            if evidence:
+                line += f"    evidence: {evidence[0]}"
+            self.say(line)
+            for more in evidence[1:4]:
+                self.say(f"        {more}")
+            checkpoint(f"drill-after-{step.kind}")
+
+    def _finish(self, rec: RunRecord) -> None:
+        import sys
+
+        rec.finished = time.time()
+        if self.session is not None:
+            rec.requests["vsphere"] = self.session.requests
+        if self.dst is not None:
+            rec.requests[f"{self.dst.name} commands"] = self.dst.transport.stats.commands
+        if rec.outcome == "running":
+            exc = sys.exc_info()[1]
+            rec.outcome = "failed" if exc else "ok"
+            if exc is not None:
+                rec.error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if rec.dry_run or (rec.kind == "test-cleanup" and rec.runbook is not None and rec.runbook.empty):
+            return  # nothing happened: no evidence to keep
+        from esxdr import report
+
+        try:
+            rec.report_json, rec.report_html = report.write(self.site.state_dir, rec.to_dict())
+        except OSError as e:  # a report that cannot be written must not hide the run's own outcome
+            rec.notes.append(f"report not written: {e}")
+
+    # -- test cleanup -------------------------------------------------------
+    def plan_cleanup(self) -> rb.Runbook:
+        dst = self._dr()
+        dr_obs = dst.zfs.observe([self.g.dr_root])
+        served, _ = self._served()
+        h = self._host()
+        from esxdr.vsphere.recovery import host_view
+
+        return rb.plan_test_cleanup(rb.CleanupInputs(group=self.g, dr_obs=dr_obs, served=served,
+                                                     host=host_view(h) if h else None, journal=self.journal.load()))
+
+    def cleanup(self, dry_run: bool = False) -> RunRecord:
+        rec = RunRecord(kind="test-cleanup", group=self.g.name, site=self.site.name, started=time.time(),
+                        dry_run=dry_run)
+        try:
+            if dry_run:
+                rec.runbook = self.plan_cleanup()
+                rec.outcome = "dry-run"
+                return rec
+            try:
+                with self._lock():
+                    plan = self.plan_cleanup()
+                    rec.runbook = plan
+                    prev = self.journal.data
+                    rec.snapshot = prev.get("snapshot")
+                    # Cleanup steps are idempotent and re-planned from observation each run, so
+                    # their journal is this run's only: a previous cleanup's "done" means nothing now.
+                    self.journal.data = {**prev, "steps": {}} if prev else {"kind": "cleanup", "steps": {}}
+                    self._walk(rec, plan, CLEANUP_STEPS)
+                    self.journal.forget()
+            except LockHeld as e:
+                raise LockHeld(f"a drill of {self.g.name} is running (pid {e.pid})", pid=e.pid,
+                               hint="wait for it to finish (or stop it), then clean up") from None
+        finally:
+            self._finish(rec)
+            self.close()
+        return rec
+
+
+# --------------------------------------------------------------------------- start steps
+def _zfs_mounted(zfs, dataset: str) -> bool:  # noqa: ANN001
+    r = zfs.t.run([*zfs.cmd, "get", "-Hp", "-o", "value", "mounted", dataset], check=False)
+    return r.returncode == 0 and r.stdout.strip() == "yes"
+
+
+def _s_hold(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    dst = d._dr()
+    obs = dst.zfs.observe([d.g.dr_root])
+    d.journal.data["held"] = list(step.params["snapshots"])
+    d.journal.save()
+    done = []
+    for snap in step.params["snapshots"]:
+        ds, _, name = snap.partition("@")
+        # `zfs hold` fails when this tag already holds it (a resumed run): that is the goal anyway.
+        r = dst.transport.run([*dst.zfs.cmd, "hold", step.params["tag"], snap], check=False)
+        if r.returncode == 0 or "tag already exists" in r.stderr:
+            done.append(snap)
+        elif ds in obs and not any(s.name == name for s in obs[ds].snapshots):
+            raise UsageError(f"snapshot {snap} vanished (pruned?) before the drill could hold it",
+                             hint="run the drill again with --point latest")
+    return [f"{len(done)} snapshot(s) held with tag {step.params['tag']}"]
+
+
+def _s_container(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    dst = d._dr()
+    ds = step.params["dataset"]
+    if ds not in dst.zfs.observe([ds]):
+        dst.zfs.create(ds)
+    return []
+
+
+def _s_clone(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    dst = d._dr()
+    clone = step.params["clone"]
+    if clone not in dst.zfs.observe([clone]):
+        dst.zfs.clone(step.params["snapshot"], clone, {"readonly": "off", "canmount": "on",
+                                                       "esxdr:drill": d.g.name})
+    if step.params.get("mount") and not _zfs_mounted(dst.zfs, clone):
+        dst.zfs.mount(clone)
+    return [f"{clone} from {step.params['snapshot']}" + (f", LUN file {step.params['path']}"
+                                                          if step.params.get("path") else "")]
+
+
+def _s_present(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.targets import tgt
+    from esxdr.targets.manifest import manifest_from_dict
+    from esxdr.targets.probe import Session
+
+    m = manifest_from_dict(step.params["manifest"], origin="drill manifest")
+    t = d._target()
+    tgt.apply(t, m, control_port=d.server.target.control_port)  # type: ignore[union-attr]
+    # Evidence from the wire, as the DR host will see it: log in as its initiator and read VPD 0x83.
+    from esxdr.targets.probe import DEFAULT_INITIATOR
+
+    initiator = next((g.members[0] for g in m.initiator_groups if g.members), DEFAULT_INITIATOR)
+    portal = d.server.target  # type: ignore[union-attr]
+    seen: dict[str, str] = {}
+    for target in m.targets:
+        with Session(portal.portal_address, portal.portal_port, target=target.iqn, initiator=initiator) as s:
+            for n in s.report_luns():
+                ident = s.identify(n)
+                if ident.device_type == 0 and ident.naa:
+                    seen[ident.naa] = f"{ident.vendor}/{ident.product}"
+    want = [lu["naa"] for lu in step.params["luns"]]
+    missing = [n for n in want if n not in seen]
+    if missing:
+        raise ConflictError(f"the DR target does not serve {', '.join('naa.' + n for n in missing)} after the import",
+                            hint="look at the tgtd log; esxdr target verify shows what it serves")
+    return [f"naa.{n} on the wire ({seen[n]})" for n in want]
+
+
+def _s_network(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.vsphere import recovery as vr
+
+    s = d._vsphere()
+    h = d._host(with_vms=False)
+    out = []
+    for c in step.params["create"]:
+        if c["create_vswitch"] and c["vswitch"] not in h.vswitches:
+            d.journal.intend("vswitches", c["vswitch"])
+            vr.add_vswitch(s, h, c["vswitch"])
+            out.append(f"vSwitch {c['vswitch']} (no uplinks)")
+        if c["name"] not in h.port_groups:
+            d.journal.intend("port_groups", c["name"])
+            vr.add_port_group(s, h, c["name"], c["vswitch"], c["vlan"])
+            out.append(f"port group {c['name']} on {c['vswitch']}" + (f" VLAN {c['vlan']}" if c["vlan"] else ""))
+    return out
+
+
+def _s_rescan(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.vsphere.storage import rescan
+
+    h = d._host(with_vms=False)
+    rescan(d._vsphere(), h)
+    return []
+
+
+def _s_verify(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.plan.host import ExpectedLun
+    from esxdr.vsphere.storage import raise_for, verify_storage
+
+    exp = [ExpectedLun(naa=e["naa"], target=e.get("target"), datastore=e.get("datastore"),
+                       vmfs_uuid=None if step.params.get("resolve") else e.get("vmfs_uuid"))
+           for e in step.params["expected"]]
+    res = verify_storage(d._vsphere(), d.g.vsphere_dr, exp, timeout=30, resolve=step.params.get("resolve"))
+    raise_for(res)
+    by_naa = {e["naa"]: e for e in step.params["expected"]}
+    h = d._host(with_vms=False)
+    out, rows = [], []
+    for c in res.report.checks:
+        e = by_naa[c.naa]
+        ds = h.datastores.get(c.datastore or "")
+        extents = [x.removeprefix("naa.") for x in (ds.extents if ds else ())]
+        same = e.get("vmfs_uuid") == c.vmfs_uuid
+        rows.append({"name": c.datastore, "naa": c.naa, "production_naa": e.get("production_naa"),
+                     "extent": extents, "vmfs_uuid": c.vmfs_uuid, "vmfs_uuid_production": e.get("vmfs_uuid"),
+                     "uuid_unchanged": same, "naa_matches_extent": c.naa in extents,
+                     "status": "mounted as-is" if same else ("resignatured" if step.params.get("resolve") else
+                                                              "mounted")})
+        out.append(f"{c.datastore}: uuid {c.vmfs_uuid} {'unchanged' if same else 'new'}, extent naa.{c.naa}")
+    d.journal.data["datastores"] = rows
+    d.journal.save()
+    return out
+
+
+def _s_register(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.vsphere import recovery as vr
+    from esxdr.vsphere import vms as vv
+
+    s = d._vsphere()
+    h = d._host()
+    stores = step.params["datastores"] or [r["name"] for r in d.journal.data.get("datastores", []) if r.get("name")]
+    found = vr.find_vmx(s, h, stores)
+    wanted = step.params["vms"] or sorted(found)
+    lacking = [n for n in wanted if n not in found]
+    if lacking:
+        raise ConflictError(f"VM(s) {', '.join(lacking)} not found on the drill datastores {', '.join(stores)}",
+                            hint="check protection_groups.*.vms in the site file against the datastores' contents")
+    registered = {v.vmx_path for v in h.vms.values()}
+    todo = [found[n] for n in wanted if found[n] not in registered]
+    vv.register_vms(s, h, todo)
+    for n in wanted:
+        d.journal.data.setdefault("vms", {}).setdefault(n, {"vmx": found[n]})
+    d.journal.save()
+    return [f"{len(wanted)} VM(s) registered ({len(wanted) - len(todo)} already were); power-on answers: "
+            f"I copied it"]
+
+
+def _vm_refs(d: Drill, names: list[str]) -> list[Any]:
+    h = d._host()
+    s = d._vsphere()
+    missing = [n for n in names if n not in h.vms]
+    if missing:
+        raise ConflictError(f"VM(s) {', '.join(missing)} are not registered on {h.name}",
+                            hint=f"run esxdr test cleanup {d.g.name}, then start again")
+    return [s.ref("VirtualMachine", h.vms[n].moid) for n in names]
+
+
+def _s_nics(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.vsphere import recovery as vr
+
+    s = d._vsphere()
+    names = step.params["vms"] or sorted(d.journal.data.get("vms", {}))
+    refs = _vm_refs(d, names)
+    moves = vr.nic_moves(s, refs, step.params["map"])
+    vr.move_nics(s, moves)
+    nets = vr.nic_networks(s, refs)
+    for n, pgs in nets.items():
+        d.journal.data.setdefault("vms", {}).setdefault(n, {})["networks"] = pgs
+    d.journal.save()
+    test_pgs = set(step.params["map"].values())
+    stray = [f"{n}: {pg}" for n, pgs in nets.items() for pg in pgs if test_pgs and pg not in test_pgs]
+    if stray:
+        raise ConflictError("drill VM NICs outside the test port groups: " + ", ".join(stray),
+                            hint="map every production port group to a test one (vms.*.networks)")
+    said = [x for _, _, ss in moves for x in ss]
+    return said or [f"{len(nets)} VM(s) on {', '.join(sorted(test_pgs)) or 'no network'}"]
+
+
+def _s_power(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.vsphere import vms as vv
+
+    s = d._vsphere()
+    names = step.params["vms"]
+    refs = _vm_refs(d, names)
+    h = d.host_state
+    off = [r for n, r in zip(names, refs, strict=True) if h.vms[n].power_state != "poweredOn" or h.vms[n].question_id]
+    pending = [(r, h.vms[n].question_id) for n, r in zip(names, refs, strict=True) if h.vms[n].question_id]
+    for r, qid in pending:  # a killed run left a power-on waiting at the question
+        vv.answer_question(s, r, qid, step.params.get("answer", "copied"))
+    fresh = [r for r in off if r not in [p for p, _ in pending]]
+    answered = vv.power_on(s, fresh, uuid_answer=step.params.get("answer", "copied"), timeout=step.params["timeout"])
+    checkpoint("drill-mid-power")
+    vv.wait_heartbeats(s, refs, timeout=step.params["timeout"])
+    now = time.time()
+    for n in names:
+        v = d.journal.data.setdefault("vms", {}).setdefault(n, {})
+        v.update(priority=step.params["priority"], power="poweredOn", heartbeat="green",
+                 heartbeat_at=v.get("heartbeat_at") or now)
+    d.journal.save()
+    return [f"{', '.join(names)} powered on, heartbeat ok"
+            + (f" ({len(answered)} answered: I copied it)" if answered else "")]
+
+
+START_STEPS: dict[str, Callable] = {
+    "hold": _s_hold, "container": _s_container, "clone": _s_clone, "present": _s_present,
+    "network": _s_network, "rescan": _s_rescan, "verify": _s_verify, "register": _s_register,
+    "nics": _s_nics, "power": _s_power,
+}
+
+
+# --------------------------------------------------------------------------- cleanup steps
+def _c_poweroff(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.vsphere import recovery as vr
+    from esxdr.vsphere import vms as vv
+
+    s = d._vsphere()
+    h = d._host()
+    todo = []
+    for n in step.params["vms"]:
+        v = h.vms.get(n)
+        if v is None:
+            continue
+        ref = s.ref("VirtualMachine", v.moid)
+        if v.question_id:
+            vr.cancel_question(s, ref, v.question_id)
+        todo.append(ref)
+    h = d._host()
+    vv.power_off(s, [r for r in todo if h.vms.get(_name_of(h, r), None) and
+                     h.vms[_name_of(h, r)].power_state == "poweredOn"])
+    return [f"{len(todo)} VM(s) off"]
+
+
+def _name_of(h, ref) -> str:  # noqa: ANN001
+    return next((n for n, v in h.vms.items() if v.moid == ref._moId), "")
+
+
+def _c_unregister(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.vsphere import vms as vv
+
+    s = d._vsphere()
+    h = d._host()
+    refs = [s.ref("VirtualMachine", h.vms[n].moid) for n in step.params["vms"] if n in h.vms]
+    vv.unregister(s, refs)
+    return [f"{len(refs)} VM(s) unregistered"]
+
+
+def _c_unpresent(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.targets.tgt import Tgtadm
+
+    t = d._target()
+    adm = Tgtadm(d.server.target.control_port)  # type: ignore[union-attr]
+    _, targets = d._served()
+    live = {x.iqn: x.tid for x in targets}
+    for item in step.params["targets"]:
+        tid = live.get(item["iqn"])
+        if tid is None:
+            continue  # gone already (a previous cleanup got this far)
+        # --force: the DR host may still hold a session; the LUNs are unused by now.
+        t.run(adm("--op", "delete", "--mode", "target", "--tid", str(tid), "--force"))
+    return [f"{item['iqn']} removed" for item in step.params["targets"]]
+
+
+def _c_rescan(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.vsphere.storage import rescan
+
+    s = d._vsphere()
+    h = d._host(with_vms=False)
+    rescan(s, h)
+    h = d._host(with_vms=False)
+    left = [n for n in step.params["naas"] if f"naa.{n}" in h.luns]
+    if left:
+        raise ConflictError(f"{h.name} still sees {', '.join('naa.' + n for n in left)} after the rescan",
+                            hint="run esxdr test cleanup again in a moment")
+    return [f"{len(step.params['naas'])} drill LUN(s) gone from {h.name}"]
+
+
+def _c_network(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.vsphere import recovery as vr
+
+    s = d._vsphere()
+    h = d._host(with_vms=False)
+    for pg in step.params["port_groups"]:
+        vr.remove_port_group(s, h, pg)
+    for vs in step.params["vswitches"]:
+        vr.remove_vswitch(s, h, vs)
+    return []
+
+
+def _destroy(dst, ds: str) -> None:  # noqa: ANN001
+    for attempt in range(10):
+        if ds not in dst.zfs.observe([ds]):
+            return
+        try:
+            if _zfs_mounted(dst.zfs, ds):
+                dst.zfs.unmount(ds, force=attempt > 2)
+            dst.zfs.destroy_clone(ds)
+        except EsxdrError:
+            # zfs-fuse reports "dataset is busy" for a moment after tgtd let go of the file.
+            if attempt == 9:
+                raise
+            time.sleep(0.5)
+
+
+def _c_destroy(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    ds = step.params["dataset"]
+    root = rb.test_root(d.g)
+    if not ds.startswith(root + "/"):  # belt and braces: serve refuses too
+        raise UsageError(f"refusing to destroy {ds}: not under {root}")
+    _destroy(d._dr(), ds)
+    return [f"{ds} destroyed"]
+
+
+def _c_uncontainer(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    ds = step.params["dataset"]
+    if ds != rb.test_root(d.g):
+        raise UsageError(f"refusing to destroy {ds}: not the drill container")
+    _destroy(d._dr(), ds)
+    return [f"{ds} destroyed"]
+
+
+def _c_release(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    dst = d._dr()
+    n = 0
+    for snap in step.params["snapshots"]:
+        # Fails harmlessly where this tag holds nothing (other tools' holds are untouched).
+        r = dst.transport.run([*dst.zfs.cmd, "release", step.params["tag"], snap], check=False)
+        n += r.returncode == 0
+    return [f"{n} hold(s) released"]
+
+
+CLEANUP_STEPS: dict[str, Callable] = {
+    "poweroff": _c_poweroff, "unregister": _c_unregister, "unpresent": _c_unpresent, "rescan": _c_rescan,
+    "network": _c_network, "destroy": _c_destroy, "uncontainer": _c_uncontainer, "release": _c_release,
+}
+
+
+def summary(rec: RunRecord) -> str:
+    """The last line of a run, as the drill's admin reads it."""
+    if rec.kind == "test-start":
+        return (f"RTO {human_duration(rec.rto_seconds)}, RPO {human_duration(rec.rpo_seconds)} "
+                f"(snapshot {rec.snapshot}) — report: {rec.report_html}")
+    return f"{rec.group}: drill cleaned up in {human_duration((rec.finished or rec.started) - rec.started)} " \
+           f"— report: {rec.report_html}"

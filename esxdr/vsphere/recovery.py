@@ -1,0 +1,158 @@
+"""The few vSphere calls of a recovery runbook that esxdr.vsphere.{vms,storage,host} do not make.
+
+Finding the VMs on recovered datastores (one SearchDatastoreSubFolders_Task per datastore,
+all awaited together), mapping NICs to test port groups (one RetrievePropertiesEx for every
+VM's devices, then parallel ReconfigVM_Task only where a NIC must move), and creating and
+removing the drill's port groups. Registration, power-on, heartbeats, rescans and VMFS
+verification come from :mod:`esxdr.vsphere.vms` and :mod:`esxdr.vsphere.storage`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from esxdr.plan.runbook import HostView
+from esxdr.vsphere.observed import HostState
+from esxdr.vsphere.session import Session
+from esxdr.vsphere.tasks import wait_tasks
+
+PC = vmodl.query.PropertyCollector
+
+
+def host_view(h: HostState) -> HostView:
+    """The runbook planner's view of a host (pure values)."""
+    iscsi = h.iscsi
+    luns = {name.removeprefix("naa."): lun.targets for name, lun in h.luns.items() if name.startswith("naa.")}
+    return HostView(
+        name=h.name, iqn=iscsi.iqn if iscsi else None,
+        send_targets=tuple(f"{a}:{p}" for a, p in iscsi.send_targets) if iscsi else (),
+        port_groups={n: (p.vswitch, p.vlan) for n, p in h.port_groups.items()},
+        vswitches={n: v.uplinks for n, v in h.vswitches.items()},
+        luns=luns,
+        datastores={n: (d.vmfs_uuid, tuple(e.removeprefix("naa.") for e in d.extents)) for n, d in h.datastores.items()},
+        vms={n: (v.vmx_path, v.power_state, v.question_id) for n, v in h.vms.items()},
+    )
+
+
+def find_vmx(session: Session, host: HostState, datastores: list[str], *, timeout: float = 120) -> dict[str, str]:
+    """VM name (the .vmx file's stem) -> ``[datastore] dir/name.vmx`` on the given datastores."""
+    tasks = []
+    for name in datastores:
+        ds = host.datastores.get(name)
+        if ds is None:
+            continue
+        ref = session.ref("Datastore", ds.moid)
+        with session.errors(f"searching datastore {name} for VMs"):
+            spec = vim.host.DatastoreBrowser.SearchSpec(matchPattern=["*.vmx"])
+            tasks.append(ref.browser.SearchDatastoreSubFolders_Task(f"[{name}]", spec))
+    found: dict[str, str] = {}
+    for result in wait_tasks(session, tasks, timeout=timeout, what=f"searching {len(tasks)} datastore(s) for VMs"):
+        for folder in result or ():
+            base = folder.folderPath if folder.folderPath.endswith(("/", "]")) else folder.folderPath + "/"
+            if base.endswith("]"):
+                base += " "
+            for f in folder.file or ():
+                if f.path.endswith(".vmx"):
+                    found.setdefault(f.path[:-4], base + f.path)
+    return found
+
+
+def nic_moves(session: Session, vms: list[Any], mapping: dict[str, str]) -> list[tuple[Any, list[Any], list[str]]]:
+    """(vm, device changes, descriptions) for VMs whose NICs are on a mapped production port group."""
+    if not vms:
+        return []
+    spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=v, skip=False) for v in vms],
+                         propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name", "config.hardware.device"])])
+    from esxdr.vsphere.inventory import retrieve
+
+    by_moid = {v._moId: v for v in vms}
+    out = []
+    for oc in retrieve(session, spec):
+        props = {p.name: p.val for p in oc.propSet}
+        changes, said = [], []
+        for dev in props.get("config.hardware.device") or ():
+            backing = getattr(dev, "backing", None)
+            if not isinstance(dev, vim.vm.device.VirtualEthernetCard) or \
+                    not isinstance(backing, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo):
+                continue
+            target = mapping.get(backing.deviceName)
+            if not target or target == backing.deviceName:
+                continue
+            said.append(f"{props.get('name')}: {dev.deviceInfo.label if dev.deviceInfo else dev.key} "
+                        f"{backing.deviceName} → {target}")
+            dev.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=target)
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=dev))
+        if changes:
+            out.append((by_moid[oc.obj._moId], changes, said))
+    return out
+
+
+def nic_networks(session: Session, vms: list[Any]) -> dict[str, list[str]]:
+    """VM name -> the port groups its NICs are on (evidence for the report)."""
+    if not vms:
+        return {}
+    spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=v, skip=False) for v in vms],
+                         propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name", "config.hardware.device"])])
+    from esxdr.vsphere.inventory import retrieve
+
+    out: dict[str, list[str]] = {}
+    for oc in retrieve(session, spec):
+        props = {p.name: p.val for p in oc.propSet}
+        nets = [str(getattr(d.backing, "deviceName", "")) for d in props.get("config.hardware.device") or ()
+                if isinstance(d, vim.vm.device.VirtualEthernetCard) and getattr(d.backing, "deviceName", None)]
+        out[str(props.get("name"))] = nets
+    return out
+
+
+def move_nics(session: Session, moves: list[tuple[Any, list[Any], list[str]]], *, timeout: float = 120) -> None:
+    tasks = []
+    for vm, changes, _ in moves:
+        with session.errors(f"moving the NICs of VM {vm._moId}"):
+            tasks.append(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=changes)))
+    wait_tasks(session, tasks, timeout=timeout, what=f"reconfiguring {len(tasks)} VM(s)")
+
+
+def network_system(session: Session, host: HostState) -> Any:
+    return session.ref("host.NetworkSystem", host.refs["networkSystem"])
+
+
+def add_vswitch(session: Session, host: HostState, name: str) -> None:
+    """A vSwitch without uplinks: VMs on it reach each other and nothing else."""
+    ns = network_system(session, host)
+    with session.errors(f"adding vSwitch {name} on {host.name}"):
+        ns.AddVirtualSwitch(name, vim.host.VirtualSwitch.Specification(numPorts=128, mtu=1500))
+
+
+def add_port_group(session: Session, host: HostState, name: str, vswitch: str, vlan: int) -> None:
+    ns = network_system(session, host)
+    with session.errors(f"adding port group {name} on {host.name}"):
+        ns.AddPortGroup(vim.host.PortGroup.Specification(name=name, vlanId=vlan, vswitchName=vswitch,
+                                                         policy=vim.host.NetworkPolicy()))
+
+
+def remove_port_group(session: Session, host: HostState, name: str) -> None:
+    ns = network_system(session, host)
+    try:
+        with session.errors(f"removing port group {name} from {host.name}"):
+            ns.RemovePortGroup(name)
+    except Exception as e:  # noqa: BLE001 - already gone is what we want
+        if "NotFound" not in str(getattr(e, "message", e)):
+            raise
+
+
+def remove_vswitch(session: Session, host: HostState, name: str) -> None:
+    ns = network_system(session, host)
+    try:
+        with session.errors(f"removing vSwitch {name} from {host.name}"):
+            ns.RemoveVirtualSwitch(name)
+    except Exception as e:  # noqa: BLE001
+        if "NotFound" not in str(getattr(e, "message", e)):
+            raise
+
+
+def cancel_question(session: Session, vm: Any, question_id: str) -> None:
+    """Answer a pending question with Cancel (a killed power-on left it; cleanup powers off)."""
+    with session.errors(f"cancelling the question of VM {vm._moId}"):
+        vm.AnswerVM(question_id, "0")

@@ -1,0 +1,66 @@
+"""A whole lab of its own for the drill tests: pools, sshd, both tgtds, both esxsims, seeded production.
+
+Unique pool, account and lab-dir names per run, so a developer's own `esxdr lab up`
+(and other test sessions) are untouched. The DR host is prepared with `esxdr host apply`
+and the group replicated once, as an admin would before the first drill.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from esxdr.lab import Lab, LabConfig
+
+ESXDR = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "esxdr")
+
+
+class DrillLab:
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self.site = str(lab.site_path)
+        st = lab.state()
+        self.dr_pool = st["pools"]["dr"]
+        self.prod_pool = st["pools"]["production"]
+        self.seed = st.get("seed", {})
+
+    def esxdr(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([ESXDR, "--site", self.site, *args], capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+
+    def ok(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        r = self.esxdr(*args, **kw)
+        assert r.returncode == 0, f"esxdr {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+        return r
+
+    def use_test_network(self, name: str) -> None:
+        """Map the VMs' production port group to a test port group the DR host does not have yet."""
+        p = Path(self.site)
+        text = p.read_text().replace("test: Prod-LAN}", f"test: {name}}}")
+        anchor = "      Prod-LAN: {vswitch: vSwitch1, vlan: 310, isolated: true}\n"
+        assert anchor in text
+        p.write_text(text.replace(anchor, anchor + f"      {name}: {{vswitch: vSwitch1, vlan: 311, isolated: true}}\n"))
+
+
+@pytest.fixture(scope="module")
+def drill_lab():
+    tag = f"d{os.getpid() % 100000}"
+    # sshd StrictModes refuses keys below a world-writable directory such as /var/tmp.
+    d = tempfile.mkdtemp(prefix=f"esxdr-{tag}-", dir="/var/lib")
+    os.chmod(d, 0o755)
+    lab = Lab(LabConfig(dir=d, prod_pool=f"{tag}sp", dr_pool=f"{tag}rp", account=f"esxdr-{tag}", luns=2,
+                        lun_size=48 << 20, pool_size=1 << 30, with_tgt=True, with_esxsim=True))
+    try:
+        lab.up()
+        dl = DrillLab(lab)
+        dl.ok("host", "apply", "esx-dr")
+        dl.ok("replicate", "core")
+        yield dl
+    finally:
+        lab.down()
+        shutil.rmtree(d, ignore_errors=True)
