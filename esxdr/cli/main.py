@@ -157,6 +157,8 @@ def _attach_groups() -> list[tuple[str, str]]:
         ("esxdr.cli.vmfs", "vmfs"),
         ("esxdr.cli.lab", "lab"),
         ("esxdr.cli.host", "host"),
+        ("esxdr.cli.test", "test"),
+        ("esxdr.cli.report", "report"),
     ]
 
 
