@@ -109,7 +109,9 @@ def wait_tasks(session: Session, tasks: list[Any], *, timeout: float = 600, what
             out.append(props.get("info.result"))
         else:
             err = props.get("info.error")
-            fault = getattr(err, "fault", None) or vmodl.fault.SystemError(reason="task failed")
+            # pyVmomi may hand info.error over already unwrapped: the fault itself, no `.fault`.
+            fault = getattr(err, "fault", None) or (err if isinstance(err, vmodl.MethodFault)
+                                                    else vmodl.fault.SystemError(reason="task failed"))
             if err is not None and getattr(err, "localizedMessage", None) and not getattr(fault, "msg", None):
                 fault.msg = err.localizedMessage
             e = translate(fault, what, endpoint=session.name)

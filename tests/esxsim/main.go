@@ -172,6 +172,7 @@ func Start(cfg Config) (*Server, *StartInfo, error) {
 	mux.HandleFunc("/sdk/vimServiceVersions.xml", world.svc.ServiceVersions)
 	mux.Handle("/folder/", world.syncAfter(http.HandlerFunc(world.svc.ServeDatastore)))
 	mux.HandleFunc("/about", world.svc.About)
+	world.guestHandlers(mux) // /guestFile transfers, /esxsim/customization, /esxsim/guest
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

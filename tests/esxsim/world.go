@@ -74,6 +74,7 @@ func NewWorld(cfg Config) (*World, error) {
 	w.setupStorage()
 	w.setupVMs()
 	w.setupRename()
+	w.setupGuest() // after setupVMs: it wraps PowerOnVM_Task
 	w.fixConfigManager()
 	return w, nil
 }
