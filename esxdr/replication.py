@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from esxdr.errors import EsxdrError, ReplicationConflict, TransientError, UsageError
+from esxdr.errors import ConflictError, EsxdrError, ReplicationConflict, TransientError, UsageError
 from esxdr.faults import checkpoint
 from esxdr.lock import GroupLock
 from esxdr.model import Capabilities, Dataset, Snapshot
@@ -49,6 +49,12 @@ def snapshot_name(group: str, now: datetime | None = None) -> str:
 
 def hold_tag(group: str) -> str:
     return f"esxdr_{group}"
+
+
+def failover_marker(state_dir: str, group: str) -> Path:
+    """Present while the group is failed over (esxdr failover): the DR datasets are live and
+    replication from production must not touch them until failback."""
+    return Path(state_dir) / "failover" / f"{group}.replication-stopped"
 
 
 @dataclass
@@ -122,6 +128,7 @@ class Options:
     backoff: float = 1.0
     say: Callable[[str], None] = lambda s: None
     now: datetime | None = None
+    failed_over: bool = False  # reprotect/failback replicate DR → production while the marker exists
 
 
 def _pick_compression(group, src: Side, dst: Side) -> str | None:
@@ -199,6 +206,7 @@ class Engine:
         self.src: Side | None = None
         self.dst: Side | None = None
         self._kinds: dict[str, str] = {}
+        self._level: str | None = None
 
     def close(self) -> None:
         for s in (self.src, self.dst):
@@ -206,6 +214,12 @@ class Engine:
                 s.transport.close()
 
     def run(self) -> GroupResult:
+        marker = failover_marker(self.site.state_dir, self.group.name)
+        if marker.exists() and not self.opts.failed_over:
+            raise ConflictError(f"{self.group.name} is failed over ({marker}): replication from {self.group.source} "
+                                f"is stopped, the DR datasets are live",
+                                hint=f"bring the changes home first: esxdr reprotect {self.group.name}, then "
+                                     f"esxdr failback {self.group.name} --planned")
         started = time.monotonic()
         try:
             if self.opts.dry_run:
@@ -226,8 +240,11 @@ class Engine:
 
     def _run(self) -> GroupResult:
         g, opts = self.group, self.opts
-        self.src = src = open_side(self.site, g.source)
-        self.dst = dst = open_side(self.site, g.destination)
+        # Both sides at once: capability probes and the SSH handshake overlap.
+        self.src, self.dst = src, dst = both(lambda: open_side(self.site, g.source),
+                                             lambda: open_side(self.site, g.destination))
+        if not opts.dry_run and hasattr(dst.transport, "prewarm"):
+            dst.transport.prewarm()
         src_obs, dst_obs = both(lambda: src.zfs.observe([g.source_root]), lambda: dst.zfs.observe([g.dr_root]))
         result = GroupResult(group=g.name, snapshot=None, dry_run=opts.dry_run)
         result.compression = _pick_compression(g, src, dst)
@@ -243,6 +260,7 @@ class Engine:
                 with self._consistency() as consistency:
                     take_snapshot(g, src, src_obs, name, props={"esxdr:consistency": consistency.level})
                 result.consistency = consistency.to_dict()
+                self._level = consistency.level
                 checkpoint("after-snapshot")
             for ds in g.datasets:
                 if ds in src_obs:
@@ -253,7 +271,8 @@ class Engine:
         if not plans or all(isinstance(a, UpToDate) for _, _, acts in plans for a in acts):
             newest = plans[0][2][0].snapshot.name if plans and plans[0][2] else None  # type: ignore[attr-defined]
             result.snapshot = result.snapshot or newest
-        if g.dr_root not in dst_obs and any(not isinstance(a, UpToDate) for _, _, acts in plans for a in acts):
+        sending = any(not isinstance(a, UpToDate) for _, _, acts in plans for a in acts)
+        if g.dr_root not in dst_obs and sending:
             opts.say(f"{g.name}: create {g.dr_root} on {dst.name}")
             if not opts.dry_run:
                 dst.zfs.create(g.dr_root)
@@ -286,7 +305,10 @@ class Engine:
             result.manifest = self._ship_manifest(dst_obs)
         if opts.prune:
             checkpoint("before-prune")
-            if work:
+            # Pruning works from what was observed before the streams: snapshots received or
+            # taken by this run are newer than every candidate, and a hold released by this run
+            # still counts (kept one run longer). Only a rollback invalidates that view.
+            if any(isinstance(a, RollbackDr) or getattr(a, "force", False) for r in work for a in r.actions):
                 src_obs, dst_obs = both(lambda: src.zfs.observe([g.source_root]),
                                         lambda: dst.zfs.observe([g.dr_root]))
             result.pruned = self._prune(src_obs, dst_obs, dry_run=False, plans=plans)
@@ -449,6 +471,8 @@ class Engine:
         incremental receive lands in a mounted filesystem: readers would see stale blocks.
         """
         assert self.dst
+        # Per replica, not inherited from the DR root: a readonly, mounted root would stop
+        # pool-v23 receive from creating the mountpoints of new replicas below it.
         props = {"readonly": "on"}
         if kind == "filesystem":
             props["canmount"] = "noauto"
@@ -494,7 +518,17 @@ class Engine:
                 side.transport.run([*side.zfs.cmd, "release", tag, *old], check=False)
                 checkpoint("after-release")
 
-        both(lambda: move(self.src, new_src, old_src), lambda: move(self.dst, new_dst, old_dst))
+        level = (self._level or "crash")
+
+        def dr_side() -> None:
+            move(self.dst, new_dst, old_dst)
+            if level != "crash" and new_dst:
+                # send without -p carries no user properties; DR must know the level even when
+                # production is gone (drills and failover report it). Crash is the default.
+                self.dst.transport.run([*self.dst.zfs.cmd, "set", f"esxdr:consistency={level}", *new_dst],
+                                       check=False)
+
+        both(lambda: move(self.src, new_src, old_src), dr_side)
 
     # -- retention -------------------------------------------------------------
     def _prune(self, src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset], *, dry_run: bool,
@@ -604,4 +638,9 @@ def summary_text(result: GroupResult) -> str:
         if snaps:
             lines.append(f"{result.group}: {'would prune' if result.dry_run else 'pruned'} {len(snaps)} "
                          f"snapshot(s) on {side}")
+    if result.consistency and result.consistency.get("level") != "crash" or \
+            (result.consistency and result.consistency.get("vms")):
+        from esxdr.consistency import describe
+
+        lines += [f"{result.group}: {line}" for line in describe(result.consistency)]
     return "\n".join(lines)

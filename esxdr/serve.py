@@ -52,6 +52,20 @@ def _need_dataset(arg: str, prefixes: list[str], *, snapshot: bool | None = None
         raise Refused(f"{arg!r} must not be a snapshot")
 
 
+def _flags_and_options(args: list[str], allowed: str) -> list[str]:
+    """Strip leading flags and `-o prop=value` pairs (only the properties esxdr sets)."""
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        if rest[0] == "-o":
+            if len(rest) < 2 or not PROP_ASSIGN_RE.match(rest[1]):
+                raise Refused("-o takes only readonly, canmount or esxdr: properties")
+            rest = rest[2:]
+        else:
+            _flags(rest[:1], allowed)  # refuses flags outside `allowed`
+            rest = rest[1:]
+    return rest
+
+
 def _flags(args: list[str], allowed: str) -> list[str]:
     """Split leading single-letter flags (possibly bundled, e.g. -rHp); refuse unknown ones."""
     rest = list(args)
@@ -178,7 +192,7 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
         _need_dataset(rest[0], prefixes, snapshot=False)
         return
     if verb == "create":
-        rest = _flags(rest, "p")
+        rest = _flags_and_options(rest, "p")
         if len(rest) != 1:
             raise Refused("create takes one dataset")
         _need_dataset(rest[0], prefixes, snapshot=False)

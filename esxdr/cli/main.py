@@ -159,6 +159,10 @@ def _attach_groups() -> list[tuple[str, str]]:
         ("esxdr.cli.host", "host"),
         ("esxdr.cli.test", "test"),
         ("esxdr.cli.report", "report"),
+        ("esxdr.cli.failover", "failover"),
+        ("esxdr.cli.failover", "reprotect"),
+        ("esxdr.cli.failover", "failback"),
+        ("esxdr.cli.guest", "guest"),
     ]
 
 

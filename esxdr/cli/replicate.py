@@ -56,6 +56,10 @@ def replicate(ctx: Context, group: str | None, dry_run: bool, rollback_dr: bool,
              "\n".join(summary_text(r) for r in results))
 
 
+def entry_names(ds) -> set[str]:  # noqa: ANN001 - esxdr.model.Dataset | None
+    return {x.name for x in ds.snapshots} if ds else set()
+
+
 @click.command(epilog="""\b
 Examples:
   esxdr snapshots core
@@ -81,6 +85,9 @@ def snapshots(ctx: Context, group: str | None) -> None:
         finally:
             src.transport.close()
             dst.transport.close()
+        from esxdr.consistency import consistency_by_snapshot
+
+        levels = {**consistency_by_snapshot(d_obs), **consistency_by_snapshot(s_obs)}
         for ds in g.datasets:
             s, d = s_obs.get(ds), d_obs.get(g.dr_dataset(ds))
             pair = common_snapshot(s, d) if s and d else None
@@ -89,6 +96,7 @@ def snapshots(ctx: Context, group: str | None) -> None:
                 "source_snapshots": [x.name for x in s.snapshots] if s else None,
                 "dr_snapshots": [x.name for x in d.snapshots] if d else None,
                 "common": pair[0].name if pair else None,
+                "consistency": {n: levels[n] for n in (entry_names(s) | entry_names(d)) if n in levels},
             }
             data.append(entry)
             lines.append(f"{ds} → {g.dr_dataset(ds)}")
@@ -100,7 +108,8 @@ def snapshots(ctx: Context, group: str | None) -> None:
                 on_s = "S" if n in (entry["source_snapshots"] or []) else "-"
                 on_d = "D" if n in (entry["dr_snapshots"] or []) else "-"
                 mark = "  ← common" if n == entry["common"] else ""
-                lines.append(f"  {on_s}{on_d} @{n}{mark}")
+                level = f"  [{levels[n]}]" if n in levels else ""
+                lines.append(f"  {on_s}{on_d} @{n}{level}{mark}")
     ctx.emit(data, "\n".join(lines))
 
 

@@ -75,3 +75,16 @@ def check_replication_ships_identities(lab, g) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("will mount as-is") == len(g.luns)
+
+    # application consistency through esx-prod: the level is recorded on both sides' snapshots
+    text = lab.site_path.read_text()
+    lab.site_path.write_text(text.replace("    vsphere_production:", "    consistency: application\n"
+                                                                      "    vsphere_production:"))
+    r = subprocess.run([esxdr, "--site", site, "--json", "replicate", "core"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)
+    assert run["consistency"]["level"] in ("application", "mixed", "crash")
+    assert {v["vm"] for v in run["consistency"]["vms"]} == {v.name for v in g.vms}
+    r = subprocess.run([esxdr, "--site", site, "--json", "snapshots", "core"], capture_output=True, text=True)
+    rows = json.loads(r.stdout)
+    assert all(x["consistency"].get(run["snapshot"]) == run["consistency"]["level"] for x in rows)

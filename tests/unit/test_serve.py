@@ -26,6 +26,7 @@ ALLOWED = [
     "zfs set readonly=on canmount=noauto rp1/iscsi/lun0",
     "zfs unmount rp1/iscsi/lun0",
     "zfs create -p rp1/iscsi",
+    "zfs create -p -o readonly=on rp1/iscsi",
     "zfs version",
     "esxdr-capabilities",
     "zfs clone rp1/iscsi/lun0@a rp1/iscsi/esxdr-test-core/lun0",
@@ -68,7 +69,8 @@ HOSTILE = [
     "zfs clone rp1/iscsi/lun0@a rp1/iscsi/lun9",              # clones only under esxdr-test
     "zfs clone rp1/iscsi/lun0@a sp1/esxdr-test/lun0",         # or outside the prefix
     "zfs clone -o mountpoint=/etc rp1/iscsi/lun0@a rp1/iscsi/esxdr-test/x",
-    "zfs destroy -r rp1/iscsi/esxdr-test-core",                # no recursive destroy, even of clones
+    "zfs destroy -r rp1/iscsi/esxdr-test-core",
+    "zfs create -p -o mountpoint=/etc rp1/iscsi/x",                # no recursive destroy, even of clones
 ]
 
 
