@@ -218,6 +218,8 @@ def human_duration(seconds: float | None) -> str:
 class Drill:
     """``esxdr test start`` and ``esxdr test cleanup`` for one protection group."""
 
+    fault_prefix = "drill"  # ESXDR_FAULT_KILL=<prefix>-after-<step kind>
+
     def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):  # noqa: ANN001
         if group_name is None:
             if len(site.protection_groups) != 1:
@@ -401,7 +403,7 @@ class Drill:
             self.say(line)
             for more in evidence[1:4]:
                 self.say(f"        {more}")
-            checkpoint(f"drill-after-{step.kind}")
+            checkpoint(f"{self.fault_prefix}-after-{step.kind}")
 
     def _finish(self, rec: RunRecord) -> None:
         import sys
@@ -610,7 +612,7 @@ def _s_register(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
         d.journal.data.setdefault("vms", {}).setdefault(n, {"vmx": found[n]})
     d.journal.save()
     return [f"{len(wanted)} VM(s) registered ({len(wanted) - len(todo)} already were); power-on answers: "
-            f"I copied it"]
+            f"{ANSWER_TEXT.get(step.params.get('answer', 'copied'), 'I copied it')}"]
 
 
 def _vm_refs(d: Drill, names: list[str]) -> list[Any]:
@@ -638,8 +640,9 @@ def _s_nics(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     test_pgs = set(step.params["map"].values())
     stray = [f"{n}: {pg}" for n, pgs in nets.items() for pg in pgs if test_pgs and pg not in test_pgs]
     if stray:
-        raise ConflictError("drill VM NICs outside the test port groups: " + ", ".join(stray),
-                            hint="map every production port group to a test one (vms.*.networks)")
+        which = "test" if d.journal.data.get("kind") == "test" else "failover"
+        raise ConflictError(f"VM NICs outside the {which} port groups: " + ", ".join(stray),
+                            hint=f"map every production port group to a {which} one (vms.*.networks)")
     said = [x for _, _, ss in moves for x in ss]
     return said or [f"{len(nets)} VM(s) on {', '.join(sorted(test_pgs)) or 'no network'}"]
 
@@ -666,8 +669,11 @@ def _s_power(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
                  heartbeat_at=v.get("heartbeat_at") or now)
     d.journal.save()
     return [f"{', '.join(names)} powered on, heartbeat ok"
-            + (f" ({len(answered)} answered: I copied it)" if answered else "")]
+            + (f" ({len(answered)} answered: {ANSWER_TEXT.get(step.params.get('answer', 'copied'))})"
+               if answered else "")]
 
+
+ANSWER_TEXT = {"copied": "I copied it", "moved": "I moved it"}
 
 START_STEPS: dict[str, Callable] = {
     "hold": _s_hold, "container": _s_container, "clone": _s_clone, "present": _s_present,

@@ -535,3 +535,296 @@ def plan_test_cleanup(inp: CleanupInputs) -> Runbook:
 def _vmx_datastore(vmx_path: str) -> str | None:
     m = re.match(r"^\[([^\]]+)\]", vmx_path or "")
     return m.group(1) if m else None
+
+
+# --------------------------------------------------------------------------- failover
+# Failover brings the replicas THEMSELVES online on the DR side (no clones): they are
+# rolled back to the recovered point (only with evidence), made writable and mounted,
+# presented with the production NAAs and IQNs, and the VMs booted with "I moved it".
+FAILOVER_MODES = ("planned", "disaster")
+FAILOVER_ACL_GROUP = "esxdr-failover"
+
+
+def reversed_group(g):  # noqa: ANN001, ANN201 - ProtectionGroup -> ProtectionGroup
+    """The group seen from the DR side: DR is the source, production the destination.
+
+    Reprotect replicates with it (DR → production) and failback is a planned failover of it.
+    The name stays (snapshot names, hold tags and retention prefixes carry on); the VMs'
+    networks map back from the failover port groups to the production ones.
+    """
+    import dataclasses
+
+    from esxdr.site.model import LunSpec, NetworkMap
+
+    vms = tuple(dataclasses.replace(v, networks={nm.failover: NetworkMap(failover=prod, test=nm.test)
+                                                 for prod, nm in v.networks.items()}) for v in g.vms)
+    luns = {g.dr_dataset(ds): LunSpec(dataset=g.dr_dataset(ds), naa=s.naa, datastore=s.datastore,
+                                      vmfs_uuid=s.vmfs_uuid, line=s.line) for ds, s in g.luns.items()}
+    return dataclasses.replace(g, source=g.destination, destination=g.source, source_root=g.dr_root,
+                               dr_root=g.source_root, datasets=g.dr_datasets, vsphere_production=g.vsphere_dr,
+                               vsphere_dr=g.vsphere_production, vms=vms, luns=luns)
+
+
+def failover_luns(group, manifest: Manifest, dr_obs: dict) -> list[DrillLun]:  # noqa: ANN001
+    """The group's LUs, backed by the DR datasets themselves (where they mount once promoted)."""
+    out = []
+    specs = {Naa.parse(s.naa).hex: s for s in group.luns.values() if s.naa}
+    root = dr_obs.get(group.dr_root)
+    for lu in manifest.logical_units:
+        ds = _lu_dataset(lu, group)
+        if ds is None or ds not in group.datasets:
+            continue
+        dr_ds = group.dr_dataset(ds)
+        if lu.backing.kind == "zvol":
+            path = f"/dev/zvol/{dr_ds}"
+        else:
+            mp = dr_obs[dr_ds].mountpoint if dr_ds in dr_obs else None
+            if not mp or not mp.startswith("/"):
+                rmp = root.mountpoint if root else None
+                if not rmp or not rmp.startswith("/"):
+                    raise UsageError(f"{dr_ds} has mountpoint {mp or 'none'}; failover mounts it to serve its LUN "
+                                     "file", hint=f"zfs set mountpoint=/{group.dr_root} {group.dr_root}")
+                mp = f"{rmp.rstrip('/')}/{dr_ds[len(group.dr_root) + 1:]}"
+            path = f"{mp.rstrip('/')}/{_relative_file(lu, ds)}"
+        spec = specs.get(lu.naa.hex) or group.luns.get(ds)
+        out.append(DrillLun(source_dataset=ds, dr_dataset=dr_ds, clone=dr_ds, naa=lu.naa.hex,
+                            production_naa=lu.naa.hex, path=path, datastore=spec.datastore if spec else None,
+                            vmfs_uuid=spec.vmfs_uuid if spec else None))
+    return out
+
+
+def failover_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str, portal: str,
+                      initiator: str | None) -> Manifest:
+    """Production's manifest as the DR target serves it after failover: the same IQNs, NAAs,
+    serials, vendor and product ids, backed by the DR datasets, on the DR portal, writable,
+    only the DR host's initiator admitted."""
+    by_naa = {d.production_naa: d for d in luns}
+    m = copy.deepcopy(manifest)
+    m.logical_units = [lu for lu in m.logical_units if lu.naa.hex in by_naa]
+    for lu in m.logical_units:
+        d = by_naa[lu.naa.hex]
+        lu.backing = Backing(kind="zvol" if d.path.startswith("/dev/zvol/") else "file", path=d.path,
+                             dataset=d.dr_dataset)
+        lu.read_only = False
+        lu.views = list(lu.views) or [View(lun=1, target=None)]
+    used = {v.target for lu in m.logical_units for v in lu.views}
+    m.targets = [t for t in m.targets if t.iqn in used or None in used]
+    if not m.targets:
+        m.targets = [Target(iqn=f"iqn.2024-01.io.esxdr:{safe_name(group_name)}")]
+    m.initiator_groups = []
+    m = rewrite.set_portals(m, [Portal.parse(portal)])
+    if initiator:
+        m = rewrite.allow_initiators(m, [initiator], group=f"{FAILOVER_ACL_GROUP}-{safe_name(group_name)}")
+    return m.validate()
+
+
+def failover_networks(vms, host: HostView | None) -> dict[str, str]:  # noqa: ANN001
+    """production port group -> failover port group; every failover port group must exist on the host
+    (failover does not invent networks: the DR LAN is prepared by `esxdr host apply`)."""
+    mapping: dict[str, str] = {}
+    for v in vms:
+        for prod, nm in v.networks.items():
+            if mapping.get(prod, nm.failover) != nm.failover:
+                raise UsageError(f"port group {prod} maps to two failover port groups ({mapping[prod]}, {nm.failover})",
+                                 hint="give every VM the same failover mapping for one production port group")
+            mapping[prod] = nm.failover
+    if host is not None:
+        missing = sorted({pg for pg in mapping.values() if pg not in host.port_groups})
+        if missing:
+            raise ConflictError(f"{host.name} has no port group {', '.join(missing)} (failover networks of the VMs)",
+                                hint=f"add them to dr_network and run esxdr host apply {host.name}")
+    return mapping
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Per DR dataset: the snapshot it is rolled back to and what that discards."""
+
+    dataset: str
+    snapshot: str
+    discards: tuple[str, ...] = ()
+    held: tuple[str, ...] = ()  # of the discards: replication's hold is released first (--force)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "snapshot": self.snapshot, "discards": list(self.discards),
+                "held": list(self.held)}
+
+
+def promotions(dr_datasets: list[str], dr_obs: dict, point: Point, chosen: bool, force: bool) -> list[Promotion]:
+    """Evidence for the rollbacks. ``latest`` is the newest snapshot on every DR dataset: newer
+    snapshots exist only on some datasets (a replication cut half-way) and are not a point of the
+    whole group, so discarding them is safe. A point the user chose discards complete, newer
+    points: only with --force."""
+    out, lost = [], []
+    for ds in dr_datasets:
+        snaps = dr_obs[ds].snapshots
+        at = next(s for s in snaps if s.name == point.name)
+        newer = tuple(s.name for s in snaps if s.createtxg > at.createtxg)
+        held = tuple(n for n in newer if next(s for s in snaps if s.name == n).held)
+        if held and not force:
+            raise ConflictError(f"{ds}: rolling back to @{point.name} would destroy held snapshot(s) "
+                                + ", ".join("@" + n for n in held),
+                                hint="replication holds the newest common snapshot: --force releases its hold; "
+                                     "other holds (a drill? esxdr test cleanup) must be released first")
+        out.append(Promotion(ds, point.name, newer, held))
+        lost += [f"{ds}@{n}" for n in newer]
+    if chosen and lost and not force:
+        raise ConflictError(f"failover to @{point.name} would discard newer replicated snapshots: "
+                            + ", ".join(lost[:6]) + (f" (+{len(lost) - 6} more)" if len(lost) > 6 else ""),
+                            hint="pass --force to recover this older point anyway, or use --point latest")
+    return out
+
+
+@dataclass
+class FailoverInputs:
+    group: Any  # esxdr.site.model.ProtectionGroup (or its reversed view for failback)
+    manifest: Manifest
+    dr_obs: dict
+    mode: str = "disaster"  # planned | disaster
+    point: str = "latest"
+    force: bool = False
+    host: HostView | None = None  # the DR ESXi host
+    served: list[ServedLun] = field(default_factory=list)  # the DR target, now
+    dr_portal: str = ""
+    production_portal: str | None = None  # the production target (split-brain guard)
+    manifest_origin: str = ""
+    kind: str = "failover"  # failover | failback
+
+
+def plan_failover(inp: FailoverInputs) -> Runbook:
+    g = inp.group
+    if inp.mode not in FAILOVER_MODES:
+        raise UsageError(f"failover mode {inp.mode!r}: choose --planned or --disaster")
+    planned = inp.mode == "planned"
+    if planned and inp.point != "latest":
+        raise UsageError("--point is for --disaster: a planned failover recovers the final snapshot it sends")
+    if test_root(g) in inp.dr_obs:
+        raise ConflictError(f"a drill of {g.name} is set up ({test_root(g)} exists); its clones and holds pin the "
+                            "replicas", hint=f"esxdr test cleanup {g.name}")
+    rb = Runbook(kind=inp.kind, group=g.name)
+    rb.new_naa = False
+    proms: list[Promotion] = []
+    if planned:
+        missing = [d for d in g.dr_datasets if d not in inp.dr_obs]
+        if missing:
+            raise UsageError(f"DR dataset(s) {', '.join(missing)} do not exist yet",
+                             hint="replicate first: esxdr replicate GROUP")
+        rb.snapshot = None  # named by the final replication
+    else:
+        p = choose_point(list(g.dr_datasets), inp.dr_obs, inp.point)
+        rb.snapshot, rb.snapshot_created = p.name, p.creation
+        proms = promotions(list(g.dr_datasets), inp.dr_obs, p, inp.point != "latest", inp.force)
+    luns = failover_luns(g, inp.manifest, inp.dr_obs)
+    if not luns:
+        raise UsageError(f"the target manifest ({inp.manifest_origin or 'manifest'}) presents none of "
+                         f"{g.name}'s datasets", hint="pass the production manifest with --manifest FILE")
+    host = inp.host
+    iqns = {t.iqn for t in inp.manifest.targets}
+    clashes = []
+    for d in luns:
+        for s in inp.served:
+            if s.naa == d.naa and s.target not in iqns:
+                clashes.append(f"naa.{d.naa} is already served by the DR target as {s.target} LUN {s.lun} ({s.path})")
+        if host is not None:
+            for iqn in host.luns.get(d.naa, ()):
+                if iqn and iqn not in iqns:
+                    clashes.append(f"{host.name} already sees naa.{d.naa} through {iqn}")
+    if clashes:
+        raise IdentityConflict("failover cannot present the production NAAs:\n  " + "\n  ".join(sorted(set(clashes))),
+                               hint=f"a drill still presents them? esxdr test cleanup {g.name}")
+    if host is not None:
+        if host.iqn is None:
+            raise ConflictError(f"{host.name}: the software iSCSI adapter is off",
+                                hint=f"prepare the host first: esxdr host apply {host.name}")
+        if inp.dr_portal and inp.dr_portal not in host.send_targets:
+            raise ConflictError(f"{host.name} has no send target {inp.dr_portal} (the DR target's portal)",
+                                hint=f"prepare the host first: esxdr host apply {host.name}")
+    else:
+        rb.notes.append(f"{g.name} names no vsphere_dr: only the storage part of the failover is planned")
+    names = [v.name for v in g.vms]
+    naas = sorted(d.naa for d in luns)
+    guard = Step("guard", "guard",
+                 f"split-brain guard: production target {inp.production_portal or '(none in the site file)'} must not "
+                 f"serve {len(naas)} NAA(s)",
+                 "two live copies of one LUN identity would let both sites write to 'the same' disk"
+                 + ("; --force: a refusal is only reported" if inp.force else ""),
+                 {"portal": inp.production_portal, "naas": naas, "force": inp.force,
+                  "initiator": host.iqn if host else None})
+    if planned:
+        shut = max((v.shutdown_timeout_seconds for v in g.vms), default=300)
+        rb.steps.append(Step("shutdown", "shutdown",
+                             f"shut down {len(names) or 'the'} production VM(s) on {g.vsphere_production} "
+                             f"(guest shutdown, power off after {shut}s)",
+                             "the final snapshot must hold what the guests wrote before they stopped",
+                             {"vms": names, "timeout": shut, "endpoint": g.vsphere_production}))
+        rb.steps.append(Step("replicate", "replicate", f"final replication of {g.name} ({g.source} → {g.destination})",
+                             "the DR datasets get everything production wrote; the point recovered is this snapshot",
+                             {}))
+        rb.steps.append(Step("stop-replication", "stop-replication", f"stop replication of {g.name}",
+                             "from now on the DR datasets are written; a scheduled run must not overwrite them",
+                             {}))
+        rb.steps.append(Step("unpresent-production", "unpresent-production",
+                             f"remove production's presentation of {len(naas)} LUN(s) from {g.source}",
+                             "the VMs are down and their last writes are on DR; only one site may serve the NAAs",
+                             {"naas": naas}))
+        rb.steps.append(guard)
+    else:
+        rb.steps.append(guard)
+        rb.steps.append(Step("stop-replication", "stop-replication", f"stop replication of {g.name}",
+                             "from now on the DR datasets are written; a scheduled run must not overwrite them", {}))
+    by_dr = {d.dr_dataset: d for d in luns}
+    for ds in g.dr_datasets:
+        pr = next((x for x in proms if x.dataset == ds), None)
+        lun = by_dr.get(ds)
+        at = f"@{pr.snapshot}" if pr else "the final snapshot"
+        reason = ("the newest snapshot of the group on DR" if not planned and inp.point == "latest" else
+                  "the snapshot the final replication sent" if planned else "the point chosen (--point)")
+        if pr and pr.discards:
+            reason += "; discards partial " + ", ".join("@" + n for n in pr.discards)
+        rb.steps.append(Step(f"promote:{ds}", "promote", f"promote {ds} at {at}: writable, mounted",
+                             f"rolled back to {reason}, so every LUN shows one consistent point",
+                             {"dataset": ds, "snapshot": pr.snapshot if pr else None,
+                              "discards": list(pr.discards) if pr else [], "release": list(pr.held) if pr else [],
+                              "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None}))
+    initiator = host.iqn if host else None
+    m = failover_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiator)
+    from esxdr.targets.manifest import manifest_to_dict
+
+    rb.steps.append(Step("present", "present",
+                         f"present {len(luns)} LUN(s) (production NAAs) on {', '.join(t.iqn for t in m.targets)}",
+                         "the volumes' LVM headers name these NAAs: the DR host mounts them as-is"
+                         + (f"; only {initiator} may log in" if initiator else ""),
+                         {"manifest": manifest_to_dict(m), "luns": [d.to_dict() for d in luns],
+                          "iqns": [t.iqn for t in m.targets]}))
+    if host is None:
+        return rb
+    mapping = failover_networks(g.vms, host)
+    rb.steps.append(Step("rescan", "rescan", f"rescan {host.name}", "the host finds the LUNs and the VMFS volumes", {}))
+    expected = [{"naa": d.naa, "datastore": d.datastore, "vmfs_uuid": d.vmfs_uuid, "production_naa": d.naa,
+                 "target": m.lu(d.naa).views[0].target if m.lu(d.naa) and m.lu(d.naa).views else None}  # type: ignore[union-attr]
+                for d in luns]
+    rb.steps.append(Step("verify", "verify", f"verify {len(luns)} VMFS datastore(s) on {host.name} mounted as-is",
+                         "no resignature: the VMs' paths and UUIDs stay those of production",
+                         {"expected": expected, "resolve": None}))
+    datastores = sorted({d.datastore for d in luns if d.datastore})
+    rb.steps.append(Step("register", "register",
+                         f"register {len(names) or 'all'} VM(s) (answer: I moved it)",
+                         "the production VMs are down: the DR VMs keep their BIOS UUIDs and MAC addresses",
+                         {"vms": names, "datastores": datastores, "answer": "moved"}))
+    rb.steps.append(Step("nics", "nics", "attach NICs to failover port groups: " + (", ".join(
+        f"{p} → {t}" for p, t in sorted(mapping.items())) or "no NICs mapped"),
+        "the VMs serve users from the DR LAN now", {"map": mapping, "vms": names}))
+    for prio, wave, batch in power_waves(list(g.vms)):
+        timeout = max((g.vm(n).boot_timeout_seconds for n in batch), default=300)
+        label = f"priority {prio}" + (f" wave {wave}" if wave > 1 else "")
+        rb.steps.append(Step(f"power:{prio}:{wave}", "power", f"{label}: power on {', '.join(batch)}, wait for heartbeats",
+                             "one parallel batch per priority group" + (
+                                 "; after the VMs they depend on" if wave > 1 else ""),
+                             {"priority": prio, "wave": wave, "vms": batch, "timeout": timeout, "answer": "moved"}))
+    return rb
+
+
+def split_brain(seen: dict[str, str], naas: list[str]) -> list[str]:
+    """Lines of evidence: which of ``naas`` the production target still serves, and where
+    (``seen``: naa hex -> "portal target LUN n", from an iSCSI login)."""
+    return [f"naa.{n} is still served by production at {seen[n]}" for n in sorted(naas) if n in seen]

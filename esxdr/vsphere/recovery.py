@@ -156,3 +156,41 @@ def cancel_question(session: Session, vm: Any, question_id: str) -> None:
     """Answer a pending question with Cancel (a killed power-on left it; cleanup powers off)."""
     with session.errors(f"cancelling the question of VM {vm._moId}"):
         vm.AnswerVM(question_id, "0")
+
+
+def shutdown_vms(session: Session, vms: list[tuple[Any, bool]], *, timeout: float = 300) -> dict[str, str]:
+    """Stop a batch cleanly: ShutdownGuest for every VM whose tools run (all issued first), wait on
+    one property filter until they are all off, then PowerOffVM_Task (parallel) for the rest.
+    ``vms``: (VM ref, tools running). Returns moid -> "shutdown" | "powered off"."""
+    from esxdr.errors import EsxdrError
+    from esxdr.vsphere.tasks import watch
+
+    how: dict[str, str] = {}
+    guests = [vm for vm, tools in vms if tools]
+    for vm in guests:
+        try:
+            with session.errors(f"shutting down the guest of VM {vm._moId}"):
+                vm.ShutdownGuest()
+            how[vm._moId] = "shutdown"
+        except EsxdrError:
+            pass  # tools went away meanwhile: powered off below
+    waiting = [vm for vm in guests if vm._moId in how]
+    state: dict = {}
+    if waiting:
+        ids = [vm._moId for vm in waiting]
+        try:
+            state = watch(session, waiting, ["runtime.powerState"],
+                          lambda s: all(str(s.get(i, {}).get("runtime.powerState")) == "poweredOff" for i in ids),
+                          timeout=timeout, what=f"guest shutdown of {len(waiting)} VM(s)")
+        except EsxdrError as e:
+            if "timed out" not in e.message:
+                raise
+    off = {i for i, p in state.items() if str(p.get("runtime.powerState")) == "poweredOff"}
+    rest = [vm for vm, _ in vms if vm._moId not in off]
+    tasks = []
+    for vm in rest:
+        with session.errors(f"powering off VM {vm._moId}"):
+            tasks.append(vm.PowerOffVM_Task())
+        how[vm._moId] = "powered off"
+    wait_tasks(session, tasks, timeout=timeout, what=f"powering off {len(tasks)} VM(s)")
+    return how

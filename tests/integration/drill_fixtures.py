@@ -38,6 +38,39 @@ class DrillLab:
         assert r.returncode == 0, f"esxdr {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
         return r
 
+    def vms(self, endpoint: str) -> dict[str, tuple[str, str, str]]:
+        """VM name -> (power state, guest heartbeat, BIOS UUID) on one lab host (esx-prod or esx-dr)."""
+        from esxdr.site import load_site
+        from esxdr.vsphere import inventory
+        from esxdr.vsphere.session import connect
+
+        with connect(load_site(self.site).endpoint(endpoint)) as s:
+            h = inventory.read_host(s, endpoint)
+            return {n: (v.power_state, v.heartbeat, s.ref("VirtualMachine", v.moid).config.uuid)
+                    for n, v in h.vms.items()}
+
+    def power_on_production(self) -> None:
+        """Production running as on any working day: every seeded VM on, its guest up."""
+        from esxdr.site import load_site
+        from esxdr.vsphere import inventory
+        from esxdr.vsphere import vms as vv
+        from esxdr.vsphere.session import connect
+
+        with connect(load_site(self.site).endpoint("esx-prod")) as s:
+            h = inventory.read_host(s, "esx-prod")
+            vv.power_on(s, [s.ref("VirtualMachine", v.moid) for v in h.vms.values() if v.power_state != "poweredOn"])
+            vv.wait_heartbeats(s, [s.ref("VirtualMachine", v.moid) for v in h.vms.values()], timeout=30)
+
+    def kill_production_target(self) -> None:
+        """The bad day: production's tgtd dies (SIGKILL, as a power cut would)."""
+        import signal
+
+        from esxdr.lab.tgtd import _pid_running
+
+        pid = self.lab.state()["tgtd"]["production"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        _pid_running(pid)  # reap it
+
     def use_test_network(self, name: str) -> None:
         """Map the VMs' production port group to a test port group the DR host does not have yet."""
         p = Path(self.site)

@@ -1,0 +1,95 @@
+"""`esxdr failover`, `esxdr reprotect`, `esxdr failback`: the bad day, and the way home."""
+
+from __future__ import annotations
+
+import click
+
+from esxdr.cli.main import Context, json_option, pass_ctx, site_option
+
+
+def _emit_run(ctx: Context, rec, dry_run: bool) -> None:  # noqa: ANN001
+    from esxdr.failover import summary
+
+    if dry_run:
+        assert rec.runbook is not None
+        at = f"@{rec.snapshot}" if rec.snapshot else "the final snapshot"
+        ctx.emit(rec.to_dict(), f"{rec.group}: {rec.mode} {rec.kind} runbook at {at} "
+                                f"(identities: {rec.manifest_origin})\n{rec.runbook.render()}")
+        return
+    ctx.emit(rec.to_dict(), summary(rec))
+
+
+@click.command(epilog="""\b
+Examples:
+  esxdr failover core --planned --dry-run   the runbook, step by step with reasons
+  esxdr failover core --planned             shut production down, final replication, switch to DR
+  esxdr failover core --disaster            production is gone: recover the newest DR snapshot
+  esxdr failover core --disaster --point esxdr_core_20261201T020000Z --force
+Run it on the DR box (the DR storage server is local: true there). Re-running after an
+interruption continues where it stopped. Exit 3: the split-brain guard found production
+still serving the LUNs (the message names the NAA and the portal).
+""")
+@click.argument("group", required=False)
+@click.option("--planned", "mode", flag_value="planned", help="Production is up: stop it cleanly, nothing is lost.")
+@click.option("--disaster", "mode", flag_value="disaster", help="Production is unreachable: use the DR snapshots.")
+@click.option("--point", default="latest", show_default=True, metavar="latest|SNAPSHOT",
+              help="--disaster: the DR snapshot to recover (an older one needs --force).")
+@click.option("--force", is_flag=True, help="Go on despite the split-brain guard / discard newer snapshots.")
+@click.option("--manifest", "manifest_path", metavar="FILE",
+              help="Production target manifest (default: shipped with the replica).")
+@click.option("--dry-run", is_flag=True, help="Print the runbook; change nothing.")
+@json_option
+@site_option
+@pass_ctx
+def failover(ctx: Context, group: str | None, mode: str | None, point: str, force: bool, manifest_path: str | None,
+             dry_run: bool) -> None:
+    """Bring the replicated datastores online on the DR host and boot the VMs by priority."""
+    from esxdr.errors import UsageError
+    from esxdr.failover import Failover
+
+    if mode is None:
+        raise UsageError("say which failover: --planned (production is up) or --disaster (it is gone)")
+    f = Failover(ctx.site(), group, say=ctx.info)
+    _emit_run(ctx, f.run(mode, point=point, force=force, dry_run=dry_run, manifest_path=manifest_path), dry_run)
+
+
+@click.command(epilog="""\b
+Examples:
+  esxdr reprotect core --dry-run    what production loses: snapshots and writes after the common one
+  esxdr reprotect core --yes        roll production back, replicate DR → production
+""")
+@click.argument("group", required=False)
+@click.option("--dry-run", is_flag=True, help="Show the evidence; change nothing.")
+@click.option("--yes", is_flag=True, help="Confirm the rollback of production.")
+@json_option
+@site_option
+@pass_ctx
+def reprotect(ctx: Context, group: str | None, dry_run: bool, yes: bool) -> None:
+    """After failover: make production the replica of DR (rollback to the common snapshot, then DR → production)."""
+    from esxdr.failover import Reprotect, reprotect_summary
+
+    out = Reprotect(ctx.site(), group, say=ctx.info).run(yes=yes, dry_run=dry_run)
+    ctx.emit(out, reprotect_summary(out))
+
+
+@click.command(epilog="""\b
+Examples:
+  esxdr failback core --planned --dry-run
+  esxdr failback core --planned     stop the DR VMs, final DR → production, boot at home
+""")
+@click.argument("group", required=False)
+@click.option("--planned", is_flag=True, help="Required: failback is always a planned migration.")
+@click.option("--force", is_flag=True, help="Go on despite the split-brain guard.")
+@click.option("--dry-run", is_flag=True, help="Print the runbook; change nothing.")
+@json_option
+@site_option
+@pass_ctx
+def failback(ctx: Context, group: str | None, planned: bool, force: bool, dry_run: bool) -> None:
+    """Planned migration back to production after reprotect (the failover machinery, reversed)."""
+    from esxdr.errors import UsageError
+    from esxdr.failover import Failover
+
+    if not planned:
+        raise UsageError("failback is a planned migration: pass --planned")
+    f = Failover(ctx.site(), group, say=ctx.info, reverse=True)
+    _emit_run(ctx, f.run("planned", force=force, dry_run=dry_run), dry_run)

@@ -1,0 +1,619 @@
+"""Failover, reprotect and failback: the drill's machinery pointed at the replicas themselves.
+
+``esxdr failover GROUP --planned|--disaster`` walks the runbook of
+:func:`esxdr.plan.runbook.plan_failover` with the journal and step functions of
+:mod:`esxdr.recovery` (present, rescan, verify, register, NICs, power-on) plus its own
+steps: shut production down, final replication, stop replication, remove production's
+presentation, the split-brain guard and the promotion of the DR datasets.
+
+Where it acts: failover changes the DR datasets with the DR box's own privileges (the DR
+service account behind ``esxdr serve`` may not promote replicas, and must not: a stolen
+production key would otherwise be able to take the DR copy live). So esxdr runs ON the DR
+box, where the DR storage server is ``local: true``. A DR server reached at a loopback
+address is this machine too (the lab), and is treated as local. Anything else is refused
+with the advice to run esxdr on the DR box. See docs/recovery.md.
+
+``esxdr reprotect`` rolls production back to the newest snapshot it shares with DR (with
+evidence and --yes) and replicates DR → production through the same
+:class:`esxdr.replication.Engine`, given the group's reversed view
+(:func:`esxdr.plan.runbook.reversed_group`). ``esxdr failback --planned`` is a planned
+failover of that reversed view, then the DR datasets are sealed again and replication
+production → DR may resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from esxdr.errors import (
+    CommandFailed,
+    ConflictError,
+    EsxdrError,
+    IdentityConflict,
+    LockHeld,
+    TransientError,
+    UsageError,
+)
+from esxdr.faults import checkpoint
+from esxdr.lock import GroupLock
+from esxdr.plan import runbook as rb
+from esxdr.recovery import (
+    START_STEPS,
+    Drill,
+    Journal,
+    RunRecord,
+    Say,
+    _zfs_mounted,
+    human_duration,
+    resolve_manifest,
+    target_transport,
+)
+from esxdr.replication import failover_marker
+
+
+# --------------------------------------------------------------------------- where it runs
+def on_dr_box(site, server_name: str):  # noqa: ANN001, ANN201 - Site -> Site
+    """The site as seen from the DR box: ``server_name`` is local (its own zfs, its own tgtadm)."""
+    from esxdr.vsphere.session import is_loopback
+
+    server = site.storage_server(server_name)
+    if server.local:
+        return site
+    if not (server.address and is_loopback(server.address)):
+        raise UsageError(f"failover acts on {server_name} with its own privileges, and esxdr reaches it through "
+                         f"{server.user or 'an account'}@{server.address} (esxdr serve may not promote replicas)",
+                         hint=f"run esxdr on {server_name} itself, with a site file in which storage.{server_name} "
+                              "has local: true")
+    storage = {**site.storage, server_name: dataclasses.replace(server, local=True, zfs_command=("zfs",))}
+    return dataclasses.replace(site, storage=storage)
+
+
+def with_group(site, group):  # noqa: ANN001, ANN201
+    """A site whose protection group of that name is ``group`` (the reversed view, for the Engine)."""
+    return dataclasses.replace(site, protection_groups={**site.protection_groups, group.name: group})
+
+
+def state_path(state_dir: str, group: str, kind: str = "failover") -> Path:
+    return Path(state_dir) / "failover" / f"{group}.{kind}.json"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- split-brain probe
+def probe_served(portal: str, initiators: list[str], *, timeout: float = 3.0) -> tuple[dict[str, str], str | None]:
+    """What a target serves, as an initiator at this site sees it: naa hex -> "portal target LUN n".
+    Returns ({}, why) when nothing answers (refused, timed out, no login allowed)."""
+    from esxdr.targets.probe import Session, discover
+
+    addr, _, port = portal.rpartition(":")
+    addr = addr.strip("[]")
+    seen: dict[str, str] = {}
+    why = None
+    for init in initiators:
+        try:
+            targets = discover(addr, int(port), initiator=init, timeout=timeout)
+        except (TransientError, CommandFailed, OSError) as e:
+            why = getattr(e, "message", None) or str(e)
+            continue
+        for iqn, _addrs in targets:
+            try:
+                with Session(addr, int(port), target=iqn, initiator=init, timeout=timeout) as s:
+                    for n in s.report_luns():
+                        ident = s.identify(n)
+                        if ident.device_type == 0 and ident.naa:
+                            seen.setdefault(ident.naa, f"{portal} {iqn} LUN {n}")
+            except (TransientError, CommandFailed, OSError) as e:
+                why = getattr(e, "message", None) or str(e)
+        if seen:
+            break
+    return seen, (None if seen else why)
+
+
+# --------------------------------------------------------------------------- the record
+@dataclasses.dataclass
+class FailoverRecord(RunRecord):
+    mode: str = "disaster"
+
+    @property
+    def rpo_seconds(self) -> float | None:
+        if self.mode == "planned" and self.snapshot_created:
+            return 0.0  # the VMs were stopped before the final snapshot: nothing is lost
+        return super().rpo_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "mode": self.mode}
+
+
+class Failover(Drill):
+    """``esxdr failover`` (and, with ``reverse=True``, ``esxdr failback``) for one protection group."""
+
+    fault_prefix = "failover"
+
+    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None,  # noqa: ANN001
+                 reverse: bool = False):
+        if group_name is None:
+            if len(site.protection_groups) != 1:
+                raise UsageError("name the protection group", hint="known: " + ", ".join(site.protection_groups))
+            group_name = next(iter(site.protection_groups))
+        g = site.group(group_name)
+        self.reverse = reverse
+        self.kind = "failback" if reverse else "failover"
+        view = rb.reversed_group(g) if reverse else g
+        local = on_dr_box(site, view.destination)
+        super().__init__(local, group_name, say=say)
+        self.g = view
+        self.original = g
+        self.server = local.storage_server(view.destination)
+        self.journal = Journal(local.state_dir, g.name)
+        self.journal.path = state_path(local.state_dir, g.name, self.kind)
+        self.mode = "disaster"
+
+    # -- where things are -------------------------------------------------------
+    def _lock(self) -> GroupLock:
+        return GroupLock(self.site.state_dir, f"{self.g.name}.failover")
+
+    def plan(self, mode: str, point: str = "latest", force: bool = False,
+             manifest_path: str | None = None) -> rb.Runbook:
+        from esxdr.vsphere.recovery import host_view
+
+        dst = self._dr()
+        dr_obs = dst.zfs.observe([self.g.dr_root])
+        if self.reverse:
+            manifest, origin = self._home_manifest(manifest_path)
+        else:
+            manifest, origin = resolve_manifest(self.site, self.g, dst.zfs, manifest_path)
+        self.manifest_origin = origin
+        served, _ = self._served()
+        h = self._host()
+        prod = self.site.storage.get(self.g.source)
+        return rb.plan_failover(rb.FailoverInputs(
+            group=self.g, manifest=manifest, dr_obs=dr_obs, mode=mode, point=point, force=force,
+            host=host_view(h) if h else None, served=served, dr_portal=self.server.target.portal,  # type: ignore[union-attr]
+            production_portal=prod.target.portal if prod and prod.target else None, manifest_origin=origin,
+            kind=self.kind))
+
+    def _home_manifest(self, manifest_path: str | None):  # noqa: ANN202
+        """Failback presents production's own identities again: the manifest shipped with the
+        replica (on the DR root), its LUs renamed to the reversed view's datasets."""
+        import copy
+
+        from esxdr.replication import open_side
+
+        g = self.original
+        dr = open_side(on_dr_box(self.site, g.destination), g.destination)
+        try:
+            m, origin = resolve_manifest(self.site, g, dr.zfs, manifest_path)
+        finally:
+            dr.transport.close()
+        m = copy.deepcopy(m)
+        for lu in m.logical_units:
+            ds = rb._lu_dataset(lu, g)
+            if ds in g.datasets:
+                lu.backing = dataclasses.replace(lu.backing, dataset=g.dr_dataset(ds))
+        return m, origin
+
+    def run(self, mode: str, point: str = "latest", force: bool = False, dry_run: bool = False,
+            manifest_path: str | None = None) -> FailoverRecord:
+        self.mode = mode
+        rec = FailoverRecord(kind=self.kind, group=self.g.name, site=self.site.name, started=time.time(),
+                             dry_run=dry_run, mode=mode)
+        try:
+            if dry_run:
+                rec.runbook = self.plan(mode, point, force, manifest_path)
+                rec.snapshot, rec.snapshot_created = rec.runbook.snapshot, rec.runbook.snapshot_created
+                rec.manifest_origin = self.manifest_origin
+                rec.outcome = "dry-run"
+                return rec
+            try:
+                with self._lock():
+                    self._run(rec, mode, point, force, manifest_path)
+            except LockHeld as e:
+                raise LockHeld(f"another {self.kind} of {self.g.name} is running (pid {e.pid})", pid=e.pid,
+                               hint="wait for it, or stop it and run the same command again") from None
+        finally:
+            self._finish(rec)
+            self.close()
+        return rec
+
+    def _run(self, rec: FailoverRecord, mode: str, point: str, force: bool, manifest_path: str | None) -> None:
+        j = self.journal
+        prev = j.load()
+        if prev:
+            if prev.get("mode") != mode or point not in ("latest", prev.get("point")):
+                raise ConflictError(f"a {prev.get('mode')} {self.kind} of {self.g.name} is under way "
+                                    f"(started {datetime.fromtimestamp(prev['started'], UTC):%Y-%m-%d %H:%M:%S}Z)",
+                                    hint=f"finish it: esxdr {self.kind} {self.g.name} --{prev.get('mode')}")
+            point, force = prev.get("point", point), prev.get("force", force)
+            rec.started = prev["started"]
+            rec.resumed = True
+            self.say(f"the {mode} {self.kind} of {self.g.name} is complete: nothing left to do" if prev.get("complete")
+                     else f"resuming the {mode} {self.kind} of {self.g.name} started "
+                          f"{datetime.fromtimestamp(prev['started'], UTC):%H:%M:%S}Z")
+        plan = self.plan(mode, point, force, manifest_path)
+        rec.runbook = plan
+        rec.manifest_origin = self.manifest_origin
+        rec.notes += plan.notes
+        if not prev:
+            j.data = {"kind": self.kind, "group": self.g.name, "mode": mode, "point": point, "force": force,
+                      "started": rec.started, "snapshot": plan.snapshot, "snapshot_created": plan.snapshot_created,
+                      "luns": next(s.params["luns"] for s in plan.steps if s.kind == "present"),
+                      "created": {}, "steps": {}, "vms": {}, "datastores": []}
+            j.save()
+        rec.snapshot, rec.snapshot_created = j.data.get("snapshot"), j.data.get("snapshot_created")
+        try:
+            self._walk(rec, plan, FAILOVER_STEPS)
+        except EsxdrError:
+            if not any(s.get("outcome") == "done" for s in j.data.get("steps", {}).values()):
+                j.forget()  # refused before changing anything (the guard): nothing to resume
+            raise
+        rec.snapshot, rec.snapshot_created = j.data.get("snapshot"), j.data.get("snapshot_created")
+        j.data["complete"] = True
+        j.data["finished"] = time.time()
+        j.save()
+        rec.datastores = j.data.get("datastores", [])
+        rec.vms = [{"name": n, **v, "heartbeat_after_s": round(v["heartbeat_at"] - rec.started, 1)
+                    if v.get("heartbeat_at") else None} for n, v in j.data.get("vms", {}).items()]
+        beats = [v["heartbeat_at"] for v in j.data.get("vms", {}).values() if v.get("heartbeat_at")]
+        rec.last_heartbeat = max(beats) if beats else None
+        if self.reverse:
+            self._after_failback(rec)
+
+    def _after_failback(self, rec: FailoverRecord) -> None:
+        """Home again: seal the DR datasets as replicas at the final snapshot, let replication resume."""
+        from esxdr.replication import open_side
+
+        g = self.original
+        dr_site = on_dr_box(self.site, g.destination)
+        dst = open_side(dr_site, g.destination)
+        try:
+            snap = self.journal.data.get("snapshot")
+            for ds in g.dr_datasets:
+                if _zfs_mounted(dst.zfs, ds):
+                    _retry(lambda ds=ds: dst.zfs.unmount(ds))
+                if snap:
+                    _retry(lambda ds=ds: dst.zfs.rollback(f"{ds}@{snap}", destroy_newer=True))
+                dst.zfs.set_props(ds, {"readonly": "on", "canmount": "noauto"})
+        finally:
+            dst.transport.close()
+        if g.vsphere_dr:
+            self._forget_on_dr_host(g)
+        failover_marker(self.site.state_dir, g.name).unlink(missing_ok=True)
+        for kind in ("failover", "reprotect", "failback"):
+            state_path(self.site.state_dir, g.name, kind).unlink(missing_ok=True)
+        rec.notes.append(f"{g.dr_root}: sealed again at @{snap}; replication {g.source} → {g.destination} resumes")
+        self.say(f"{g.name}: DR datasets sealed at @{snap}; esxdr replicate {g.name} works again")
+
+
+    def _forget_on_dr_host(self, g) -> None:  # noqa: ANN001
+        """The DR host keeps the stopped VMs and the LUNs that went away: unregister the group's VMs
+        (only when powered off) and rescan, so the next drill starts from a clean host."""
+        from esxdr.vsphere import inventory
+        from esxdr.vsphere import vms as vv
+        from esxdr.vsphere.session import connect
+        from esxdr.vsphere.storage import rescan
+
+        names = {v.name for v in g.vms}
+        with connect(self.site.endpoint(g.vsphere_dr)) as s:
+            h = inventory.read_host(s, g.vsphere_dr)
+            off = [n for n, v in h.vms.items() if (not names or n in names) and v.power_state == "poweredOff"]
+            vv.unregister(s, [s.ref("VirtualMachine", h.vms[n].moid) for n in off])
+            rescan(s, h)
+        self.say(f"{g.vsphere_dr}: {len(off)} stopped VM(s) unregistered, storage rescanned")
+
+
+def _retry(fn, attempts: int = 10) -> None:  # noqa: ANN001
+    """zfs-fuse reports "dataset is busy" for a moment after tgtd let go of a file."""
+    for i in range(attempts):
+        try:
+            fn()
+            return
+        except EsxdrError:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- steps
+def _f_shutdown(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.vsphere import inventory
+    from esxdr.vsphere.recovery import shutdown_vms
+    from esxdr.vsphere.session import connect
+
+    ep = step.params.get("endpoint")
+    if not ep:
+        return ["no production vSphere in the site file: the VMs were not shut down by esxdr"]
+    with connect(d.site.endpoint(ep)) as s:
+        h = inventory.read_host(s, ep, with_vms=True)
+        wanted = step.params["vms"] or sorted(h.vms)
+        on = [(n, h.vms[n]) for n in wanted if n in h.vms and h.vms[n].power_state == "poweredOn"]
+        how = shutdown_vms(s, [(s.ref("VirtualMachine", v.moid), v.tools_running) for _, v in on],
+                           timeout=step.params["timeout"])
+        d.journal.data["requests_production"] = s.requests
+    by_moid = {v.moid: n for n, v in on}
+    said = [f"{by_moid[m]}: {w}" for m, w in sorted(how.items())]
+    return [f"{len(on)} VM(s) stopped on {ep}" + (f" ({len(wanted) - len(on)} already off)" if len(wanted) > len(on)
+                                                    else "")] + said
+
+
+def _f_replicate(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.replication import Engine, Options
+
+    site = with_group(on_dr_box(d.site, d.g.source) if d.reverse else d.site, d.g)
+    res = Engine(site, d.g.name, Options(take_snapshot=True, prune=False, progress=False, say=d.say,
+                                         failed_over=d.reverse)).run()
+    dst = d._dr()
+    obs = dst.zfs.observe([d.g.dr_datasets[0]]).get(d.g.dr_datasets[0])
+    snap = obs.snapshot(res.snapshot) if obs and res.snapshot else None
+    d.journal.data["snapshot"] = res.snapshot
+    d.journal.data["snapshot_created"] = snap.creation if snap else time.time()
+    d.journal.save()
+    return [f"@{res.snapshot}: {len(res.datasets)} dataset(s), {res.bytes} bytes in {res.seconds:.1f}s"]
+
+
+def _f_stop(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
+    marker = failover_marker(d.site.state_dir, d.g.name)
+    if not marker.exists():
+        _write_json(marker, {"group": d.g.name, "since": time.time(), "by": d.kind, "mode": d.mode})
+    return [f"marker {marker}: esxdr replicate {d.g.name} refuses until failback"]
+
+
+def _f_unpresent_production(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.targets import tgt
+
+    server = d.site.storage_server(d.g.source)
+    if server.target is None:
+        return [f"{server.name} has no target in the site file: nothing to remove"]
+    if server.target.stack != "tgt":
+        raise UsageError(f"removing production's presentation is implemented for tgt only; {server.name} runs "
+                         f"{server.target.stack}",
+                         hint="remove the group's LUs from the production target by hand, then run the failover "
+                              "again (the guard checks they are gone)")
+    t = target_transport(server)
+    try:
+        adm = tgt.Tgtadm(server.target.control_port)
+        targets, _ = tgt.observe_native(t, server.target.control_port)
+        naas = set(step.params["naas"])
+        out = []
+        for tg in targets:
+            mine = {n: lu for n, lu in tg.luns.items() if lu.device_type != "controller" and lu.path
+                    and tgt.naa_from_scsi_id(lu.scsi_id, tg.tid, n).hex in naas}
+            if not mine:
+                continue
+            others = [n for n, lu in tg.luns.items() if lu.device_type != "controller" and lu.path and n not in mine]
+            if not others:
+                t.run(adm("--op", "delete", "--mode", "target", "--tid", str(tg.tid), "--force"))
+                out.append(f"target {tg.iqn} removed ({len(mine)} LU(s))")
+            else:
+                for n in sorted(mine):
+                    t.run(adm("--op", "delete", "--mode", "logicalunit", "--tid", str(tg.tid), "--lun", str(n)))
+                out.append(f"{tg.iqn}: LUN(s) {', '.join(map(str, sorted(mine)))} removed")
+        return out or ["production serves none of the group's NAAs (removed earlier)"]
+    finally:
+        t.close()
+
+
+def _f_guard(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.targets.probe import DEFAULT_INITIATOR
+
+    portal = step.params.get("portal")
+    if not portal:
+        return ["no production target in the site file: nothing to probe"]
+    inits = [i for i in (step.params.get("initiator"), DEFAULT_INITIATOR) if i]
+    seen, why = probe_served(portal, inits)
+    lines = rb.split_brain(seen, step.params["naas"])
+    if lines and not step.params.get("force"):
+        raise IdentityConflict("split-brain guard: production still serves the group's LUNs:\n  " + "\n  ".join(lines),
+                               hint="stop production's target (or remove those LUs) so only one site serves them, "
+                                    "or --force if you are certain production's copies are dead")
+    if lines:
+        return ["--force: going on although " + x for x in lines]
+    return [f"production target {portal} serves none of the {len(step.params['naas'])} NAA(s) to this site"
+            + (f" ({why})" if why else "")]
+
+
+def _f_promote(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
+    dst = d._dr()
+    ds = step.params["dataset"]
+    snap = step.params.get("snapshot") or d.journal.data.get("snapshot")
+    if not snap:
+        raise ConflictError(f"{ds}: no recovery point recorded", hint="run the failover again")
+    obs = dst.zfs.observe([ds]).get(ds)
+    if obs is None or obs.snapshot(snap) is None:
+        raise ConflictError(f"{ds}@{snap} does not exist on {dst.name}", hint="choose another --point")
+    if _zfs_mounted(dst.zfs, ds):
+        _retry(lambda: dst.zfs.unmount(ds))
+    from esxdr.replication import hold_tag
+
+    for name in step.params.get("release") or ():  # --force: replication's own hold on a newer point
+        dst.transport.run([*dst.zfs.cmd, "release", hold_tag(d.g.name), f"{ds}@{name}"], check=False)
+    newer = [s.name for s in obs.snapshots if s.createtxg > obs.snapshot(snap).createtxg]  # type: ignore[union-attr]
+    _retry(lambda: dst.zfs.rollback(f"{ds}@{snap}", destroy_newer=True))
+    checkpoint("failover-mid-promote")
+    dst.zfs.set_props(ds, {"readonly": "off", "canmount": "on"})
+    if step.params.get("mount", True):
+        dst.zfs.mount(ds)
+    if not d.journal.data.get("snapshot_created"):
+        d.journal.data["snapshot_created"] = obs.snapshot(snap).creation  # type: ignore[union-attr]
+        d.journal.save()
+    return [f"{ds} at @{snap}, writable" + (f", mounted ({step.params['path']})" if step.params.get("path") else "")
+            + (f"; discarded {', '.join('@' + n for n in newer)}" if newer else "")]
+
+
+FAILOVER_STEPS = {
+    **START_STEPS,
+    "shutdown": _f_shutdown, "replicate": _f_replicate, "stop-replication": _f_stop,
+    "unpresent-production": _f_unpresent_production, "guard": _f_guard, "promote": _f_promote,
+}
+
+
+def summary(rec: RunRecord) -> str:
+    mode = getattr(rec, "mode", "")
+    return (f"{rec.group}: {mode} {rec.kind} done — RTO {human_duration(rec.rto_seconds)}, "
+            f"RPO {human_duration(rec.rpo_seconds)} (snapshot {rec.snapshot}) — report: {rec.report_html}")
+
+
+# --------------------------------------------------------------------------- reprotect
+@dataclasses.dataclass
+class ReprotectPlan:
+    group: str
+    rollbacks: list[dict[str, Any]]  # production dataset, common snapshot, snapshots discarded
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "rollbacks": self.rollbacks, "notes": self.notes}
+
+    def render(self) -> str:
+        lines = [f"{self.group}: reprotect rolls production back to the newest snapshot it shares with DR, "
+                 "then replicates DR → production"]
+        for r in self.rollbacks:
+            lost = ", ".join("@" + n for n in r["discards"]) or "no snapshots"
+            lines.append(f"  {r['dataset']}: roll back to @{r['common']}; discards {lost} and any write since "
+                         f"@{r['common']} ({r['written']})")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def plan_reprotect(g, prod_obs: dict, dr_obs: dict) -> ReprotectPlan:  # noqa: ANN001
+    """Pure: per production dataset, the newest snapshot in common with its DR dataset (by guid) and
+    what rolling back to it discards (the evidence shown before --yes)."""
+    from esxdr.plan.replication import common_snapshot, human_bytes
+
+    out, missing = [], []
+    for ds in g.datasets:
+        dr_ds = g.dr_dataset(ds)
+        p, r = prod_obs.get(ds), dr_obs.get(dr_ds)
+        if p is None or r is None:
+            missing.append(ds if p is None else dr_ds)
+            continue
+        pair = common_snapshot(r, p)
+        if pair is None:
+            raise ConflictError(f"{ds} and {dr_ds} have no snapshot in common",
+                                hint="production's copy cannot be reused: a full send DR → production is needed "
+                                     "(not automated: destroy or rename the production dataset first)")
+        _dr_common, prod_common = pair
+        discards = [s.name for s in p.snapshots if s.createtxg > prod_common.createtxg]
+        written = "unknown on this zfs" if p.written is None else human_bytes(p.written)
+        out.append({"dataset": ds, "dr_dataset": dr_ds, "common": prod_common.name, "discards": discards,
+                    "written": written})
+    if missing:
+        raise UsageError(f"missing dataset(s): {', '.join(missing)}", hint="reprotect needs both copies")
+    return ReprotectPlan(g.name, out)
+
+
+class Reprotect:
+    """``esxdr reprotect``: production becomes the replica of the failed-over DR datasets."""
+
+    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):  # noqa: ANN001
+        if group_name is None:
+            if len(site.protection_groups) != 1:
+                raise UsageError("name the protection group", hint="known: " + ", ".join(site.protection_groups))
+            group_name = next(iter(site.protection_groups))
+        self.g = site.group(group_name)
+        self.site = on_dr_box(site, self.g.destination)
+        self.say = say
+
+    def _sides(self):  # noqa: ANN202
+        from esxdr.replication import both, open_side
+
+        return both(lambda: open_side(self.site, self.g.source), lambda: open_side(self.site, self.g.destination))
+
+    def plan(self) -> ReprotectPlan:
+        done = state_path(self.site.state_dir, self.g.name, "failover")
+        try:
+            fo = json.loads(done.read_text())
+        except (OSError, ValueError):
+            fo = {}
+        if not fo.get("complete"):
+            raise ConflictError(f"{self.g.name} is not failed over (no completed failover in {done.parent})",
+                                hint=f"reprotect follows esxdr failover {self.g.name}")
+        prod, dr = self._sides()
+        try:
+            from esxdr.replication import both
+
+            prod_obs, dr_obs = both(lambda: prod.zfs.observe([self.g.source_root]),
+                                    lambda: dr.zfs.observe([self.g.dr_root]))
+        finally:
+            prod.transport.close()
+            dr.transport.close()
+        p = plan_reprotect(self.g, prod_obs, dr_obs)
+        if fo.get("mode") == "disaster":
+            p.notes.append("after a disaster failover, whatever production wrote after the common snapshot is lost "
+                           "with the rollback")
+        return p
+
+    def run(self, *, yes: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        started = time.time()
+        p = self.plan()
+        if dry_run:
+            return {"plan": p.to_dict(), "dry_run": True}
+        if not yes:
+            raise UsageError("reprotect rolls production back and discards what is listed:\n" + p.render(),
+                             hint=f"confirm with: esxdr reprotect {self.g.name} --yes")
+        with GroupLock(self.site.state_dir, f"{self.g.name}.failover"):
+            self._stop_production_target()
+            prod, _dr = self._sides()
+            try:
+                for r in p.rollbacks:
+                    ds = r["dataset"]
+                    if _zfs_mounted(prod.zfs, ds):
+                        _retry(lambda ds=ds: prod.zfs.unmount(ds, force=True))
+                    _retry(lambda ds=ds, r=r: prod.zfs.rollback(f"{ds}@{r['common']}", destroy_newer=True))
+                    # A replica now: never written, never mounted (as on DR before the failover).
+                    prod.zfs.set_props(ds, {"readonly": "on", "canmount": "noauto"})
+                    self.say(f"{ds}: rolled back to @{r['common']}" + (
+                        f", discarded {', '.join('@' + n for n in r['discards'])}" if r["discards"] else ""))
+            finally:
+                prod.transport.close()
+                _dr.transport.close()
+            from esxdr.replication import Engine, Options
+
+            rev = rb.reversed_group(self.g)
+            res = Engine(with_group(self.site, rev), rev.name,
+                         Options(take_snapshot=True, prune=False, progress=False, say=self.say,
+                                 failed_over=True)).run()
+        out = {"group": self.g.name, "plan": p.to_dict(), "snapshot": res.snapshot, "bytes": res.bytes,
+               "seconds": round(time.time() - started, 1), "direction": f"{self.g.destination} → {self.g.source}"}
+        _write_json(state_path(self.site.state_dir, self.g.name, "reprotect"), {**out, "finished": time.time()})
+        return out
+
+    def _stop_production_target(self) -> None:
+        """A production back from the dead may serve its stale LUNs again: take them off first."""
+        step = rb.Step("unpresent-production", "unpresent-production", "", "",
+                       {"naas": sorted(_group_naas(self.site, self.g))})
+        fake = dataclasses.make_dataclass("V", [("site", Any), ("g", Any)])(self.site, self.g)
+        for line in _f_unpresent_production(fake, step, None):  # type: ignore[arg-type]
+            self.say(f"{self.g.source}: {line}")
+
+
+def _group_naas(site, g) -> set[str]:  # noqa: ANN001
+    from esxdr.replication import open_side
+    from esxdr.targets.manifest import Naa
+
+    dr = open_side(site, g.destination)
+    try:
+        m, _ = resolve_manifest(site, g, dr.zfs)
+    finally:
+        dr.transport.close()
+    return {lu.naa.hex for lu in m.logical_units} | {Naa.parse(s.naa).hex for s in g.luns.values() if s.naa}
+
+
+def reprotect_summary(out: dict[str, Any]) -> str:
+    if out.get("dry_run"):
+        return ReprotectPlan(out["plan"]["group"], out["plan"]["rollbacks"], out["plan"]["notes"]).render()
+    return (f"{out['group']}: reprotected — production rolled back, replicated {out['direction']} to "
+            f"@{out['snapshot']} ({out['bytes']} bytes in {out['seconds']}s); next: esxdr failback "
+            f"{out['group']} --planned")
