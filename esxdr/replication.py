@@ -504,11 +504,14 @@ class Engine:
             for s in src_obs[r.source].snapshots:
                 if s.held and s.guid != -1 and s.name != target.name:
                     old_src.append(s.full_name)
-            for s in (dst_obs.get(r.dest).snapshots if dst_obs.get(r.dest) else []):
+            dest_ds = dst_obs.get(r.dest)
+            for s in (dest_ds.snapshots if dest_ds else []):
                 if s.held and s.name != target.name:
                     old_dst.append(s.full_name)
-        if not (self.src.caps.holds and self.dst.caps.holds):
+        src, dst = self.src, self.dst
+        if not (src.caps.holds and dst.caps.holds):
             return
+
         def move(side: Side, new: list[str], old: list[str]) -> None:
             if new:
                 side.transport.run([*side.zfs.cmd, "hold", tag, *new], check=False)
@@ -521,14 +524,13 @@ class Engine:
         level = (self._level or "crash")
 
         def dr_side() -> None:
-            move(self.dst, new_dst, old_dst)
+            move(dst, new_dst, old_dst)
             if level != "crash" and new_dst:
                 # send without -p carries no user properties; DR must know the level even when
                 # production is gone (drills and failover report it). Crash is the default.
-                self.dst.transport.run([*self.dst.zfs.cmd, "set", f"esxdr:consistency={level}", *new_dst],
-                                       check=False)
+                dst.transport.run([*dst.zfs.cmd, "set", f"esxdr:consistency={level}", *new_dst], check=False)
 
-        both(lambda: move(self.src, new_src, old_src), dr_side)
+        both(lambda: move(src, new_src, old_src), dr_side)
 
     # -- retention -------------------------------------------------------------
     def _prune(self, src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset], *, dry_run: bool,
@@ -547,7 +549,7 @@ class Engine:
                 if not ds.snapshots:
                     continue
                 partner = other.get(mapping.get(name, ""))
-                protected = frozenset()
+                protected: frozenset[int] = frozenset()
                 if partner is not None:
                     from esxdr.plan.replication import common_snapshot
 
@@ -570,7 +572,8 @@ class Engine:
                 if doomed[1:]:
                     side.zfs.destroy_snapshots(doomed[1:])
 
-        both(lambda: destroy(self.src), lambda: destroy(self.dst))
+        src, dst = self.src, self.dst
+        both(lambda: destroy(src), lambda: destroy(dst))
         return out
 
 

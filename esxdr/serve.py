@@ -322,8 +322,8 @@ def main(argv: list[str]) -> int:
         os.execvp(argvs[0][0], argvs[0])
     procs: list[subprocess.Popen] = []
     prev = None
-    for i, a in enumerate(argvs):
-        p = subprocess.Popen(a, stdin=prev if prev is not None else None,
+    for i, stage in enumerate(argvs):
+        p = subprocess.Popen(stage, stdin=prev if prev is not None else None,
                              stdout=subprocess.PIPE if i < len(argvs) - 1 else None)
         if prev is not None:
             prev.close()

@@ -123,7 +123,7 @@ def change_rate(snapshots, has_written: bool) -> tuple[float, str]:
     # Pool-v23 zfs has no `written`. Blocks overwritten after a snapshot stay unique to it
     # (its `used`), and growth shows in `referenced`; together a lower bound of what changed.
     overwritten = sum((s.used or 0) for s in snapshots[:-1])
-    growth = sum(max(0, (b.referenced or 0) - (a.referenced or 0)) for a, b in zip(snapshots, later))
+    growth = sum(max(0, (b.referenced or 0) - (a.referenced or 0)) for a, b in zip(snapshots, later, strict=False))
     return (overwritten + growth) / span_days, "used + growth (lower bound)"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 from esxdr.targets import manifest as mf
 from esxdr.transport import LocalTransport
@@ -105,7 +106,7 @@ def seed_esx_prod(esx: dict, portal: str, m: mf.Manifest, say) -> dict:
         ss.RescanVmfs()
         dss = host.configManager.datastoreSystem
         existing = {d.name: d for d in host.datastore}
-        out = {"datastores": {}, "vms": []}
+        out: dict[str, Any] = {"datastores": {}, "vms": []}
         for i, lu in enumerate(m.logical_units):
             name = f"ds-lun{i}"
             ds = existing.get(name)

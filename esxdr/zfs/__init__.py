@@ -95,9 +95,11 @@ def parse_send_estimate(text: str) -> int | None:
 
 def capabilities_from_probe(probe: dict) -> Capabilities:
     """Capabilities from what a host reports (``esxdr serve`` capability probe or a local probe)."""
+    import dataclasses
+
     base = OPENZFS if probe.get("openzfs") else LEGACY
-    return Capabilities(**{**base.to_dict(), "compressors": tuple(probe.get("compressors", ())),
-                           "mbuffer": bool(probe.get("mbuffer"))})
+    return dataclasses.replace(base, compressors=tuple(probe.get("compressors", ())),
+                               mbuffer=bool(probe.get("mbuffer")))
 
 
 class Zfs:

@@ -7,6 +7,7 @@ probe (one call: ``esxdr-capabilities`` through `esxdr serve`, else
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -49,7 +50,7 @@ def detect(transport: Transport, zfs_command: tuple[str, ...], setting: str, cac
     caps = probe(transport, zfs_command)
     if setting in ("openzfs", "legacy") and caps.flavour != setting:
         base = OPENZFS if setting == "openzfs" else LEGACY
-        caps = Capabilities(**{**base.to_dict(), "compressors": caps.compressors, "mbuffer": caps.mbuffer})
+        caps = dataclasses.replace(base, compressors=caps.compressors, mbuffer=caps.mbuffer)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")

@@ -103,7 +103,7 @@ def run_stream(src: Transport, send_argv: list[str], dst: Transport, recv_argv: 
             receiver.stdin.close()
         sink_in = compressor.stdin if compressor else receiver.stdin
         assert sender.stdout is not None and sink_in is not None
-        errs = {id(p): [] for p in procs}
+        errs: dict[int, list[bytes]] = {id(p): [] for p in procs}
         drains = [_drain(p.stderr, errs[id(p)]) for p in procs if p.stderr is not None]
         if on_start:
             on_start(procs)
@@ -141,17 +141,22 @@ def run_stream(src: Transport, send_argv: list[str], dst: Transport, recv_argv: 
         failures.sort(key=lambda f: order.index(f[0]) if f[0] in order else 99)
         proc, err = failures[0]
         if proc.returncode is not None and proc.returncode < 0 or proc.returncode == 255:
-            raise TransientError(f"stream into {dataset or '?'} cut: `{display(list(proc.args))}` "
+            raise TransientError(f"stream into {dataset or '?'} cut: `{_argv_text(proc)}` "
                                  f"ended with {proc.returncode}: {err.strip()[:300]}")
         side = dst if proc is receiver else src
         raise translate(CommandFailed(
-            f"{side.name}: `{display(list(proc.args) if isinstance(proc.args, list) else [str(proc.args)])}` "
+            f"{side.name}: `{_argv_text(proc)}` "
             f"failed: {err.strip()[:500] or f'exit {proc.returncode}'}",
             argv=list(proc.args) if isinstance(proc.args, list) else [], returncode=proc.returncode,
             stderr=err, host=side.name), dataset=dataset)
     if relay_error is not None:
         raise TransientError(f"stream into {dataset or '?'} cut: {relay_error}")
     return StreamResult(bytes=n, seconds=time.monotonic() - started)
+
+
+def _argv_text(proc) -> str:  # noqa: ANN001 - Popen or the paramiko channel stand-in
+    args = proc.args
+    return display([str(a) for a in args] if isinstance(args, list | tuple) else [str(args)])
 
 
 def _pipeline(stages: list[list[str]]) -> list[str]:

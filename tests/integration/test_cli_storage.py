@@ -56,7 +56,7 @@ def test_schedule_and_keys(group_factory, tmp_path):
     r = g.esxdr("schedule", "render", "--cron")
     assert r.returncode == 0, r.stderr
     assert "CRON_TZ=Europe/Berlin" in r.stdout and "PATH=/usr/local/sbin" in r.stdout
-    assert f"*/15 * * * * root " in r.stdout and f"replicate {g.name}" in r.stdout
+    assert "*/15 * * * * root " in r.stdout and f"replicate {g.name}" in r.stdout
     r = g.esxdr("schedule", "render", "--systemd", "--out", str(tmp_path / "units"))
     assert r.returncode == 0, r.stderr
     timer = (tmp_path / "units" / f"esxdr-replicate-{g.name}.timer").read_text()
