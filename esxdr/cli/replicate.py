@@ -96,7 +96,7 @@ def snapshots(ctx: Context, group: str | None) -> None:
                 "source_snapshots": [x.name for x in s.snapshots] if s else None,
                 "dr_snapshots": [x.name for x in d.snapshots] if d else None,
                 "common": pair[0].name if pair else None,
-                "consistency": {n: levels[n] for n in (entry_names(s) | entry_names(d)) if n in levels},
+                "consistency": {n: levels[n] for n in sorted(entry_names(s) | entry_names(d)) if n in levels},
             }
             data.append(entry)
             lines.append(f"{ds} → {g.dr_dataset(ds)}")
