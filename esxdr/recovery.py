@@ -300,13 +300,15 @@ class Drill:
         return GroupLock(self.site.state_dir, f"{self.g.name}.drill")
 
     # -- test start ---------------------------------------------------------
-    def plan_start(self, point: str = "latest", new_naa: bool = False, manifest_path: str | None = None) -> rb.Runbook:
+    def plan_start(self, point: str = "latest", new_naa: bool = False, manifest_path: str | None = None,
+                   storage_only: bool = False) -> rb.Runbook:
         dst = self._dr()
         dr_obs = dst.zfs.observe([self.g.dr_root])
         manifest, origin = resolve_manifest(self.site, self.g, dst.zfs, manifest_path)
         self.manifest_origin = origin
         served, _ = self._served()
-        h = self._host()
+        # Storage only (esxdr target present-clone): without a host the runbook ends at "present".
+        h = None if storage_only else self._host()
         from esxdr.vsphere.recovery import host_view
 
         return rb.plan_test_start(rb.DrillInputs(
@@ -316,18 +318,18 @@ class Drill:
             if h else None, manifest_origin=origin))
 
     def start(self, point: str = "latest", new_naa: bool = False, dry_run: bool = False,
-              manifest_path: str | None = None) -> RunRecord:
+              manifest_path: str | None = None, storage_only: bool = False) -> RunRecord:
         rec = RunRecord(kind="test-start", group=self.g.name, site=self.site.name, started=time.time(), dry_run=dry_run)
         try:
             if dry_run:
-                rec.runbook = self.plan_start(point, new_naa, manifest_path)
+                rec.runbook = self.plan_start(point, new_naa, manifest_path, storage_only)
                 rec.snapshot, rec.snapshot_created = rec.runbook.snapshot, rec.runbook.snapshot_created
                 rec.manifest_origin = self.manifest_origin
                 rec.outcome = "dry-run"
                 return rec
             try:
                 with self._lock():
-                    self._start(rec, point, new_naa, manifest_path)
+                    self._start(rec, point, new_naa, manifest_path, storage_only)
             except LockHeld as e:
                 raise LockHeld(f"another drill of {self.g.name} is running (pid {e.pid})", pid=e.pid,
                                hint="wait for it, or stop it and run esxdr test cleanup") from None
@@ -336,20 +338,23 @@ class Drill:
             self.close()
         return rec
 
-    def _start(self, rec: RunRecord, point: str, new_naa: bool, manifest_path: str | None) -> None:
+    def _start(self, rec: RunRecord, point: str, new_naa: bool, manifest_path: str | None,
+               storage_only: bool = False) -> None:
         j = self.journal
         prev = j.load()
         if prev and prev.get("kind") == "test":
-            if point not in ("latest", prev.get("snapshot")) or new_naa != prev.get("new_naa", False):
+            if point not in ("latest", prev.get("snapshot")) or new_naa != prev.get("new_naa", False) \
+                    or storage_only != prev.get("storage_only", False):
                 raise ConflictError(f"a drill of {self.g.name} at {prev.get('snapshot')} is already set up "
                                     f"(started {datetime.fromtimestamp(prev['started'], UTC):%Y-%m-%d %H:%M:%S}Z)",
                                     hint=f"clean it up first: esxdr test cleanup {self.g.name}")
             point, new_naa = prev["snapshot"], prev.get("new_naa", False)
+            storage_only = prev.get("storage_only", False)
             rec.started = prev["started"]
             rec.resumed = True
             self.say(f"resuming the drill of {self.g.name} started "
                      f"{datetime.fromtimestamp(prev['started'], UTC):%H:%M:%S}Z at @{point}")
-        plan = self.plan_start(point, new_naa, manifest_path)
+        plan = self.plan_start(point, new_naa, manifest_path, storage_only)
         rec.runbook = plan
         rec.snapshot, rec.snapshot_created, rec.new_naa = plan.snapshot, plan.snapshot_created, new_naa
         rec.manifest_origin = self.manifest_origin
@@ -357,6 +362,7 @@ class Drill:
         if not prev:
             j.data = {"kind": "test", "group": self.g.name, "started": rec.started, "snapshot": plan.snapshot,
                       "snapshot_created": plan.snapshot_created, "new_naa": new_naa,
+                      "storage_only": storage_only,
                       "luns": next(s.params["luns"] for s in plan.steps if s.kind == "present"),
                       "held": [], "created": {}, "steps": {}, "vms": {}, "datastores": []}
             j.save()

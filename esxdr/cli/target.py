@@ -348,5 +348,56 @@ def shipped(ctx: Context, group: str | None, output: str | None) -> None:
         ctx.emit(m.to_dict(), lambda: dumps(m).rstrip("\n"))
 
 
+@target.command("present-clone")
+@click.argument("group", required=False)
+@click.option("--snapshot", "point", default="latest", show_default=True,
+              help="The DR snapshot to present: latest (common to every dataset) or a snapshot name.")
+@click.option("--new-naa", is_flag=True, help="Give the clones NAAs of their own (ESXi must resignature them).")
+@click.option("--remove", is_flag=True, help="Remove the presented clones and destroy them.")
+@click.option("--dry-run", is_flag=True, help="Print the steps; change nothing.")
+@json_option
+@site_option
+@pass_ctx
+def present_clone(ctx: Context, group: str | None, point: str, new_naa: bool, remove: bool, dry_run: bool) -> None:
+    """Clone a replicated DR snapshot and present it on the DR target (storage only, no vSphere).
+
+    With the same NAA (the classic method: safe only where the DR host sees no other path
+    to those NAAs) or with --new-naa. Presenting another point replaces the clone; --remove
+    takes it away and destroys it. Replication into the DR datasets keeps working throughout.
+
+    \b
+    Examples:
+      esxdr target present-clone core --dry-run
+      esxdr target present-clone core --snapshot esxdr_core_20261201T020000Z
+      esxdr target present-clone core --remove
+    """
+    from esxdr.cli.replicate import _groups
+    from esxdr.recovery import Drill
+
+    name = _groups(ctx, group)[0]
+    d = Drill(ctx.site(), name, say=ctx.info)
+    prev = d.journal.load()
+    if remove or (prev and not dry_run and (point not in ("latest", prev.get("snapshot"))
+                                            or new_naa != prev.get("new_naa", False))):
+        if prev and not prev.get("storage_only", False):
+            raise UsageError(f"a drill of {name} is running on this presentation",
+                             hint=f"end it with esxdr test cleanup {name}")
+        rec = d.cleanup(dry_run=dry_run)
+        if remove:
+            ctx.emit(rec.to_dict(), f"{name}: clone presentation removed" if not dry_run and prev
+                     else (rec.runbook.render() if rec.runbook and not rec.runbook.empty
+                           else f"{name}: no clone presented"))
+            return
+        d = Drill(ctx.site(), name, say=ctx.info)
+    rec = d.start(point=point, new_naa=new_naa, dry_run=dry_run, storage_only=True)
+    if dry_run:
+        assert rec.runbook is not None
+        ctx.emit(rec.to_dict(), rec.runbook.render())
+        return
+    luns = (d.journal.load() or {}).get("luns", [])
+    ctx.emit(rec.to_dict(), "\n".join([f"{name}: @{rec.snapshot} presented as {len(luns)} LUN(s)"] + [
+        f"  naa.{lu.get('naa', '?')}  {lu.get('clone', lu.get('dataset', ''))}" for lu in luns]))
+
+
 def main() -> None:  # pragma: no cover - convenience for `python -m esxdr.cli.target`
     sys.exit(target())
