@@ -215,6 +215,7 @@ class Failover(Drill):
             if dry_run:
                 rec.runbook = self.plan(mode, point, force, manifest_path)
                 rec.snapshot, rec.snapshot_created = rec.runbook.snapshot, rec.runbook.snapshot_created
+                rec.consistency = rec.runbook.consistency
                 rec.manifest_origin = self.manifest_origin
                 rec.outcome = "dry-run"
                 return rec
@@ -250,6 +251,7 @@ class Failover(Drill):
         if not prev:
             j.data = {"kind": self.kind, "group": self.g.name, "mode": mode, "point": point, "force": force,
                       "started": rec.started, "snapshot": plan.snapshot, "snapshot_created": plan.snapshot_created,
+                      "consistency": plan.consistency,
                       "luns": next(s.params["luns"] for s in plan.steps if s.kind == "present"),
                       "created": {}, "steps": {}, "vms": {}, "datastores": []}
             j.save()
@@ -261,6 +263,7 @@ class Failover(Drill):
                 j.forget()  # refused before changing anything (the guard): nothing to resume
             raise
         rec.snapshot, rec.snapshot_created = j.data.get("snapshot"), j.data.get("snapshot_created")
+        rec.consistency = j.data.get("consistency")
         j.data["complete"] = True
         j.data["finished"] = time.time()
         j.save()

@@ -168,6 +168,7 @@ class RunRecord:
     requests: dict[str, int] = field(default_factory=dict)
     manifest_origin: str | None = None
     new_naa: bool = False
+    consistency: str | None = None  # of the recovered snapshot, as recorded by replication
     report_json: str | None = None
     report_html: str | None = None
 
@@ -190,7 +191,7 @@ class RunRecord:
                 "snapshot": self.snapshot, "snapshot_created": iso(self.snapshot_created),
                 "rpo_seconds": round(self.rpo_seconds) if self.rpo_seconds is not None else None,
                 "rto_seconds": round(self.rto_seconds, 1) if self.rto_seconds is not None else None,
-                "new_naa": self.new_naa, "manifest": self.manifest_origin,
+                "new_naa": self.new_naa, "manifest": self.manifest_origin, "consistency": self.consistency,
                 "steps": self.steps, "datastores": self.datastores, "vms": self.vms, "notes": self.notes,
                 "requests": self.requests, "runbook": self.runbook.to_dict() if self.runbook else None,
                 "report": {"json": self.report_json, "html": self.report_html}}
@@ -324,6 +325,7 @@ class Drill:
             if dry_run:
                 rec.runbook = self.plan_start(point, new_naa, manifest_path, storage_only)
                 rec.snapshot, rec.snapshot_created = rec.runbook.snapshot, rec.runbook.snapshot_created
+                rec.consistency = rec.runbook.consistency
                 rec.manifest_origin = self.manifest_origin
                 rec.outcome = "dry-run"
                 return rec
@@ -357,6 +359,7 @@ class Drill:
         plan = self.plan_start(point, new_naa, manifest_path, storage_only)
         rec.runbook = plan
         rec.snapshot, rec.snapshot_created, rec.new_naa = plan.snapshot, plan.snapshot_created, new_naa
+        rec.consistency = plan.consistency
         rec.manifest_origin = self.manifest_origin
         rec.notes += plan.notes
         if not prev:
@@ -817,7 +820,9 @@ CLEANUP_STEPS: dict[str, Callable] = {
 def summary(rec: RunRecord) -> str:
     """The last line of a run, as the drill's admin reads it."""
     if rec.kind == "test-start":
+        level = {"application": "app-consistent", "mixed": "partly app-consistent"}.get(rec.consistency or "",
+                                                                                     "crash-consistent")
         return (f"RTO {human_duration(rec.rto_seconds)}, RPO {human_duration(rec.rpo_seconds)} "
-                f"(snapshot {rec.snapshot}) — report: {rec.report_html}")
+                f"({level} snapshot {rec.snapshot}) — report: {rec.report_html}")
     return f"{rec.group}: drill cleaned up in {human_duration((rec.finished or rec.started) - rec.started)} " \
            f"— report: {rec.report_html}"

@@ -331,6 +331,8 @@ class Lab:
         else:
             lines.append("    datasets: [" + ", ".join(f"lun{i}" for i in range(c.luns)) + "]")
         if "production" in esx:
+            # quiesced VMware snapshots around each ZFS snapshot, through esx-prod
+            lines.append("    consistency: application")
             lines.append(f"    vsphere_production: {esx['production']['host']}")
         if "dr" in esx:
             lines.append(f"    vsphere_dr: {esx['dr']['host']}")

@@ -54,6 +54,7 @@ class Runbook:
     snapshot: str | None = None
     snapshot_created: int | None = None  # epoch seconds (for the RPO)
     new_naa: bool = False
+    consistency: str | None = None  # of the recovered snapshot
 
     @property
     def empty(self) -> bool:
@@ -81,6 +82,7 @@ class Point:
 
     name: str
     creation: int  # epoch seconds, as received (zfs keeps the production creation time)
+    consistency: str | None = None  # crash | application | mixed, as replication recorded it on DR
 
 
 @dataclass(frozen=True)
@@ -159,13 +161,22 @@ def choose_point(dr_datasets: list[str], dr_obs: dict, point: str = "latest") ->
             raise UsageError(f"snapshot {name} is not on {', '.join(lacking)}",
                              hint="choose one of: " + (", ".join(sorted(common)[-5:]) or "none (replicate first)"))
         s = names[0][name]
-        return Point(name, max(n[name].creation for n in names) or s.creation)
+        return Point(name, max(n[name].creation for n in names) or s.creation, _level(names, name))
     if not common:
         raise UsageError(f"no snapshot is on all of {', '.join(dr_datasets)}",
                          hint="replicate first: esxdr replicate GROUP")
     # Newest by creation txg on the first dataset (txgs order snapshots of one dataset exactly).
     best = max(common, key=lambda n: (names[0][n].createtxg, names[0][n].creation))
-    return Point(best, max(n[best].creation for n in names))
+    return Point(best, max(n[best].creation for n in names), _level(names, best))
+
+
+def _level(names: list[dict], snapshot: str) -> str | None:
+    """The consistency level recorded on any DR copy of a group snapshot (it is atomic across them)."""
+    for by_name in names:
+        level = by_name[snapshot].prop("esxdr:consistency") if hasattr(by_name[snapshot], "prop") else None
+        if level:
+            return level
+    return None
 
 
 # --------------------------------------------------------------------------- power order
@@ -350,6 +361,7 @@ def plan_test_start(inp: DrillInputs) -> Runbook:
     g = inp.group
     point = choose_point(list(g.dr_datasets), inp.dr_obs, inp.point)
     rb = Runbook(kind="test-start", group=g.name, snapshot=point.name, snapshot_created=point.creation,
+                 consistency=point.consistency,
                  new_naa=inp.new_naa)
     root = inp.dr_obs.get(g.dr_root)
     luns = drill_luns(g, inp.manifest, root.mountpoint if root else None, point.name, inp.new_naa)
@@ -712,7 +724,7 @@ def plan_failover(inp: FailoverInputs) -> Runbook:
         rb.snapshot = None  # named by the final replication
     else:
         p = choose_point(list(g.dr_datasets), inp.dr_obs, inp.point)
-        rb.snapshot, rb.snapshot_created = p.name, p.creation
+        rb.snapshot, rb.snapshot_created, rb.consistency = p.name, p.creation, p.consistency
         proms = promotions(list(g.dr_datasets), inp.dr_obs, p, inp.point != "latest", inp.force)
     luns = failover_luns(g, inp.manifest, inp.dr_obs)
     if not luns:

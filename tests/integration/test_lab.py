@@ -76,10 +76,8 @@ def check_replication_ships_identities(lab, g) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("will mount as-is") == len(g.luns)
 
-    # application consistency through esx-prod: the level is recorded on both sides' snapshots
-    text = lab.site_path.read_text()
-    lab.site_path.write_text(text.replace("    vsphere_production:", "    consistency: application\n"
-                                                                      "    vsphere_production:"))
+    # the lab's group is application-consistent through esx-prod: the level is on both sides' snapshots
+    assert g.consistency == "application"
     r = subprocess.run([esxdr, "--site", site, "--json", "replicate", "core"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     run = json.loads(r.stdout)
