@@ -178,12 +178,18 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
         _need_dataset(rest[0], prefixes, snapshot=True)
         return
     if verb == "set":
-        if len(rest) < 2:
+        # set prop=value [prop=value ...] dataset [dataset ...]
+        props = [a for a in rest if "=" in a and "@" not in a.split("=", 1)[0]]
+        targets = rest[len(props):]
+        if not props or not targets:
             raise Refused("set needs property=value and a dataset")
-        for a in rest[:-1]:
+        for a in props:
             if not PROP_ASSIGN_RE.match(a):
                 raise Refused(f"setting {a!r} is not allowed")
-        _need_dataset(rest[-1], prefixes)
+        for ds in targets:
+            if "=" in ds:
+                raise Refused(f"setting {ds!r} is not allowed here")
+            _need_dataset(ds, prefixes)
         return
     if verb in ("mount", "unmount"):
         rest = _flags(rest, "f" if verb == "unmount" else "")

@@ -24,6 +24,7 @@ ALLOWED = [
     "zfs destroy rp1/iscsi/lun0@a,b,c",
     "zfs rollback -r rp1/iscsi/lun0@a",
     "zfs set readonly=on canmount=noauto rp1/iscsi/lun0",
+    "zfs set esxdr:consistency=application rp1/iscsi/lun0@a rp1/iscsi/lun1@a",
     "zfs unmount rp1/iscsi/lun0",
     "zfs create -p rp1/iscsi",
     "zfs create -p -o readonly=on rp1/iscsi",
@@ -54,6 +55,8 @@ HOSTILE = [
     "zfs receive rp1/iscsi/lun0 > /etc/passwd",
     "zfs set mountpoint=/etc rp1/iscsi/lun0",             # dangerous property
     "zfs set sharenfs=on rp1/iscsi/lun0",
+    "zfs set esxdr:x=1 rp1/iscsi/lun0 mountpoint=/etc",       # a property after the datasets
+    "zfs set esxdr:x=1 rp1/iscsi/lun0 sp1/iscsi/lun0",        # one target outside the prefix
     "zfs allow everyone destroy rp1/iscsi",               # delegation changes
     "zfs rename rp1/iscsi/lun0 rp1/iscsi/x",              # verbs esxdr does not use
     "zfs promote rp1/iscsi/lun0",
