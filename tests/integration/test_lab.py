@@ -27,6 +27,13 @@ def test_lab_up_down_twice_leaves_the_machine_clean():
     cfg = LabConfig(dir=d, prod_pool=f"{tag}sp", dr_pool=f"{tag}rp", account=f"esxdr-{tag}", luns=2,
                     lun_size=32 << 20)
     before = pools()
+    try:
+        _up_down_twice(cfg, before, d)
+    finally:
+        Lab(cfg).down()  # whatever failed above, leave nothing behind
+
+
+def _up_down_twice(cfg: LabConfig, before: set[str], d: str) -> None:
     for _round in range(2):
         lab = Lab(cfg)
         st = lab.up()
