@@ -20,6 +20,8 @@ from esxdr.zfs.errors import translate
 BASE_PROPS = ["type", "guid", "createtxg", "creation", "used", "referenced", "userrefs", "origin",
               "mountpoint", "readonly"]
 OPENZFS_PROPS = ["written", "receive_resume_token"]
+# What OpenZFS prints when a non-root (delegated) create succeeded but could not mount.
+MOUNT_BY_ROOT_ONLY = "successfully created, but it may only be mounted by root"
 USER_PROPS = ["esxdr:group", "esxdr:consistency", "esxdr:source", "esxdr:manifest-sha"]
 
 
@@ -181,7 +183,14 @@ class Zfs:
         opts: list[str] = []
         for k, v in (props or {}).items():
             opts += ["-o", f"{k}={v}"]
-        self.run("create", *(["-p"] if parents else []), *opts, dataset, dataset=dataset)
+        try:
+            self.run("create", *(["-p"] if parents else []), *opts, dataset, dataset=dataset)
+        except CommandFailed as e:
+            # OpenZFS on Linux, delegated (`zfs allow`) account: the dataset is created, but only
+            # root may mount, and zfs exits 1. esxdr never mounts what it creates on DR (replicas
+            # are received with -u), so that is success.
+            if MOUNT_BY_ROOT_ONLY not in (e.stderr or ""):
+                raise
 
     def clone(self, snapshot: str, dataset: str, props: dict[str, str] | None = None) -> None:
         opts: list[str] = []

@@ -77,6 +77,13 @@ def translate(err: CommandFailed, *, dataset: str | None = None) -> EsxdrError:
                               host=err.host, hint=f"check the dataset name{f' {dataset}' if dataset else ''}")
     if "dataset already exists" in low:
         return AlreadyExists(err.message, argv=err.argv, returncode=err.returncode, stderr=err.stderr, host=err.host)
+    # A stream format the receiver cannot read (OpenZFS → pool v23) is permanent, though its
+    # text can look like a cut stream's; it must not be retried as one.
+    from esxdr.zfs.compat import receive_refusal
+
+    refusal = receive_refusal(err, text, dataset)
+    if refusal is not None:
+        return refusal
     if any(p in low for p in TRANSIENT_PATTERNS):
         return TransientError(err.message, hint="transient; esxdr retries these automatically")
     return err

@@ -1,0 +1,152 @@
+"""Mixed versions: production on zfs-fuse (pool v23, on the host) replicates into OpenZFS on DR.
+
+The DR box is often the newer one. OpenZFS receives the pool-v23 stream format, so
+production → DR works, and the replica keeps version 4, so failback works too. A
+filesystem born on OpenZFS (ZPL version 5) cannot go to pool v23, and esxdr says
+so: as a verdict (esxdr.zfs.compat.stream_direction) and, should a stream be tried
+anyway, as a permanent typed error instead of a transient one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from esxdr.errors import TransientError
+from esxdr.lab.openzfs import site_storage
+from esxdr.model import LEGACY, OPENZFS
+from esxdr.zfs.compat import StreamFormatError, stream_direction
+
+# The lane's names, as tests/openzfs/conftest.py sets them up (a conftest is not importable by path
+# from every way pytest is started).
+DR = "ozdr"
+ESXDR = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "esxdr")
+
+pytestmark = pytest.mark.openzfs
+
+
+@pytest.fixture(scope="module")
+def fuse_pool():
+    if shutil.which("zfs-fuse") is None:
+        pytest.skip("zfs-fuse is not installed on the host (scripts/setup)")
+    from esxdr.lab import ensure_zfs_fuse
+
+    ensure_zfs_fuse()
+    d = tempfile.mkdtemp(prefix="esxdr-ozmix-", dir="/var/lib")
+    name = f"ozmix{os.getpid() % 100000}"
+    vdev = Path(d) / "vdev"
+    with open(vdev, "wb") as f:
+        f.truncate(1 << 30)
+    host_zfs("zpool", "create", "-m", f"{d}/mnt", name, str(vdev))
+    yield name, Path(d) / "mnt"
+    if host_zfs("zpool", "destroy", "-f", name, cleanup=True):
+        shutil.rmtree(d, ignore_errors=True)
+    else:  # keep the vdev: the pool still uses it (zpool destroy -f NAME once zfs-fuse answers again)
+        print(f"left pool {name} on {d}/vdev: zfs-fuse did not let it go")
+
+
+def host_zfs(*argv: str, timeout: float = 120, cleanup: bool = False) -> bool:
+    """A zfs-fuse command on the host; a daemon that stopped answering FUSE requests (it is shared
+    with the rest of the suite) skips the test instead of hanging it."""
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()  # may stay in D state until zfs-fuse answers; do not wait for it
+        if cleanup:
+            return False
+        pytest.skip(f"zfs-fuse on the host did not answer `{' '.join(argv)}` within {timeout:.0f} s")
+    if p.returncode != 0 and not cleanup:
+        raise AssertionError(f"{' '.join(argv)}: {err}")
+    return p.returncode == 0
+
+
+def test_zfs_fuse_production_replicates_into_openzfs_dr(fuse_pool, lane, pools, dr_account, tmp_path):
+    pool, mnt = fuse_pool
+    name = f"mix{os.getpid() % 1000}"
+    src_root, dr_root = f"{pool}/{name}", f"{DR}/{name}"
+    host_zfs("zfs", "create", src_root)
+    host_zfs("zfs", "create", f"{src_root}/lun0")
+    lun = mnt / name / "lun0" / "lun.img"
+    lun.write_bytes(os.urandom(3 << 20))
+    site = tmp_path / "site.yaml"
+    site.write_text(f"""version: 1
+name: mixed
+state_dir: {tmp_path / 'state'}
+storage:
+  ss1: {{role: production, local: true, zfs: auto}}
+""" + site_storage(lane, "ss2", "dr", user=dr_account["user"], key=dr_account["key"], serve_prefix=DR) + f"""
+protection_groups:
+  {name}:
+    source: ss1
+    destination: ss2
+    source_root: {src_root}
+    dr_root: {dr_root}
+    datasets: [lun0]
+    retention:
+      source: {{hourly: 48}}
+      destination: {{hourly: 48}}
+    rpo: 1h
+""")
+    try:
+        def esxdr(*args):
+            return subprocess.run([ESXDR, "--site", str(site), *args], capture_output=True, text=True, timeout=600)
+
+        r = esxdr("--json", "replicate", name)
+        assert r.returncode == 0, r.stderr
+        caps = {h: json.loads((tmp_path / "state" / "hosts" / f"{h}.json").read_text())["flavour"]
+                for h in ("ss1", "ss2")}
+        assert caps == {"ss1": "legacy", "ss2": "openzfs"}
+        lun.write_bytes(os.urandom(3 << 20))
+        r = esxdr("--json", "replicate", name)
+        assert r.returncode == 0, r.stderr
+        assert [a["kind"] for a in json.loads(r.stdout)["datasets"][0]["actions"]] == ["send-incremental"]
+        # Same bytes on the OpenZFS side; the replica keeps the old on-disk version.
+        want = subprocess.run(["sha256sum", str(lun)], capture_output=True, text=True).stdout.split()[0]
+        got = lane.out(f"zfs mount {dr_root}/lun0 && sha256sum /{dr_root}/lun0/lun.img; rc=$?; "
+                       f"zfs unmount {dr_root}/lun0; exit $rc").split()[0]
+        assert got == want
+        src_version = subprocess.run(["zfs", "get", "-H", "-o", "value", "version", f"{src_root}/lun0"],
+                                     capture_output=True, text=True).stdout.strip()
+        assert lane.out(["zfs", "get", "-H", "-o", "value", "version", f"{dr_root}/lun0"]).strip() == src_version
+
+        # The way back, measured: the replica kept version 4, so failback to pool v23 works...
+        snap = lane.out(["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg",
+                         f"{dr_root}/lun0"]).split()[-1]
+        back = subprocess.run(f"{shlex.join(lane.ssh_argv())} zfs send {snap} | zfs receive {pool}/{name}-back",
+                              shell=True, capture_output=True, text=True, timeout=300)
+        assert back.returncode == 0, back.stderr
+        assert stream_direction(OPENZFS, LEGACY, "filesystem", zpl_version=int(src_version)).ok
+        # ...but a filesystem born on OpenZFS (ZPL 5) cannot go to pool v23: zfs-fuse refuses it,
+        lane.run(f"zfs create {DR}/{name}-native && dd if=/dev/urandom of=/{DR}/{name}-native/f bs=64k count=4 "
+                 f"status=none && zfs snapshot {DR}/{name}-native@a")
+        native = subprocess.run(f"{shlex.join(lane.ssh_argv())} zfs send {DR}/{name}-native@a | "
+                                f"zfs receive {pool}/{name}-native", shell=True, capture_output=True, text=True,
+                                timeout=300)
+        assert native.returncode != 0
+        assert "unsupported feature" in native.stderr
+        # and esxdr turns zfs-fuse's words into a permanent error that names the direction.
+        from esxdr.errors import CommandFailed
+        from esxdr.zfs.errors import translate
+
+        err = translate(CommandFailed("receive failed", argv=["zfs", "receive"], returncode=1,
+                                      stderr=native.stderr, host="ss1"), dataset=f"{pool}/{name}-native")
+        assert isinstance(err, StreamFormatError), native.stderr
+        assert not isinstance(err, TransientError)
+        assert "pool-version-23" in (err.hint or "")
+        verdict = stream_direction(OPENZFS, LEGACY, "filesystem",
+                                   zpl_version=int(lane.out(["zfs", "get", "-H", "-o", "value", "version",
+                                                             f"{DR}/{name}-native"]).strip()))
+        assert not verdict.ok and "ZPL version 5" in verdict.reason
+        assert stream_direction(LEGACY, OPENZFS).ok
+    finally:
+        lane.run(f"zfs destroy -r {dr_root}; zfs destroy -r {DR}/{name}-native", check=False)
+        for ds in (f"{pool}/{name}-back", f"{pool}/{name}-native", src_root):
+            host_zfs("zfs", "destroy", "-r", ds, cleanup=True)
