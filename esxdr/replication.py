@@ -30,6 +30,7 @@ from esxdr.plan.replication import (
     SendFull,
     SendIncremental,
     UpToDate,
+    common_snapshot,
     human_bytes,
     plan_dataset,
 )
@@ -514,11 +515,10 @@ class Engine:
 
         def move(side: Side, new: list[str], old: list[str]) -> None:
             if new:
-                side.transport.run([*side.zfs.cmd, "hold", tag, *new], check=False)
+                side.zfs.hold(tag, new)
                 checkpoint("after-hold")
             if old:
-                # A hold may be another tool's; release fails harmlessly for snapshots without ours.
-                side.transport.run([*side.zfs.cmd, "release", tag, *old], check=False)
+                side.zfs.release(tag, old)
                 checkpoint("after-release")
 
         level = (self._level or "crash")
@@ -551,8 +551,6 @@ class Engine:
                 partner = other.get(mapping.get(name, ""))
                 protected: frozenset[int] = frozenset()
                 if partner is not None:
-                    from esxdr.plan.replication import common_snapshot
-
                     pair = common_snapshot(ds, partner)
                     if pair:
                         protected = frozenset({pair[0].guid})

@@ -8,7 +8,6 @@ Observation is ONE ``zfs get -rHp -o name,property,value`` per side per run:
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Iterable
 
@@ -162,11 +161,13 @@ class Zfs:
             for f in [pool.submit(self.run, "destroy", n, dataset=n) for n in names]:
                 f.result()
 
-    def hold(self, tag: str, snapshot: str) -> None:
-        self.run("hold", tag, snapshot, dataset=snapshot)
+    def hold(self, tag: str, snapshots: list[str]) -> None:
+        """One call for all snapshots. A failure is tolerated: a hold only delays pruning."""
+        self.t.run([*self.cmd, "hold", tag, *snapshots], check=False)
 
-    def release(self, tag: str, snapshot: str) -> None:
-        self.run("release", tag, snapshot, dataset=snapshot)
+    def release(self, tag: str, snapshots: list[str]) -> None:
+        """One call; fails harmlessly for snapshots that carry no hold of this tag (another tool's)."""
+        self.t.run([*self.cmd, "release", tag, *snapshots], check=False)
 
     def rollback(self, snapshot: str, destroy_newer: bool = False) -> None:
         self.run("rollback", *(["-r"] if destroy_newer else []), snapshot, dataset=snapshot)
@@ -240,9 +241,3 @@ class Zfs:
             args.append("-s")
         return [*args, dataset]
 
-    def abort_resume(self, dataset: str) -> None:
-        self.run("receive", "-A", dataset, dataset=dataset)
-
-
-def dump_caps(c: Capabilities) -> str:
-    return json.dumps(c.to_dict())
