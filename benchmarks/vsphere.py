@@ -7,6 +7,9 @@ by one through pyVmomi's lazy attributes, in the same run, on identical fresh ho
    binding, send target, rescans (target ≤ 30 requests, session included)
 2. no-op re-run of the same (target ≤ 8)
 3. verify-storage with 16 LUNs and 16 datastores (target ≤ 10, independent of the LUN count)
+4. bootstrap 2 hosts through vCenter (esxsim -vcenter, cluster of 2): one property read for
+   both hosts, the hosts applied in parallel (target ≤ 40); then the no-op re-run (target ≤ 8)
+   and verify-storage on both hosts (target ≤ 10)
 
 Requests are counted by esxdr's CountingStub (every SOAP call, property reads included), and
 include RetrieveServiceContent, Login and Logout. Needs root (tgtd). Run:
@@ -36,13 +39,13 @@ from esxdr.lab import esxsim  # noqa: E402
 
 
 # --------------------------------------------------------------------------- naive pyVmomi
-def naive_bootstrap(s, desired) -> None:
+def naive_bootstrap(s, desired, host_index: int = 0) -> None:
     """What a straightforward pyVmomi script does: walk attributes, check, then add."""
     from pyVmomi import vim
 
     from esxdr.plan.host import split_ip
 
-    host = s.content.rootFolder.childEntity[0].hostFolder.childEntity[0].host[0]
+    host = s.content.rootFolder.childEntity[0].hostFolder.childEntity[0].host[host_index]
     ns = host.configManager.networkSystem
     for name, vs in desired.vswitches.items():
         if not any(v.name == name for v in ns.networkInfo.vswitch):
@@ -89,10 +92,10 @@ def naive_bootstrap(s, desired) -> None:
         ss.RescanVmfs()
 
 
-def naive_verify(s, expected) -> bool:
+def naive_verify(s, expected, host_index: int = 0) -> bool:
     from pyVmomi import vim
 
-    host = s.content.rootFolder.childEntity[0].hostFolder.childEntity[0].host[0]
+    host = s.content.rootFolder.childEntity[0].hostFolder.childEntity[0].host[host_index]
     ss = host.configManager.storageSystem
     ok = True
     for exp in expected:
@@ -105,6 +108,60 @@ def naive_verify(s, expected) -> bool:
                 mounted = ds.summary.accessible
         ok = ok and seen and mounted
     return ok
+
+
+def vcenter_rows(binary, base: Path, luns: int) -> list:
+    """Scenario 4: two hosts of a vCenter cluster, esxdr (one read, parallel apply) vs naive."""
+    from test_host_vcenter import HOSTS, VcLab
+
+    from esxdr.plan.host import plan_hosts
+    from esxdr.site import load_site
+    from esxdr.targets import manifest as mf
+    from esxdr.vsphere import host as H
+    from esxdr.vsphere import storage as ST
+
+    rows = []
+    labs = [VcLab(base / "vc-ours", binary), VcLab(base / "vc-naive", binary)]
+    try:
+        for lab in labs:
+            for i in range(1, luns + 1):
+                lab.add_lun(i)
+        ours, naive = labs
+        want = {h: load_site(str(ours.site)).dr_network[h] for h in HOSTS}
+        want_naive = {h: load_site(str(naive.site)).dr_network[h] for h in HOSTS}
+
+        def ours_apply(s):
+            states = H.observe_hosts(s, HOSTS)
+            H.apply_plans(s, states, plan_hosts("vc-dr", want, states).plans)
+
+        def naive_apply(s):
+            for i, h in enumerate(HOSTS):
+                naive_bootstrap(s, want_naive[h], i)
+
+        o = measure(ours, ours_apply)
+        n = measure(naive, naive_apply)
+        rows.append((f"bootstrap {len(HOSTS)} hosts through vCenter (parallel apply)", o, n, 40))
+        o = measure(ours, ours_apply)
+        n = measure(naive, naive_apply)
+        rows.append((f"no-op re-run, {len(HOSTS)} hosts through vCenter", o, n, 8))
+        exp_o = ST.expected_luns(mf.load(ours.manifest()))
+        exp_n = ST.expected_luns(mf.load(naive.manifest()))
+        results = {}
+
+        def ours_verify(s):
+            results["ours"] = H.verify_hosts(s, HOSTS, exp_o)[0].ok
+
+        def naive_verify_all(s):
+            results["naive"] = all(naive_verify(s, exp_n, i) for i in range(len(HOSTS)))
+
+        o = measure(ours, ours_verify)
+        n = measure(naive, naive_verify_all)
+        assert results == {"ours": True, "naive": True}, results
+        rows.append((f"verify-storage, {len(HOSTS)} hosts x {luns} LUNs through vCenter", o, n, 10))
+    finally:
+        for lab in labs:
+            lab.stop()
+    return rows
 
 
 # --------------------------------------------------------------------------- runs
@@ -164,6 +221,7 @@ def main() -> int:
         n = measure(naive_lab, naive)
         assert results == {"ours": True, "naive": True}, results
         rows.append((f"verify-storage, {args.luns} LUNs / {args.luns} datastores", o, n, 10))
+        rows += vcenter_rows(binary, base, args.luns)
     finally:
         for lab in labs:
             lab.stop()

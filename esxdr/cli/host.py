@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -11,9 +12,15 @@ from esxdr.errors import ConflictError, UsageError
 
 HOST_HELP = """Prepare DR ESXi hosts (network, software iSCSI) and verify their datastores.
 
+HOST is a DR ESXi host, a host of a DR vCenter, or a DR vCenter itself: then every
+host it lists (hosts:) with a dr_network entry is planned, applied in parallel and
+verified, and the output is grouped per host. --host narrows to one of them.
+
 \b
 Examples:
   esxdr host plan esxi-dr                 # what would change, and why
+  esxdr host plan vcenter-dr              # every DR host of the vCenter, one read
+  esxdr host apply vcenter-dr --host esx2 # only esx2, through the vCenter
   esxdr host apply esxi-dr --dry-run      # the same list, as apply would walk it
   esxdr host apply esxi-dr                # make it so (a second plan is then empty)
   esxdr host apply esxi-dr --prune        # also remove what the site file does not list
@@ -34,9 +41,10 @@ def _pick_host(ctx: Context, name: str | None, need_network: bool = True) -> tup
     if name is None:
         candidates = list(site.dr_network) or [n for n, e in site.vsphere.items() if e.role == "dr" and e.kind == "esxi"]
         if len(candidates) != 1:
-            raise UsageError("name the host: " + (f"one of {', '.join(candidates)}" if candidates
+            vcs = [n for n, e in site.vsphere.items() if e.role == "dr" and e.kind == "vcenter"]
+            raise UsageError("name the host: " + (f"one of {', '.join(candidates + vcs)}" if candidates or vcs
                                                   else "the site file has no dr_network hosts"),
-                             hint="esxdr host plan HOST")
+                             hint="esxdr host plan HOST (a DR vCenter's name acts on all its hosts)")
         name = candidates[0]
     network = site.dr_network.get(name)
     if network is None and need_network:
@@ -48,6 +56,52 @@ def _pick_host(ctx: Context, name: str | None, need_network: bool = True) -> tup
         raise UsageError(f"no vsphere endpoint manages host {name!r}",
                          hint="add it under vsphere: (kind esxi), or list it in a DR vCenter's hosts:")
     return name, endpoint, network
+
+
+@dataclass
+class _Target:
+    """What a command acts on: one standalone host, or hosts of a vCenter (``names``)."""
+
+    endpoint: Any
+    name: str = ""  # standalone: the host; vCenter: the endpoint
+    network: Any = None  # standalone: its HostNetwork
+    names: list[str] | None = None  # vCenter: the hosts, in site order
+    networks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vcenter(self) -> bool:
+        return self.names is not None
+
+
+def _target(ctx: Context, name: str | None, only: str | None, need_network: bool = True) -> _Target:
+    """Resolve HOST / --host to a standalone host or to hosts of a DR vCenter."""
+    from esxdr.plan.host import select_hosts
+
+    site = ctx.site()
+
+    def vcenter(ep: Any, pick: str | None) -> _Target:
+        names = select_hosts(ep.name, ep.hosts, list(site.dr_network), pick, need_network=need_network)
+        return _Target(endpoint=ep, name=ep.name, names=names,
+                       networks={n: site.dr_network[n] for n in names if n in site.dr_network})
+
+    ep = site.vsphere.get(name) if name else None
+    if ep is not None and ep.kind == "vcenter":
+        return vcenter(ep, only)
+    if name is not None and only is not None and only != name:
+        raise UsageError(f"--host {only} does not narrow {name}: it is a host, not a vCenter",
+                         hint=f"esxdr host ... {only}, or name the vCenter that manages both")
+    name = name or only
+    if name is None:
+        # No HOST: the only DR host, or the only DR vCenter all dr_network hosts belong to.
+        owners = {e.name: e for h in site.dr_network if (e := site.endpoint_for_host(h)) is not None}
+        if len(site.dr_network) > 1 and len(owners) == 1:
+            only_ep = next(iter(owners.values()))
+            if only_ep.kind == "vcenter":
+                return vcenter(only_ep, None)
+    host_name, endpoint, network = _pick_host(ctx, name, need_network)
+    if endpoint.kind == "vcenter":
+        return vcenter(endpoint, host_name)
+    return _Target(endpoint=endpoint, name=host_name, network=network)
 
 
 def _connect(endpoint: object):  # -> Session
@@ -63,11 +117,13 @@ def _host_name(endpoint: object, name: str) -> str | None:
 
 @host.command("plan")
 @click.argument("host_name", metavar="[HOST]", required=False)
+@click.option("--host", "only", metavar="NAME", default=None,
+              help="With a vCenter: act on this one of its hosts only.")
 @click.option("--prune", is_flag=True, help="Also plan to remove what the site file does not list.")
 @json_option
 @site_option
 @pass_ctx
-def plan_cmd(ctx: Context, host_name: str | None, prune: bool) -> None:
+def plan_cmd(ctx: Context, host_name: str | None, only: str | None, prune: bool) -> None:
     """Show what `host apply` would change on HOST, with the reason for each action.
 
     \b
@@ -78,11 +134,17 @@ def plan_cmd(ctx: Context, host_name: str | None, prune: bool) -> None:
     Examples:
       esxdr host plan esxi-dr
       esxdr host plan esxi-dr --prune --json
+      esxdr host plan vcenter-dr --host esx2
     """
     from esxdr.plan.host import plan_host
+
+    t = _target(ctx, host_name, only)
+    if t.vcenter:
+        _plan_vcenter(ctx, t, prune)
+        return
     from esxdr.vsphere.host import observe
 
-    name, endpoint, network = _pick_host(ctx, host_name)
+    name, endpoint, network = t.name, t.endpoint, t.network
     with _connect(endpoint) as session:
         state = observe(session, _host_name(endpoint, name),
                         bindings=bool(network.iscsi and (network.iscsi.bind or prune)))
@@ -96,13 +158,15 @@ def plan_cmd(ctx: Context, host_name: str | None, prune: bool) -> None:
 
 @host.command("apply")
 @click.argument("host_name", metavar="[HOST]", required=False)
+@click.option("--host", "only", metavar="NAME", default=None,
+              help="With a vCenter: act on this one of its hosts only.")
 @click.option("--dry-run", is_flag=True, help="Describe each action without changing anything.")
 @click.option("--prune", is_flag=True, help="Also remove what the site file does not list "
                                             "(never the management network vmk0).")
 @json_option
 @site_option
 @pass_ctx
-def apply_cmd(ctx: Context, host_name: str | None, dry_run: bool, prune: bool) -> None:
+def apply_cmd(ctx: Context, host_name: str | None, only: str | None, dry_run: bool, prune: bool) -> None:
     """Make HOST's network and software iSCSI match the site file's dr_network.
 
     \b
@@ -115,11 +179,16 @@ def apply_cmd(ctx: Context, host_name: str | None, dry_run: bool, prune: bool) -
       esxdr host apply esxi-dr --dry-run
       esxdr host apply esxi-dr
       esxdr host apply esxi-dr --prune --json
+      esxdr host apply vcenter-dr             # all its DR hosts, in parallel
     """
     from esxdr.plan.host import plan_host
     from esxdr.vsphere.host import apply_plan, observe
 
-    name, endpoint, network = _pick_host(ctx, host_name)
+    t = _target(ctx, host_name, only)
+    if t.vcenter:
+        _apply_vcenter(ctx, t, prune, dry_run)
+        return
+    name, endpoint, network = t.name, t.endpoint, t.network
     with _connect(endpoint) as session:
         state = observe(session, _host_name(endpoint, name),
                         bindings=bool(network.iscsi and (network.iscsi.bind or prune)))
@@ -133,6 +202,8 @@ def apply_cmd(ctx: Context, host_name: str | None, dry_run: bool, prune: bool) -
 
 @host.command("verify-storage")
 @click.argument("host_name", metavar="[HOST]", required=False)
+@click.option("--host", "only", metavar="NAME", default=None,
+              help="With a vCenter: act on this one of its hosts only.")
 @click.option("--manifest", "manifest_path", required=True, type=click.Path(dir_okay=False),
               help="The DR target manifest (esxdr target export/import).")
 @click.option("--resolve", type=click.Choice(["keep-uuid", "resignature"]), default=None,
@@ -145,7 +216,7 @@ def apply_cmd(ctx: Context, host_name: str | None, dry_run: bool, prune: bool) -
 @json_option
 @site_option
 @pass_ctx
-def verify_storage_cmd(ctx: Context, host_name: str | None, manifest_path: str, resolve: str | None,
+def verify_storage_cmd(ctx: Context, host_name: str | None, only: str | None, manifest_path: str, resolve: str | None,
                        timeout: float, rescan_mode: str) -> None:
     """Prove that HOST sees every LUN of the manifest by its NAA and mounts each VMFS volume as itself.
 
@@ -160,20 +231,90 @@ def verify_storage_cmd(ctx: Context, host_name: str | None, manifest_path: str, 
       esxdr host verify-storage esxi-dr --manifest dr.yaml
       esxdr host verify-storage esxi-dr --manifest dr.yaml --resolve keep-uuid
       esxdr host verify-storage esxi-dr --manifest dr.yaml --resolve resignature --json
+      esxdr host verify-storage vcenter-dr --manifest dr.yaml   # every host, one read
     """
     from esxdr.targets import manifest as mf
     from esxdr.vsphere.storage import expected_luns, raise_for, verify_storage
 
-    name, endpoint, _network = _pick_host(ctx, host_name, need_network=False)
+    t = _target(ctx, host_name, only, need_network=False)
     manifest = mf.load(manifest_path)
     specs = [spec for g in ctx.site().protection_groups.values() for spec in g.luns.values()]
     expected = expected_luns(manifest, specs)
+    if t.vcenter:
+        _verify_vcenter(ctx, t, expected, timeout, rescan_mode, resolve)
+        return
+    name, endpoint = t.name, t.endpoint
     with _connect(endpoint) as session:
         result = verify_storage(session, _host_name(endpoint, name), expected, timeout=timeout,
                                 rescan_mode=rescan_mode, resolve=resolve, progress=ctx.info)
         result.requests = session.requests
     ctx.emit(result.to_dict(), result.render)
     raise_for(result)
+
+
+# --------------------------------------------------------------------------- vCenter: several hosts
+def _bindings(t: _Target, prune: bool) -> bool:
+    return any(n.iscsi and (n.iscsi.bind or prune) for n in t.networks.values())
+
+
+def _plan_vcenter(ctx: Context, t: _Target, prune: bool) -> None:
+    from esxdr.plan.host import plan_hosts
+    from esxdr.vsphere.host import observe_hosts
+
+    assert t.names is not None
+    with _connect(t.endpoint) as session:
+        states = observe_hosts(session, t.names, bindings=_bindings(t, prune))
+        result = plan_hosts(t.name, t.networks, states, prune=prune)
+        ctx.emit({**result.to_dict(), "requests": session.requests}, result.render)
+    if result.refusals:
+        host_name, r = result.refusals[0]
+        raise ConflictError(f"{host_name}: {len(result.refusals)} refusal(s); first: {r.target}: {r.message}",
+                            hint=r.hint or None)
+
+
+def _apply_vcenter(ctx: Context, t: _Target, prune: bool, dry_run: bool) -> None:
+    from esxdr.plan.host import plan_hosts
+    from esxdr.vsphere.host import apply_plans, observe_hosts
+
+    assert t.names is not None
+    with _connect(t.endpoint) as session:
+        states = observe_hosts(session, t.names, bindings=_bindings(t, prune))
+        plans = plan_hosts(t.name, t.networks, states, prune=prune)
+        for p in plans.plans:
+            for n in p.notes:
+                ctx.info(f"{p.host}: note: {n}")
+        result = apply_plans(session, states, plans.plans, endpoint=t.name, dry_run=dry_run, progress=ctx.info)
+        result.requests = session.requests
+        ctx.emit(result.to_dict(), result.render)
+
+
+def _verify_vcenter(ctx: Context, t: _Target, expected: list[Any], timeout: float, rescan_mode: str,
+                    resolve: str | None) -> None:
+    from esxdr.vsphere.host import verify_hosts
+
+    assert t.names is not None
+    with _connect(t.endpoint) as session:
+        report, rescans, resolved = verify_hosts(session, t.names, expected, endpoint=t.name, timeout=timeout,
+                                                 rescan_mode=rescan_mode, resolve=resolve, progress=ctx.info)
+        requests = session.requests
+
+    def render() -> str:
+        return "\n".join([f"done: {a.describe()}" for a in resolved] + [report.render()])
+
+    ctx.emit({**report.to_dict(), "resolved": [a.to_dict() for a in resolved], "rescans": rescans,
+              "requests": requests}, render)
+    bad = [(r.host, c) for r in report.reports for c in r.checks if not c.ok]
+    if not bad:
+        return
+    host_name, first = bad[0]
+    hosts_bad = sorted({h for h, _ in bad})
+    if any(c.status == "unresolved" for _, c in bad):
+        raise ConflictError(f"{host_name}: VMFS volume(s) unresolved on {', '.join(hosts_bad)}; {first.message}",
+                            hint=first.hint)
+    from esxdr.errors import VsphereError
+
+    raise VsphereError(f"{len(bad)} LUN check(s) failed on {', '.join(hosts_bad)}; {host_name}: naa.{first.naa}: "
+                       f"{first.message}", hint=first.hint)
 
 
 @host.command("thumbprint")

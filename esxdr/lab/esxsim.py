@@ -1,8 +1,13 @@
 """Build, start and stop esxsim, the Go ESXi simulator of the lab (tests/esxsim).
 
 Standard library only. esxsim prints one JSON line on stdout when its SOAP port is
-ready ({"url", "thumbprint", "hostname", "iqn", "username", "pid"}); logs go to stderr,
+ready ({"url", "thumbprint", "hostname", "iqn", "username", "pid", "api_type"}, and in
+vCenter mode "hosts": [{"name", "moid", "iqn"}], "cluster", "drs"); logs go to stderr,
 which we send to a log file. The password travels in the environment, never in argv.
+
+``start(..., vcenter_hosts=["esx-a", "esx-b"], drs=True)`` serves a vCenter named
+``name`` with one cluster of those hosts, each with its own software iSCSI initiator
+(``iqn.1998-01.com.vmware:<host>``).
 """
 
 from __future__ import annotations
@@ -62,6 +67,23 @@ class EsxsimProcess:
     datadir: Path
     log_path: Path
     popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+    api_type: str = "HostAgent"  # "VirtualCenter" in vCenter mode
+    hosts: list[dict] = field(default_factory=list)  # vCenter mode: [{"name", "moid", "iqn"}]
+    cluster: str = ""
+    drs: bool | None = None
+
+    @property
+    def vcenter(self) -> bool:
+        return self.api_type == "VirtualCenter"
+
+    def host_iqn(self, host: str) -> str:
+        """The software iSCSI initiator name of one host (vCenter mode) or of the host."""
+        for h in self.hosts:
+            if h["name"] == host:
+                return h["iqn"]
+        if not self.hosts and host == self.name:
+            return self.iqn
+        raise KeyError(f"esxsim {self.name} has no host {host!r}")
 
     def stop(self, timeout: float = 10.0) -> None:
         stop(self, timeout=timeout)
@@ -104,10 +126,19 @@ def start(
     mount_registry: Path | str | None = None,
     binary: Path | str | None = None,
     ready_timeout: float = READY_TIMEOUT_S,
+    vcenter_hosts: list[str] | None = None,
+    drs: bool = True,
+    cluster: str = "cluster0",
 ) -> EsxsimProcess:
-    """Start esxsim serving host `name` on listen_host:port and wait for its SOAP port."""
+    """Start esxsim serving host `name` on listen_host:port and wait for its SOAP port.
+
+    With ``vcenter_hosts`` it serves a vCenter named `name` instead: one cluster (``cluster``,
+    DRS on or off) of those hosts; ``iqn`` is then ignored (each host has its own).
+    """
     if not listen_host.startswith("127."):
         raise EsxsimError(f"esxsim listens on 127.0.0.0/8 only, not {listen_host}")
+    if vcenter_hosts is not None and (not vcenter_hosts or len(set(vcenter_hosts)) != len(vcenter_hosts)):
+        raise EsxsimError(f"vcenter_hosts must name at least one host, each once: {vcenter_hosts!r}")
     exe = Path(binary) if binary else build()
     data = Path(datadir)
     data.mkdir(parents=True, exist_ok=True)
@@ -123,13 +154,15 @@ def start(
         name,
         "-datadir",
         str(data),
-        "-iqn",
-        iqn or f"iqn.1998-01.com.vmware:{name}",
         "-username",
         username,
         "-heartbeat-delay",
         f"{heartbeat_delay}s",
     ]
+    if vcenter_hosts:
+        cmd += ["-vcenter", "-hosts", ",".join(vcenter_hosts), "-cluster", cluster, f"-drs={str(drs).lower()}"]
+    else:
+        cmd += ["-iqn", iqn or f"iqn.1998-01.com.vmware:{name}"]
     if tls:
         cmd.append("-tls")
     if mount_registry:
@@ -186,6 +219,10 @@ def start(
         datadir=data,
         log_path=logp,
         popen=popen,
+        api_type=info.get("api_type", "HostAgent"),
+        hosts=list(info.get("hosts") or []),
+        cluster=info.get("cluster", ""),
+        drs=info.get("drs"),
     )
 
 

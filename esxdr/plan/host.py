@@ -417,6 +417,71 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False) -> Host
     return plan
 
 
+# --------------------------------------------------------------------------- several hosts (vCenter)
+@dataclass
+class MultiHostPlan:
+    """One plan per host of a vCenter endpoint; apply walks them in parallel, each in order."""
+
+    endpoint: str
+    plans: list[HostPlan] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return all(p.empty for p in self.plans)
+
+    @property
+    def refusals(self) -> list[tuple[str, Refusal]]:
+        return [(p.host, r) for p in self.plans for r in p.refusals]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "empty": self.empty, "hosts": [p.to_dict() for p in self.plans]}
+
+    def render(self) -> str:
+        return "\n".join(f"== {p.host} ==\n{p.render()}" for p in self.plans)
+
+
+def plan_hosts(endpoint: str, desired: dict[str, Any], observed: dict[str, HostState], *,
+               prune: bool = False) -> MultiHostPlan:
+    """:func:`plan_host` for each host of ``desired`` (site order), against its observed state."""
+    plans = []
+    for name, want in desired.items():
+        if name not in observed:
+            p = HostPlan(host=name)
+            p.refusals.append(Refusal(name, f"not managed by {endpoint}",
+                                      "add the host to the vCenter cluster, or remove it from hosts: / dr_network"))
+            plans.append(p)
+            continue
+        plans.append(plan_host(want, observed[name], prune=prune))
+    return MultiHostPlan(endpoint=endpoint, plans=plans)
+
+
+def select_hosts(endpoint: str, endpoint_hosts: tuple[str, ...] | list[str], dr_network_hosts: list[str],
+                 only: str | None = None, *, need_network: bool = True) -> list[str]:
+    """Which hosts of a vCenter endpoint a `esxdr host` command acts on.
+
+    All of the endpoint's ``hosts:`` (in site order) that have a ``dr_network`` entry
+    (``need_network``; verify-storage needs none), or just ``only`` (``--host``).
+    """
+    from esxdr.errors import UsageError
+
+    listed = list(endpoint_hosts)
+    if only is not None:
+        if listed and only not in listed:
+            raise UsageError(f"--host {only}: not one of the hosts of {endpoint} ({', '.join(listed)})",
+                             hint=f"list it under vsphere.{endpoint}.hosts in the site file")
+        if need_network and only not in dr_network_hosts:
+            raise UsageError(f"--host {only}: no dr_network entry for it", hint="describe its network under dr_network:")
+        return [only]
+    if not listed:
+        raise UsageError(f"vsphere.{endpoint} (kind vcenter) lists no hosts",
+                         hint="name the DR hosts esxdr acts on: hosts: [esx1.example.com, ...]")
+    chosen = [h for h in listed if h in dr_network_hosts] if need_network else listed
+    if not chosen:
+        raise UsageError(f"none of the hosts of {endpoint} ({', '.join(listed)}) has a dr_network entry",
+                         hint="describe each host's network under dr_network:")
+    return chosen
+
+
 # --------------------------------------------------------------------------- storage verification
 @dataclass(frozen=True)
 class ExpectedLun:
@@ -491,6 +556,27 @@ class StorageReport:
                 lines.append(f"     hint: {c.hint}")
         n_ok = sum(c.ok for c in self.checks)
         lines.append(f"{self.host}: {n_ok}/{len(self.checks)} LUNs verified")
+        return "\n".join(lines)
+
+
+@dataclass
+class HostsStorageReport:
+    """verify-storage over several hosts of one endpoint: one report per host."""
+
+    endpoint: str
+    reports: list[StorageReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "ok": self.ok, "hosts": [r.to_dict() for r in self.reports]}
+
+    def render(self) -> str:
+        lines = [f"== {r.host} ==\n{r.render()}" for r in self.reports]
+        n_ok = sum(r.ok for r in self.reports)
+        lines.append(f"{self.endpoint}: {n_ok}/{len(self.reports)} hosts verified")
         return "\n".join(lines)
 
 

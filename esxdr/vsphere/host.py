@@ -273,3 +273,153 @@ def ensure(session: Session, desired: Any, *, prune: bool = False, dry_run: bool
         if progress:
             progress(f"note: {n}")
     return apply_plan(session, state, host_plan, dry_run=dry_run, progress=progress)
+
+
+# --------------------------------------------------------------------------- several hosts (vCenter)
+@dataclass
+class MultiApplyResult:
+    endpoint: str
+    dry_run: bool
+    results: list[ApplyResult] = field(default_factory=list)
+    requests: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "dry_run": self.dry_run, "requests": self.requests,
+                "hosts": [r.to_dict() for r in self.results]}
+
+    def render(self) -> str:
+        return "\n".join(f"== {r.host} ==\n{r.render()}" for r in self.results)
+
+
+def observe_hosts(session: Session, names: list[str], *, bindings: bool = True) -> dict[str, HostState]:
+    """The hosts ``names`` for planning: ONE property read for all of them, plus one
+    QueryBoundVnics per host with software iSCSI on (bindings are not a property)."""
+    states = inventory.read_named_hosts(session, names, with_vms=False)
+    if bindings:
+        states = {n: inventory.with_bindings(session, st) for n, st in states.items()}
+    return states
+
+
+def apply_plans(session: Session, states: dict[str, HostState], plans: list[HostPlan], *, endpoint: str = "",
+                dry_run: bool = False, progress: Callable[[str], None] | None = None,
+                max_parallel: int = 8) -> MultiApplyResult:
+    """Apply one plan per host, the hosts in parallel (each host's actions in order).
+
+    Refusals on any host stop everything before the first change on every host. Host
+    configuration calls are synchronous methods, not tasks, so the parallelism is one
+    worker per host; the calls share the session (the stub is thread-safe and counts them).
+    """
+    refused = [(p.host, r) for p in plans for r in p.refusals]
+    if refused:
+        host, r = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise ConflictError(f"{host}: {r.target}: {r.message}{more}", hint=r.hint or None)
+    start = session.requests
+    out = MultiApplyResult(endpoint=endpoint or session.name, dry_run=dry_run)
+
+    def one(p: HostPlan) -> ApplyResult:
+        say = None if progress is None else _prefixed(progress, p.host)
+        return apply_plan(session, states[p.host], p, dry_run=dry_run, progress=say)
+
+    busy = [p for p in plans if p.actions]
+    results: dict[str, ApplyResult] = {p.host: ApplyResult(host=p.host, dry_run=dry_run) for p in plans}
+    if len(busy) <= 1 or dry_run:
+        for p in busy:
+            results[p.host] = one(p)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(max_parallel, len(busy)), thread_name_prefix="host-apply") as pool:
+            futures = {p.host: pool.submit(one, p) for p in busy}
+            errors = []
+            for host, fut in futures.items():
+                try:
+                    results[host] = fut.result()
+                except Exception as e:  # noqa: BLE001 - collected; the first is raised below, after all finished
+                    errors.append(e)
+            if errors:
+                raise errors[0]
+    out.results = [results[p.host] for p in plans]
+    out.requests = session.requests - start
+    return out
+
+
+def verify_hosts(session: Session, names: list[str], expected: list[Any], *, endpoint: str = "",
+                 timeout: float = 60.0, rescan_mode: str = "missing", resolve: str | None = None,
+                 progress: Callable[[str], None] | None = None) -> tuple[Any, int, list[Action]]:
+    """verify-storage on several hosts: one property read covers all of them per round.
+
+    Unresolved volumes are asked for only on hosts whose check failed; rescans run in
+    parallel, only on hosts with missing LUNs (``rescan_mode`` as in
+    :func:`esxdr.vsphere.storage.verify_storage`). Returns (HostsStorageReport, rescans, resolved).
+    """
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from esxdr.plan.host import HostsStorageReport, check_storage, plan_resolution
+    from esxdr.vsphere import storage
+
+    say = progress or (lambda _m: None)
+    deadline = time.monotonic() + timeout
+    rescans = 0
+
+    def look() -> tuple[dict[str, HostState], dict[str, Any]]:
+        states = inventory.read_named_hosts(session, names, with_vms=False)
+        reports = {}
+        for n, st in states.items():
+            r = check_storage(expected, st)
+            if not r.ok:
+                r = check_storage(expected, st, inventory.unresolved_volumes(session, st))
+            reports[n] = r
+        return states, reports
+
+    def rescan_all(hosts: list[HostState]) -> None:
+        if len(hosts) == 1:
+            storage.rescan(session, hosts[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(hosts)), thread_name_prefix="host-rescan") as pool:
+            for f in [pool.submit(storage.rescan, session, h) for h in hosts]:
+                f.result()
+
+    def needing_rescan(reports: dict[str, Any]) -> list[str]:
+        return [n for n, r in reports.items() if any(c.status in ("missing", "no-volume") for c in r.checks)]
+
+    states, reports = look()
+    if rescan_mode == "always":
+        rescan_all(list(states.values()))
+        rescans += 1
+        states, reports = look()
+    while rescan_mode != "never" and needing_rescan(reports):
+        if rescans and time.monotonic() >= deadline:
+            break
+        if rescans:
+            time.sleep(min(storage.RESCAN_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+        todo = needing_rescan(reports)
+        say(f"rescanning {', '.join(todo)}: LUNs not seen yet")
+        rescan_all([states[n] for n in todo])
+        rescans += 1
+        states, reports = look()
+    done: list[Action] = []
+    if resolve and any(r.unresolved for r in reports.values()):
+        # Shared LUNs: a resignature writes the LUN, so it is done once, on the first host
+        # that sees the copy, and the other hosts pick the new volume up with a rescan.
+        # A force-mount writes nothing and is per host (as on ESXi): every host does it.
+        handled: set[str] = set()
+        resolved_on: set[str] = set()
+        for n, r in reports.items():
+            acts = [a for a in plan_resolution(r, resolve) if resolve == "keep-uuid" or a.target not in handled]
+            if acts:
+                storage.apply_resolution(session, states[n], acts, progress=_prefixed(say, n))
+                handled.update(a.target for a in acts)
+                resolved_on.add(n)
+                done.extend(acts)
+        others = [states[n] for n, r in reports.items() if n not in resolved_on and r.unresolved]
+        if others:
+            rescan_all(others)
+        states, reports = look()
+    return HostsStorageReport(endpoint=endpoint or session.name, reports=[reports[n] for n in names]), rescans, done
+
+
+def _prefixed(say: Callable[[str], None], host: str) -> Callable[[str], None]:
+    """Progress lines of several hosts interleave: name the host in each."""
+    return lambda m: say(f"{host}: {m}")

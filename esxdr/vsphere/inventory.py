@@ -37,6 +37,10 @@ HOST_PROPS = [
     "configManager.iscsiManager",
     "config.network",
     "config.storageDevice",
+    # Which datastores and VMs belong to which host: under vCenter the traversal reaches
+    # every host's objects in one result set, and these lists sort them out.
+    "datastore",
+    "vm",
 ]
 DATASTORE_PROPS = ["name", "info", "summary.accessible", "summary.url"]
 VM_PROPS = ["name", "config.files.vmPathName", "runtime.powerState", "runtime.question",
@@ -99,6 +103,20 @@ def read_hosts(session: Session, *, with_vms: bool = True, with_datastores: bool
         h = _host(moid, props, datastores, vms)
         hosts[h.name] = h
     return hosts
+
+
+def read_named_hosts(session: Session, names: list[str], **kw: Any) -> dict[str, HostState]:
+    """The hosts ``names`` (in that order), from the one property read of :func:`read_hosts`.
+
+    A name the endpoint does not manage is a usage error naming the hosts it does manage.
+    """
+    hosts = read_hosts(session, **kw)
+    missing = [n for n in names if n not in hosts]
+    if missing:
+        raise UsageError(f"host{'s' if len(missing) > 1 else ''} {', '.join(missing)} not found on {session.name}",
+                         hint="hosts there: " + (", ".join(sorted(hosts)) or "none")
+                         + "; fix the names under the endpoint's hosts: / dr_network in the site file")
+    return {n: hosts[n] for n in names}
 
 
 def read_host(session: Session, name: str | None = None, **kw: Any) -> HostState:
@@ -238,11 +256,15 @@ def _host(moid: str, p: dict[str, Any], datastores: dict[str, ObservedDatastore]
             refs[role] = ref._moId
     pnics, vswitches, pgs, vnics = parse_network(p.get("config.network"))
     enabled, iscsi, luns = parse_storage(p.get("config.storageDevice"))
-    # The datastores and VMs are those reached from this host; all of them on standalone ESXi.
+    # The datastores and VMs this host mounts / runs (under vCenter the result set holds
+    # every host's; on standalone ESXi these lists name all of them anyway).
+    ds_ids = {r._moId for r in p.get("datastore") or ()}
+    vm_ids = {r._moId for r in p.get("vm") or ()}
     return HostState(
         name=p.get("name", moid), moid=moid, refs=refs, pnics=pnics, vswitches=vswitches,
         port_groups=pgs, vnics=vnics, software_iscsi_enabled=enabled, iscsi=iscsi, luns=luns,
-        datastores={d.name: d for d in datastores.values()}, vms={v.name: v for v in vms.values()})
+        datastores={d.name: d for m, d in datastores.items() if m in ds_ids},
+        vms={v.name: v for m, v in vms.items() if m in vm_ids})
 
 
 def with_bindings(session: Session, host: HostState) -> HostState:

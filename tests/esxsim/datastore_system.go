@@ -14,7 +14,7 @@ import (
 // DatastoreSystem replaces the simulator's HostDatastoreSystem for VMFS.
 type DatastoreSystem struct {
 	simulator.HostDatastoreSystem
-	w *World
+	w *Host
 }
 
 func (d *DatastoreSystem) QueryUnresolvedVmfsVolumes(ctx *simulator.Context, _ *types.QueryUnresolvedVmfsVolumes) soap.HasFault {
@@ -188,7 +188,7 @@ func (d *DatastoreSystem) RemoveDatastore(ctx *simulator.Context, c *types.Remov
 // IscsiManager implements port binding of VMkernel NICs to the software iSCSI adapter.
 type IscsiManager struct {
 	mo.IscsiManager
-	w     *World
+	w     *Host
 	bound map[string]bool
 }
 

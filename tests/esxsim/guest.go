@@ -80,7 +80,7 @@ var (
 	transfers = map[string]*guestTransfer{}
 )
 
-func (w *World) setupGuest() {
+func (w *Host) setupGuest() {
 	w.intercept["GuestProcessManager.StartProgramInGuest"] = w.startProgramInGuest
 	w.intercept["GuestProcessManager.ListProcessesInGuest"] = w.listProcessesInGuest
 	w.intercept["GuestFileManager.InitiateFileTransferFromGuest"] = w.fileFromGuest
@@ -98,18 +98,11 @@ func (w *World) setupGuest() {
 	}
 }
 
-// guestHandlers serves the guest file transfers and the small admin endpoints.
-func (w *World) guestHandlers(mux *http.ServeMux) {
-	mux.HandleFunc("/guestFile", w.serveGuestFile)
-	mux.HandleFunc("/esxsim/customization", w.serveCustomization)
-	mux.HandleFunc("/esxsim/guest", w.serveGuestState)
-}
-
 func isWindowsGuest(vm *simulator.VirtualMachine) bool {
 	return vm.Config != nil && strings.HasPrefix(strings.ToLower(vm.Config.GuestId), "win")
 }
 
-func (w *World) guest(vm *simulator.VirtualMachine) *guestState {
+func (w *Host) guest(vm *simulator.VirtualMachine) *guestState {
 	guestMu.Lock()
 	g, ok := guests[vm.Self.Value]
 	guestMu.Unlock()
@@ -150,7 +143,7 @@ func (g *guestState) setReg(key string, v *regValue) {
 
 // ---------------------------------------------------------------- customization events
 
-func (w *World) afterPowerOn(ref types.ManagedObjectReference) {
+func (w *Host) afterPowerOn(ref types.ManagedObjectReference) {
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
@@ -183,7 +176,7 @@ func (w *World) afterPowerOn(ref types.ManagedObjectReference) {
 	}
 }
 
-func (w *World) postCustomization(vm *simulator.VirtualMachine, kind string) error {
+func (w *Host) postCustomization(vm *simulator.VirtualMachine, kind string) error {
 	ev := types.Event{
 		CreatedTime: time.Now(),
 		UserName:    "",
@@ -230,7 +223,7 @@ func findVMByName(name string) *simulator.VirtualMachine {
 	return nil
 }
 
-func (w *World) serveCustomization(rw http.ResponseWriter, r *http.Request) {
+func (w *Host) serveCustomization(rw http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		http.Error(rw, "POST /esxsim/customization?vm=NAME&event=started|succeeded|failed", http.StatusMethodNotAllowed)
 		return
@@ -247,7 +240,7 @@ func (w *World) serveCustomization(rw http.ResponseWriter, r *http.Request) {
 	rw.WriteHeader(http.StatusNoContent)
 }
 
-func (w *World) serveGuestState(rw http.ResponseWriter, r *http.Request) {
+func (w *Host) serveGuestState(rw http.ResponseWriter, r *http.Request) {
 	vm := findVMByName(r.URL.Query().Get("vm"))
 	if vm == nil {
 		http.Error(rw, "no such VM", http.StatusNotFound)
@@ -268,7 +261,7 @@ func (w *World) serveGuestState(rw http.ResponseWriter, r *http.Request) {
 // ---------------------------------------------------------------- guest operation checks
 
 // guestCheck returns the VM when guest operations may run on it, or the fault to return.
-func (w *World) guestCheck(ref types.ManagedObjectReference, auth types.BaseGuestAuthentication) (*simulator.VirtualMachine, *soap.Fault) {
+func (w *Host) guestCheck(ref types.ManagedObjectReference, auth types.BaseGuestAuthentication) (*simulator.VirtualMachine, *soap.Fault) {
 	vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
 	if !ok {
 		return nil, fault("VM not found", &types.ManagedObjectNotFound{Obj: ref})
@@ -306,7 +299,7 @@ func guestPathKey(vm *simulator.VirtualMachine, p string) string {
 
 // ---------------------------------------------------------------- processes
 
-func (w *World) startProgramInGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) startProgramInGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	req := m.Body.(*types.StartProgramInGuest)
 	body := &methods.StartProgramInGuestBody{}
 	vm, f := w.guestCheck(req.Vm, req.Auth)
@@ -335,7 +328,7 @@ func (w *World) startProgramInGuest(ctx *simulator.Context, m *simulator.Method)
 	return body
 }
 
-func (w *World) listProcessesInGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) listProcessesInGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	req := m.Body.(*types.ListProcessesInGuest)
 	body := &methods.ListProcessesInGuestBody{}
 	vm, f := w.guestCheck(req.Vm, req.Auth)
@@ -362,7 +355,7 @@ func (w *World) listProcessesInGuest(ctx *simulator.Context, m *simulator.Method
 
 // runProgram runs one program in the modelled guest: (output, exit code) or a fault when the
 // program cannot be started at all.
-func (w *World) runProgram(vm *simulator.VirtualMachine, g *guestState, program, args string) (string, int, types.BaseMethodFault) {
+func (w *Host) runProgram(vm *simulator.VirtualMachine, g *guestState, program, args string) (string, int, types.BaseMethodFault) {
 	if !isWindowsGuest(vm) {
 		if strings.Contains(program, `\`) || strings.HasPrefix(strings.ToLower(program), "c:") {
 			return "", 0, &types.FileNotFound{FileFault: types.FileFault{File: program}}
@@ -387,7 +380,7 @@ func (w *World) runProgram(vm *simulator.VirtualMachine, g *guestState, program,
 }
 
 // runCmd models `cmd.exe /c COMMAND [> file | >> file] [2>&1]`.
-func (w *World) runCmd(vm *simulator.VirtualMachine, g *guestState, args string) (string, int) {
+func (w *Host) runCmd(vm *simulator.VirtualMachine, g *guestState, args string) (string, int) {
 	rest := strings.TrimSpace(args)
 	for {
 		low := strings.ToLower(rest)
@@ -473,7 +466,7 @@ func splitArgs(s string) []string {
 	return out
 }
 
-func (w *World) runCommand(vm *simulator.VirtualMachine, g *guestState, argv []string) (string, int) {
+func (w *Host) runCommand(vm *simulator.VirtualMachine, g *guestState, argv []string) (string, int) {
 	if len(argv) == 0 {
 		return "", 0
 	}
@@ -616,7 +609,7 @@ func (g *guestState) reg(args []string) (string, int) {
 	return "ERROR: Invalid syntax.\r\n", 1
 }
 
-func (w *World) guestReboot(vm *simulator.VirtualMachine) {
+func (w *Host) guestReboot(vm *simulator.VirtualMachine) {
 	g := w.guest(vm)
 	w.stopHeartbeat(vm)
 	guestMu.Lock()
@@ -633,7 +626,7 @@ func (w *World) guestReboot(vm *simulator.VirtualMachine) {
 	w.scheduleHeartbeat(vm)
 }
 
-func (w *World) rebootGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) rebootGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	body := &methods.RebootGuestBody{}
 	vm, ok := simulator.Map.Get(m.This).(*simulator.VirtualMachine)
 	if !ok {
@@ -657,7 +650,7 @@ func newToken() string {
 	return hex.EncodeToString(b)
 }
 
-func (w *World) transferURL(t *guestTransfer) string {
+func (w *Host) transferURL(t *guestTransfer) string {
 	tok := newToken()
 	guestMu.Lock()
 	for k, old := range transfers {
@@ -674,7 +667,7 @@ func (w *World) transferURL(t *guestTransfer) string {
 	return scheme + "://*/guestFile?id=" + tok
 }
 
-func (w *World) fileFromGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) fileFromGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	req := m.Body.(*types.InitiateFileTransferFromGuest)
 	body := &methods.InitiateFileTransferFromGuestBody{}
 	vm, f := w.guestCheck(req.Vm, req.Auth)
@@ -701,7 +694,7 @@ func (w *World) fileFromGuest(ctx *simulator.Context, m *simulator.Method) soap.
 	return body
 }
 
-func (w *World) fileToGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) fileToGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	req := m.Body.(*types.InitiateFileTransferToGuest)
 	body := &methods.InitiateFileTransferToGuestBody{}
 	vm, f := w.guestCheck(req.Vm, req.Auth)
@@ -723,7 +716,7 @@ func (w *World) fileToGuest(ctx *simulator.Context, m *simulator.Method) soap.Ha
 	return body
 }
 
-func (w *World) deleteFileInGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) deleteFileInGuest(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	req := m.Body.(*types.DeleteFileInGuest)
 	body := &methods.DeleteFileInGuestBody{}
 	vm, f := w.guestCheck(req.Vm, req.Auth)
@@ -746,7 +739,7 @@ func (w *World) deleteFileInGuest(ctx *simulator.Context, m *simulator.Method) s
 	return body
 }
 
-func (w *World) serveGuestFile(rw http.ResponseWriter, r *http.Request) {
+func (w *Host) serveGuestFile(rw http.ResponseWriter, r *http.Request) {
 	tok := r.URL.Query().Get("id")
 	guestMu.Lock()
 	t, ok := transfers[tok]

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 // Config is what the command line sets.
@@ -43,6 +44,12 @@ type Config struct {
 	HeartbeatDelay time.Duration
 	MountRegistry  string
 	Location       string
+
+	// vCenter mode: a Datacenter with one cluster holding one HostSystem per name.
+	VCenter bool
+	Hosts   []string
+	Cluster string
+	DRS     bool
 }
 
 func main() {
@@ -55,13 +62,29 @@ func main() {
 	flag.BoolVar(&cfg.TLS, "tls", false, "serve https with a self-signed certificate kept in the data dir")
 	flag.DurationVar(&cfg.HeartbeatDelay, "heartbeat-delay", time.Second, "time from power-on to guest heartbeat green")
 	flag.StringVar(&cfg.MountRegistry, "mount-registry", "", "directory shared by esxsim processes to detect double mounts (default $TMPDIR/esxsim-mounts)")
+	vcenter := flag.Bool("vcenter", false, "serve a vCenter (apiType VirtualCenter) with a cluster of -hosts instead of one ESXi host")
+	hosts := flag.String("hosts", "", "vCenter mode: comma-separated host names of the cluster (each gets iqn.1998-01.com.vmware:<name>)")
+	flag.StringVar(&cfg.Cluster, "cluster", "cluster0", "vCenter mode: cluster name")
+	flag.BoolVar(&cfg.DRS, "drs", true, "vCenter mode: DRS enabled on the cluster (places VMs registered without a host)")
 	flag.Parse()
+	cfg.VCenter = *vcenter
+	for _, h := range strings.Split(*hosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			cfg.Hosts = append(cfg.Hosts, h)
+		}
+	}
+	if cfg.VCenter && len(cfg.Hosts) == 0 {
+		log.Fatal("-vcenter needs -hosts NAME[,NAME...]")
+	}
+	if !cfg.VCenter && len(cfg.Hosts) > 0 {
+		log.Fatal("-hosts is for -vcenter mode; a standalone host is named with -hostname")
+	}
 
 	cfg.Password = os.Getenv("ESXSIM_PASSWORD")
 	if cfg.Password == "" {
 		cfg.Password = "esxsim"
 	}
-	if cfg.IQN == "" {
+	if cfg.IQN == "" && !cfg.VCenter {
 		cfg.IQN = "iqn.1998-01.com.vmware:" + cfg.Hostname
 	}
 	if cfg.DataDir == "" {
@@ -104,19 +127,31 @@ type StartInfo struct {
 	IQN        string `json:"iqn"`
 	Username   string `json:"username"`
 	PID        int    `json:"pid"`
+	// vCenter mode only
+	APIType string     `json:"api_type"`
+	Hosts   []HostInfo `json:"hosts,omitempty"`
+	Cluster string     `json:"cluster,omitempty"`
+	DRS     *bool      `json:"drs,omitempty"`
+}
+
+// HostInfo names one host of a vCenter-mode esxsim.
+type HostInfo struct {
+	Name string `json:"name"`
+	Moid string `json:"moid"`
+	IQN  string `json:"iqn"`
 }
 
 // Server is a running esxsim.
 type Server struct {
-	http  *http.Server
-	ln    net.Listener
-	world *World
+	http *http.Server
+	ln   net.Listener
+	sim  *Sim
 }
 
 // Shutdown syncs datastores to their LUNs and stops serving.
 func (s *Server) Shutdown() {
 	s.http.Close()
-	s.world.Close()
+	s.sim.Close()
 }
 
 // Start builds the simulated host and serves it.
@@ -136,7 +171,7 @@ func Start(cfg Config) (*Server, *StartInfo, error) {
 	}
 	_ = os.RemoveAll(filepath.Join(cfg.DataDir, "ds:"))
 
-	world, err := NewWorld(cfg)
+	world, err := NewSim(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -197,9 +232,22 @@ func Start(cfg Config) (*Server, *StartInfo, error) {
 		IQN:        cfg.IQN,
 		Username:   cfg.Username,
 		PID:        os.Getpid(),
+		APIType:    "HostAgent",
 	}
-	log.Printf("serving %s as %s (initiator %s)", info.URL, cfg.Hostname, cfg.IQN)
-	return &Server{http: hs, ln: ln, world: world}, info, nil
+	if cfg.VCenter {
+		info.APIType = "VirtualCenter"
+		info.IQN = ""
+		info.Cluster = cfg.Cluster
+		info.DRS = types.NewBool(cfg.DRS)
+		for _, h := range world.hosts {
+			info.Hosts = append(info.Hosts, HostInfo{Name: h.cfg.Hostname, Moid: h.host.Self.Value, IQN: h.cfg.IQN})
+			log.Printf("host %s (%s), initiator %s", h.cfg.Hostname, h.host.Self.Value, h.cfg.IQN)
+		}
+		log.Printf("serving %s as vCenter %s, cluster %s (DRS %v)", info.URL, cfg.Hostname, cfg.Cluster, cfg.DRS)
+	} else {
+		log.Printf("serving %s as %s (initiator %s)", info.URL, cfg.Hostname, cfg.IQN)
+	}
+	return &Server{http: hs, ln: ln, sim: world}, info, nil
 }
 
 func loadOrCreateCert(cfg Config) (tls.Certificate, error) {

@@ -20,7 +20,7 @@ import (
 // NetworkSystem replaces the simulator's HostNetworkSystem.
 type NetworkSystem struct {
 	simulator.HostNetworkSystem
-	w *World
+	w *Host
 }
 
 const pgKeyPrefix = "key-vim.host.PortGroup-"
@@ -67,7 +67,7 @@ func bridgeNics(spec *types.HostVirtualSwitchSpec) []string {
 	return nil
 }
 
-func (w *World) setupNetwork() {
+func (w *Host) setupNetwork() {
 	h := w.host
 	tmpl := h.Config.Network
 	info := &types.HostNetworkInfo{}
@@ -128,11 +128,15 @@ func (w *World) setupNetwork() {
 	ns.recompute()
 
 	vm := &VirtualNicManager{w: w}
-	vm.Self = types.ManagedObjectReference{Type: "HostVirtualNicManager", Value: "ha-vnic-mgr"}
+	vm.Self = types.ManagedObjectReference{Type: "HostVirtualNicManager", Value: "ha-vnic-mgr" + w.idSuffix}
 	simulator.Map.Put(vm)
 	w.vnicMgr = vm
 	h.ConfigManager.VirtualNicManager = &vm.Self
 	vm.refresh()
+	if w.sim.vcenter {
+		// vCenter's datacenter has one "VM Network" entity; each host's port group joins it.
+		ns.addNetworkEntity("VM Network")
+	}
 }
 
 func macSuffix(s string) string {
@@ -471,7 +475,17 @@ func (s *NetworkSystem) findNetworkEntity(name string) mo.Entity {
 }
 
 func (s *NetworkSystem) addNetworkEntity(name string) {
-	if s.findNetworkEntity(name) != nil {
+	h := s.w.host
+	if e := s.findNetworkEntity(name); e != nil {
+		// Another host of the datacenter has a port group of that name: one Network
+		// entity lists every host that carries it, as vCenter shows standard networks.
+		if n, ok := e.(*mo.Network); ok {
+			addRef(&n.Host, h.Self)
+		}
+		addRef(&h.Network, e.Reference())
+		if cr := computeResource(h); cr != nil {
+			addRef(&cr.Network, e.Reference())
+		}
 		return
 	}
 	n := &mo.Network{}
@@ -482,10 +496,9 @@ func (s *NetworkSystem) addNetworkEntity(name string) {
 	putChild(s.networkFolder(), n)
 	dc := s.w.dc
 	simulator.Map.AddReference(dc, &dc.Network, n.Self)
-	h := s.w.host
-	h.Network = append(h.Network, n.Self)
-	if cr, ok := simulator.Map.Get(*h.Parent).(*mo.ComputeResource); ok {
-		cr.Network = append(cr.Network, n.Self)
+	addRef(&h.Network, n.Self)
+	if cr := computeResource(h); cr != nil {
+		addRef(&cr.Network, n.Self)
 	}
 }
 
@@ -495,11 +508,17 @@ func (s *NetworkSystem) removeNetworkEntity(name string) {
 		return
 	}
 	ref := e.Reference()
-	dc := s.w.dc
-	simulator.Map.RemoveReference(dc, &dc.Network, ref)
 	h := s.w.host
 	simulator.RemoveReference(&h.Network, ref)
-	if cr, ok := simulator.Map.Get(*h.Parent).(*mo.ComputeResource); ok {
+	if n, ok := e.(*mo.Network); ok {
+		simulator.RemoveReference(&n.Host, h.Self)
+		if len(n.Host) > 0 {
+			return // still a port group on another host of the datacenter
+		}
+	}
+	dc := s.w.dc
+	simulator.Map.RemoveReference(dc, &dc.Network, ref)
+	if cr := computeResource(h); cr != nil {
 		simulator.RemoveReference(&cr.Network, ref)
 	}
 	removeChild(s.networkFolder(), ref)
@@ -777,7 +796,7 @@ func (s *NetworkSystem) QueryNetworkHint(req *types.QueryNetworkHint) soap.HasFa
 // VirtualNicManager implements HostVirtualNicManager (service tags on vmk NICs).
 type VirtualNicManager struct {
 	mo.HostVirtualNicManager
-	w        *World
+	w        *Host
 	selected map[string][]string
 }
 

@@ -12,7 +12,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
-func (w *World) setupRename() {
+func (w *Host) setupRename() {
 	w.intercept["Datastore.RenameDatastore"] = func(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 		req := m.Body.(*types.RenameDatastore)
 		if f := w.renameVolume(m.This, req.NewName); f != nil {
@@ -30,7 +30,7 @@ func (w *World) setupRename() {
 	}
 }
 
-func (w *World) renameVolume(ref types.ManagedObjectReference, name string) types.BaseMethodFault {
+func (w *Host) renameVolume(ref types.ManagedObjectReference, name string) types.BaseMethodFault {
 	if name == "" || len(name) > 127 {
 		return withMsg(&types.InvalidName{Name: name}, "a datastore name has 1 to 127 characters")
 	}

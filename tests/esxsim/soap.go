@@ -53,7 +53,7 @@ func internalCtx(this types.ManagedObjectReference) *simulator.Context {
 	}
 }
 
-func (w *World) soapHandler() http.Handler {
+func (w *Sim) soapHandler() http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			rw.WriteHeader(http.StatusMethodNotAllowed)
@@ -107,7 +107,7 @@ func (w *World) soapHandler() http.Handler {
 }
 
 // syncAfter wraps a handler that may change datastore files (the /folder endpoint).
-func (w *World) syncAfter(h http.Handler) http.Handler {
+func (w *Sim) syncAfter(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, r)
@@ -122,12 +122,19 @@ func (w *World) syncAfter(h http.Handler) http.Handler {
 	})
 }
 
-func (w *World) interceptor(m *simulator.Method) Interceptor {
-	if h, ok := w.intercept[m.This.Type+"."+m.Name]; ok {
-		return h
+// interceptor finds esxsim's handler for m on the host the call concerns (the VM's
+// host, the host that mounts a datastore, ...), or nil to let the simulator answer.
+func (w *Sim) interceptor(m *simulator.Method) Interceptor {
+	key := m.This.Type + "." + m.Name
+	if w.vcenter && key == "Folder.RegisterVM_Task" {
+		return w.registerVM
+	}
+	h := w.hostFor(m)
+	if f, ok := h.intercept[key]; ok {
+		return f
 	}
 	if strings.HasSuffix(m.Name, "_Task") {
-		return w.genericTask
+		return h.genericTask
 	}
 	return nil
 }
@@ -258,13 +265,13 @@ func (b *fetchBody) Fault() *soap.Fault { return b.Fault_ }
 
 // genericTask runs a simulator task method and makes sure the task's entity is a
 // ManagedEntity (the simulator uses e.g. the snapshot or FileManager, which pyvmomi rejects).
-func (w *World) genericTask(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) genericTask(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	res := callOriginal(ctx, m)
 	fixTaskEntity(res, w)
 	return res
 }
 
-func fixTaskEntity(res soap.HasFault, w *World) {
+func fixTaskEntity(res soap.HasFault, w *Host) {
 	t, ok := taskResult(res)
 	if !ok || t.Info.Entity == nil {
 		return

@@ -49,7 +49,7 @@ func (l *Lun) Uuid() string {
 // StorageSystem replaces the simulator's HostStorageSystem.
 type StorageSystem struct {
 	simulator.HostStorageSystem
-	w *World
+	w *Host
 
 	hba           *types.HostInternetScsiHba
 	adapterChap   types.HostInternetScsiHbaAuthenticationProperties
@@ -58,7 +58,7 @@ type StorageSystem struct {
 	discovered    []types.HostInternetScsiHbaStaticTarget
 }
 
-func (w *World) setupStorage() {
+func (w *Host) setupStorage() {
 	h := w.host
 	old := simulator.Map.Get(*h.ConfigManager.StorageSystem).(*simulator.HostStorageSystem)
 	s := &StorageSystem{HostStorageSystem: *old, w: w, targetChap: map[string]ChapConfig{}}
@@ -92,7 +92,7 @@ func (w *World) setupStorage() {
 	w.dss = d
 
 	im := &IscsiManager{w: w, bound: map[string]bool{}}
-	im.Self = types.ManagedObjectReference{Type: "IscsiManager", Value: "iscsiManager"}
+	im.Self = types.ManagedObjectReference{Type: "IscsiManager", Value: "iscsiManager" + w.idSuffix}
 	simulator.Map.Put(im)
 	w.iscsi = im
 	h.ConfigManager.IscsiManager = &im.Self
@@ -801,7 +801,7 @@ func (d *lunDev) Size() int64                             { return d.size }
 func (d *lunDev) BlockSize() int                          { return d.bs }
 
 // openLun logs in to the LUN's target; the caller closes the session.
-func (w *World) openLun(l *Lun) (*lunDev, error) {
+func (w *Host) openLun(l *Lun) (*lunDev, error) {
 	sess, err := Login(l.Portal, w.cfg.IQN, l.Target, l.Chap)
 	if err != nil {
 		return nil, err
@@ -809,7 +809,7 @@ func (w *World) openLun(l *Lun) (*lunDev, error) {
 	return &lunDev{s: sess, lun: l.LunID, bs: int(l.Ident.BlockSize), size: l.Capacity()}, nil
 }
 
-func (w *World) lunByPath(p string) *Lun {
+func (w *Host) lunByPath(p string) *Lun {
 	name := strings.TrimPrefix(p, "/vmfs/devices/disks/")
 	if i := strings.Index(name, ":"); i >= 0 {
 		name = name[:i]

@@ -34,7 +34,7 @@ type vmExtra struct {
 	hbTimer     *time.Timer
 }
 
-func (w *World) setupVMs() {
+func (w *Host) setupVMs() {
 	w.intercept["Folder.CreateVM_Task"] = w.createVM
 	w.intercept["Folder.RegisterVM_Task"] = w.registerVM
 	w.intercept["VirtualMachine.ReconfigVM_Task"] = w.reconfigVM
@@ -87,7 +87,7 @@ func taskResult(res soap.HasFault) (*simulator.Task, bool) {
 	return t, ok
 }
 
-func (w *World) extra(vm *simulator.VirtualMachine) *vmExtra {
+func (w *Host) extra(vm *simulator.VirtualMachine) *vmExtra {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	x, ok := w.vmState[vm.Self.Value]
@@ -99,7 +99,7 @@ func (w *World) extra(vm *simulator.VirtualMachine) *vmExtra {
 }
 
 // checkNetworks verifies that every standard network backing names a port group.
-func (w *World) checkNetworks(changes []types.BaseVirtualDeviceConfigSpec) types.BaseMethodFault {
+func (w *Host) checkNetworks(changes []types.BaseVirtualDeviceConfigSpec) types.BaseMethodFault {
 	for i, c := range changes {
 		spec := c.GetVirtualDeviceConfigSpec()
 		if spec.Operation == types.VirtualDeviceConfigSpecOperationRemove {
@@ -126,7 +126,7 @@ func taskFault(this types.ManagedObjectReference, name string, f types.BaseMetho
 	return runTask(t)
 }
 
-func (w *World) createVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) createVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	req := m.Body.(*types.CreateVM_Task)
 	if f := w.checkNetworks(req.Config.DeviceChange); f != nil {
 		return &methods.CreateVM_TaskBody{Res: &types.CreateVM_TaskResponse{Returnval: taskFault(m.This, "createVm", f)}}
@@ -151,7 +151,7 @@ func (w *World) createVM(ctx *simulator.Context, m *simulator.Method) soap.HasFa
 	return res
 }
 
-func (w *World) reconfigVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) reconfigVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	req := m.Body.(*types.ReconfigVM_Task)
 	if f := w.checkNetworks(req.Spec.DeviceChange); f != nil {
 		return &methods.ReconfigVM_TaskBody{Res: &types.ReconfigVM_TaskResponse{Returnval: taskFault(m.This, "reconfigVm", f)}}
@@ -167,7 +167,7 @@ func (w *World) reconfigVM(ctx *simulator.Context, m *simulator.Method) soap.Has
 }
 
 // localPath maps "[ds] dir/file" to the working copy path.
-func (w *World) localPath(dsPath string) (string, string, bool) {
+func (w *Host) localPath(dsPath string) (string, string, bool) {
 	var p object.DatastorePath
 	if !p.FromString(dsPath) {
 		return "", "", false
@@ -256,7 +256,7 @@ func fromVmwareUUID(s string) string {
 }
 
 // location is this host's uuid.location for a .vmx path.
-func (w *World) location(hostPath string) string {
+func (w *Host) location(hostPath string) string {
 	return vmwareUUID(newUUIDFrom([]byte(w.host.Summary.Hardware.Uuid + ":" + hostPath)))
 }
 
@@ -279,7 +279,7 @@ func vmxGuestToID(g string) string {
 }
 
 // writeVmx writes the VM's configuration to its .vmx, keeping keys it does not manage.
-func (w *World) writeVmx(vm *simulator.VirtualMachine, created bool) {
+func (w *Host) writeVmx(vm *simulator.VirtualMachine, created bool) {
 	local, hostPath, ok := w.localPath(vm.Config.Files.VmPathName)
 	if !ok {
 		return
@@ -374,7 +374,7 @@ func vmPathRel(vm *simulator.VirtualMachine) string {
 }
 
 // writeDisks puts a small VMFS descriptor into every empty .vmdk of the VM.
-func (w *World) writeDisks(vm *simulator.VirtualMachine) {
+func (w *Host) writeDisks(vm *simulator.VirtualMachine) {
 	for _, d := range object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualDisk)(nil)) {
 		disk := d.(*types.VirtualDisk)
 		b, ok := disk.Backing.(types.BaseVirtualDeviceFileBackingInfo)
@@ -400,7 +400,7 @@ func (w *World) writeDisks(vm *simulator.VirtualMachine) {
 	}
 }
 
-func (w *World) registerVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) registerVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	req := m.Body.(*types.RegisterVM_Task)
 	local, hostPath, ok := w.localPath(req.Path)
 	var vmx *vmxFile
@@ -564,7 +564,7 @@ func uuidQuestion(n int) *types.VirtualMachineQuestionInfo {
 	}
 }
 
-func (w *World) setQuestion(vm *simulator.VirtualMachine, q *types.VirtualMachineQuestionInfo) {
+func (w *Host) setQuestion(vm *simulator.VirtualMachine, q *types.VirtualMachineQuestionInfo) {
 	simulator.Map.WithLock(vm, func() {
 		if q != nil {
 			simulator.Map.Update(vm, []types.PropertyChange{
@@ -581,7 +581,7 @@ func (w *World) setQuestion(vm *simulator.VirtualMachine, q *types.VirtualMachin
 	})
 }
 
-func (w *World) powerOnVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) powerOnVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	vm, ok := simulator.Map.Get(m.This).(*simulator.VirtualMachine)
 	if !ok {
 		return callOriginal(ctx, m)
@@ -659,7 +659,7 @@ func deviceSpecs(vm *simulator.VirtualMachine) []types.BaseVirtualDeviceConfigSp
 }
 
 // uuidAnswered applies "I moved it" (keep the BIOS UUID) or "I copied it" (new UUID).
-func (w *World) uuidAnswered(vm *simulator.VirtualMachine, answer string) {
+func (w *Host) uuidAnswered(vm *simulator.VirtualMachine, answer string) {
 	simulator.Map.WithLock(vm, func() {
 		if answer == "2" {
 			nu := uuid.New().String()
@@ -683,7 +683,7 @@ func (w *World) uuidAnswered(vm *simulator.VirtualMachine, answer string) {
 	w.mu.Unlock()
 }
 
-func (w *World) answerVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) answerVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	req := m.Body.(*types.AnswerVM)
 	r := &methods.AnswerVMBody{}
 	vm, ok := simulator.Map.Get(m.This).(*simulator.VirtualMachine)
@@ -723,7 +723,7 @@ func (w *World) answerVM(ctx *simulator.Context, m *simulator.Method) soap.HasFa
 	return r
 }
 
-func (w *World) scheduleHeartbeat(vm *simulator.VirtualMachine) {
+func (w *Host) scheduleHeartbeat(vm *simulator.VirtualMachine) {
 	x := w.extra(vm)
 	w.mu.Lock()
 	if x.hbTimer != nil {
@@ -749,7 +749,7 @@ func (w *World) scheduleHeartbeat(vm *simulator.VirtualMachine) {
 	w.mu.Unlock()
 }
 
-func (w *World) stopHeartbeat(vm *simulator.VirtualMachine) {
+func (w *Host) stopHeartbeat(vm *simulator.VirtualMachine) {
 	x := w.extra(vm)
 	w.mu.Lock()
 	if x.hbTimer != nil {
@@ -768,7 +768,7 @@ func (w *World) stopHeartbeat(vm *simulator.VirtualMachine) {
 	})
 }
 
-func (w *World) powerOffVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) powerOffVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	res := callOriginal(ctx, m)
 	if vm, ok := simulator.Map.Get(m.This).(*simulator.VirtualMachine); ok {
 		if t, ok := taskResult(res); ok && t.Info.State == types.TaskInfoStateSuccess {
@@ -778,7 +778,7 @@ func (w *World) powerOffVM(ctx *simulator.Context, m *simulator.Method) soap.Has
 	return res
 }
 
-func (w *World) vmxValue(vm *simulator.VirtualMachine, key string) string {
+func (w *Host) vmxValue(vm *simulator.VirtualMachine, key string) string {
 	for _, o := range vm.Config.ExtraConfig {
 		if ov := o.GetOptionValue(); strings.EqualFold(ov.Key, key) {
 			if s, ok := ov.Value.(string); ok {
@@ -794,7 +794,7 @@ func (w *World) vmxValue(vm *simulator.VirtualMachine, key string) string {
 	return ""
 }
 
-func (w *World) createSnapshot(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) createSnapshot(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	req := m.Body.(*types.CreateSnapshot_Task)
 	vm, ok := simulator.Map.Get(m.This).(*simulator.VirtualMachine)
 	if ok && req.Quiesce && vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
@@ -810,7 +810,7 @@ func (w *World) createSnapshot(ctx *simulator.Context, m *simulator.Method) soap
 	return callOriginal(ctx, m)
 }
 
-func (w *World) unregisterVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) unregisterVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	vm, _ := simulator.Map.Get(m.This).(*simulator.VirtualMachine)
 	if vm != nil {
 		w.stopHeartbeat(vm)
@@ -824,7 +824,7 @@ func (w *World) unregisterVM(ctx *simulator.Context, m *simulator.Method) soap.H
 	return res
 }
 
-func (w *World) destroyVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
+func (w *Host) destroyVM(ctx *simulator.Context, m *simulator.Method) soap.HasFault {
 	vm, _ := simulator.Map.Get(m.This).(*simulator.VirtualMachine)
 	res := callOriginal(ctx, m)
 	if t, ok := taskResult(res); ok && t.Info.State == types.TaskInfoStateSuccess && vm != nil {
@@ -867,7 +867,7 @@ func nicVirtualDev(d types.BaseVirtualDevice) string {
 }
 
 // initGuest sets what real ESXi reports for a powered-off VM with tools installed.
-func (w *World) initGuest(vm *simulator.VirtualMachine) {
+func (w *Host) initGuest(vm *simulator.VirtualMachine) {
 	simulator.Map.WithLock(vm, func() {
 		simulator.Map.Update(vm, []types.PropertyChange{
 			{Name: "guestHeartbeatStatus", Val: types.ManagedEntityStatusGray},

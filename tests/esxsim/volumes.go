@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
-	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -62,7 +61,7 @@ func vmfsMajor(info *VmfsInfo) int32 {
 	return 6
 }
 
-func (w *World) hostVmfsVolume(v *Volume) *types.HostVmfsVolume {
+func (w *Host) hostVmfsVolume(v *Volume) *types.HostVmfsVolume {
 	major := vmfsMajor(&v.Info)
 	version := "6.82"
 	if major == 5 {
@@ -98,7 +97,7 @@ func dirSize(dir string) int64 {
 }
 
 // refreshVmfsHeaders re-reads the VMFS headers of every known LUN.
-func (w *World) refreshVmfsHeaders() {
+func (w *Host) refreshVmfsHeaders() {
 	w.mu.Lock()
 	luns := make([]*Lun, 0, len(w.luns))
 	for _, l := range w.luns {
@@ -124,7 +123,7 @@ func (w *World) refreshVmfsHeaders() {
 }
 
 // vmfsRescan mounts matching volumes and drops volumes whose LUN is gone.
-func (w *World) vmfsRescan() {
+func (w *Host) vmfsRescan() {
 	w.mu.Lock()
 	var toMount []*Lun
 	names := make([]string, 0, len(w.luns))
@@ -184,9 +183,9 @@ func (w *World) vmfsRescan() {
 
 var userUnmounted = map[string]bool{}
 
-func (w *World) unmountedByUser() map[string]bool { return userUnmounted }
+func (w *Host) unmountedByUser() map[string]bool { return userUnmounted }
 
-func (w *World) setAccessible(v *Volume, ok bool) {
+func (w *Host) setAccessible(v *Volume, ok bool) {
 	simulator.Map.WithLock(v.DS, func() {
 		v.DS.Summary.Accessible = ok
 		for i := range v.DS.Host {
@@ -201,7 +200,7 @@ func (w *World) setAccessible(v *Volume, ok bool) {
 }
 
 // mountVolume creates the datastore for a volume on l and loads its files.
-func (w *World) mountVolume(l *Lun, force bool) (*Volume, types.BaseMethodFault) {
+func (w *Host) mountVolume(l *Lun, force bool) (*Volume, types.BaseMethodFault) {
 	info := *l.Vmfs
 	u := info.UUIDString()
 	w.mu.Lock()
@@ -264,7 +263,22 @@ func safeRel(p string) bool {
 	return c != "." && !filepath.IsAbs(c) && !strings.HasPrefix(c, "..")
 }
 
-func (w *World) createDatastoreEntity(v *Volume) {
+func (w *Host) createDatastoreEntity(v *Volume) {
+	if ds, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "Datastore", Value: v.UUID}).(*simulator.Datastore); ok {
+		// Shared storage: another host of this vCenter mounts the same volume (same
+		// UUID) already. One Datastore entity, one mount entry per host.
+		simulator.Map.WithLock(ds, func() {
+			ds.Host = append(ds.Host, w.datastoreMount(v))
+			ds.Summary.MultipleHostAccess = types.NewBool(len(ds.Host) > 1)
+		})
+		w.dss.Datastore = append(w.dss.Datastore, ds.Self) // dss may be locked by our caller
+		addRef(&w.host.Datastore, ds.Self)
+		if cr := computeResource(w.host); cr != nil {
+			addRef(&cr.Datastore, ds.Self)
+		}
+		v.DS = ds
+		return
+	}
 	capacity := volumeCapacity(v.Lun, &v.Info)
 	free := capacity - 0x1600000 - dirSize(v.Dir())
 	now := time.Now()
@@ -289,34 +303,74 @@ func (w *World) createDatastoreEntity(v *Volume) {
 		StorageIORMSupported: types.NewBool(true), NativeSnapshotSupported: types.NewBool(false),
 		TopLevelDirectoryCreateSupported: types.NewBool(true), SeSparseSupported: types.NewBool(true),
 	}
-	ds.Host = []types.DatastoreHostMount{{
-		Key: w.host.Self,
-		MountInfo: types.HostMountInfo{
-			Path: "/vmfs/volumes/" + v.UUID, AccessMode: string(types.HostMountModeReadWrite),
-			Mounted: types.NewBool(true), Accessible: types.NewBool(true),
-		},
-	}}
+	ds.Host = []types.DatastoreHostMount{w.datastoreMount(v)}
 	browser := &simulator.HostDatastoreBrowser{}
 	browser.Datastore = []types.ManagedObjectReference{ds.Self}
 	ds.Browser = simulator.Map.Put(browser).Reference()
 	putChild(w.dc.DatastoreFolder, ds)
 	simulator.Map.AddReference(w.dc, &w.dc.Datastore, ds.Self)
 	w.dss.Datastore = append(w.dss.Datastore, ds.Self) // dss may be locked by our caller
-	w.host.Datastore = append(w.host.Datastore, ds.Self)
-	if cr, ok := simulator.Map.Get(*w.host.Parent).(*mo.ComputeResource); ok {
-		cr.Datastore = append(cr.Datastore, ds.Self)
+	addRef(&w.host.Datastore, ds.Self)
+	if cr := computeResource(w.host); cr != nil {
+		addRef(&cr.Datastore, ds.Self)
 	}
 	v.DS = ds
 }
 
+func (w *Host) datastoreMount(v *Volume) types.DatastoreHostMount {
+	return types.DatastoreHostMount{
+		Key: w.host.Self,
+		MountInfo: types.HostMountInfo{
+			Path: "/vmfs/volumes/" + v.UUID, AccessMode: string(types.HostMountModeReadWrite),
+			Mounted: types.NewBool(true), Accessible: types.NewBool(true),
+		},
+	}
+}
+
+// dropSharedMount takes this host's mount off a datastore that other hosts still
+// mount (shared storage under vCenter): the entity and its files stay for them.
+func (w *Host) dropSharedMount(v *Volume) bool {
+	ds := v.DS
+	others := 0
+	for _, m := range ds.Host {
+		if m.Key != w.host.Self {
+			others++
+		}
+	}
+	if others == 0 {
+		return false
+	}
+	simulator.Map.WithLock(ds, func() {
+		kept := ds.Host[:0]
+		for _, m := range ds.Host {
+			if m.Key != w.host.Self {
+				kept = append(kept, m)
+			}
+		}
+		ds.Host = kept
+		ds.Summary.MultipleHostAccess = types.NewBool(len(kept) > 1)
+	})
+	simulator.RemoveReference(&w.dss.Datastore, ds.Self) // dss may be locked by our caller
+	simulator.RemoveReference(&w.host.Datastore, ds.Self)
+	w.mu.Lock()
+	delete(w.volumes, v.UUID)
+	w.unregisterMount(v)
+	w.mu.Unlock()
+	w.refreshMountInfo()
+	return true
+}
+
 // dropVolume removes the datastore without writing to the LUN.
-func (w *World) dropVolume(v *Volume) {
+func (w *Host) dropVolume(v *Volume) {
 	ref := v.DS.Self
+	if w.dropSharedMount(v) {
+		return
+	}
 	removeChild(w.dc.DatastoreFolder, ref)
 	simulator.Map.RemoveReference(w.dc, &w.dc.Datastore, ref)
 	simulator.RemoveReference(&w.dss.Datastore, ref) // dss may be locked by our caller
 	simulator.RemoveReference(&w.host.Datastore, ref)
-	if cr, ok := simulator.Map.Get(*w.host.Parent).(*mo.ComputeResource); ok {
+	if cr := computeResource(w.host); cr != nil {
 		simulator.RemoveReference(&cr.Datastore, ref)
 	}
 	simulator.Map.Remove(v.DS.Browser)
@@ -328,7 +382,7 @@ func (w *World) dropVolume(v *Volume) {
 	w.refreshMountInfo()
 }
 
-func (w *World) refreshMountInfo() {
+func (w *Host) refreshMountInfo() {
 	w.mu.Lock()
 	var mi []types.HostFileSystemMountInfo
 	uuids := make([]string, 0, len(w.volumes))
@@ -352,7 +406,7 @@ func (w *World) refreshMountInfo() {
 }
 
 // unmountVolume syncs and removes a mounted volume.
-func (w *World) unmountVolume(u string, forceMountedOnly bool, _ bool) types.BaseMethodFault {
+func (w *Host) unmountVolume(u string, forceMountedOnly bool, _ bool) types.BaseMethodFault {
 	w.mu.Lock()
 	v, ok := w.volumes[u]
 	w.mu.Unlock()
@@ -374,7 +428,7 @@ func (w *World) unmountVolume(u string, forceMountedOnly bool, _ bool) types.Bas
 	return nil
 }
 
-func (w *World) remountVolume(u string) types.BaseMethodFault {
+func (w *Host) remountVolume(u string) types.BaseMethodFault {
 	w.mu.Lock()
 	_, mounted := w.volumes[u]
 	var lun *Lun
@@ -396,7 +450,7 @@ func (w *World) remountVolume(u string) types.BaseMethodFault {
 }
 
 // unresolvedVolumes lists VMFS volumes whose stored device id does not match their LUN.
-func (w *World) unresolvedVolumes() []types.HostUnresolvedVmfsVolume {
+func (w *Host) unresolvedVolumes() []types.HostUnresolvedVmfsVolume {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	groups := map[string][]*Lun{}
@@ -452,7 +506,7 @@ func (w *World) unresolvedVolumes() []types.HostUnresolvedVmfsVolume {
 	return out
 }
 
-func (w *World) lunsForPaths(paths []string) ([]*Lun, types.BaseMethodFault) {
+func (w *Host) lunsForPaths(paths []string) ([]*Lun, types.BaseMethodFault) {
 	var out []*Lun
 	for _, p := range paths {
 		l := w.lunByPath(p)
@@ -470,7 +524,7 @@ func (w *World) lunsForPaths(paths []string) ([]*Lun, types.BaseMethodFault) {
 	return out, nil
 }
 
-func (w *World) resolveVolumes(specs []types.HostUnresolvedVmfsResolutionSpec) []types.HostUnresolvedVmfsResolutionResult {
+func (w *Host) resolveVolumes(specs []types.HostUnresolvedVmfsResolutionSpec) []types.HostUnresolvedVmfsResolutionResult {
 	var out []types.HostUnresolvedVmfsResolutionResult
 	for _, spec := range specs {
 		res := types.HostUnresolvedVmfsResolutionResult{Spec: spec}
@@ -501,7 +555,7 @@ func (w *World) resolveVolumes(specs []types.HostUnresolvedVmfsResolutionSpec) [
 	return out
 }
 
-func (w *World) diskIDFor(l *Lun) DiskID {
+func (w *Host) diskIDFor(l *Lun) DiskID {
 	return DiskID{
 		Type: 3, Lun: l.LunID, DevType: 0, ScsiLevel: l.Ident.ScsiLevel,
 		Vendor: l.Ident.Vendor, Model: l.Ident.Product, Rev: l.Ident.Revision, ID: l.DeviceID(),
@@ -514,12 +568,12 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)[:n]
 }
 
-func (w *World) hostMAC() string {
+func (w *Host) hostMAC() string {
 	return w.netsys.NetworkInfo.Pnic[0].Mac
 }
 
 // resignature writes a new UUID, this LUN's device id and a snap- label, then mounts.
-func (w *World) resignature(l *Lun) (*Volume, types.BaseMethodFault) {
+func (w *Host) resignature(l *Lun) (*Volume, types.BaseMethodFault) {
 	info := *l.Vmfs
 	old := info.UUIDString()
 	info.UUID = newVmfsUUID(w.hostMAC())
@@ -551,7 +605,7 @@ func (w *World) resignature(l *Lun) (*Volume, types.BaseMethodFault) {
 	return v, nil
 }
 
-func (w *World) markResignatured(v *Volume) {
+func (w *Host) markResignatured(v *Volume) {
 	// VMs registered from a resignatured volume get the uuid.altered question
 	resignatured[v.UUID] = true
 }
@@ -559,7 +613,7 @@ func (w *World) markResignatured(v *Volume) {
 var resignatured = map[string]bool{}
 
 // createVmfs writes a fresh GPT, LVM header and FS3 descriptor to l and mounts it.
-func (w *World) createVmfs(l *Lun, name string, major int32) (*Volume, types.BaseMethodFault) {
+func (w *Host) createVmfs(l *Lun, name string, major int32) (*Volume, types.BaseMethodFault) {
 	if l.Capacity() < minLunBytes {
 		return nil, withMsg(&types.InvalidArgument{InvalidProperty: "spec.vmfs.extent"}, fmt.Sprintf("LUN %s is too small for VMFS (%d bytes, need %d)", l.Canonical, l.Capacity(), minLunBytes))
 	}
@@ -607,7 +661,7 @@ func (w *World) createVmfs(l *Lun, name string, major int32) (*Volume, types.Bas
 }
 
 // buildDirectory collects a volume's working files.
-func (w *World) buildDirectory(v *Volume) *Directory {
+func (w *Host) buildDirectory(v *Volume) *Directory {
 	dir := &Directory{Format: "esxsim-dir-1", Writer: w.cfg.Hostname, Files: map[string]string{}}
 	root := v.Dir()
 	_ = filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
@@ -637,7 +691,7 @@ func (w *World) buildDirectory(v *Volume) *Directory {
 	return dir
 }
 
-func (w *World) dirHash(v *Volume) string {
+func (w *Host) dirHash(v *Volume) string {
 	d := w.buildDirectory(v)
 	d.Writer = ""
 	b, _ := json.Marshal(struct {
@@ -649,7 +703,7 @@ func (w *World) dirHash(v *Volume) string {
 }
 
 // syncVolume writes the volume's files to the LUN if they changed.
-func (w *World) syncVolume(v *Volume) {
+func (w *Host) syncVolume(v *Volume) {
 	if v.Inaccessible {
 		return
 	}
@@ -685,7 +739,7 @@ func (w *World) syncVolume(v *Volume) {
 }
 
 // SyncAll writes every changed datastore to its LUN.
-func (w *World) SyncAll() {
+func (w *Host) SyncAll() {
 	syncMu.Lock()
 	defer syncMu.Unlock()
 	w.mu.Lock()
@@ -700,7 +754,7 @@ func (w *World) SyncAll() {
 	w.refreshFreeSpace(vols)
 }
 
-func (w *World) refreshFreeSpace(vols []*Volume) {
+func (w *Host) refreshFreeSpace(vols []*Volume) {
 	for _, v := range vols {
 		free := volumeCapacity(v.Lun, &v.Info) - 0x1600000 - dirSize(v.Dir())
 		if v.DS.Summary.FreeSpace != free {
@@ -724,11 +778,11 @@ type mountRecord struct {
 	Forced   bool   `json:"forceMounted"`
 }
 
-func (w *World) mountRecordPath(u string) string {
+func (w *Host) mountRecordPath(u string) string {
 	return filepath.Join(w.cfg.MountRegistry, u+"@"+w.cfg.Hostname+".json")
 }
 
-func (w *World) registerMount(v *Volume) {
+func (w *Host) registerMount(v *Volume) {
 	if err := os.MkdirAll(w.cfg.MountRegistry, 0777); err != nil {
 		return
 	}
@@ -758,6 +812,6 @@ func (w *World) registerMount(v *Volume) {
 }
 
 // unregisterMount is called with w.mu held or at exit.
-func (w *World) unregisterMount(v *Volume) {
+func (w *Host) unregisterMount(v *Volume) {
 	_ = os.Remove(w.mountRecordPath(v.UUID))
 }

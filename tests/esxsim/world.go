@@ -8,19 +8,25 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
-	"github.com/vmware/govmomi/simulator/esx"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
-// World is the simulated host and everything esxsim adds to it.
-type World struct {
-	cfg   Config
-	model *simulator.Model
-	svc   *simulator.Service
+// Host is one simulated ESXi host and everything esxsim adds to it: its own
+// network, storage, datastore and iSCSI systems, LUNs, mounted volumes and VM state.
+// Standalone mode serves one Host; vCenter mode (sim.go) instantiates one per
+// cluster member, all sharing the simulator's registry, datacenter and SOAP front end.
+type Host struct {
+	cfg Config // per host: Hostname and IQN are this host's
+	sim *Sim
+	svc *simulator.Service
 
 	host *simulator.HostSystem
 	dc   *simulator.Datacenter
+	// idSuffix keeps the ids of esxsim's own per-host objects (vnic manager, iSCSI
+	// manager) unique when several hosts share one registry; empty when standalone,
+	// so the standalone ids stay those of real ESXi ("ha-vnic-mgr").
+	idSuffix string
 
 	netsys  *NetworkSystem
 	storage *StorageSystem
@@ -39,36 +45,30 @@ type World struct {
 	events  []string
 }
 
-// NewWorld creates the simulator model and installs esxsim's objects.
-func NewWorld(cfg Config) (*World, error) {
-	m := simulator.ESX()
-	m.Datastore = 0
-	m.Machine = 0
-	m.Autostart = false
-	if err := m.Create(); err != nil {
-		return nil, err
-	}
-	w := &World{
+// NewHost installs esxsim's objects on the simulator HostSystem hs.
+func NewHost(sim *Sim, cfg Config, hs *simulator.HostSystem, idSuffix string) *Host {
+	w := &Host{
 		cfg:       cfg,
-		model:     m,
-		svc:       m.Service,
+		sim:       sim,
+		svc:       sim.svc,
+		host:      hs,
+		dc:        sim.dc,
+		idSuffix:  idSuffix,
 		intercept: map[string]Interceptor{},
 		luns:      map[string]*Lun{},
 		volumes:   map[string]*Volume{},
 		vmState:   map[string]*vmExtra{},
 	}
-	w.host = simulator.Map.Get(esx.HostSystem.Reference()).(*simulator.HostSystem)
-	w.dc = simulator.Map.Any("Datacenter").(*simulator.Datacenter)
-
 	h := w.host
 	h.Name = cfg.Hostname
 	h.Summary.Config.Name = cfg.Hostname
 	if cr, ok := simulator.Map.Get(*h.Parent).(*mo.ComputeResource); ok {
-		cr.Name = cfg.Hostname
+		cr.Name = cfg.Hostname // standalone: the compute resource carries the host's name
 	}
 	h.Summary.Hardware.Uuid = uuidFromName(cfg.Hostname)
 	h.Hardware.SystemInfo.Uuid = h.Summary.Hardware.Uuid
 	h.Summary.OverallStatus = types.ManagedEntityStatusGreen
+	h.Runtime.ConnectionState = types.HostSystemConnectionStateConnected
 
 	w.setupNetwork()
 	w.setupStorage()
@@ -76,12 +76,35 @@ func NewWorld(cfg Config) (*World, error) {
 	w.setupRename()
 	w.setupGuest() // after setupVMs: it wraps PowerOnVM_Task
 	w.fixConfigManager()
-	return w, nil
+	return w
+}
+
+// computeResource is the host's parent as a ComputeResource, whether it is a
+// standalone host's ComputeResource or a ClusterComputeResource.
+func computeResource(h *simulator.HostSystem) *mo.ComputeResource {
+	switch p := simulator.Map.Get(*h.Parent).(type) {
+	case *mo.ComputeResource:
+		return p
+	case *simulator.ClusterComputeResource:
+		return &p.ComputeResource
+	}
+	return nil
+}
+
+// addRef appends ref to list unless it is there already (shared datastores and
+// networks are reached from several hosts).
+func addRef(list *[]types.ManagedObjectReference, ref types.ManagedObjectReference) {
+	for _, r := range *list {
+		if r == ref {
+			return
+		}
+	}
+	*list = append(*list, ref)
 }
 
 // fixConfigManager clears configManager references to objects that do not exist
 // (the 0.24 ESX template points at vsanSystem and many more).
-func (w *World) fixConfigManager() {
+func (w *Host) fixConfigManager() {
 	cm := reflect.ValueOf(&w.host.ConfigManager).Elem()
 	refType := reflect.TypeOf((*types.ManagedObjectReference)(nil))
 	for i := 0; i < cm.NumField(); i++ {
@@ -97,7 +120,7 @@ func (w *World) fixConfigManager() {
 }
 
 // Close syncs everything to the LUNs and releases mount registrations.
-func (w *World) Close() {
+func (w *Host) Close() {
 	w.SyncAll()
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -107,7 +130,7 @@ func (w *World) Close() {
 }
 
 // postEvent records a host event (visible through the EventManager) and logs it.
-func (w *World) postEvent(msg string, warning bool) {
+func (w *Host) postEvent(msg string, warning bool) {
 	log.Print(msg)
 	w.mu.Lock()
 	w.events = append(w.events, msg)
