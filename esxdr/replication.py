@@ -241,12 +241,22 @@ class Engine:
 
     def _run(self) -> GroupResult:
         g, opts = self.group, self.opts
-        # Both sides at once: capability probes and the SSH handshake overlap.
-        self.src, self.dst = src, dst = both(lambda: open_side(self.site, g.source),
-                                             lambda: open_side(self.site, g.destination))
-        if not opts.dry_run and hasattr(dst.transport, "prewarm"):
-            dst.transport.prewarm()
-        src_obs, dst_obs = both(lambda: src.zfs.observe([g.source_root]), lambda: dst.zfs.observe([g.dr_root]))
+        # Each side opens and observes in its own thread: capability probes, the SSH handshake
+        # (and the import of paramiko it needs) overlap the other side's `zfs get`.
+        def source_side() -> dict[str, Dataset]:
+            self.src = open_side(self.site, g.source)
+            return self.src.zfs.observe([g.source_root])
+
+        def dr_side() -> dict[str, Dataset]:
+            self.dst = open_side(self.site, g.destination)
+            if not opts.dry_run and hasattr(self.dst.transport, "prewarm"):
+                # the stream's SSH master authenticates while DR lists its snapshots
+                self.dst.transport.prewarm()
+            return self.dst.zfs.observe([g.dr_root])
+
+        src_obs, dst_obs = both(source_side, dr_side)
+        src, dst = self.src, self.dst
+        assert src is not None and dst is not None
         result = GroupResult(group=g.name, snapshot=None, dry_run=opts.dry_run)
         result.compression = _pick_compression(g, src, dst)
         now = opts.now or datetime.now(UTC)
@@ -338,6 +348,10 @@ class Engine:
                 # Re-observe this dataset: a resumable receive may have left a token, or the
                 # stream may have completed before the cut was noticed.
                 dest_now = self.dst.zfs.observe([r.dest]).get(r.dest)
+                if any(s.guid == -1 for s in source.snapshots):
+                    # the snapshot this run took is only known by name so far; the DR copy of
+                    # it, if the stream got through, is matched by guid
+                    source = self.src.zfs.observe([r.source]).get(r.source) or source
                 actions = plan_dataset(source, dest_now, r.dest, intermediate=self.group.incremental == "intermediate",
                                        allow_rollback_dr=self.opts.rollback_dr)
                 actions = [a for a in actions if not isinstance(a, UpToDate)]
@@ -474,13 +488,19 @@ class Engine:
         assert self.dst
         # Per replica, not inherited from the DR root: a readonly, mounted root would stop
         # pool-v23 receive from creating the mountpoints of new replicas below it.
+        dst = self.dst
         props = {"readonly": "on"}
         if kind == "filesystem":
             props["canmount"] = "noauto"
-        self.dst.zfs.set_props(dest, props)
-        if kind == "filesystem" and self.dst.caps.flavour == "legacy":
-            # pool-v23 receive mounts what it receives (it has no -u)
-            self.dst.zfs.run("unmount", dest, dataset=dest)
+        if dst.caps.flavour != "legacy" or kind != "filesystem":
+            dst.zfs.set_props(dest, props)
+            return
+        # pool-v23 receive mounts what it receives (it has no -u). Unmounted first, the two
+        # properties are plain metadata changes (readonly=on on a mounted zfs-fuse filesystem
+        # remounts it) and, legacy `zfs set` taking one property per call, go in parallel.
+        dst.zfs.run("unmount", dest, dataset=dest)
+        both(lambda: dst.zfs.set_props(dest, {"readonly": "on"}),
+             lambda: dst.zfs.set_props(dest, {"canmount": "noauto"}))
 
     def _mbuffer(self, src: Side, dst: Side) -> bool:
         mode = self.group.mbuffer

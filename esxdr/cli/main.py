@@ -121,6 +121,16 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name) or _load(name)
 
 
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # importlib.metadata costs ~50 ms to import; only `esxdr --version` pays it
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    click.echo(f"esxdr, version {version('esxdr')}")
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--site", "site_path", default=DEFAULT_SITE, metavar="FILE", show_default=True,
               help="Site file (YAML). Also $ESXDR_SITE.")
@@ -128,7 +138,8 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv shows every command run).")
 @click.option("-q", "--quiet", is_flag=True, help="Only results and errors.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.version_option(package_name="esxdr")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version and exit.")
 @click.pass_context
 def cli(ctx: click.Context, site_path: str, as_json: bool, verbose: int, quiet: bool, debug: bool) -> None:
     obj = ctx.ensure_object(Context)

