@@ -148,7 +148,7 @@ def plan_cmd(ctx: Context, host_name: str | None, only: str | None, prune: bool)
     with _connect(endpoint) as session:
         state = observe(session, _host_name(endpoint, name),
                         bindings=bool(network.iscsi and (network.iscsi.bind or prune)))
-        result = plan_host(network, state, prune=prune)
+        result = plan_host(network, state, prune=prune, chap_secret=_chap(ctx, t).state(name, _chap_spec(network)))
         ctx.emit({**result.to_dict(), "requests": session.requests}, result.render)
     if result.refusals:
         r = result.refusals[0]
@@ -192,10 +192,12 @@ def apply_cmd(ctx: Context, host_name: str | None, only: str | None, dry_run: bo
     with _connect(endpoint) as session:
         state = observe(session, _host_name(endpoint, name),
                         bindings=bool(network.iscsi and (network.iscsi.bind or prune)))
-        host_plan = plan_host(network, state, prune=prune)
+        chap = _chap(ctx, t)
+        host_plan = plan_host(network, state, prune=prune, chap_secret=chap.state(name, _chap_spec(network)))
         for n in host_plan.notes:
             ctx.info(f"note: {n}")
         result = apply_plan(session, state, host_plan, dry_run=dry_run, progress=ctx.info)
+        _record_chap(chap, result, network)
         result.requests = session.requests
         ctx.emit(result.to_dict(), result.render)
 
@@ -252,6 +254,25 @@ def verify_storage_cmd(ctx: Context, host_name: str | None, only: str | None, ma
     raise_for(result)
 
 
+# --------------------------------------------------------------------------- CHAP secrets
+def _chap(ctx: Context, t: _Target):  # -> ChapRecords
+    from esxdr.vsphere.chap import ChapRecords
+
+    return ChapRecords(ctx.site().state_dir, getattr(t.endpoint, "name", t.name))
+
+
+def _chap_spec(network: Any) -> Any:
+    return network.iscsi.chap if network is not None and network.iscsi is not None and network.iscsi.enabled \
+        else None
+
+
+def _record_chap(chap: Any, result: Any, network: Any) -> None:
+    """Remember the fingerprint of the secret a done set_chap step put on the host."""
+    spec = _chap_spec(network)
+    if spec is not None and any(st.action.kind == "set_chap" and st.status == "done" for st in result.steps):
+        chap.record(result.host, spec)
+
+
 # --------------------------------------------------------------------------- vCenter: several hosts
 def _bindings(t: _Target, prune: bool) -> bool:
     return any(n.iscsi and (n.iscsi.bind or prune) for n in t.networks.values())
@@ -264,7 +285,9 @@ def _plan_vcenter(ctx: Context, t: _Target, prune: bool) -> None:
     assert t.names is not None
     with _connect(t.endpoint) as session:
         states = observe_hosts(session, t.names, bindings=_bindings(t, prune))
-        result = plan_hosts(t.name, t.networks, states, prune=prune)
+        chap = _chap(ctx, t)
+        result = plan_hosts(t.name, t.networks, states, prune=prune,
+                            chap_secrets={h: chap.state(h, _chap_spec(n)) for h, n in t.networks.items()})
         ctx.emit({**result.to_dict(), "requests": session.requests}, result.render)
     if result.refusals:
         host_name, r = result.refusals[0]
@@ -279,11 +302,15 @@ def _apply_vcenter(ctx: Context, t: _Target, prune: bool, dry_run: bool) -> None
     assert t.names is not None
     with _connect(t.endpoint) as session:
         states = observe_hosts(session, t.names, bindings=_bindings(t, prune))
-        plans = plan_hosts(t.name, t.networks, states, prune=prune)
+        chap = _chap(ctx, t)
+        plans = plan_hosts(t.name, t.networks, states, prune=prune,
+                           chap_secrets={h: chap.state(h, _chap_spec(n)) for h, n in t.networks.items()})
         for p in plans.plans:
             for n in p.notes:
                 ctx.info(f"{p.host}: note: {n}")
         result = apply_plans(session, states, plans.plans, endpoint=t.name, dry_run=dry_run, progress=ctx.info)
+        for r in result.results:
+            _record_chap(chap, r, t.networks.get(r.host))
         result.requests = session.requests
         ctx.emit(result.to_dict(), result.render)
 

@@ -185,7 +185,8 @@ def _vs_teaming(vs: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 # --------------------------------------------------------------------------- host network plan
-def plan_host(desired: Any, observed: HostState, *, prune: bool = False) -> HostPlan:
+def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
+              chap_secret: tuple[str | None, str | None] = (None, None)) -> HostPlan:
     """Plan ``desired`` (a :class:`~esxdr.site.model.HostNetwork`) against ``observed``."""
     plan = HostPlan(host=desired.host)
     acts: list[Action] = []
@@ -316,9 +317,19 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False) -> Host
             acts.append(Action("enable_software_iscsi", "software iSCSI", "the site file wants it and it is off"))
         if spec.chap is not None:
             ref = f"file {spec.chap.secret_file}" if spec.chap.secret_file else f"${spec.chap.secret_env}"
-            if iscsi is None or not iscsi.chap_enabled or iscsi.chap_name != spec.chap.name:
-                why = "CHAP is off" if iscsi is None or not iscsi.chap_enabled else \
-                    f"CHAP name is {iscsi.chap_name}, the site file says {spec.chap.name}"
+            # ESXi never reveals a CHAP secret, so a changed secret only shows as a fingerprint
+            # of the one esxdr last set (chap_secret = (recorded, current); None: unknown).
+            recorded, current = chap_secret
+            why = ""
+            if iscsi is None or not iscsi.chap_enabled:
+                why = "CHAP is off"
+            elif iscsi.chap_name != spec.chap.name:
+                why = f"CHAP name is {iscsi.chap_name}, the site file says {spec.chap.name}"
+            elif current is not None and recorded is None:
+                why = f"CHAP is on, but not with a secret esxdr set (the host never shows it); set {ref}"
+            elif current is not None and recorded != current:
+                why = f"the CHAP secret in {ref} changed since esxdr set it"
+            if why:
                 acts.append(Action("set_chap", spec.chap.name, why,
                                    {"name": spec.chap.name, "secret_ref": ref,
                                     "secret_file": spec.chap.secret_file, "secret_env": spec.chap.secret_env}))
@@ -441,7 +452,8 @@ class MultiHostPlan:
 
 
 def plan_hosts(endpoint: str, desired: dict[str, Any], observed: dict[str, HostState], *,
-               prune: bool = False) -> MultiHostPlan:
+               prune: bool = False,
+               chap_secrets: dict[str, tuple[str | None, str | None]] | None = None) -> MultiHostPlan:
     """:func:`plan_host` for each host of ``desired`` (site order), against its observed state."""
     plans = []
     for name, want in desired.items():
@@ -451,7 +463,8 @@ def plan_hosts(endpoint: str, desired: dict[str, Any], observed: dict[str, HostS
                                       "add the host to the vCenter cluster, or remove it from hosts: / dr_network"))
             plans.append(p)
             continue
-        plans.append(plan_host(want, observed[name], prune=prune))
+        plans.append(plan_host(want, observed[name], prune=prune,
+                               chap_secret=(chap_secrets or {}).get(name, (None, None))))
     return MultiHostPlan(endpoint=endpoint, plans=plans)
 
 

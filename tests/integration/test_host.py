@@ -254,3 +254,57 @@ def test_thumbprint_command(esxsim_binary, tmp_path):
         assert "TLS" in e.value.message and "thumbprint" in e.value.hint
     finally:
         p.stop()
+
+
+def test_chap_rotation_static_target_and_prune_through_the_cli(lab):
+    """CHAP against a tgtd that demands it: set, then the secret file rotated (ESXi never shows
+    the secret; esxdr's recorded fingerprint notices), a static target, and --prune from the CLI."""
+    from vsphere_fixtures import TARGET_IQN
+
+    naa = lab.add_lun(1)
+    secret = lab.dir / "chap-secret"
+
+    def set_secret(value: str) -> None:
+        secret.write_text(value + "\n")
+        secret.chmod(0o600)
+        lab.tgtd.adm("--op", "delete", "--mode", "account", "--user", "esxi-dr", check=False)
+        lab.tgtd.adm("--op", "new", "--mode", "account", "--user", "esxi-dr", "--password", value)
+        lab.tgtd.adm("--op", "bind", "--mode", "account", "--tid", "1", "--user", "esxi-dr")
+
+    set_secret("first-secret-12")
+    text = lab.site.read_text().replace(
+        f"      send_targets: [{lab.portal}]\n",
+        f"      static_targets: [{{address: {lab.tgtd.host}, port: {lab.tgtd.port}, iqn: {TARGET_IQN}}}]\n"
+        f"      chap: {{name: esxi-dr, secret_file: {secret}}}\n")
+    assert text != lab.site.read_text()
+    lab.site.write_text(text)
+
+    done = json.loads(esxdr(lab, "host", "apply", "--json", check=0).stdout)
+    kinds = [s["kind"] for s in done["steps"]]
+    assert "set_chap" in kinds and "add_static_target" in kinds
+    assert json.loads(esxdr(lab, "host", "plan", "--json", check=0).stdout)["actions"] == []
+    with lab.connect() as s:
+        from esxdr.vsphere import inventory
+
+        assert f"naa.{naa}" in inventory.read_host(s).luns  # logged in with CHAP through the static target
+    fingerprint = (lab.dir / "state" / "vsphere" / "chap").glob("*.json")
+    assert "first-secret" not in "".join(p.read_text() for p in fingerprint)
+
+    set_secret("second-secret-34")
+    plan = json.loads(esxdr(lab, "host", "plan", "--json", check=0).stdout)
+    [chap] = [a for a in plan["actions"] if a["kind"] == "set_chap"]
+    assert "changed since esxdr set it" in chap["reason"]
+    esxdr(lab, "host", "apply", check=0)
+    assert json.loads(esxdr(lab, "host", "plan", "--json", check=0).stdout)["actions"] == []
+
+    # --prune: what the site file does not list goes, vmk0 and its port group stay
+    assert "VM Network" in esxdr(lab, "host", "plan", "--prune", check=0).stdout
+    pruned = json.loads(esxdr(lab, "host", "apply", "--prune", "--json", check=0).stdout)
+    assert [s["target"] for s in pruned["steps"] if s["kind"] == "remove_port_group"] == ["VM Network"]
+    assert json.loads(esxdr(lab, "host", "plan", "--prune", "--json", check=0).stdout)["actions"] == []
+    with lab.connect() as s:
+        from esxdr.vsphere import inventory
+
+        st = inventory.read_host(s)
+        assert "Management Network" in st.port_groups and "vmk0" in st.vnics
+        assert f"naa.{naa}" in st.luns  # the rescans of the new secret's apply still log in

@@ -192,6 +192,27 @@ def test_chap_and_static_targets():
     assert plan_host(desired, done).empty
 
 
+def test_chap_secret_change_is_seen_through_the_recorded_fingerprint():
+    desired = replace(DESIRED, iscsi=IscsiSpec(bind=("vmk1",), send_targets=(Portal("10.20.0.5"),),
+                                               chap=ChapSpec("esxi-dr", secret_file="/etc/esxdr/chap")))
+    on = replace(APPLIED, iscsi=replace(APPLIED.iscsi, chap_name="esxi-dr", chap_enabled=True))
+
+    def chap_reasons(state):
+        return [a.reason for a in plan_host(desired, on, chap_secret=state).actions if a.kind == "set_chap"]
+
+    assert chap_reasons((None, None)) == []  # nothing known either way: name and state match
+    assert chap_reasons(("fp1", "fp1")) == []
+    assert chap_reasons(("fp1", None)) == []  # secret unreadable now: apply reports it, plan does not guess
+    [changed] = chap_reasons(("fp1", "fp2"))
+    assert "changed since esxdr set it" in changed and "/etc/esxdr/chap" in changed
+    [unknown] = chap_reasons((None, "unrecorded"))
+    assert "not with a secret esxdr set" in unknown
+    # a wrong name is reported as such whatever the fingerprints say
+    off_name = replace(on, iscsi=replace(on.iscsi, chap_name="other"))
+    [a] = [a for a in plan_host(desired, off_name, chap_secret=("fp1", "fp1")).actions if a.kind == "set_chap"]
+    assert a.reason == "CHAP name is other, the site file says esxi-dr"
+
+
 def test_dhcp_and_split_ip():
     assert split_ip("10.20.0.11/24") == ("10.20.0.11", "255.255.255.0", 24)
     assert split_ip(None) == (None, None, None)
