@@ -278,16 +278,22 @@ def _bindings(t: _Target, prune: bool) -> bool:
     return any(n.iscsi and (n.iscsi.bind or prune) for n in t.networks.values())
 
 
-def _plan_vcenter(ctx: Context, t: _Target, prune: bool) -> None:
+def _plan_all(ctx: Context, t: _Target, session: Any, prune: bool):  # -> (states, MultiHostPlan, ChapRecords)
+    """One read of all the vCenter's hosts, then a plan per host."""
     from esxdr.plan.host import plan_hosts
     from esxdr.vsphere.host import observe_hosts
 
     assert t.names is not None
+    states = observe_hosts(session, t.names, bindings=_bindings(t, prune))
+    chap = _chap(ctx, t)
+    plans = plan_hosts(t.name, t.networks, states, prune=prune,
+                       chap_secrets={h: chap.state(h, _chap_spec(n)) for h, n in t.networks.items()})
+    return states, plans, chap
+
+
+def _plan_vcenter(ctx: Context, t: _Target, prune: bool) -> None:
     with _connect(t.endpoint) as session:
-        states = observe_hosts(session, t.names, bindings=_bindings(t, prune))
-        chap = _chap(ctx, t)
-        result = plan_hosts(t.name, t.networks, states, prune=prune,
-                            chap_secrets={h: chap.state(h, _chap_spec(n)) for h, n in t.networks.items()})
+        _, result, _ = _plan_all(ctx, t, session, prune)
         ctx.emit({**result.to_dict(), "requests": session.requests}, result.render)
     if result.refusals:
         host_name, r = result.refusals[0]
@@ -296,15 +302,10 @@ def _plan_vcenter(ctx: Context, t: _Target, prune: bool) -> None:
 
 
 def _apply_vcenter(ctx: Context, t: _Target, prune: bool, dry_run: bool) -> None:
-    from esxdr.plan.host import plan_hosts
-    from esxdr.vsphere.host import apply_plans, observe_hosts
+    from esxdr.vsphere.host import apply_plans
 
-    assert t.names is not None
     with _connect(t.endpoint) as session:
-        states = observe_hosts(session, t.names, bindings=_bindings(t, prune))
-        chap = _chap(ctx, t)
-        plans = plan_hosts(t.name, t.networks, states, prune=prune,
-                           chap_secrets={h: chap.state(h, _chap_spec(n)) for h, n in t.networks.items()})
+        states, plans, chap = _plan_all(ctx, t, session, prune)
         for p in plans.plans:
             for n in p.notes:
                 ctx.info(f"{p.host}: note: {n}")
