@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,12 +29,26 @@ from pathlib import Path
 from typing import Any
 
 from esxdr.errors import ConflictError, EsxdrError, LockHeld, UsageError
-from esxdr.faults import checkpoint
+from esxdr.faults import checkpoint, fail_point
 from esxdr.lock import GroupLock
 from esxdr.plan import runbook as rb
 from esxdr.targets.manifest import Manifest, Naa
 
 Say = Callable[[str], None]
+
+
+class CalloutFailed(ConflictError):
+    """A pre-callout said no: the run stops before the step (exit 3, a decision is needed)."""
+
+    @classmethod
+    def of(cls, group: str, step: rb.Step, ran: dict[str, Any]) -> CalloutFailed:
+        last = (ran.get("output") or "").strip().splitlines()
+        why = f"exit {ran['rc']}" if ran.get("rc") is not None else (last[-1] if last else "did not run")
+        return cls(f"pre-callout of step {step.id} failed ({why}): {ran['command']}"
+                   + (f"\n  {last[-1]}" if last and ran.get("rc") is not None else "")
+                   + f"\nthe run stopped before {step.id}; completed steps stay done",
+                   hint=f"fix what the callout checks (or protection_groups.{group}.callouts.{ran.get('key')} "
+                        "in the site file), then run the same command again: it continues at this step")
 
 
 # --------------------------------------------------------------------------- where things come from
@@ -166,6 +181,7 @@ class RunRecord:
     error: str | None = None
     resumed: bool = False
     requests: dict[str, int] = field(default_factory=dict)
+    requests_by_method: dict[str, int] = field(default_factory=dict)  # vSphere SOAP, by method (budgeting)
     manifest_origin: str | None = None
     new_naa: bool = False
     consistency: str | None = None  # of the recovered snapshot, as recorded by replication
@@ -193,7 +209,8 @@ class RunRecord:
                 "rto_seconds": round(self.rto_seconds, 1) if self.rto_seconds is not None else None,
                 "new_naa": self.new_naa, "manifest": self.manifest_origin, "consistency": self.consistency,
                 "steps": self.steps, "datastores": self.datastores, "vms": self.vms, "notes": self.notes,
-                "requests": self.requests, "runbook": self.runbook.to_dict() if self.runbook else None,
+                "requests": self.requests, "requests_by_method": self.requests_by_method,
+                "runbook": self.runbook.to_dict() if self.runbook else None,
                 "report": {"json": self.report_json, "html": self.report_html}}
 
 
@@ -236,6 +253,9 @@ class Drill:
         self.manifest_origin: str | None = None
         self.server = site.storage_server(self.g.destination)
         self._tgt_transport = None
+        self._verified: Any = None  # the host as the verify step of this run read it
+        self._vm_cache: dict[str, tuple[str, str, str | None]] = {}  # name -> (moid, power, question) this run
+        self.http_requests = 0  # datastore HTTP (.vmx files)
 
     # -- connections --------------------------------------------------------
     def _dr(self):  # noqa: ANN202
@@ -394,17 +414,32 @@ class Drill:
             j.save()
             entry.update(start=t0 - rec.started)
             rec.steps.append(entry)
+            callouts = step.params.get("callouts") or {}
+            ran: list[dict[str, Any]] = []
             try:
+                for c in callouts.get("pre", ()):
+                    ran.append(self._callout(rec, step, "pre", c, "running"))
+                    if ran[-1]["outcome"] != "ok":
+                        raise CalloutFailed.of(self.g.name, step, ran[-1])
+                fail_point(f"{self.fault_prefix}-in-{step.kind}")
                 evidence = table[step.kind](self, step, rec) or []
             except BaseException as e:
                 entry.update(end=time.time() - rec.started, outcome="failed",
                              evidence=[getattr(e, "message", None) or str(e) or type(e).__name__])
-                js.update(end=entry["end"], outcome="failed", evidence=entry["evidence"])
+                # Post-callouts run whatever happened (they notify, release, undo what a pre did).
+                for c in callouts.get("post", ()):
+                    ran.append(self._callout(rec, step, "post", c, "failed"))
+                entry["callouts"] = ran
+                js.update(end=entry["end"], outcome="failed", evidence=entry["evidence"], callouts=ran)
                 j.save()
                 raise
+            for c in callouts.get("post", ()):
+                ran.append(self._callout(rec, step, "post", c, "done"))
             end = time.time() - rec.started
             entry.update(end=end, outcome="done", evidence=evidence)
             js.update(end=end, outcome="done", evidence=evidence)
+            if ran:
+                entry["callouts"] = js["callouts"] = ran
             j.save()
             line = f"[{clock(t0 - rec.started)}] {step.title}"
             if evidence:
@@ -413,6 +448,38 @@ class Drill:
             for more in evidence[1:4]:
                 self.say(f"        {more}")
             checkpoint(f"{self.fault_prefix}-after-{step.kind}")
+            checkpoint(f"{self.fault_prefix}-after-{step.id}")  # every step by its id (the kill-chain tests)
+
+    def _callout(self, rec: RunRecord, step: rb.Step, phase: str, c: dict[str, Any], outcome: str) -> dict[str, Any]:
+        """Run one callout on this host (through the local transport: logged, timed, secrets masked).
+        It learns where it is from the environment: ESXDR_GROUP, ESXDR_RUN, ESXDR_STEP, ESXDR_STEP_KIND,
+        ESXDR_PHASE, ESXDR_OUTCOME (post: done or failed), ESXDR_SNAPSHOT, ESXDR_VMS (power steps)."""
+        from esxdr.transport import LocalTransport
+        from esxdr.transport.base import mask
+
+        env = {"ESXDR_SITE": self.site.name, "ESXDR_GROUP": self.g.name, "ESXDR_RUN": rec.kind,
+               "ESXDR_STEP": step.id, "ESXDR_STEP_KIND": step.kind, "ESXDR_PHASE": phase,
+               "ESXDR_OUTCOME": outcome, "ESXDR_SNAPSHOT": rec.snapshot or self.journal.data.get("snapshot") or "",
+               "ESXDR_VMS": " ".join(step.params.get("vms") or ())}
+        argv = ["env", *(f"{k}={v}" for k, v in env.items()), *c["argv"]]
+        shown = shlex.join(c["argv"])
+        t0 = time.time()
+        out: dict[str, Any] = {"phase": phase, "command": mask(shown), "key": c.get("key")}
+        try:
+            r = LocalTransport("callout").run(argv, timeout=c.get("timeout", 300), check=False)
+            text = (r.stdout + (("\n" if r.stdout and r.stderr else "") + r.stderr if r.stderr else "")).strip()
+            out.update(rc=r.returncode, outcome="ok" if r.returncode == 0 else "failed")
+        except EsxdrError as e:  # not installed, timed out
+            text = e.message
+            out.update(rc=None, outcome="failed")
+        out.update(seconds=round(time.time() - t0, 2), output=mask(text[-4000:]))
+        last = text.splitlines()[-1] if text else ""
+        self.say(f"        {phase}-callout {shown}: " + ("ok" if out["outcome"] == "ok" else
+                                                         f"FAILED (exit {out['rc']})") + (f" — {last}" if last else ""))
+        if phase == "post" and out["outcome"] != "ok":
+            rec.notes.append(f"post-callout of {step.id} failed (exit {out['rc']}): {mask(shown)}"
+                             + (f" — {mask(last)}" if last else ""))
+        return out
 
     def _finish(self, rec: RunRecord) -> None:
         import sys
@@ -420,6 +487,9 @@ class Drill:
         rec.finished = time.time()
         if self.session is not None:
             rec.requests["vsphere"] = self.session.requests
+            rec.requests_by_method = dict(sorted(self.session.by_method().items()))
+        if self.http_requests:
+            rec.requests["vsphere datastore http"] = self.http_requests
         if self.dst is not None:
             rec.requests[f"{self.dst.name} commands"] = self.dst.transport.stats.commands
         if rec.outcome == "running":
@@ -568,7 +638,8 @@ def _s_network(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
 def _s_rescan(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     from esxdr.vsphere.storage import rescan
 
-    h = d._host(with_vms=False)
+    # The plan's read of the host (this run) names its storage system: no need to read it again.
+    h = d.host_state if d.host_state is not None else d._host(with_vms=False)
     rescan(d._vsphere(), h)
     return []
 
@@ -583,7 +654,7 @@ def _s_verify(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     res = verify_storage(d._vsphere(), d.g.vsphere_dr, exp, timeout=30, resolve=step.params.get("resolve"))
     raise_for(res)
     by_naa = {e["naa"]: e for e in step.params["expected"]}
-    h = d._host(with_vms=False)
+    h = d._verified = d._host()  # with the VMs: register goes on from this read
     out, rows = [], []
     for c in res.report.checks:
         e = by_naa[c.naa]
@@ -606,31 +677,81 @@ def _s_register(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     from esxdr.vsphere import vms as vv
 
     s = d._vsphere()
-    h = d._host()
+    # The host as verify just read it (same run): datastores mounted, VMs listed. Else read it.
+    h = d._verified if d._verified is not None else d._host()
+    d._verified = None
     stores = step.params["datastores"] or [r["name"] for r in d.journal.data.get("datastores", []) if r.get("name")]
-    found = vr.find_vmx(s, h, stores)
-    wanted = step.params["vms"] or sorted(found)
+    where = vv.placement_info(s, h, stores)
+    wanted = list(step.params["vms"])
+    # Where production keeps each .vmx (vms.*.vmx, written by esxdr plan discover): no search needed.
+    # The datastore names are production's, as the volumes are mounted as-is.
+    known = {n: p for n, p in (step.params.get("vmx") or {}).items() if rb._vmx_datastore(p) in h.datastores}
+    found: dict[str, str] = {}
+    searched = not wanted or any(n not in known for n in wanted)
+    if searched:
+        found = vr.find_vmx(s, h, stores, browsers=where.browsers)
+        wanted = wanted or sorted(found)
+    else:
+        found = {n: known[n] for n in wanted}
     lacking = [n for n in wanted if n not in found]
     if lacking:
         raise ConflictError(f"VM(s) {', '.join(lacking)} not found on the drill datastores {', '.join(stores)}",
                             hint="check protection_groups.*.vms in the site file against the datastores' contents")
-    registered = {v.vmx_path for v in h.vms.values()}
-    todo = [found[n] for n in wanted if found[n] not in registered]
-    vv.register_vms(s, h, todo)
+    registered = {rb.norm_vmx(v.vmx_path): n for n, v in h.vms.items()}
+    todo = [n for n in wanted if rb.norm_vmx(found[n]) not in registered]
+    answer = step.params.get("answer", "copied")
+    said = []
+    if todo and step.params.get("prepare_vmx", True):
+        # NICs and the UUID decided in the .vmx before registering: no ReconfigVM_Task, and on a
+        # real ESXi no msg.uuid.altered question (uuid.action). Both are still checked later.
+        files = vv.DatastoreFiles(s, where.datacenter)
+        prepared, failed = vv.prepare_vmx_files(files, [found[n] for n in todo], step.params.get("map") or {},
+                                                rb.UUID_ACTIONS.get(answer))
+        stale = [n for n in todo if found[n] in failed and n in known and found[n] == known[n]]
+        if stale:  # the site's vms.*.vmx is out of date (VM moved?): find those by searching
+            searched = True
+            by_search = vr.find_vmx(s, h, stores, browsers=where.browsers)
+            for n in stale:
+                if n not in by_search:
+                    raise ConflictError(f"VM {n} is not at {known[n]} (vms.{n}.vmx) nor anywhere on "
+                                        f"{', '.join(stores)}", hint="esxdr plan discover shows where it is")
+                found[n] = by_search[n]
+                said.append(f"{n}: not at {known[n]} (site file), found at {found[n]}")
+            more, failed2 = vv.prepare_vmx_files(files, [found[n] for n in stale], step.params.get("map") or {},
+                                                 rb.UUID_ACTIONS.get(answer))
+            prepared.update(more)
+            failed = {k: v for k, v in failed.items() if k not in {known[n] for n in stale}} | failed2
+            todo = [n for n in wanted if rb.norm_vmx(found[n]) not in registered]
+        d.http_requests += files.requests
+        changed = sum(1 for c in prepared.values() if c)
+        said.append(f"{changed} .vmx file(s) prepared over datastore HTTP (NICs mapped, uuid.action = "
+                    f"{rb.UUID_ACTIONS.get(answer)})" + (f"; {len(failed)} not: {next(iter(failed.values()))}"
+                                                          if failed else ""))
+    said.append("paths from the site file (vms.*.vmx): no datastore search" if not searched
+                else f".vmx files found by searching {len(stores)} datastore(s)")
+    refs = vv.register_vms(s, h, [found[n] for n in todo], where=where,
+                           after_issue=lambda: checkpoint(f"{d.fault_prefix}-mid-register"))
+    for n, ref in zip(todo, refs, strict=True):
+        d._vm_cache[n] = (ref._moId, "poweredOff", None)
     for n in wanted:
         d.journal.data.setdefault("vms", {}).setdefault(n, {"vmx": found[n]})
     d.journal.save()
     return [f"{len(wanted)} VM(s) registered ({len(wanted) - len(todo)} already were); power-on answers: "
-            f"{ANSWER_TEXT.get(step.params.get('answer', 'copied'), 'I copied it')}"]
+            f"{ANSWER_TEXT.get(answer, 'I copied it')}"] + said
 
 
 def _vm_refs(d: Drill, names: list[str]) -> list[Any]:
-    h = d._host()
     s = d._vsphere()
+    if all(n in d._vm_cache for n in names):  # read by an earlier step of this run
+        return [s.ref("VirtualMachine", d._vm_cache[n][0]) for n in names]
+    h = d._host()
     missing = [n for n in names if n not in h.vms]
     if missing:
         raise ConflictError(f"VM(s) {', '.join(missing)} are not registered on {h.name}",
                             hint=f"run esxdr test cleanup {d.g.name}, then start again")
+    for n in names:
+        v = h.vms[n]
+        d._vm_cache[n] = (v.moid, v.power_state, v.question_id)
     return [s.ref("VirtualMachine", h.vms[n].moid) for n in names]
 
 
@@ -640,9 +761,16 @@ def _s_nics(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     s = d._vsphere()
     names = step.params["vms"] or sorted(d.journal.data.get("vms", {}))
     refs = _vm_refs(d, names)
-    moves = vr.nic_moves(s, refs, step.params["map"])
-    vr.move_nics(s, moves)
-    nets = vr.nic_networks(s, refs)
+    read = vr.read_vms(s, refs)  # devices, power state, question: one read serves the moves and the evidence
+    moves = vr.nic_moves(s, refs, step.params["map"], read)
+    if moves:
+        vr.move_nics(s, moves)
+        read = vr.read_vms(s, refs)  # evidence is what the host says now, not what was asked
+    for moid, props in read.items():
+        q = props.get("runtime.question")
+        d._vm_cache[str(props.get("name"))] = (moid, str(props.get("runtime.powerState")),
+                                                q.id if q is not None else None)
+    nets = vr.nic_networks(s, refs, read)
     for n, pgs in nets.items():
         d.journal.data.setdefault("vms", {}).setdefault(n, {})["networks"] = pgs
     d.journal.save()
@@ -653,7 +781,8 @@ def _s_nics(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
         raise ConflictError(f"VM NICs outside the {which} port groups: " + ", ".join(stray),
                             hint=f"map every production port group to a {which} one (vms.*.networks)")
     said = [x for _, _, ss in moves for x in ss]
-    return said or [f"{len(nets)} VM(s) on {', '.join(sorted(test_pgs)) or 'no network'}"]
+    return said or [f"{len(nets)} VM(s) on {', '.join(sorted(test_pgs)) or 'no network'}"
+                    + (" (set in the .vmx before registering: no reconfiguration)" if nets else "")]
 
 
 def _s_power(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
@@ -662,24 +791,19 @@ def _s_power(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     s = d._vsphere()
     names = step.params["vms"]
     refs = _vm_refs(d, names)
-    h = d.host_state
-    off = [r for n, r in zip(names, refs, strict=True) if h.vms[n].power_state != "poweredOn" or h.vms[n].question_id]
-    pending = [(r, h.vms[n].question_id) for n, r in zip(names, refs, strict=True) if h.vms[n].question_id]
-    for r, qid in pending:  # a killed run left a power-on waiting at the question
-        vv.answer_question(s, r, qid, step.params.get("answer", "copied"))
-    fresh = [r for r in off if r not in [p for p, _ in pending]]
-    answered = vv.power_on(s, fresh, uuid_answer=step.params.get("answer", "copied"), timeout=step.params["timeout"])
-    checkpoint("drill-mid-power")
-    vv.wait_heartbeats(s, refs, timeout=step.params["timeout"])
+    states = {d._vm_cache[n][0]: d._vm_cache[n][1:] for n in names}
+    answer = step.params.get("answer", "copied")
+    answered = vv.boot(s, refs, states, uuid_answer=answer, timeout=step.params["timeout"],
+                       after_issue=lambda: checkpoint(f"{d.fault_prefix}-mid-power"))
     now = time.time()
-    for n in names:
+    for n, r in zip(names, refs, strict=True):
+        d._vm_cache[n] = (r._moId, "poweredOn", None)
         v = d.journal.data.setdefault("vms", {}).setdefault(n, {})
         v.update(priority=step.params["priority"], power="poweredOn", heartbeat="green",
                  heartbeat_at=v.get("heartbeat_at") or now)
     d.journal.save()
     return [f"{', '.join(names)} powered on, heartbeat ok"
-            + (f" ({len(answered)} answered: {ANSWER_TEXT.get(step.params.get('answer', 'copied'))})"
-               if answered else "")]
+            + (f" ({len(answered)} answered: {ANSWER_TEXT.get(answer)})" if answered else "")]
 
 
 ANSWER_TEXT = {"copied": "I copied it", "moved": "I moved it"}

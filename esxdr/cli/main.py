@@ -174,6 +174,7 @@ def _attach_groups() -> list[tuple[str, str]]:
         ("esxdr.cli.failover", "reprotect"),
         ("esxdr.cli.failover", "failback"),
         ("esxdr.cli.guest", "guest"),
+        ("esxdr.cli.plan", "plan"),
     ]
 
 

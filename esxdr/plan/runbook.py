@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,10 @@ class Runbook:
         for i, s in enumerate(self.steps, 1):
             lines.append(f"{i:3d}. {s.title}")
             lines.append(f"     because {s.reason}")
+            for phase in ("pre", "post"):
+                for c in (s.params.get("callouts") or {}).get(phase, ()):
+                    lines.append(f"     {phase}-callout: {shlex.join(c['argv'])}"
+                                 + (" (always, also when the step fails)" if phase == "post" else ""))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -177,6 +182,72 @@ def _level(names: list[dict], snapshot: str) -> str | None:
         if level:
             return level
     return None
+
+
+# --------------------------------------------------------------------------- callouts
+def with_callouts(book: Runbook, group) -> Runbook:  # noqa: ANN001 - ProtectionGroup
+    """Attach the group's pre/post callouts (site file ``callouts:``) to the steps they name.
+
+    A callout keyed by a step id (``power:1:1``) applies to that step; keyed by a kind
+    (``power``) to every step of that kind. ``runs`` limits it to some run kinds (a
+    ``rescan`` callout for failover only, say). Several matching callouts run in the order
+    the site file lists them. The commands are data in the step, so --dry-run shows them.
+    """
+    for step in book.steps:
+        found: dict[str, list[dict[str, Any]]] = {"pre": [], "post": []}
+        for c in getattr(group, "callouts", ()) or ():
+            if c.runs and book.kind not in c.runs:
+                continue
+            if c.step != step.id and c.step != step.kind:
+                continue
+            for phase in ("pre", "post"):
+                argv = getattr(c, phase)
+                if argv:
+                    found[phase].append({"argv": list(argv), "timeout": c.timeout_seconds, "key": c.step,
+                                         "line": c.line})
+        if found["pre"] or found["post"]:
+            step.params["callouts"] = found
+    return book
+
+
+# --------------------------------------------------------------------------- .vmx before registering
+UUID_ACTIONS = {"moved": "keep", "copied": "create"}  # the .vmx's answer to msg.uuid.altered, in advance
+_VMX_LINE = re.compile(r'^(\s*)([^=#\s]+)(\s*=\s*)"?(.*?)"?(\s*)$')
+
+
+def rewrite_vmx(text: str, net_map: dict[str, str], uuid_action: str | None) -> tuple[str, list[str]]:
+    """A .vmx with its NICs on the mapped port groups (``ethernetN.networkName``) and
+    ``uuid.action`` set (``keep``: I moved it, ``create``: I copied it), so a real ESXi host
+    registers and boots it without a ReconfigVM_Task or the msg.uuid.altered question.
+    Other lines are kept byte for byte. Returns (text, changes described)."""
+    lines = text.splitlines(keepends=True)
+    changes: list[str] = []
+    seen_action = False
+    for i, line in enumerate(lines):
+        body = line.rstrip("\r\n")
+        m = _VMX_LINE.match(body)
+        if not m:
+            continue
+        key = m.group(2).lower()
+        value = m.group(4)
+        eol = line[len(body):]
+        if key.startswith("ethernet") and key.endswith(".networkname"):
+            target = net_map.get(value)
+            if target and target != value and '"' not in target:
+                lines[i] = f'{m.group(1)}{m.group(2)} = "{target}"{eol}'
+                changes.append(f"{m.group(2).split('.')[0]} {value} → {target}")
+        elif key == "uuid.action" and uuid_action:
+            seen_action = True
+            if value != uuid_action:
+                lines[i] = f'{m.group(1)}{m.group(2)} = "{uuid_action}"{eol}'
+                changes.append(f"uuid.action = {uuid_action}")
+    if uuid_action and not seen_action:
+        nl = "\r\n" if text.endswith("\r\n") else "\n"
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            lines[-1] += nl
+        lines.append(f'uuid.action = "{uuid_action}"{nl}')
+        changes.append(f"uuid.action = {uuid_action}")
+    return "".join(lines), changes
 
 
 # --------------------------------------------------------------------------- power order
@@ -358,6 +429,10 @@ class DrillInputs:
 
 
 def plan_test_start(inp: DrillInputs) -> Runbook:
+    return with_callouts(_plan_test_start(inp), inp.group)
+
+
+def _plan_test_start(inp: DrillInputs) -> Runbook:
     g = inp.group
     point = choose_point(list(g.dr_datasets), inp.dr_obs, inp.point)
     rb = Runbook(kind="test-start", group=g.name, snapshot=point.name, snapshot_created=point.creation,
@@ -458,7 +533,8 @@ def plan_test_start(inp: DrillInputs) -> Runbook:
     rb.steps.append(Step("register", "register",
                          f"register {len(names) or 'all'} VM(s) from the drill datastores (answer: I copied it)",
                          "a drill VM runs beside its production original, so it gets a new BIOS UUID",
-                         {"vms": names, "datastores": datastores, "answer": "copied"}))
+                         {"vms": names, "datastores": datastores, "answer": "copied", "map": mapping,
+                          "vmx": {v.name: v.vmx for v in g.vms if getattr(v, "vmx", None)}}))
     changed = {p: t for p, t in mapping.items() if p != t}
     rb.steps.append(Step("nics", "nics", "attach NICs to test port groups: " + (", ".join(
         f"{p} → {t}" for p, t in sorted(mapping.items())) or "no NICs mapped"),
@@ -486,6 +562,10 @@ class CleanupInputs:
 
 
 def plan_test_cleanup(inp: CleanupInputs) -> Runbook:
+    return with_callouts(_plan_test_cleanup(inp), inp.group)
+
+
+def _plan_test_cleanup(inp: CleanupInputs) -> Runbook:
     """Everything a drill may have left, found from the journal AND by observation (a journal
     lost or written half-way must not leave a clone, target or VM behind)."""
     g = inp.group
@@ -542,6 +622,12 @@ def plan_test_cleanup(inp: CleanupInputs) -> Runbook:
                              {"tag": hold_tag(g.name), "snapshots": sorted(wanted), "quiet": sorted(wanted - set(
                                  j.get("held", [])))}))
     return rb
+
+
+def norm_vmx(path: str) -> str:
+    """``[ds] dir/x.vmx``, however the host spelled it (``[ds]/dir/x.vmx`` from a datastore search)."""
+    m = re.match(r"^\[([^\]]+)\]\s*/?(.*)$", path or "")
+    return f"[{m.group(1)}] {m.group(2)}" if m else path
 
 
 def _vmx_datastore(vmx_path: str) -> str | None:
@@ -704,6 +790,10 @@ class FailoverInputs:
 
 
 def plan_failover(inp: FailoverInputs) -> Runbook:
+    return with_callouts(_plan_failover(inp), inp.group)
+
+
+def _plan_failover(inp: FailoverInputs) -> Runbook:
     g = inp.group
     if inp.mode not in FAILOVER_MODES:
         raise UsageError(f"failover mode {inp.mode!r}: choose --planned or --disaster")
@@ -822,7 +912,8 @@ def plan_failover(inp: FailoverInputs) -> Runbook:
     rb.steps.append(Step("register", "register",
                          f"register {len(names) or 'all'} VM(s) (answer: I moved it)",
                          "the production VMs are down: the DR VMs keep their BIOS UUIDs and MAC addresses",
-                         {"vms": names, "datastores": datastores, "answer": "moved"}))
+                         {"vms": names, "datastores": datastores, "answer": "moved", "map": mapping,
+                          "vmx": {v.name: v.vmx for v in g.vms if getattr(v, "vmx", None)}}))
     rb.steps.append(Step("nics", "nics", "attach NICs to failover port groups: " + (", ".join(
         f"{p} → {t}" for p, t in sorted(mapping.items())) or "no NICs mapped"),
         "the VMs serve users from the DR LAN now", {"map": mapping, "vms": names}))

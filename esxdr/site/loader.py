@@ -22,7 +22,10 @@ from esxdr.errors import SiteError, UsageError
 from esxdr.site import values as v
 from esxdr.site.checks import CrossChecks
 from esxdr.site.model import (
+    CALLOUT_RUNS,
+    CALLOUT_STEP_KINDS,
     KEEP_PERIODS,
+    Callout,
     ChapSpec,
     HostNetwork,
     IscsiSpec,
@@ -43,7 +46,7 @@ from esxdr.site.model import (
     VsphereEndpoint,
     VSwitch,
 )
-from esxdr.site.nodes import Mark, Reader, Section, describe, join, mark_of
+from esxdr.site.nodes import Mark, Reader, Section, describe, did_you_mean, join, mark_of
 
 T = TypeVar("T")
 
@@ -65,12 +68,13 @@ TARGET_KEYS = ("stack", "portal", "control_port", "iqn_prefix")
 VSPHERE_KEYS = ("role", "kind", "url", "user", "password_env", "password_file", "thumbprint", "ca_file", "hosts")
 GROUP_KEYS = ("source", "destination", "source_root", "dr_root", "datasets", "incremental", "retention",
               "schedule", "rpo", "parallel", "compression", "bandwidth_limit", "mbuffer", "consistency",
-              "vsphere_production", "vsphere_dr", "vms")
+              "vsphere_production", "vsphere_dr", "vms", "callouts")
+CALLOUT_KEYS = ("pre", "post", "runs", "timeout")
 LUN_KEYS = ("name", "naa", "datastore", "vmfs_uuid")
 RETENTION_KEYS = ("source", "destination", "prune_foreign")
 KEEP_KEYS = (*KEEP_PERIODS, "last")
 SCHEDULE_KEYS = ("every", "cron", "timezone")
-VM_KEYS = ("priority", "depends_on", "networks", "boot_timeout", "shutdown_timeout")
+VM_KEYS = ("priority", "depends_on", "networks", "boot_timeout", "shutdown_timeout", "vmx")
 NETMAP_KEYS = ("failover", "test")
 HOSTNET_KEYS = ("vswitches", "port_groups", "vmkernel", "iscsi")
 VSWITCH_KEYS = ("uplinks", "mtu", "active", "standby", "ports")
@@ -380,13 +384,15 @@ class _SiteBuilder:
         vsphere_production = g.text("vsphere_production")
         vsphere_dr = g.text("vsphere_dr")
         vms = self.vms(g)
+        callouts = self.callouts(g)
         return ProtectionGroup(
             name=name, source=source or "", destination=destination or "", source_root=source_root or "",
             dr_root=dr_root or "", datasets=datasets, incremental=incremental or "intermediate",  # type: ignore[arg-type]
             retention=retention, schedule=schedule, rpo_seconds=rpo or 0, parallel=parallel or 4,
             compression=compression or "auto", bandwidth_limit=bandwidth or None,  # type: ignore[arg-type]
             mbuffer=mbuffer or "auto", consistency=consistency or "crash",  # type: ignore[arg-type]
-            vsphere_production=vsphere_production, vsphere_dr=vsphere_dr, vms=vms, line=where[0], luns=luns)
+            vsphere_production=vsphere_production, vsphere_dr=vsphere_dr, vms=vms, line=where[0], luns=luns,
+            callouts=callouts)
 
     def datasets(self, g: Section, root: str | None) -> tuple[tuple[str, ...], dict[str, LunSpec]]:
         r = self.r
@@ -525,8 +531,56 @@ class _SiteBuilder:
             out.append(VmSpec(name=name, priority=vm.integer("priority", default=3, lo=1, hi=5) or 3,
                               depends_on=vm.strings("depends_on", "VM names") or (), networks=networks,
                               boot_timeout_seconds=boot or 300, shutdown_timeout_seconds=shutdown or 300,
-                              line=where[0]))
+                              line=where[0], vmx=vm.text("vmx", check=_check_vmx_path)))
         return tuple(out)
+
+    def callouts(self, g: Section) -> tuple[Callout, ...]:
+        """``callouts: {STEP: {pre: CMD, post: CMD, runs: [KIND…], timeout: DURATION}}``."""
+        r = self.r
+        out: list[Callout] = []
+        for step, node, where in r.entries(g.node("callouts"), g.p("callouts"), "step callouts"):
+            path = join(g.p("callouts"), step)
+            kind, _, rest = step.partition(":")
+            if kind not in CALLOUT_STEP_KINDS or (_ and not rest):
+                close = did_you_mean(kind, CALLOUT_STEP_KINDS)
+                r.error(where, path, f"{step!r} is not a runbook step",
+                        (f"{close} " if close else "")
+                        + "name a step kind (" + ", ".join(CALLOUT_STEP_KINDS[:10])
+                        + ", …) or one step id such as power:1:1 (esxdr test start --dry-run --json lists them)")
+                continue
+            c = r.mapping(node, path, CALLOUT_KEYS, where, "pre/post commands")
+            if c is None:
+                continue
+            pre = self._callout_command(c, "pre")
+            post = self._callout_command(c, "post")
+            if "pre" not in c and "post" not in c:
+                r.error(where, path, "a callout needs a pre or a post command (or both)",
+                        "e.g. post: [/usr/local/bin/notify, --channel, dr]")
+            runs = c.strings("runs", "run kinds", check=_check_run) or ()
+            timeout = c.scalar("timeout", v.parse_duration, default=300, what="a duration")
+            if timeout == 0:
+                r.error(c.node("timeout") or where, c.p("timeout"), "timeout must be longer than 0s")
+            out.append(Callout(step=step, pre=pre, post=post, runs=runs, timeout_seconds=timeout or 300,
+                               line=where[0]))
+        return tuple(out)
+
+    def _callout_command(self, c: Section, key: str) -> tuple[str, ...] | None:
+        node = c.node(key)
+        if node is None:
+            return None
+        argv = self.r.command(node, c.p(key))
+        if not argv:
+            return None
+        prog = argv[0]
+        if "/" in prog:  # a path: relative to the site file's directory, like every path in it
+            full = os.path.normpath(os.path.join(self.r.base_dir, os.path.expanduser(prog)))
+            if self.r.check_files and not (os.path.isfile(full) and os.access(full, os.X_OK)):
+                self.r.error(node, c.p(key), f"{full} is not an executable file",
+                             f"chmod +x {full}" if os.path.isfile(full) else
+                             "the path is relative to the site file's directory" if not os.path.isabs(
+                                 os.path.expanduser(prog)) else None)
+            argv = (full, *argv[1:])
+        return argv
 
     # ------------------------------------------------------------------ DR network
 
@@ -661,6 +715,21 @@ class _SiteBuilder:
 
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")
 _UPLINK = re.compile(r"^(vmnic|vusb)\d+$")
+
+
+def _check_vmx_path(text: str) -> str:
+    if not re.match(r"^\[[^\]]+\] ?\S.*\.vmx$", text):
+        raise v.Invalid(f"{text!r} is not a datastore path of a .vmx file",
+                        "write it as vSphere shows it: \"[datastore] dir/name.vmx\" (esxdr plan discover writes it)")
+    return text
+
+
+def _check_run(text: str) -> str:
+    if text not in CALLOUT_RUNS:
+        close = did_you_mean(text, CALLOUT_RUNS)
+        raise v.Invalid(f"{text!r} is not one of {', '.join(CALLOUT_RUNS)}",
+                        close)
+    return text
 
 
 def _check_user(text: str) -> str:

@@ -29,6 +29,17 @@ Consistency = Literal["crash", "application"]
 
 KEEP_PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
 
+# Runbook step kinds a callout may name (esxdr.plan.runbook; tests/unit/test_callouts.py keeps them in step).
+CALLOUT_STEP_KINDS = (
+    # test start
+    "hold", "container", "clone", "present", "network", "rescan", "verify", "register", "nics", "power",
+    # failover / failback
+    "shutdown", "replicate", "stop-replication", "unpresent-production", "guard", "promote",
+    # test cleanup
+    "poweroff", "unregister", "unpresent", "destroy", "uncontainer", "release",
+)
+CALLOUT_RUNS = ("test-start", "test-cleanup", "failover", "failback")
+
 
 @dataclass(frozen=True)
 class TargetConfig:
@@ -141,6 +152,28 @@ class VmSpec:
     boot_timeout_seconds: int = 300
     shutdown_timeout_seconds: int = 300
     line: int = 0
+    vmx: str | None = None  # "[datastore] dir/name.vmx" as production has it (esxdr plan discover writes it)
+
+
+@dataclass(frozen=True)
+class Callout:
+    """Commands run on the esxdr host before and after a runbook step (``protection_groups.*.callouts``).
+
+    ``step`` is a step kind (``power``: every power-on batch) or one step id (``power:1:1``,
+    ``promote:rp1/iscsi/lun0``). A failing ``pre`` stops the run before the step; ``post`` always
+    runs once the step was attempted, also when it (or its ``pre``) failed.
+    """
+
+    step: str
+    pre: tuple[str, ...] | None = None  # argv
+    post: tuple[str, ...] | None = None  # argv
+    runs: tuple[str, ...] = ()  # run kinds (CALLOUT_RUNS) it applies to; () = every run
+    timeout_seconds: int = 300
+    line: int = 0
+
+    @property
+    def kind(self) -> str:
+        return self.step.split(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -176,6 +209,7 @@ class ProtectionGroup:
     vms: tuple[VmSpec, ...] = ()
     line: int = 0
     luns: dict[str, LunSpec] = field(default_factory=dict, hash=False)  # by full source dataset name
+    callouts: tuple[Callout, ...] = ()  # pre/post commands per runbook step
 
     def dr_dataset(self, source_dataset: str) -> str:
         """The DR dataset a source dataset replicates into (source_root prefix → dr_root)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from esxdr.plan.runbook import HostView
+from esxdr.plan.runbook import HostView, norm_vmx
 from esxdr.vsphere.observed import HostState
 from esxdr.vsphere.session import Session
 from esxdr.vsphere.tasks import wait_tasks
@@ -36,41 +36,60 @@ def host_view(h: HostState) -> HostView:
     )
 
 
-def find_vmx(session: Session, host: HostState, datastores: list[str], *, timeout: float = 120) -> dict[str, str]:
-    """VM name (the .vmx file's stem) -> ``[datastore] dir/name.vmx`` on the given datastores."""
+def find_vmx(session: Session, host: HostState, datastores: list[str], *, timeout: float = 120,
+             browsers: dict[str, Any] | None = None) -> dict[str, str]:
+    """VM name (the .vmx file's stem) -> ``[datastore] dir/name.vmx`` on the given datastores.
+    ``browsers`` (datastore name -> HostDatastoreBrowser, read with the placement) saves a
+    property read per datastore."""
     tasks = []
     for name in datastores:
         ds = host.datastores.get(name)
         if ds is None:
             continue
-        ref = session.ref("Datastore", ds.moid)
         with session.errors(f"searching datastore {name} for VMs"):
+            browser = (browsers or {}).get(name) or session.ref("Datastore", ds.moid).browser
             spec = vim.host.DatastoreBrowser.SearchSpec(matchPattern=["*.vmx"])
-            tasks.append(ref.browser.SearchDatastoreSubFolders_Task(f"[{name}]", spec))
+            tasks.append(browser.SearchDatastoreSubFolders_Task(f"[{name}]", spec))
     found: dict[str, str] = {}
-    for result in wait_tasks(session, tasks, timeout=timeout, what=f"searching {len(tasks)} datastore(s) for VMs"):
+    from esxdr.vsphere.vms import wait_batch
+
+    for result in wait_batch(session, tasks, timeout=timeout, what=f"searching {len(tasks)} datastore(s) for VMs"):
         for folder in result or ():
             base = folder.folderPath if folder.folderPath.endswith(("/", "]")) else folder.folderPath + "/"
             if base.endswith("]"):
                 base += " "
             for f in folder.file or ():
                 if f.path.endswith(".vmx"):
-                    found.setdefault(f.path[:-4], base + f.path)
+                    # One spelling ("[ds] dir/x.vmx", as vSphere reports vmPathName): compared with
+                    # registered VMs' paths, "[ds] /dir/x.vmx" would register a VM a second time.
+                    found.setdefault(f.path[:-4], norm_vmx(base + f.path))
     return found
 
 
-def nic_moves(session: Session, vms: list[Any], mapping: dict[str, str]) -> list[tuple[Any, list[Any], list[str]]]:
-    """(vm, device changes, descriptions) for VMs whose NICs are on a mapped production port group."""
+VM_PATHS = ["name", "config.hardware.device", "runtime.powerState", "runtime.question"]
+
+
+def read_vms(session: Session, vms: list[Any]) -> dict[str, dict[str, Any]]:
+    """moid -> name, devices, power state and pending question of every VM: one RetrievePropertiesEx."""
     if not vms:
-        return []
+        return {}
     spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=v, skip=False) for v in vms],
-                         propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name", "config.hardware.device"])])
+                         propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=VM_PATHS)])
     from esxdr.vsphere.inventory import retrieve
 
+    return {oc.obj._moId: {p.name: p.val for p in oc.propSet} for oc in retrieve(session, spec)}
+
+
+def nic_moves(session: Session, vms: list[Any], mapping: dict[str, str],
+              read: dict[str, dict[str, Any]] | None = None) -> list[tuple[Any, list[Any], list[str]]]:
+    """(vm, device changes, descriptions) for VMs whose NICs are on a mapped production port group.
+    ``read``: the VMs as :func:`read_vms` returned them (else they are read here)."""
+    if not vms:
+        return []
+    read = read if read is not None else read_vms(session, vms)
     by_moid = {v._moId: v for v in vms}
     out = []
-    for oc in retrieve(session, spec):
-        props = {p.name: p.val for p in oc.propSet}
+    for moid, props in read.items():
         changes, said = [], []
         for dev in props.get("config.hardware.device") or ():
             backing = getattr(dev, "backing", None)
@@ -85,21 +104,18 @@ def nic_moves(session: Session, vms: list[Any], mapping: dict[str, str]) -> list
             dev.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=target)
             changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=dev))
         if changes:
-            out.append((by_moid[oc.obj._moId], changes, said))
+            out.append((by_moid[moid], changes, said))
     return out
 
 
-def nic_networks(session: Session, vms: list[Any]) -> dict[str, list[str]]:
+def nic_networks(session: Session, vms: list[Any],
+                 read: dict[str, dict[str, Any]] | None = None) -> dict[str, list[str]]:
     """VM name -> the port groups its NICs are on (evidence for the report)."""
     if not vms:
         return {}
-    spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=v, skip=False) for v in vms],
-                         propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name", "config.hardware.device"])])
-    from esxdr.vsphere.inventory import retrieve
-
+    read = read if read is not None else read_vms(session, vms)
     out: dict[str, list[str]] = {}
-    for oc in retrieve(session, spec):
-        props = {p.name: p.val for p in oc.propSet}
+    for props in read.values():
         nets = [str(getattr(d.backing, "deviceName", "")) for d in props.get("config.hardware.device") or ()
                 if isinstance(d, vim.vm.device.VirtualEthernetCard) and getattr(d.backing, "deviceName", None)]
         out[str(props.get("name"))] = nets
@@ -194,3 +210,40 @@ def shutdown_vms(session: Session, vms: list[tuple[Any, bool]], *, timeout: floa
         how[vm._moId] = "powered off"
     wait_tasks(session, tasks, timeout=timeout, what=f"powering off {len(tasks)} VM(s)")
     return how
+
+
+def read_for_discovery(session: Session) -> tuple[list[Any], list[Any]]:
+    """Production as `esxdr plan discover` needs it, in ONE RetrievePropertiesEx: from the host
+    view, every host's datastores (name, VMFS UUID and extents), networks (names) and VMs (name,
+    .vmx, the datastores and networks they use). Returns ([SeenDatastore], [SeenVm])."""
+    from esxdr.plan.discover import SeenDatastore, SeenVm
+    from esxdr.vsphere.inventory import retrieve
+
+    select = [PC.TraversalSpec(name=f"host-{p}", type=vim.HostSystem, path=p, skip=False)
+              for p in ("datastore", "vm", "network")]
+    to_hosts = PC.TraversalSpec(name="view-hosts", type=vim.view.ContainerView, path="view", skip=False,
+                                selectSet=select)
+    spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=session.container_view("HostSystem"), skip=True,
+                                                  selectSet=[to_hosts])],
+                         propSet=[PC.PropertySpec(type=vim.Datastore, pathSet=["name", "info"]),
+                                  PC.PropertySpec(type=vim.Network, pathSet=["name"]),
+                                  PC.PropertySpec(type=vim.VirtualMachine,
+                                                  pathSet=["name", "config.files.vmPathName", "datastore", "network",
+                                                           "runtime.powerState"])])
+    objects = retrieve(session, spec)
+    props = {oc.obj._moId: (type(oc.obj).__name__.rsplit(".", 1)[-1], {p.name: p.val for p in oc.propSet})
+             for oc in objects}
+    names = {m: str(p.get("name", m)) for m, (_k, p) in props.items()}
+    stores, vms = [], []
+    for moid, (kind, p) in props.items():
+        if kind == "Datastore":
+            vmfs = getattr(p.get("info"), "vmfs", None)
+            stores.append(SeenDatastore(name=names[moid], vmfs_uuid=vmfs.uuid if vmfs is not None else None,
+                                        extents=tuple(str(e.diskName).removeprefix("naa.").lower()
+                                                      for e in (vmfs.extent or ())) if vmfs is not None else ()))
+        elif kind == "VirtualMachine":
+            vms.append(SeenVm(name=names[moid], vmx_path=str(p.get("config.files.vmPathName") or ""),
+                              datastores=tuple(names.get(d._moId, d._moId) for d in p.get("datastore") or ()),
+                              port_groups=tuple(names.get(n._moId, n._moId) for n in p.get("network") or ()),
+                              power_state=str(p.get("runtime.powerState", ""))))
+    return stores, vms

@@ -97,3 +97,55 @@ def drill_lab():
     finally:
         lab.down()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def all_vms(dl: DrillLab, endpoint: str) -> list[tuple[str, str]]:
+    """Every VM registered on a lab host as (name, .vmx path), duplicates included (a dict by name hides them)."""
+    from pyVmomi import vim
+
+    from esxdr.site import load_site
+    from esxdr.vsphere.session import connect
+
+    with connect(load_site(dl.site).endpoint(endpoint)) as s:
+        view = s.content.viewManager.CreateContainerView(s.content.rootFolder, [vim.VirtualMachine], True)
+        return sorted((vm.name, vm.config.files.vmPathName) for vm in view.view)
+
+
+def set_callouts(dl: DrillLab, block: str | None) -> None:
+    """Put `callouts:` (YAML, indented for the group) into protection_groups.core, or take it out."""
+    p = Path(dl.site)
+    text = p.read_text()
+    start = text.find("    callouts:\n")
+    if start >= 0:
+        end = text.find("\n    vms:\n", start)
+        text = text[:start] + text[end + 1:]
+    if block:
+        anchor = "    vms:\n"
+        assert anchor in text
+        text = text.replace(anchor, "    callouts:\n" + block + anchor, 1)
+    p.write_text(text)
+    dl.ok("site", "validate")
+
+
+def kill_chain(dl: DrillLab, command: tuple[str, ...], prefix: str, mid: tuple[str, ...],
+               after_each=None) -> list[str]:  # noqa: ANN001 - Callable[[str], None]
+    """SIGKILL `esxdr COMMAND` at every step of its runbook, one run per step: after each step
+    (by id, from --dry-run), and inside the steps that have a mid-step crash point (``mid``
+    kinds: the kill lands after their calls were issued, before they were awaited or recorded).
+    Each run resumes the journal of the one before, so the chain walks the whole runbook;
+    the caller then runs the command once more and checks the final state."""
+    import json
+
+    steps = [s["id"] for s in json.loads(dl.ok(*command, "--dry-run", "--json").stdout)["runbook"]["steps"]]
+    points = []
+    for sid in steps:
+        kind = sid.split(":", 1)[0]
+        if kind in mid:
+            points.append(f"{prefix}-mid-{kind}")
+        points.append(f"{prefix}-after-{sid}")
+    for p in points:
+        r = dl.esxdr(*command, env={"ESXDR_FAULT_KILL": p})
+        assert r.returncode == -9, f"{p}: not killed (rc {r.returncode}):\n{r.stdout}\n{r.stderr}"
+        if after_each is not None:
+            after_each(p)
+    return points

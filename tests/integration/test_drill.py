@@ -54,6 +54,8 @@ def last_report(dl, kind: str = "test-start") -> dict:
 
 
 def test_drill_end_to_end(drill_lab):
+    from drill_fixtures import all_vms, kill_chain
+
     dl = drill_lab
     dl.use_test_network("Drill-LAN")  # not on esx-dr: the drill creates it, isolated, and removes it
     before_esx, before_pool, before_tgt = esx_dr(dl), dr_pool(dl), dr_targets(dl)
@@ -63,15 +65,18 @@ def test_drill_end_to_end(drill_lab):
     assert "because" in dry.stdout and "I copied it" in dry.stdout
     assert esx_dr(dl) == before_esx and dr_pool(dl) == before_pool  # dry-run changes nothing
 
-    # Killed right after the VMs were registered: the re-run continues from there.
-    killed = dl.esxdr("test", "start", "core", env={"ESXDR_FAULT_KILL": "drill-after-register"})
-    assert killed.returncode == -9, killed.stderr
+    # SIGKILLed after every step and inside register and each power batch, one run per kill,
+    # each resuming the last: then one more run finishes, with nothing repeated or left half-done.
+    points = kill_chain(dl, ("test", "start", "core"), "drill", ("register", "power"))
+    assert len(points) >= 14 and "drill-after-verify" in points
     r = dl.ok("test", "start", "core")
     assert "resuming" in r.stderr and "RTO" in r.stdout and "report:" in r.stdout
 
     rep = last_report(dl)
     assert rep["outcome"] == "ok" and rep["resumed"]
-    assert [s["outcome"] for s in rep["steps"]].count("done earlier") >= 6
+    assert {s["outcome"] for s in rep["steps"]} == {"done earlier"}  # every step was finished by a killed run
+    assert all_vms(dl, "esx-dr") == sorted((v, p) for v, p in all_vms(dl, "esx-dr"))  # noqa: PLR0124
+    assert len(all_vms(dl, "esx-dr")) == len(dl.seed["vms"])  # registered once each, despite the kills
     seeded = dl.seed["datastores"]
     assert {d["name"] for d in rep["datastores"]} == set(seeded)
     for d in rep["datastores"]:
@@ -118,3 +123,104 @@ def test_drill_end_to_end(drill_lab):
 
 def seeded_view(esx: dict, seeded: dict) -> dict:
     return {n: (u, tuple(x for x in ex)) for n, (u, ex) in esx["datastores"].items() if n in seeded}
+
+
+def test_callouts_post_runs_after_a_failure_and_a_failing_pre_stops(drill_lab, tmp_path):
+    """Pre/post callouts around drill steps: the post-callout of a step that failed (an injected
+    failure) still runs, with ESXDR_OUTCOME=failed; a failing pre-callout stops the run (exit 3)
+    before its step; everything is in the report."""
+    from drill_fixtures import set_callouts
+
+    dl = drill_lab
+    log = tmp_path / "callouts.log"
+    before = esx_dr(dl)
+    set_callouts(dl, f"""\
+      register: {{pre: [sh, -c, 'echo "pre $ESXDR_RUN $ESXDR_STEP" >> {log}']}}
+      power: {{post: [sh, -c, 'echo "post $ESXDR_STEP $ESXDR_OUTCOME $ESXDR_VMS" >> {log}; echo logged']}}
+      unregister: {{pre: [sh, -c, 'echo "maintenance window closed" >&2; exit 7'], runs: [test-cleanup]}}
+""")
+    try:
+        dry = dl.ok("test", "start", "core", "--dry-run")
+        assert "pre-callout: sh -c" in dry.stdout and "post-callout: sh -c" in dry.stdout
+        assert not log.exists()  # dry-run shows callouts, runs none
+
+        failed = dl.esxdr("test", "start", "core", env={"ESXDR_FAULT_FAIL": "drill-in-power"})
+        assert failed.returncode == 4 and "injected failure at drill-in-power" in failed.stderr, failed.stderr
+        first_power = next(s for s in json.loads(dl.ok("test", "start", "core", "--dry-run", "--json").stdout)
+                           ["runbook"]["steps"] if s["kind"] == "power")
+        assert log.read_text().splitlines() == [
+            "pre test-start register", f"post {first_power['id']} failed {' '.join(first_power['params']['vms'])}"]
+        rep = last_report(dl)
+        assert rep["outcome"] == "failed"
+        step = next(s for s in rep["steps"] if s["id"] == first_power["id"])
+        assert step["outcome"] == "failed"
+        assert [(c["phase"], c["outcome"], c["rc"], c["output"]) for c in step["callouts"]] == \
+            [("post", "ok", 0, "logged")]
+        assert "post-callout" in open(rep["report"]["html"]).read()
+
+        # Re-run: continues at the failed step; register (done) is not repeated, nor its pre-callout.
+        dl.ok("test", "start", "core")
+        lines = log.read_text().splitlines()
+        assert lines.count("pre test-start register") == 1
+        powers = [s["id"] for s in last_report(dl)["steps"] if s["kind"] == "power"]
+        assert [ln.split()[1:3] for ln in lines[2:]] == [[p, "done"] for p in powers]
+
+        # A failing pre-callout stops cleanup before it unregisters anything (exit 3, named, with output).
+        r = dl.esxdr("test", "cleanup", "core")
+        assert r.returncode == 3, r.stderr
+        assert "pre-callout of step unregister failed (exit 7)" in r.stderr and "maintenance window closed" in r.stderr
+        assert set(esx_dr(dl)["vms"]) == {v["name"] for v in dl.seed["vms"]}  # still registered
+    finally:
+        set_callouts(dl, None)
+    dl.ok("test", "cleanup", "core")
+    assert esx_dr(dl) == before
+
+
+def test_plan_discover_maps_production(drill_lab, tmp_path):
+    """`esxdr plan discover` on the lab's production: datasets ↔ NAAs ↔ datastores ↔ VMs with one
+    property read, stubs where the site file says nothing, YAML that merges into a valid site file."""
+    import shutil
+
+    import yaml
+    from drill_fixtures import ESXDR, all_vms
+
+    dl = drill_lab
+    # The site file without its recovery plan: discover must find it all by itself.
+    site = tmp_path / "site.yaml"
+    shutil.copy(dl.site, site)
+    text = site.read_text()
+    start, end = text.index("    vms:\n"), text.index("    retention:\n")
+    site.write_text(text[:start] + text[end:])
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([ESXDR, "--site", str(site), *args], capture_output=True, text=True, timeout=120)
+
+    r = run("--json", "plan", "discover", "core")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["requests"]["vsphere"] == 4  # service content, login, the host view, ONE RetrievePropertiesEx
+    seeded = dl.seed["datastores"]
+    assert {x["datastore"]: (x["naa"], x["vmfs_uuid"]) for x in d["datasets"]} == \
+        {n: (s["naa"], s["uuid"]) for n, s in seeded.items()}
+    prod = all_vms(dl, "esx-prod")
+    assert {n: v["vmx"] for n, v in d["vms"].items()} == dict(prod)
+    for v in d["vms"].values():
+        assert v["priority"] == 3 and v["stub_priority"]
+        assert v["networks"] == {"Prod-LAN": {"failover": "Prod-LAN", "test": "Prod-LAN", "stub": True}}
+
+    out = tmp_path / "plan.yaml"
+    w = run("plan", "discover", "core", "--write", str(out))
+    assert w.returncode == 0 and f"wrote {out}" in w.stdout, w.stderr
+    again = run("plan", "discover", "core", "--write", str(out))
+    assert again.returncode == 2 and "not overwritten" in again.stderr and "--force" in again.stderr
+    assert run("plan", "discover", "core", "--write", str(out), "--force").returncode == 0
+    frag = yaml.safe_load(out.read_text())["protection_groups"]["core"]
+    assert set(frag["vms"]) == {n for n, _ in prod}
+    # Merged into the site file (its vms: block), the site validates and carries the .vmx paths.
+    block = out.read_text().split("\n    vms:\n", 1)[1]
+    merged = site.read_text().replace("    retention:\n", "    vms:\n" + block + "    retention:\n", 1)
+    site.write_text(merged)
+    assert run("site", "validate").returncode == 0
+    assert {v.name: v.vmx for v in load_site(str(site)).group("core").vms} == dict(prod)
+    bad = run("plan", "discover", "nosuch")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -43,6 +43,8 @@ def last_report(dl, kind: str) -> dict:
 
 
 def test_planned_failover_reprotect_failback(drill_lab):
+    from drill_fixtures import all_vms, kill_chain
+
     dl = drill_lab
     naas = {d["naa"].removeprefix("naa.") for d in dl.seed["datastores"].values()}
     dr_sets = [f"{dl.dr_pool}/iscsi/{d['dataset'].rsplit('/', 1)[1]}" for d in dl.seed["datastores"].values()]
@@ -58,17 +60,25 @@ def test_planned_failover_reprotect_failback(drill_lab):
     assert all(props(dl, ds) == ("on", "no") for ds in dr_sets)
     assert dl.esxdr("replicate", "core").returncode == 0  # no marker left behind by the refusal
 
-    # Planned, killed right after promoting the first DR dataset, then re-run to the end.
+    # Planned, SIGKILLed after every step and inside each promotion, registration and power batch
+    # (one run per kill, each resuming the last), then re-run to the end.
     dry = dl.ok("failover", "core", "--planned", "--dry-run")
     assert "I moved it" in dry.stdout and "because" in dry.stdout
-    killed = dl.esxdr("failover", "core", "--planned", env={"ESXDR_FAULT_KILL": "failover-after-promote"})
-    assert killed.returncode == -9, killed.stderr
-    assert dl.esxdr("replicate", "core").returncode == 3  # replication is stopped from the marker on
+
+    def check(point: str) -> None:
+        if point == "failover-after-stop-replication":
+            assert dl.esxdr("replicate", "core").returncode == 3  # replication is stopped from the marker on
+
+    points = kill_chain(dl, ("failover", "core", "--planned"), "failover", ("promote", "register", "power"), check)
+    assert "failover-after-stop-replication" in points
+    assert len(points) >= 17
     r = dl.ok("failover", "core", "--planned")
     assert "resuming" in r.stderr and "RTO" in r.stdout
 
     rep = last_report(dl, "failover")
     assert rep["outcome"] == "ok" and rep["resumed"] and rep["mode"] == "planned" and rep["rpo_seconds"] == 0
+    assert {s["outcome"] for s in rep["steps"]} == {"done earlier"}
+    assert len(all_vms(dl, "esx-dr")) == len(dl.seed["vms"])  # registered once each, despite the kills
     for d in rep["datastores"]:
         seeded = dl.seed["datastores"][d["name"]]
         assert d["uuid_unchanged"] and d["vmfs_uuid"] == seeded["uuid"] and "naa." + d["naa"] == seeded["naa"]
@@ -92,6 +102,8 @@ def test_planned_failover_reprotect_failback(drill_lab):
     home = dl.vms("esx-prod")
     assert all((p, b) == ("poweredOn", "green") and u == prod[n][2] for n, (p, b, u) in home.items())
     assert dl.vms("esx-dr") == {}
+    # Home without duplicates: the VMs esx-prod had are reused, not registered a second time.
+    assert [n for n, _ in all_vms(dl, "esx-prod")] == sorted(prod)
     assert served(dl, "ss1") == naas and served(dl, "ss2") == set()
     assert all(props(dl, ds) == ("on", "no") for ds in dr_sets)
     dl.ok("replicate", "core")
