@@ -83,6 +83,9 @@ def sequential(site_path: str) -> tuple[float, int, int]:
 
 
 def main() -> None:
+    if "-h" in sys.argv or "--help" in sys.argv:
+        print(__doc__)
+        return
     from esxdr.lab import Lab, LabConfig, seed
 
     seed.VMS_PER_DATASTORE = 10  # 4 datastores x 10 = 40 VMs, priorities 1..3

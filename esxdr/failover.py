@@ -168,8 +168,6 @@ class Failover(Drill):
 
     def plan(self, mode: str, point: str = "latest", force: bool = False,
              manifest_path: str | None = None) -> rb.Runbook:
-        from esxdr.vsphere.recovery import host_view
-
         dst = self._dr()
         dr_obs = dst.zfs.observe([self.g.dr_root])
         if self.reverse:
@@ -182,7 +180,7 @@ class Failover(Drill):
         prod = self.site.storage.get(self.g.source)
         return rb.plan_failover(rb.FailoverInputs(
             group=self.g, manifest=manifest, dr_obs=dr_obs, mode=mode, point=point, force=force,
-            host=host_view(h) if h else None, served=served, dr_portal=self.server.target.portal,  # type: ignore[union-attr]
+            host=self._view(h) if h else None, served=served, dr_portal=self.server.target.portal,  # type: ignore[union-attr]
             production_portal=prod.target.portal if prod and prod.target else None, manifest_origin=origin,
             kind=self.kind))
 
@@ -304,17 +302,16 @@ class Failover(Drill):
     def _forget_on_dr_host(self, g) -> None:  # noqa: ANN001
         """The DR host keeps the stopped VMs and the LUNs that went away: unregister the group's VMs
         (only when powered off) and rescan, so the next drill starts from a clean host."""
-        from esxdr.vsphere import inventory
         from esxdr.vsphere import vms as vv
+        from esxdr.vsphere.recovery import read_dr, rescan_hosts
         from esxdr.vsphere.session import connect
-        from esxdr.vsphere.storage import rescan
 
         names = {v.name for v in g.vms}
         with connect(self.site.endpoint(g.vsphere_dr)) as s:
-            h = inventory.read_host(s, g.vsphere_dr)
+            h, members = read_dr(s, self.site.endpoint(g.vsphere_dr))  # a vCenter: every host at once
             off = [n for n, v in h.vms.items() if (not names or n in names) and v.power_state == "poweredOff"]
             vv.unregister(s, [s.ref("VirtualMachine", h.vms[n].moid) for n in off])
-            rescan(s, h)
+            rescan_hosts(s, list(members.values()) or [h])
         self.say(f"{g.vsphere_dr}: {len(off)} stopped VM(s) unregistered, storage rescanned")
 
 
@@ -332,7 +329,6 @@ def _retry(fn, attempts: int = 10) -> None:  # noqa: ANN001
 
 # --------------------------------------------------------------------------- steps
 def _f_shutdown(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr.vsphere import inventory
     from esxdr.vsphere.recovery import shutdown_vms
     from esxdr.vsphere.session import connect
 
@@ -340,7 +336,9 @@ def _f_shutdown(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
     if not ep:
         return ["no production vSphere in the site file: the VMs were not shut down by esxdr"]
     with connect(d.site.endpoint(ep)) as s:
-        h = inventory.read_host(s, ep, with_vms=True)
+        from esxdr.vsphere.recovery import read_dr
+
+        h, _members = read_dr(s, d.site.endpoint(ep))  # a vCenter: the VMs of all its hosts
         wanted = step.params["vms"] or sorted(h.vms)
         on = [(n, h.vms[n]) for n in wanted if n in h.vms and h.vms[n].power_state == "poweredOn"]
         how = shutdown_vms(s, [(s.ref("VirtualMachine", v.moid), v.tools_running) for _, v in on],

@@ -250,6 +250,7 @@ class Drill:
         self.dst: Any = None  # replication Side of the DR storage server
         self.session: Any = None
         self.host_state: Any = None
+        self.members: dict[str, Any] = {}  # a vCenter DR endpoint: its hosts (HostState) by name
         self.manifest_origin: str | None = None
         self.server = site.storage_server(self.g.destination)
         self._tgt_transport = None
@@ -289,10 +290,22 @@ class Drill:
         s = self._vsphere()
         if s is None:
             return None
-        from esxdr.vsphere import inventory
+        from esxdr.vsphere.recovery import read_dr
 
-        self.host_state = inventory.read_host(s, self.g.vsphere_dr, with_vms=with_vms)
+        # One property read, whatever the number of hosts; a vCenter's hosts are merged into one
+        # view for the cluster-wide steps and kept apart in self.members for the per-host ones.
+        self.host_state, self.members = read_dr(s, self.site.endpoint(self.g.vsphere_dr), with_vms=with_vms)
         return self.host_state
+
+    def _view(self, h):  # noqa: ANN001, ANN202 - HostState -> HostView
+        from esxdr.vsphere.recovery import view_of
+
+        return view_of(h, self.members)
+
+    def _dr_network(self, h):  # noqa: ANN001, ANN202
+        if self.members:
+            return {n: self.site.dr_network.get(n) for n in self.members}
+        return self.site.dr_network.get(h.name) or self.site.dr_network.get(self.g.vsphere_dr or "")
 
     def close(self) -> None:
         for t in (self.dst.transport if self.dst else None, self._tgt_transport):
@@ -330,13 +343,10 @@ class Drill:
         served, _ = self._served()
         # Storage only (esxdr target present-clone): without a host the runbook ends at "present".
         h = None if storage_only else self._host()
-        from esxdr.vsphere.recovery import host_view
-
         return rb.plan_test_start(rb.DrillInputs(
             group=self.g, manifest=manifest, dr_obs=dr_obs, point=point, new_naa=new_naa,
-            host=host_view(h) if h else None, served=served, dr_portal=self.server.target.portal,  # type: ignore[union-attr]
-            dr_network=self.site.dr_network.get(h.name) or self.site.dr_network.get(self.g.vsphere_dr or "")
-            if h else None, manifest_origin=origin))
+            host=self._view(h) if h else None, served=served, dr_portal=self.server.target.portal,  # type: ignore[union-attr]
+            dr_network=self._dr_network(h) if h else None, manifest_origin=origin))
 
     def start(self, point: str = "latest", new_naa: bool = False, dry_run: bool = False,
               manifest_path: str | None = None, storage_only: bool = False) -> RunRecord:
@@ -512,10 +522,8 @@ class Drill:
         dr_obs = dst.zfs.observe([self.g.dr_root])
         served, _ = self._served()
         h = self._host()
-        from esxdr.vsphere.recovery import host_view
-
         return rb.plan_test_cleanup(rb.CleanupInputs(group=self.g, dr_obs=dr_obs, served=served,
-                                                     host=host_view(h) if h else None, journal=self.journal.load()))
+                                                     host=self._view(h) if h else None, journal=self.journal.load()))
 
     def cleanup(self, dry_run: bool = False) -> RunRecord:
         rec = RunRecord(kind="test-cleanup", group=self.g.name, site=self.site.name, started=time.time(),
@@ -622,17 +630,47 @@ def _s_network(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
 
     s = d._vsphere()
     h = d._host(with_vms=False)
-    out = []
+    if not d.members:
+        out = []
+        for c in step.params["create"]:
+            if c["create_vswitch"] and c["vswitch"] not in h.vswitches:
+                d.journal.intend("vswitches", c["vswitch"])
+                vr.add_vswitch(s, h, c["vswitch"])
+                out.append(f"vSwitch {c['vswitch']} (no uplinks)")
+            if c["name"] not in h.port_groups:
+                d.journal.intend("port_groups", c["name"])
+                vr.add_port_group(s, h, c["name"], c["vswitch"], c["vlan"])
+                out.append(f"port group {c['name']} on {c['vswitch']}" + (f" VLAN {c['vlan']}" if c["vlan"] else ""))
+        return out
+    # A cluster: every host gets its own port groups (standard switches are per host). Intent is
+    # journaled per host first, then the hosts are configured in parallel, each in plan order.
+    per: dict[str, list[dict]] = {}
     for c in step.params["create"]:
-        if c["create_vswitch"] and c["vswitch"] not in h.vswitches:
-            d.journal.intend("vswitches", c["vswitch"])
-            vr.add_vswitch(s, h, c["vswitch"])
-            out.append(f"vSwitch {c['vswitch']} (no uplinks)")
-        if c["name"] not in h.port_groups:
-            d.journal.intend("port_groups", c["name"])
-            vr.add_port_group(s, h, c["name"], c["vswitch"], c["vlan"])
-            out.append(f"port group {c['name']} on {c['vswitch']}" + (f" VLAN {c['vlan']}" if c["vlan"] else ""))
-    return out
+        m = d.members.get(c.get("host", ""))
+        if m is None:
+            raise ConflictError(f"host {c.get('host')} of the plan is not managed by {d.g.vsphere_dr} any more",
+                                hint="run the same command again: it plans from what the vCenter shows now")
+        if c["create_vswitch"] and c["vswitch"] not in m.vswitches:
+            d.journal.intend(f"vswitches@{m.name}", c["vswitch"])
+        if c["name"] not in m.port_groups:
+            d.journal.intend(f"port_groups@{m.name}", c["name"])
+        per.setdefault(m.name, []).append(c)
+
+    def one(host: str, items: list[dict]) -> list[str]:
+        m = d.members[host]
+        said = []
+        for c in items:
+            if c["create_vswitch"] and c["vswitch"] not in m.vswitches:
+                vr.add_vswitch(s, m, c["vswitch"])
+                said.append(f"{host}: vSwitch {c['vswitch']} (no uplinks)")
+            if c["name"] not in m.port_groups:
+                vr.add_port_group(s, m, c["name"], c["vswitch"], c["vlan"])
+                said.append(f"{host}: port group {c['name']} on {c['vswitch']}"
+                            + (f" VLAN {c['vlan']}" if c["vlan"] else ""))
+        return said
+
+    done = vr.on_hosts(one, per)
+    return [x for host in per for x in done[host]]
 
 
 def _s_rescan(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
@@ -640,6 +678,11 @@ def _s_rescan(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
 
     # The plan's read of the host (this run) names its storage system: no need to read it again.
     h = d.host_state if d.host_state is not None else d._host(with_vms=False)
+    if d.members:
+        from esxdr.vsphere.recovery import rescan_hosts
+
+        rescan_hosts(d._vsphere(), list(d.members.values()))
+        return [f"{', '.join(d.members)} rescanned in parallel"]
     rescan(d._vsphere(), h)
     return []
 
@@ -651,8 +694,21 @@ def _s_verify(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     exp = [ExpectedLun(naa=e["naa"], target=e.get("target"), datastore=e.get("datastore"),
                        vmfs_uuid=None if step.params.get("resolve") else e.get("vmfs_uuid"))
            for e in step.params["expected"]]
-    res = verify_storage(d._vsphere(), d.g.vsphere_dr, exp, timeout=30, resolve=step.params.get("resolve"))
-    raise_for(res)
+    if d.members or step.params.get("hosts"):
+        # Every host of the cluster must see every LUN and mount every volume (DRS may put a VM
+        # anywhere): one property read per round for all hosts, rescans in parallel where missing.
+        from esxdr.vsphere.host import verify_hosts
+        from esxdr.vsphere.storage import VerifyResult
+
+        names = list(d.members) if d.members else list(step.params["hosts"])
+        multi, _rescans, _done = verify_hosts(d._vsphere(), names, exp, timeout=30,
+                                              resolve=step.params.get("resolve"))
+        for r in multi.reports:
+            raise_for(VerifyResult(report=r))
+        res = VerifyResult(report=multi.reports[0])
+    else:
+        res = verify_storage(d._vsphere(), d.g.vsphere_dr, exp, timeout=30, resolve=step.params.get("resolve"))
+        raise_for(res)
     by_naa = {e["naa"]: e for e in step.params["expected"]}
     h = d._verified = d._host()  # with the VMs: register goes on from this read
     out, rows = [], []
@@ -666,7 +722,10 @@ def _s_verify(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
                      "uuid_unchanged": same, "naa_matches_extent": c.naa in extents,
                      "status": "mounted as-is" if same else ("resignatured" if step.params.get("resolve") else
                                                               "mounted")})
-        out.append(f"{c.datastore}: uuid {c.vmfs_uuid} {'unchanged' if same else 'new'}, extent naa.{c.naa}")
+        out.append(f"{c.datastore}: uuid {c.vmfs_uuid} {'unchanged' if same else 'new'}, extent naa.{c.naa}"
+                   + (f", mounted on {', '.join(d.members)}" if d.members else ""))
+        if d.members:
+            rows[-1]["hosts"] = [n for n, m in d.members.items() if c.datastore in m.datastores]
     d.journal.data["datastores"] = rows
     d.journal.save()
     return out
@@ -681,7 +740,8 @@ def _s_register(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     h = d._verified if d._verified is not None else d._host()
     d._verified = None
     stores = step.params["datastores"] or [r["name"] for r in d.journal.data.get("datastores", []) if r.get("name")]
-    where = vv.placement_info(s, h, stores)
+    cluster = bool(d.members)
+    where = vv.placement_info(s, h, stores, cluster=cluster)
     wanted = list(step.params["vms"])
     # Where production keeps each .vmx (vms.*.vmx, written by esxdr plan discover): no search needed.
     # The datastore names are production's, as the volumes are mounted as-is.
@@ -729,7 +789,22 @@ def _s_register(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
                                                           if failed else ""))
     said.append("paths from the site file (vms.*.vmx): no datastore search" if not searched
                 else f".vmx files found by searching {len(stores)} datastore(s)")
-    refs = vv.register_vms(s, h, [found[n] for n in todo], where=where,
+    on_hosts: list[Any] | None = None
+    if cluster:
+        if where.drs:
+            on_hosts = [None] * len(todo)  # the cluster's resource pool: DRS places each VM
+            said.append(f"registered into the resource pool of the cluster of {', '.join(d.members)}: DRS places them")
+        else:
+            # DRS off: vCenter wants a host per VM; esxdr spreads them itself (pure, deterministic).
+            prio = step.params.get("priorities") or {}
+            spread = rb.spread_vms([(n, int(prio.get(n, 0)), rb._vmx_datastore(found[n])) for n in todo],
+                                   {n: ({ds for ds in m.datastores}, len(m.vms)) for n, m in d.members.items()})
+            on_hosts = [s.ref("HostSystem", d.members[spread[n]].moid) for n in todo]
+            for n in todo:
+                d.journal.data.setdefault("vms", {}).setdefault(n, {"vmx": found[n]})["host"] = spread[n]
+            said.append("DRS is off: esxdr spreads the VMs (least loaded per priority group among the hosts "
+                        "mounting the datastore): " + ", ".join(f"{n} → {spread[n]}" for n in todo))
+    refs = vv.register_vms(s, h, [found[n] for n in todo], where=where, hosts=on_hosts,
                            after_issue=lambda: checkpoint(f"{d.fault_prefix}-mid-register"))
     for n, ref in zip(todo, refs, strict=True):
         d._vm_cache[n] = (ref._moId, "poweredOff", None)
@@ -773,6 +848,16 @@ def _s_nics(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     nets = vr.nic_networks(s, refs, read)
     for n, pgs in nets.items():
         d.journal.data.setdefault("vms", {}).setdefault(n, {})["networks"] = pgs
+    # Where each VM is (DRS placed it, or esxdr spread it): from the same read, for the report.
+    host_names = {m.moid: n for n, m in d.members.items()} or \
+        ({d.host_state.moid: d.host_state.name} if d.host_state is not None else {})
+    placed: dict[str, list[str]] = {}
+    for props in read.values():
+        ref = props.get("runtime.host")
+        where_ = host_names.get(getattr(ref, "_moId", ""), getattr(ref, "_moId", None))
+        if where_:
+            d.journal.data.setdefault("vms", {}).setdefault(str(props.get("name")), {})["host"] = where_
+            placed.setdefault(where_, []).append(str(props.get("name")))
     d.journal.save()
     test_pgs = set(step.params["map"].values())
     stray = [f"{n}: {pg}" for n, pgs in nets.items() for pg in pgs if test_pgs and pg not in test_pgs]
@@ -781,8 +866,11 @@ def _s_nics(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
         raise ConflictError(f"VM NICs outside the {which} port groups: " + ", ".join(stray),
                             hint=f"map every production port group to a {which} one (vms.*.networks)")
     said = [x for _, _, ss in moves for x in ss]
-    return said or [f"{len(nets)} VM(s) on {', '.join(sorted(test_pgs)) or 'no network'}"
+    said = said or [f"{len(nets)} VM(s) on {', '.join(sorted(test_pgs)) or 'no network'}"
                     + (" (set in the .vmx before registering: no reconfiguration)" if nets else "")]
+    if d.members:
+        said.append("placement: " + "; ".join(f"{hn}: {', '.join(sorted(vs))}" for hn, vs in sorted(placed.items())))
+    return said
 
 
 def _s_power(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
@@ -872,13 +960,19 @@ def _c_rescan(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
 
     s = d._vsphere()
     h = d._host(with_vms=False)
-    rescan(s, h)
+    if d.members:
+        from esxdr.vsphere.recovery import rescan_hosts
+
+        rescan_hosts(s, list(d.members.values()))
+    else:
+        rescan(s, h)
     h = d._host(with_vms=False)
-    left = [n for n in step.params["naas"] if f"naa.{n}" in h.luns]
-    if left:
-        raise ConflictError(f"{h.name} still sees {', '.join('naa.' + n for n in left)} after the rescan",
-                            hint="run esxdr test cleanup again in a moment")
-    return [f"{len(step.params['naas'])} drill LUN(s) gone from {h.name}"]
+    for m in (d.members or {h.name: h}).values():
+        left = [n for n in step.params["naas"] if f"naa.{n}" in m.luns]
+        if left:
+            raise ConflictError(f"{m.name} still sees {', '.join('naa.' + n for n in left)} after the rescan",
+                                hint="run esxdr test cleanup again in a moment")
+    return [f"{len(step.params['naas'])} drill LUN(s) gone from {', '.join(d.members) if d.members else h.name}"]
 
 
 def _c_network(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
@@ -890,6 +984,19 @@ def _c_network(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
         vr.remove_port_group(s, h, pg)
     for vs in step.params["vswitches"]:
         vr.remove_vswitch(s, h, vs)
+    per = step.params.get("hosts") or {}
+    if per:
+        def one(host: str, what: dict) -> None:
+            m = d.members.get(host)
+            if m is None:
+                return  # the vCenter does not manage it any more: nothing of ours to remove there
+            for pg in what["port_groups"]:
+                vr.remove_port_group(s, m, pg)
+            for vs in what["vswitches"]:
+                vr.remove_vswitch(s, m, vs)
+
+        vr.on_hosts(one, per)
+        return [f"{host}: removed " + ", ".join(what["port_groups"] + what["vswitches"]) for host, what in per.items()]
     return []
 
 

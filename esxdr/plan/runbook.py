@@ -104,6 +104,61 @@ class HostView:
     # ^ name -> (vmfs uuid, extent naa hexes)
     vms: dict[str, tuple[str, str, str | None]] = field(default_factory=dict, hash=False)
     # ^ name -> (vmx path, power state, pending question id)
+    members: tuple[HostView, ...] = ()  # a vCenter cluster: every host (the fields above are their union)
+
+    @property
+    def hosts(self) -> tuple[HostView, ...]:
+        """The hosts acted on: the members of a cluster view, else this one host."""
+        return self.members or (self,)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(h.name for h in self.hosts) if self.members else self.name
+
+
+def cluster_view(name: str, members: list[HostView]) -> HostView:
+    """One view of several hosts of a vCenter: LUNs, datastores and VMs are the union (a
+    shared datastore is one object), port groups and vSwitches those on EVERY host (a VM may
+    land on any of them); the per-host facts stay in ``members``."""
+    luns: dict[str, tuple[str, ...]] = {}
+    for m in members:
+        for n, iqns in m.luns.items():
+            luns[n] = tuple(dict.fromkeys(luns.get(n, ()) + tuple(iqns)))
+    common = [m.port_groups for m in members]
+    pgs = {k: v for k, v in (common[0] if common else {}).items() if all(k in c for c in common[1:])}
+    vss = {k: v for k, v in (members[0].vswitches if members else {}).items()
+           if all(k in m.vswitches for m in members[1:])}
+    return HostView(name=name, iqn=members[0].iqn if members else None,
+                    send_targets=tuple(st for st in (members[0].send_targets if members else ())
+                                       if all(st in m.send_targets for m in members[1:])),
+                    port_groups=pgs, vswitches=vss, luns=luns,
+                    datastores={k: v for m in members for k, v in m.datastores.items()},
+                    vms={k: v for m in members for k, v in m.vms.items()}, members=tuple(members))
+
+
+def spread_vms(vms: list[tuple[str, int, str | None]], hosts: dict[str, tuple[set[str], int]]) -> dict[str, str]:
+    """Where esxdr registers VMs on a cluster without DRS: VM name -> host.
+
+    ``vms``: (name, priority, datastore of its .vmx) in any order; ``hosts``: host -> (datastores it
+    mounts, VMs it runs already), in the order hosts are preferred on ties. Each VM goes to a host
+    that mounts its datastore: the one with the fewest VMs of the same priority group placed so
+    far (a priority batch boots spread over the cluster), then the fewest VMs in all, then the
+    first in order. Deterministic: the same inputs give the same spread. A VM whose datastore no
+    host mounts is refused by name."""
+    order = {h: i for i, h in enumerate(hosts)}
+    total = {h: load for h, (_ds, load) in hosts.items()}
+    per_prio: dict[tuple[str, int], int] = {}
+    out: dict[str, str] = {}
+    for name, prio, ds in sorted(vms, key=lambda v: (v[1], v[0])):
+        able = [h for h, (mounts, _load) in hosts.items() if ds is None or ds in mounts]
+        if not able:
+            raise ConflictError(f"VM {name}: no host of the cluster mounts datastore {ds}",
+                                hint="rescan the hosts (esxdr host verify-storage) and run the same command again")
+        best = min(able, key=lambda h: (per_prio.get((h, prio), 0), total[h], order[h]))
+        out[name] = best
+        total[best] += 1
+        per_prio[(best, prio)] = per_prio.get((best, prio), 0) + 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -348,7 +403,7 @@ def drill_luns(group, manifest: Manifest, dr_root_mountpoint: str | None, snapsh
 
 
 def drill_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str, portal: str,
-                   initiator: str | None) -> Manifest:
+                   initiator: str | list[str] | None) -> Manifest:
     """Production's manifest turned into the drill's: clone backing files, the drill's own target
     IQNs on the DR portal, only the DR host's initiator admitted. Serials, vendor and product ids
     stay: the product id is part of the device id in the VMFS header."""
@@ -372,7 +427,8 @@ def drill_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str, po
     m.initiator_groups = []
     m = rewrite.set_portals(m, [Portal.parse(portal)])
     if initiator:
-        m = rewrite.allow_initiators(m, [initiator], group=f"{TEST_PREFIX}-{safe_name(group_name)}")
+        m = rewrite.allow_initiators(m, [initiator] if isinstance(initiator, str) else list(initiator),
+                                     group=f"{TEST_PREFIX}-{safe_name(group_name)}")
     return m.validate()
 
 
@@ -389,6 +445,14 @@ def test_networks(vms, host: HostView | None, dr_network) -> tuple[dict[str, str
     create: list[dict] = []
     notes: list[str] = []
     if host is None:
+        return mapping, create, notes
+    if host.members:
+        # A cluster: each host gets what it lacks, from its own dr_network entry (name -> HostNetwork).
+        for m in host.members:
+            nets = dr_network if isinstance(dr_network, dict) else {}
+            _m, more, said = test_networks(vms, m, nets.get(m.name))
+            create += [{**c, "host": m.name} for c in more]
+            notes += [n for n in said if n not in notes]
         return mapping, create, notes
     wanted = sorted(set(mapping.values()))
     specs = dr_network.port_groups if dr_network is not None else {}
@@ -424,7 +488,7 @@ class DrillInputs:
     host: HostView | None = None
     served: list[ServedLun] = field(default_factory=list)  # what the DR target serves now
     dr_portal: str = ""
-    dr_network: Any = None  # esxdr.site.model.HostNetwork of the DR host
+    dr_network: Any = None  # esxdr.site.model.HostNetwork of the DR host; a cluster: host name -> HostNetwork
     manifest_origin: str = ""
 
 
@@ -457,22 +521,17 @@ def _plan_test_start(inp: DrillInputs) -> Runbook:
                 if s.naa == d.naa and not is_test_iqn(s.target, g.name):
                     clashes.append(f"naa.{d.naa} is already served by the DR target as {s.target} LUN {s.lun} "
                                    f"({s.path})")
-            if host is not None:
-                for iqn in host.luns.get(d.naa, ()):
+            for h in host.hosts if host is not None else ():
+                for iqn in h.luns.get(d.naa, ()):
                     if iqn and not is_test_iqn(iqn, g.name):
-                        clashes.append(f"{host.name} already sees naa.{d.naa} through {iqn}")
+                        clashes.append(f"{h.name} already sees naa.{d.naa} through {iqn}")
         if clashes:
             raise IdentityConflict("the drill cannot present its clones with the production NAAs:\n  "
                                    + "\n  ".join(sorted(set(clashes))),
                                    hint="run the drill with --new-naa (the clones get new NAAs and the volumes "
                                         "are resignatured), or remove the other presentation first")
     if host is not None:
-        if host.iqn is None:
-            raise ConflictError(f"{host.name}: the software iSCSI adapter is off",
-                                hint=f"prepare the host first: esxdr host apply {host.name}")
-        if inp.dr_portal and inp.dr_portal not in host.send_targets:
-            raise ConflictError(f"{host.name} has no send target {inp.dr_portal} (the DR target's portal); it would "
-                                "not find the drill's LUNs", hint=f"prepare the host first: esxdr host apply {host.name}")
+        _check_hosts(host, inp.dr_portal, "; it would not find the drill's LUNs")
     else:
         rb.notes.append(f"{g.name} names no vsphere_dr: only the storage part of the drill is planned")
 
@@ -495,8 +554,9 @@ def _plan_test_start(inp: DrillInputs) -> Runbook:
                              {"snapshot": f"{ds}@{point.name}", "clone": clone,
                               "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None}))
     same = "new NAA" if inp.new_naa else "same NAA"
-    initiator = host.iqn if host else None
-    m = drill_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiator)
+    initiators = [h.iqn for h in host.hosts if h.iqn] if host else []
+    initiator = ", ".join(initiators) or None
+    m = drill_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiators)
     from esxdr.targets.manifest import manifest_to_dict
 
     rb.steps.append(Step("present", "present",
@@ -517,24 +577,29 @@ def _plan_test_start(inp: DrillInputs) -> Runbook:
             "the VMs' test networks must exist before their NICs are attached"
             + ("; a vSwitch without uplinks isolates the drill by construction" if any(
                 c["vswitch"] == DRILL_VSWITCH for c in create) else ""), {"create": create}))
-    rb.steps.append(Step("rescan", "rescan", f"rescan {host.name}",
-                         "the host finds the new LUNs and the VMFS volumes on them", {}))
+    rb.steps.append(Step("rescan", "rescan", f"rescan {host.label}",
+                         "the host finds the new LUNs and the VMFS volumes on them"
+                         + ("; every host of the cluster, in parallel (a VM may run on any)" if host.members else ""),
+                         {"hosts": [h.name for h in host.members]} if host.members else {}))
     expected = [{"naa": d.naa, "datastore": d.datastore, "vmfs_uuid": d.vmfs_uuid, "production_naa": d.production_naa,
                  "target": m.lu(d.naa).views[0].target if m.lu(d.naa) and m.lu(d.naa).views else None}  # type: ignore[union-attr]
                 for d in luns]
     rb.steps.append(Step("verify", "verify",
-                         f"verify {len(luns)} VMFS datastore(s) on {host.name} "
+                         f"verify {len(luns)} VMFS datastore(s) on {host.label} "
                          + ("mounted as-is (UUID unchanged)" if not inp.new_naa else "resignatured and renamed back"),
                          "evidence that the NAA served is the NAA of each datastore's extent"
                          + ("" if not inp.new_naa else " (new UUIDs: the volumes are copies now)"),
-                         {"expected": expected, "resolve": "resignature" if inp.new_naa else None}))
+                         {"expected": expected, "resolve": "resignature" if inp.new_naa else None,
+                          **({"hosts": [h.name for h in host.members]} if host.members else {})}))
     names = [v.name for v in g.vms]
     datastores = sorted({d.datastore for d in luns if d.datastore})
     rb.steps.append(Step("register", "register",
-                         f"register {len(names) or 'all'} VM(s) from the drill datastores (answer: I copied it)",
+                         f"register {len(names) or 'all'} VM(s) from the drill datastores (answer: I copied it)"
+                         + _into(host),
                          "a drill VM runs beside its production original, so it gets a new BIOS UUID",
                          {"vms": names, "datastores": datastores, "answer": "copied", "map": mapping,
-                          "vmx": {v.name: v.vmx for v in g.vms if getattr(v, "vmx", None)}}))
+                          "vmx": {v.name: v.vmx for v in g.vms if getattr(v, "vmx", None)},
+                          **_cluster_params(host, g)}))
     changed = {p: t for p, t in mapping.items() if p != t}
     rb.steps.append(Step("nics", "nics", "attach NICs to test port groups: " + (", ".join(
         f"{p} → {t}" for p, t in sorted(mapping.items())) or "no NICs mapped"),
@@ -578,7 +643,8 @@ def _plan_test_cleanup(inp: CleanupInputs) -> Runbook:
     naas |= {d["naa"] for d in j.get("luns", [])}
     host = inp.host
     if host is not None:
-        naas |= {n for n, iqns in host.luns.items() if any(is_test_iqn(i, g.name) for i in iqns)}
+        for h in host.hosts:
+            naas |= {n for n, iqns in h.luns.items() if any(is_test_iqn(i, g.name) for i in iqns)}
         ds_names = {name for name, (_u, extents) in host.datastores.items() if any(e in naas for e in extents)}
         vms = {name: v for name, v in host.vms.items() if _vmx_datastore(v[0]) in ds_names}
         on = sorted(n for n, v in vms.items() if v[1] != "poweredOff" or v[2])
@@ -592,16 +658,33 @@ def _plan_test_cleanup(inp: CleanupInputs) -> Runbook:
         rb.steps.append(Step("unpresent", "unpresent", "remove target(s) " + ", ".join(t for t, _ in drill_targets),
                              "the DR target must stop serving the clones before they can be destroyed",
                              {"targets": [{"iqn": t, "tid": tid} for t, tid in drill_targets]}))
-    if host is not None and (drill_targets or any(n in host.luns for n in naas)):
-        rb.steps.append(Step("rescan", "rescan", f"rescan {host.name}; the drill datastores disappear",
-                             "the host forgets the LUNs that are gone", {"naas": sorted(naas)}))
-    if host is not None:
+    if host is not None and (drill_targets or any(n in h.luns for h in host.hosts for n in naas)):
+        rb.steps.append(Step("rescan", "rescan", f"rescan {host.label}; the drill datastores disappear",
+                             "the host forgets the LUNs that are gone",
+                             {"naas": sorted(naas), **({"hosts": [h.name for h in host.members]} if host.members
+                                                       else {})}))
+    if host is not None and not host.members:
         pgs = [p for p in j.get("created", {}).get("port_groups", []) if p in host.port_groups]
         vss = [v for v in j.get("created", {}).get("vswitches", []) if v in host.vswitches]
         if pgs or vss:
             rb.steps.append(Step("network", "network", "remove " + ", ".join(
                 [f"port group {p}" for p in pgs] + [f"vSwitch {v}" for v in vss]),
                 "the drill created them; they were not there before", {"port_groups": pgs, "vswitches": vss}))
+    elif host is not None:
+        # A cluster: what the drill made on each host is journaled per host (port_groups@HOST).
+        per: dict[str, dict[str, list[str]]] = {}
+        made = j.get("created", {})
+        for h in host.members:
+            pgs = [p for p in made.get(f"port_groups@{h.name}", []) if p in h.port_groups]
+            vss = [v for v in made.get(f"vswitches@{h.name}", []) if v in h.vswitches]
+            if pgs or vss:
+                per[h.name] = {"port_groups": pgs, "vswitches": vss}
+        if per:
+            rb.steps.append(Step("network", "network", "remove " + "; ".join(
+                f"{h}: " + ", ".join([f"port group {p}" for p in x["port_groups"]]
+                                     + [f"vSwitch {v}" for v in x["vswitches"]]) for h, x in per.items()),
+                "the drill created them; they were not there before",
+                {"port_groups": [], "vswitches": [], "hosts": per}))
     clones = sorted(n for n in inp.dr_obs if n.startswith(tr + "/"))
     for c in clones:
         rb.steps.append(Step(f"destroy:{c}", "destroy", f"unmount and destroy {c}",
@@ -692,7 +775,7 @@ def failover_luns(group, manifest: Manifest, dr_obs: dict) -> list[DrillLun]:  #
 
 
 def failover_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str, portal: str,
-                      initiator: str | None) -> Manifest:
+                      initiator: str | list[str] | None) -> Manifest:
     """Production's manifest as the DR target serves it after failover: the same IQNs, NAAs,
     serials, vendor and product ids, backed by the DR datasets, on the DR portal, writable,
     only the DR host's initiator admitted."""
@@ -712,7 +795,8 @@ def failover_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str,
     m.initiator_groups = []
     m = rewrite.set_portals(m, [Portal.parse(portal)])
     if initiator:
-        m = rewrite.allow_initiators(m, [initiator], group=f"{FAILOVER_ACL_GROUP}-{safe_name(group_name)}")
+        m = rewrite.allow_initiators(m, [initiator] if isinstance(initiator, str) else list(initiator),
+                                     group=f"{FAILOVER_ACL_GROUP}-{safe_name(group_name)}")
     return m.validate()
 
 
@@ -726,11 +810,11 @@ def failover_networks(vms, host: HostView | None) -> dict[str, str]:  # noqa: AN
                 raise UsageError(f"port group {prod} maps to two failover port groups ({mapping[prod]}, {nm.failover})",
                                  hint="give every VM the same failover mapping for one production port group")
             mapping[prod] = nm.failover
-    if host is not None:
-        missing = sorted({pg for pg in mapping.values() if pg not in host.port_groups})
+    for h in host.hosts if host is not None else ():
+        missing = sorted({pg for pg in mapping.values() if pg not in h.port_groups})
         if missing:
-            raise ConflictError(f"{host.name} has no port group {', '.join(missing)} (failover networks of the VMs)",
-                                hint=f"add them to dr_network and run esxdr host apply {host.name}")
+            raise ConflictError(f"{h.name} has no port group {', '.join(missing)} (failover networks of the VMs)",
+                                hint=f"add them to dr_network and run esxdr host apply {h.name}")
     return mapping
 
 
@@ -827,20 +911,15 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
         for s in inp.served:
             if s.naa == d.naa and s.target not in iqns:
                 clashes.append(f"naa.{d.naa} is already served by the DR target as {s.target} LUN {s.lun} ({s.path})")
-        if host is not None:
-            for iqn in host.luns.get(d.naa, ()):
+        for h in host.hosts if host is not None else ():
+            for iqn in h.luns.get(d.naa, ()):
                 if iqn and iqn not in iqns:
-                    clashes.append(f"{host.name} already sees naa.{d.naa} through {iqn}")
+                    clashes.append(f"{h.name} already sees naa.{d.naa} through {iqn}")
     if clashes:
         raise IdentityConflict("failover cannot present the production NAAs:\n  " + "\n  ".join(sorted(set(clashes))),
                                hint=f"a drill still presents them? esxdr test cleanup {g.name}")
     if host is not None:
-        if host.iqn is None:
-            raise ConflictError(f"{host.name}: the software iSCSI adapter is off",
-                                hint=f"prepare the host first: esxdr host apply {host.name}")
-        if inp.dr_portal and inp.dr_portal not in host.send_targets:
-            raise ConflictError(f"{host.name} has no send target {inp.dr_portal} (the DR target's portal)",
-                                hint=f"prepare the host first: esxdr host apply {host.name}")
+        _check_hosts(host, inp.dr_portal, "")
     else:
         rb.notes.append(f"{g.name} names no vsphere_dr: only the storage part of the failover is planned")
     names = [v.name for v in g.vms]
@@ -888,8 +967,9 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
                              {"dataset": ds, "snapshot": pr.snapshot if pr else None,
                               "discards": list(pr.discards) if pr else [], "release": list(pr.held) if pr else [],
                               "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None}))
-    initiator = host.iqn if host else None
-    m = failover_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiator)
+    initiators = [h.iqn for h in host.hosts if h.iqn] if host else []
+    initiator = ", ".join(initiators) or None
+    m = failover_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiators)
     from esxdr.targets.manifest import manifest_to_dict
 
     rb.steps.append(Step("present", "present",
@@ -901,19 +981,23 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
     if host is None:
         return rb
     mapping = failover_networks(g.vms, host)
-    rb.steps.append(Step("rescan", "rescan", f"rescan {host.name}", "the host finds the LUNs and the VMFS volumes", {}))
+    rb.steps.append(Step("rescan", "rescan", f"rescan {host.label}", "the host finds the LUNs and the VMFS volumes"
+                         + ("; every host of the cluster, in parallel (a VM may run on any)" if host.members else ""),
+                         {"hosts": [h.name for h in host.members]} if host.members else {}))
     expected = [{"naa": d.naa, "datastore": d.datastore, "vmfs_uuid": d.vmfs_uuid, "production_naa": d.naa,
                  "target": m.lu(d.naa).views[0].target if m.lu(d.naa) and m.lu(d.naa).views else None}  # type: ignore[union-attr]
                 for d in luns]
-    rb.steps.append(Step("verify", "verify", f"verify {len(luns)} VMFS datastore(s) on {host.name} mounted as-is",
+    rb.steps.append(Step("verify", "verify", f"verify {len(luns)} VMFS datastore(s) on {host.label} mounted as-is",
                          "no resignature: the VMs' paths and UUIDs stay those of production",
-                         {"expected": expected, "resolve": None}))
+                         {"expected": expected, "resolve": None,
+                          **({"hosts": [h.name for h in host.members]} if host.members else {})}))
     datastores = sorted({d.datastore for d in luns if d.datastore})
     rb.steps.append(Step("register", "register",
-                         f"register {len(names) or 'all'} VM(s) (answer: I moved it)",
+                         f"register {len(names) or 'all'} VM(s) (answer: I moved it)" + _into(host),
                          "the production VMs are down: the DR VMs keep their BIOS UUIDs and MAC addresses",
                          {"vms": names, "datastores": datastores, "answer": "moved", "map": mapping,
-                          "vmx": {v.name: v.vmx for v in g.vms if getattr(v, "vmx", None)}}))
+                          "vmx": {v.name: v.vmx for v in g.vms if getattr(v, "vmx", None)},
+                          **_cluster_params(host, g)}))
     rb.steps.append(Step("nics", "nics", "attach NICs to failover port groups: " + (", ".join(
         f"{p} → {t}" for p, t in sorted(mapping.items())) or "no NICs mapped"),
         "the VMs serve users from the DR LAN now", {"map": mapping, "vms": names}))
@@ -925,6 +1009,27 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
                                  "; after the VMs they depend on" if wave > 1 else ""),
                              {"priority": prio, "wave": wave, "vms": batch, "timeout": timeout, "answer": "moved"}))
     return rb
+
+
+def _check_hosts(host: HostView, portal: str, why: str) -> None:
+    for h in host.hosts:
+        if h.iqn is None:
+            raise ConflictError(f"{h.name}: the software iSCSI adapter is off",
+                                hint=f"prepare the host first: esxdr host apply {h.name}")
+        if portal and portal not in h.send_targets:
+            raise ConflictError(f"{h.name} has no send target {portal} (the DR target's portal){why}",
+                                hint=f"prepare the host first: esxdr host apply {h.name}")
+
+
+def _into(host: HostView) -> str:
+    return f" into the cluster of {host.label}" if host.members else ""
+
+
+def _cluster_params(host: HostView, g) -> dict[str, Any]:  # noqa: ANN001
+    """Register on a cluster: its hosts (spread order when DRS is off) and the VMs' priorities."""
+    if not host.members:
+        return {}
+    return {"hosts": [h.name for h in host.members], "priorities": {v.name: v.priority for v in g.vms}}
 
 
 def split_brain(seen: dict[str, str], naas: list[str]) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from esxdr.plan.runbook import HostView, norm_vmx
+from esxdr.plan.runbook import HostView, cluster_view, norm_vmx
 from esxdr.vsphere.observed import HostState
 from esxdr.vsphere.session import Session
 from esxdr.vsphere.tasks import wait_tasks
@@ -34,6 +34,85 @@ def host_view(h: HostState) -> HostView:
         datastores={n: (d.vmfs_uuid, tuple(e.removeprefix("naa.") for e in d.extents)) for n, d in h.datastores.items()},
         vms={n: (v.vmx_path, v.power_state, v.question_id) for n, v in h.vms.items()},
     )
+
+
+def view_of(h: HostState, members: dict[str, HostState] | None = None) -> HostView:
+    """The planner's view of the DR side: one host, or (``members``) a cluster of several."""
+    if members:
+        return cluster_view(h.name, [host_view(m) for m in members.values()])
+    return host_view(h)
+
+
+def merge_hosts(name: str, states: dict[str, HostState]) -> HostState:
+    """Several hosts of a vCenter as one HostState for the steps that act cluster-wide: LUNs,
+    datastores (a shared one is one object) and VMs are the union; port groups and vSwitches
+    those every host has. ``moid``/``refs`` are the first host's (placement walks up from it to
+    the cluster); per-host work (networks, rescans) uses the members themselves."""
+    hosts = list(states.values())
+    first = hosts[0]
+    from dataclasses import replace
+
+    return replace(first, name=name,
+                   port_groups={k: v for k, v in first.port_groups.items() if all(k in h.port_groups for h in hosts)},
+                   vswitches={k: v for k, v in first.vswitches.items() if all(k in h.vswitches for h in hosts)},
+                   luns={k: v for h in hosts for k, v in h.luns.items()},
+                   datastores={k: v for h in hosts for k, v in h.datastores.items()},
+                   vms={k: v for h in hosts for k, v in h.vms.items()})
+
+
+def read_dr(session: Session, endpoint: Any, *, with_vms: bool = True) -> tuple[HostState, dict[str, HostState]]:
+    """The DR side in ONE property read: (host, {}) for a standalone ESXi; for a vCenter
+    (``kind: vcenter``) the merged view of its hosts (``hosts:``, else every host it manages)
+    and the hosts themselves by name."""
+    from esxdr.vsphere import inventory
+
+    if getattr(endpoint, "kind", "esxi") == "vcenter":
+        if endpoint.hosts:
+            states = inventory.read_named_hosts(session, list(endpoint.hosts), with_vms=with_vms)
+        else:
+            states = dict(sorted(inventory.read_hosts(session, with_vms=with_vms).items()))
+        if not states:
+            from esxdr.errors import UsageError
+
+            raise UsageError(f"vCenter {endpoint.name} manages no host", hint="list the DR hosts under hosts:")
+        return merge_hosts(endpoint.name, states), states
+    return inventory.read_host(session, endpoint.name, with_vms=with_vms), {}
+
+
+def rescan_hosts(session: Session, hosts: list[HostState]) -> None:
+    """RescanAllHba + RescanVmfs on every host, in parallel (one worker per host)."""
+    from esxdr.vsphere.storage import rescan
+
+    if len(hosts) <= 1:
+        for h in hosts:
+            rescan(session, h)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, len(hosts)), thread_name_prefix="host-rescan") as pool:
+        for f in [pool.submit(rescan, session, h) for h in hosts]:
+            f.result()
+
+
+def on_hosts(fn: Any, items: dict[str, Any], max_parallel: int = 8) -> dict[str, Any]:
+    """``fn(host_name, item)`` for every host in parallel; results by host; the first error raised
+    after all finished (so no host is left half-way without the others being awaited)."""
+    if len(items) <= 1:
+        return {h: fn(h, x) for h, x in items.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    out: dict[str, Any] = {}
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=min(max_parallel, len(items)), thread_name_prefix="host") as pool:
+        futures = {h: pool.submit(fn, h, x) for h, x in items.items()}
+        for h, f in futures.items():
+            try:
+                out[h] = f.result()
+            except Exception as e:  # noqa: BLE001 - raised below, after every host finished
+                errors.append(e)
+    if errors:
+        raise errors[0]
+    return out
 
 
 def find_vmx(session: Session, host: HostState, datastores: list[str], *, timeout: float = 120,
@@ -66,7 +145,7 @@ def find_vmx(session: Session, host: HostState, datastores: list[str], *, timeou
     return found
 
 
-VM_PATHS = ["name", "config.hardware.device", "runtime.powerState", "runtime.question"]
+VM_PATHS = ["name", "config.hardware.device", "runtime.powerState", "runtime.question", "runtime.host"]
 
 
 def read_vms(session: Session, vms: list[Any]) -> dict[str, dict[str, Any]]:

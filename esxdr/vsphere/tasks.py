@@ -33,11 +33,15 @@ def _lock(session: Session) -> threading.Lock:
     return _locks.setdefault(id(session), threading.Lock())
 
 
-def watch(session: Session, objects: list[Any], paths: list[str], until: Callable[[State], bool], *,
+def watch(session: Session, objects: list[Any], paths: list[str] | dict[Any, list[str]],
+          until: Callable[[State], bool], *,
           timeout: float, what: str, on_change: Callable[[State], None] | None = None) -> State:
     """Wait until ``until(state)`` holds for the watched properties of ``objects``.
 
     ``on_change`` sees every update first (the power-on runbook answers VM questions there).
+    ``paths``: the property paths for every object, or per object type (type -> paths): a real
+    host refuses a filter that asks a type for a path it does not have (InvalidProperty), such
+    as ``runtime.question`` of a Task.
     Raises :class:`WaitTimeout` naming ``what`` when ``timeout`` passes.
     """
     if not objects:
@@ -45,7 +49,8 @@ def watch(session: Session, objects: list[Any], paths: list[str], until: Callabl
     pc = session.content.propertyCollector
     by_type: dict[Any, None] = {type(o): None for o in objects}
     spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=o, skip=False) for o in objects],
-                         propSet=[PC.PropertySpec(type=t, pathSet=paths) for t in by_type])
+                         propSet=[PC.PropertySpec(type=t, pathSet=paths[t] if isinstance(paths, dict) else paths)
+                                  for t in by_type])
     state: State = {o._moId: {} for o in objects}
     deadline = time.monotonic() + timeout
     with _lock(session), session.errors(f"waiting for {what}"):
@@ -98,7 +103,10 @@ def wait_tasks(session: Session, tasks: list[Any], *, timeout: float = 600, what
     if not tasks:
         return []
     objects = list(tasks) + list(extra or [])
-    paths = TASK_PATHS + [p for p in (extra_paths or []) if p not in TASK_PATHS]
+    # Per type: the tasks get task paths, the extra objects (VMs) theirs, never each other's.
+    paths: dict[Any, list[str]] = {type(t): TASK_PATHS for t in tasks}
+    for o in extra or ():
+        paths[type(o)] = list(extra_paths or [])
     ids = [t._moId for t in tasks]
     state = watch(session, objects, paths, lambda s: all(_task_done(s.get(i, {})) for i in ids),
                   timeout=timeout, what=what, on_change=on_change)

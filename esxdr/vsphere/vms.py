@@ -38,6 +38,7 @@ class Placement:
     host: Any
     datacenter: str = "ha-datacenter"  # the dcPath of datastore HTTP access
     browsers: dict[str, Any] = field(default_factory=dict)  # datastore name -> HostDatastoreBrowser
+    drs: bool | None = None  # a cluster's DRS (None: not asked, a standalone host)
 
 
 def placement(session: Session, host: HostState) -> tuple[Any, Any, Any]:
@@ -46,9 +47,11 @@ def placement(session: Session, host: HostState) -> tuple[Any, Any, Any]:
     return p.folder, p.pool, p.host
 
 
-def placement_info(session: Session, host: HostState, datastores: list[str] = ()) -> Placement:  # type: ignore[assignment]
+def placement_info(session: Session, host: HostState, datastores: list[str] = (),  # type: ignore[assignment]
+                   cluster: bool = False) -> Placement:
     """One property read that walks host → compute resource → folders → datacenter (VM folder,
-    resource pool, datacenter name) and reads the ``browser`` of the named datastores."""
+    resource pool, datacenter name) and reads the ``browser`` of the named datastores; with
+    ``cluster`` also whether DRS is on (``configurationEx`` of the ClusterComputeResource)."""
     up_folder = PC.TraversalSpec(name="folder-up", type=vim.Folder, path="parent", skip=False,
                                  selectSet=[PC.SelectionSpec(name="folder-up")])
     cr_up = PC.TraversalSpec(name="cr-up", type=vim.ComputeResource, path="parent", skip=False,
@@ -60,15 +63,20 @@ def placement_info(session: Session, host: HostState, datastores: list[str] = ()
                          + [PC.ObjectSpec(obj=session.ref("Datastore", m), skip=False) for m in stores],
                          propSet=[PC.PropertySpec(type=vim.ComputeResource, pathSet=["resourcePool"]),
                                   PC.PropertySpec(type=vim.Datacenter, pathSet=["vmFolder", "name"])]
-                         + ([PC.PropertySpec(type=vim.Datastore, pathSet=["browser"])] if stores else []))
+                         + ([PC.PropertySpec(type=vim.Datastore, pathSet=["browser"])] if stores else [])
+                         + ([PC.PropertySpec(type=vim.ClusterComputeResource, pathSet=["configurationEx"])]
+                            if cluster else []))
     from esxdr.vsphere.inventory import retrieve
 
     pool = folder = None
     dc = "ha-datacenter"
     browsers: dict[str, Any] = {}
+    drs: bool | None = None
     for oc in retrieve(session, spec):
         for p in oc.propSet:
-            if p.name == "resourcePool":
+            if p.name == "configurationEx":
+                drs = bool(getattr(getattr(p.val, "drsConfig", None), "enabled", False))
+            elif p.name == "resourcePool":
                 pool = p.val
             elif p.name == "vmFolder":
                 folder = p.val
@@ -78,19 +86,24 @@ def placement_info(session: Session, host: HostState, datastores: list[str] = ()
                 browsers[stores[oc.obj._moId]] = p.val
     if pool is None or folder is None:
         raise ConflictError(f"{host.name}: cannot find its datacenter VM folder and resource pool")
-    return Placement(folder, pool, href, dc, browsers)
+    return Placement(folder, pool, href, dc, browsers, drs)
 
 
 def register_vms(session: Session, host: HostState, vmx_paths: list[str], *, timeout: float = 300,
-                 where: Placement | None = None, after_issue: Any = None) -> list[Any]:
-    """Folder.RegisterVM_Task for every ``[datastore] dir/vm.vmx``, in parallel; returns the VMs."""
+                 where: Placement | None = None, after_issue: Any = None,
+                 hosts: list[Any] | None = None) -> list[Any]:
+    """Folder.RegisterVM_Task for every ``[datastore] dir/vm.vmx``, in parallel; returns the VMs.
+
+    ``hosts`` (a cluster): per path the HostSystem to register on, or None to let DRS place it
+    in the cluster's resource pool (vCenter refuses None when DRS is off)."""
     if not vmx_paths:
         return []
     folder, pool, href = (where.folder, where.pool, where.host) if where else placement(session, host)
     tasks = []
-    for path in vmx_paths:
+    for i, path in enumerate(vmx_paths):
+        on = hosts[i] if hosts is not None else href
         with session.errors(f"registering {path} on {host.name}"):
-            tasks.append(folder.RegisterVM_Task(path, None, False, pool, href))
+            tasks.append(folder.RegisterVM_Task(path, None, False, pool, on))
     if after_issue is not None:
         after_issue()  # a crash point for the tests: registrations issued, not yet awaited
     return wait_batch(session, tasks, timeout=timeout, what=f"registering {len(tasks)} VM(s) on {host.name}")

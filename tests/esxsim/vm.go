@@ -413,6 +413,12 @@ func (w *Host) registerVM(ctx *simulator.Context, m *simulator.Method) soap.HasF
 		f := withMsg(&types.NotFound{}, "file "+req.Path+" was not found")
 		return &methods.RegisterVM_TaskBody{Res: &types.RegisterVM_TaskResponse{Returnval: taskFault(m.This, "registerVm", f)}}
 	}
+	if other := registeredAt(req.Path); other != "" {
+		// ESXi and vCenter refuse a second registration of the same .vmx.
+		f := withMsg(&types.AlreadyExists{Name: req.Path}, "The specified key, name, or identifier '"+req.Path+
+			"' already exists (registered as VM "+other+").")
+		return &methods.RegisterVM_TaskBody{Res: &types.RegisterVM_TaskResponse{Returnval: taskFault(m.This, "registerVm", f)}}
+	}
 	if req.Name == "" {
 		req.Name = vmx.get("displayName")
 	}
@@ -545,6 +551,33 @@ func (w *Host) registerVM(ctx *simulator.Context, m *simulator.Method) soap.HasF
 	return res
 }
 
+// normDsPath spells a datastore path one way: "[ds] dir/x.vmx" ("[ds]/dir/x.vmx" and "[ds]  dir" alike).
+func normDsPath(p string) string {
+	if !strings.HasPrefix(p, "[") {
+		return p
+	}
+	i := strings.Index(p, "]")
+	if i < 0 {
+		return p
+	}
+	return p[:i+1] + " " + strings.TrimLeft(strings.TrimSpace(p[i+1:]), "/")
+}
+
+// registeredAt names the VM registered from the .vmx at dsPath, or "".
+func registeredAt(dsPath string) string {
+	want := normDsPath(dsPath)
+	for _, e := range simulator.Map.All("VirtualMachine") {
+		vm, ok := e.(*simulator.VirtualMachine)
+		if !ok || vm.Config == nil || vm.Config.Files.VmPathName == "" {
+			continue
+		}
+		if normDsPath(vm.Config.Files.VmPathName) == want {
+			return vm.Name
+		}
+	}
+	return ""
+}
+
 func uuidQuestion(n int) *types.VirtualMachineQuestionInfo {
 	text := "This virtual machine might have been moved or copied.\n" +
 		"In order to configure certain management and networking features, VMware ESX needs to know if this virtual machine was moved or copied.\n" +
@@ -597,6 +630,15 @@ func (w *Host) powerOnVM(ctx *simulator.Context, m *simulator.Method) soap.HasFa
 	}
 	if vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
 		return callOriginal(ctx, m) // InvalidPowerState from the simulator
+	}
+	if x.uuidAltered {
+		// ESXi reads uuid.action from the .vmx: the question is answered in advance, none is asked.
+		switch strings.ToLower(w.vmxValue(vm, "uuid.action")) {
+		case "keep":
+			w.uuidAnswered(vm, "1")
+		case "create":
+			w.uuidAnswered(vm, "2")
+		}
 	}
 	if !x.uuidAltered {
 		res := callOriginal(ctx, m)

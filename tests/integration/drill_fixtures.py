@@ -28,6 +28,7 @@ class DrillLab:
         self.dr_pool = st["pools"]["dr"]
         self.prod_pool = st["pools"]["production"]
         self.seed = st.get("seed", {})
+        self.vc = None  # esxsim in vCenter mode, when the DR side is a cluster (use_vcenter)
 
     def esxdr(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([ESXDR, "--site", self.site, *args], capture_output=True, text=True, timeout=timeout,
@@ -80,23 +81,78 @@ class DrillLab:
         p.write_text(text.replace(anchor, anchor + f"      {name}: {{vswitch: vSwitch1, vlan: 311, isolated: true}}\n"))
 
 
-@pytest.fixture(scope="module")
-def drill_lab():
-    tag = f"d{os.getpid() % 100000}"
+VCENTER_HOSTS = ["esx-a", "esx-b"]
+
+
+def make_drill_lab(tag: str, *, vcenter: bool = False, drs: bool = True):  # noqa: ANN201 - a generator
+    """The drill lab; with ``vcenter`` the DR side is esxsim's vCenter mode (a cluster of
+    esx-a and esx-b, DRS on or off) instead of the standalone esx-dr: the group's
+    ``vsphere_dr`` then names a ``kind: vcenter`` endpoint, and both hosts are prepared
+    (`esxdr host apply vc-dr`) with the dr_network of esx-dr, each with its own vmk address."""
     # sshd StrictModes refuses keys below a world-writable directory such as /var/tmp.
     d = tempfile.mkdtemp(prefix=f"esxdr-{tag}-", dir="/var/lib")
     os.chmod(d, 0o755)
     lab = Lab(LabConfig(dir=d, prod_pool=f"{tag}sp", dr_pool=f"{tag}rp", account=f"esxdr-{tag}", luns=2,
                         lun_size=48 << 20, pool_size=1 << 30, with_tgt=True, with_esxsim=True))
+    dl = None
     try:
         lab.up()
         dl = DrillLab(lab)
-        dl.ok("host", "apply", "esx-dr")
+        if vcenter:
+            use_vcenter(dl, drs=drs)
+            dl.ok("host", "apply", "vc-dr")
+        else:
+            dl.ok("host", "apply", "esx-dr")
         dl.ok("replicate", "core")
         yield dl
     finally:
+        if dl is not None and dl.vc is not None:
+            dl.vc.stop()
         lab.down()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def use_vcenter(dl: DrillLab, *, drs: bool):  # noqa: ANN201 - EsxsimProcess
+    """Start esxsim in vCenter mode beside the lab and point the group's vsphere_dr at it. Called
+    again (another DRS setting), it replaces the running one: a fresh vCenter, hosts unprepared."""
+    import re
+
+    from esxdr.lab import esxsim
+    from esxdr.lab.tgtd import free_port
+
+    if dl.vc is not None:
+        dl.vc.stop()
+        dl.vc = None
+    lab_dir = Path(dl.lab.cfg.dir)
+    data = lab_dir / "esxsim-vc-dr"
+    data.mkdir(exist_ok=True)
+    vc = dl.vc = esxsim.start("vc-dr", "127.0.0.2", free_port("127.0.0.2"), str(data), password="esxsim",
+                              log_path=str(lab_dir / "esxsim-vc-dr.log"), vcenter_hosts=VCENTER_HOSTS, drs=drs)
+    p = Path(dl.site)
+    text = p.read_text()
+    if "  vc-dr:\n" in text:
+        p.write_text(re.sub(r"(  vc-dr:\n(?:    .*\n)*?    url: )\S+", lambda m: m.group(1) + vc.url, text))
+        return vc
+    pw = re.search(r"password_file: (\S+)", text).group(1)  # type: ignore[union-attr]
+    endpoint = (f"  vc-dr:\n    role: dr\n    kind: vcenter\n    url: {vc.url}\n    user: {vc.username}\n"
+                f"    password_file: {pw}\n    hosts: [{', '.join(VCENTER_HOSTS)}]\n")
+    text = text.replace("vsphere:\n", "vsphere:\n" + endpoint, 1)
+    # The DR network of esx-dr, once per cluster host (its own iSCSI vmk address).
+    m = re.search(r"^  esx-dr:\n((?:    .*\n)+)", text[text.index("dr_network:"):], re.M)
+    assert m, "no dr_network for esx-dr in the lab's site file"
+    block = m.group(1)
+    extra = "".join(f"  {h}:\n" + block.replace("127.0.0.12/8", f"127.0.0.{41 + i}/8")
+                    for i, h in enumerate(VCENTER_HOSTS))
+    text = text.replace("dr_network:\n", "dr_network:\n" + extra, 1)
+    assert "    vsphere_dr: esx-dr\n" in text
+    p.write_text(text.replace("    vsphere_dr: esx-dr\n", "    vsphere_dr: vc-dr\n"))
+    dl.ok("site", "validate")
+    return vc
+
+
+@pytest.fixture(scope="module")
+def drill_lab():
+    yield from make_drill_lab(f"d{os.getpid() % 100000}")
 
 
 def all_vms(dl: DrillLab, endpoint: str) -> list[tuple[str, str]]:
