@@ -175,6 +175,8 @@ def main() -> int:
     ap.add_argument("--full-mib", type=int, default=512)
     ap.add_argument("--rss-mib", type=int, default=1024)
     ap.add_argument("--no-syncoid", action="store_true")
+    ap.add_argument("--no-syncoid-many", action="store_true",
+                    help="skip syncoid's 100 x 20 runs (about 5 min); the full-send comparison keeps syncoid")
     ap.add_argument("--no-append", action="store_true", help="print the table, leave RESULTS.md alone")
     ap.add_argument("--reps", type=int, default=3, help="rounds of the full send (medians are compared)")
     args = ap.parse_args()
@@ -301,7 +303,7 @@ def main() -> int:
                      f"{t_noop_total:.2f} s process", f"target <= 1 s; {t_noop_total / floor:.2f} x the floor"))
         rows.append((f"floor: `zfs get -rHp name` of both sides at once ({n * (m + 1)} objects each)",
                      f"{floor:.2f} s", f"median of {' '.join(f'{f:.2f}' for f in floors)}"))
-        if syncoid:
+        if syncoid and not args.no_syncoid_many:
             sh("zfs", "create", f"{b.dr}/synmany")
             syn_cmd = ["syncoid", "-r", "--no-sync-snap", "--sshport", str(port), "--sshkey", rootkey,
                        "--sshoption", f"UserKnownHostsFile={b.dir}/rootsshd/known_hosts", src,
