@@ -130,9 +130,10 @@ def find_vmx(session: Session, host: HostState, datastores: list[str], *, timeou
             spec = vim.host.DatastoreBrowser.SearchSpec(matchPattern=["*.vmx"])
             tasks.append(browser.SearchDatastoreSubFolders_Task(f"[{name}]", spec))
     found: dict[str, str] = {}
-    from esxdr.vsphere.vms import wait_batch
+    from esxdr.vsphere.tasks import wait_tasks
 
-    for result in wait_batch(session, tasks, timeout=timeout, what=f"searching {len(tasks)} datastore(s) for VMs"):
+    for result in wait_tasks(session, tasks, timeout=timeout, what=f"searching {len(tasks)} datastore(s) for VMs",
+                             settle=0.25):
         for folder in result or ():
             base = folder.folderPath if folder.folderPath.endswith(("/", "]")) else folder.folderPath + "/"
             if base.endswith("]"):

@@ -94,11 +94,14 @@ def _task_done(props: dict[str, Any]) -> bool:
 
 def wait_tasks(session: Session, tasks: list[Any], *, timeout: float = 600, what: str = "tasks",
                on_change: Callable[[State], None] | None = None, raise_first: bool = True,
-               extra: list[Any] | None = None, extra_paths: list[str] | None = None) -> list[Any]:
+               extra: list[Any] | None = None, extra_paths: list[str] | None = None,
+               settle: float = 0.0) -> list[Any]:
     """Wait for all ``tasks``; return their results in order (or the translated errors).
 
     ``extra`` objects (e.g. the VMs being powered on) are watched in the same filter with
-    ``extra_paths`` so that ``on_change`` can react to them (answer a question).
+    ``extra_paths`` so that ``on_change`` can react to them (answer a question). ``settle``: for a
+    batch issued together, the completions gather that long between WaitForUpdatesEx calls
+    (forty tasks ending within a second are then a few requests, not one per task).
     """
     if not tasks:
         return []
@@ -108,25 +111,39 @@ def wait_tasks(session: Session, tasks: list[Any], *, timeout: float = 600, what
     for o in extra or ():
         paths[type(o)] = list(extra_paths or [])
     ids = [t._moId for t in tasks]
-    state = watch(session, objects, paths, lambda s: all(_task_done(s.get(i, {})) for i in ids),
-                  timeout=timeout, what=what, on_change=on_change)
+
+    def done(state: State) -> bool:
+        return all(_task_done(state.get(i, {})) for i in ids)
+
+    def changed(state: State) -> None:
+        if on_change is not None:
+            on_change(state)
+        if settle and not done(state):
+            time.sleep(settle)
+
+    state = watch(session, objects, paths, done, timeout=timeout, what=what, on_change=changed)
     out: list[Any] = []
     for i in ids:
         props = state[i]
         if str(props.get("info.state")) == "success":
             out.append(props.get("info.result"))
-        else:
-            err = props.get("info.error")
-            # pyVmomi may hand info.error over already unwrapped: the fault itself, no `.fault`.
-            fault = getattr(err, "fault", None) or (err if isinstance(err, vmodl.MethodFault)
-                                                    else vmodl.fault.SystemError(reason="task failed"))
-            if err is not None and getattr(err, "localizedMessage", None) and not getattr(fault, "msg", None):
-                fault.msg = err.localizedMessage
-            e = translate(fault, what, endpoint=session.name)
-            if raise_first:
-                raise e
-            out.append(e)
+            continue
+        e = task_error(session, props.get("info.error"), what)
+        if raise_first:
+            raise e
+        out.append(e)
     return out
+
+
+def task_error(session: Session, err: Any, what: str) -> Exception:
+    """A task's ``info.error`` as esxdr's error for ``what`` (the fault's own message kept)."""
+    # pyVmomi may hand info.error over already unwrapped: the fault itself, no `.fault`.
+    fault = getattr(err, "fault", None) or (err if isinstance(err, vmodl.MethodFault)
+                                            else vmodl.fault.SystemError(reason=str(getattr(err, "localizedMessage",
+                                                                                            None) or "task failed")))
+    if err is not None and getattr(err, "localizedMessage", None) and not getattr(fault, "msg", None):
+        fault.msg = err.localizedMessage
+    return translate(fault, what, endpoint=session.name)
 
 
 def wait_task(session: Session, task: Any, *, timeout: float = 600, what: str = "a task") -> Any:

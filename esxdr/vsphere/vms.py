@@ -22,7 +22,7 @@ from pyVmomi import vim, vmodl
 from esxdr.errors import ConflictError, EsxdrError, VsphereError
 from esxdr.vsphere.observed import HostState
 from esxdr.vsphere.session import Session
-from esxdr.vsphere.tasks import State, wait_tasks, watch
+from esxdr.vsphere.tasks import TASK_PATHS, State, task_error, wait_tasks, watch
 
 PC = vmodl.query.PropertyCollector
 UUID_ALTERED = "msg.uuid.altered"
@@ -106,41 +106,8 @@ def register_vms(session: Session, host: HostState, vmx_paths: list[str], *, tim
             tasks.append(folder.RegisterVM_Task(path, None, False, pool, on))
     if after_issue is not None:
         after_issue()  # a crash point for the tests: registrations issued, not yet awaited
-    return wait_batch(session, tasks, timeout=timeout, what=f"registering {len(tasks)} VM(s) on {host.name}")
-
-
-def wait_batch(session: Session, tasks: list[Any], *, timeout: float, what: str, settle: float = 0.25) -> list[Any]:
-    """:func:`esxdr.vsphere.tasks.wait_tasks` for a batch issued together: the completions gather for
-    ``settle`` seconds between WaitForUpdatesEx calls (forty tasks ending within a second are then
-    a few requests, not one per task). Results in order; the first failure raised, translated."""
-    from esxdr.vsphere.session import translate
-    from esxdr.vsphere.tasks import TASK_PATHS
-
-    if not tasks:
-        return []
-    ids = [t._moId for t in tasks]
-
-    def done(state: State) -> bool:
-        return all(str(state.get(i, {}).get("info.state")) in ("success", "error") for i in ids)
-
-    def gather(state: State) -> None:
-        if not done(state):
-            time.sleep(settle)
-
-    state = watch_typed(session, [(vim.Task, tasks, TASK_PATHS)], done, timeout=timeout, what=what, on_change=gather)
-    out = []
-    for i in ids:
-        props = state[i]
-        if str(props.get("info.state")) == "success":
-            out.append(props.get("info.result"))
-            continue
-        err = props.get("info.error")
-        fault = getattr(err, "fault", None) or (err if isinstance(err, vmodl.MethodFault)
-                                                else vmodl.fault.SystemError(reason="task failed"))
-        if err is not None and getattr(err, "localizedMessage", None) and not getattr(fault, "msg", None):
-            fault.msg = err.localizedMessage
-        raise translate(fault, what, endpoint=session.name)
-    return out
+    return wait_tasks(session, tasks, timeout=timeout, what=f"registering {len(tasks)} VM(s) on {host.name}",
+                      settle=0.25)
 
 
 def answer_question(session: Session, vm: Any, question_id: str, answer: str) -> None:
@@ -150,33 +117,9 @@ def answer_question(session: Session, vm: Any, question_id: str, answer: str) ->
 
 
 def power_on(session: Session, vms: list[Any], *, uuid_answer: str = "moved", timeout: float = 300) -> dict[str, str]:
-    """Power on a batch and answer ``msg.uuid.altered`` on the way. Returns moid → question answered.
-
-    Any other question stops the batch with its text: esxdr does not guess answers.
-    """
-    if not vms:
-        return {}
-    tasks = []
-    for vm in vms:
-        with session.errors(f"powering on VM {vm._moId}"):
-            tasks.append(vm.PowerOnVM_Task())
-    answered: dict[str, str] = {}
-    by_id = {vm._moId: vm for vm in vms}
-
-    def on_change(state: State) -> None:
-        for moid, vm in by_id.items():
-            q = state.get(moid, {}).get("runtime.question")
-            if q is None or moid in answered:
-                continue
-            if UUID_ALTERED in (q.id or "") or UUID_ALTERED in str(getattr(q.message, "id", "") if q.message else ""):
-                answer_question(session, vm, q.id, uuid_answer)
-                answered[moid] = uuid_answer
-            else:
-                raise ConflictError(f"VM {moid} asks: {q.text}", hint="answer it in the vSphere client, then rerun")
-
-    wait_tasks(session, tasks, timeout=timeout, what=f"powering on {len(tasks)} VM(s)", on_change=on_change,
-               extra=vms, extra_paths=["runtime.question"])
-    return answered
+    """Power on a batch and answer ``msg.uuid.altered`` on the way, without waiting for the
+    guests (:func:`boot` without heartbeats). Returns moid → question answered."""
+    return boot(session, vms, {}, uuid_answer=uuid_answer, timeout=timeout, settle=0, heartbeats=False)
 
 
 def wait_heartbeats(session: Session, vms: list[Any], *, timeout: float = 300) -> None:
@@ -203,11 +146,12 @@ def unregister(session: Session, vms: list[Any]) -> None:
 
 # --------------------------------------------------------------------------- boot a batch
 def boot(session: Session, vms: list[Any], states: dict[str, tuple[str, str | None]], *, uuid_answer: str,
-         timeout: float, settle: float = 0.2, after_issue: Any = None) -> dict[str, str]:
+         timeout: float, settle: float = 0.2, after_issue: Any = None, heartbeats: bool = True) -> dict[str, str]:
     """Power on a priority batch and wait until every guest's heartbeat is green, on ONE property
     filter: the PowerOnVM_Task of every VM that is off (issued together), the VMs'
     ``runtime.question`` (``msg.uuid.altered`` answered on the way; any other question stops the
-    batch with its text) and ``guestHeartbeatStatus``.
+    batch with its text) and ``guestHeartbeatStatus`` (not with ``heartbeats=False``: then only
+    until the power-ons ended).
 
     ``states``: moid -> (power state, pending question id), as last observed. A VM already on is
     only waited for; a question left pending by a killed run is answered. A power-on refused with
@@ -233,6 +177,14 @@ def boot(session: Session, vms: list[Any], states: dict[str, tuple[str, str | No
         after_issue()  # a crash point for the tests: power-ons issued, questions pending
     by_id = {vm._moId: vm for vm in vms}
     task_ids = [t._moId for t in tasks]
+    what = f"powering on {len(tasks)} VM(s)"
+
+    def tasks_done(state: State) -> bool:
+        return all(str(state.get(t, {}).get("info.state")) in ("success", "error") for t in task_ids)
+
+    def done(state: State) -> bool:
+        return tasks_done(state) and (not heartbeats or
+                                      all(str(state.get(m, {}).get("guestHeartbeatStatus")) == "green" for m in by_id))
 
     def on_change(state: State) -> None:
         for moid, vm in by_id.items():
@@ -251,75 +203,20 @@ def boot(session: Session, vms: list[Any], states: dict[str, tuple[str, str | No
                 fault = getattr(err, "fault", None) or err
                 if type(fault).__name__.rsplit(".", 1)[-1] == "InvalidPowerState":
                     continue  # on already: it is only waited for
-                from esxdr.vsphere.session import translate
-
-                raise translate(fault if isinstance(fault, BaseException) else
-                                vmodl.fault.SystemError(reason=str(getattr(err, "localizedMessage", "task failed"))),
-                                f"powering on {len(tasks)} VM(s)", endpoint=session.name)
-        if not done(state):
+                raise task_error(session, err, what)
+        if settle and not done(state):
             # Only heartbeats left: guests come up over seconds (minutes on real hosts), one wake-up
             # per guest would cost a request each; gather them longer than task and question changes.
-            waiting_guests = all(str(state.get(t, {}).get("info.state")) in ("success", "error") for t in task_ids) \
-                and not any(state.get(m, {}).get("runtime.question") is not None and m not in answered for m in by_id)
+            waiting_guests = tasks_done(state) and not any(
+                state.get(m, {}).get("runtime.question") is not None and m not in answered for m in by_id)
             time.sleep(settle * 2 if waiting_guests else settle)
 
-    def done(state: State) -> bool:
-        return all(str(state.get(t, {}).get("info.state")) in ("success", "error") for t in task_ids) and \
-            all(str(state.get(m, {}).get("guestHeartbeatStatus")) == "green" for m in by_id)
-
-    from esxdr.vsphere.tasks import TASK_PATHS
-
-    watch_typed(session, [(vim.Task, tasks, TASK_PATHS),
-                          (vim.VirtualMachine, vms, ["runtime.question", "guestHeartbeatStatus"])],
-                done, timeout=timeout, what=f"power-on and guest heartbeats of {len(vms)} VM(s)", on_change=on_change)
+    # Per type (a real host refuses a filter asking a Task for runtime.question): one filter.
+    paths: dict[Any, list[str]] = {type(t): TASK_PATHS for t in tasks}
+    paths.update({type(vm): ["runtime.question"] + (["guestHeartbeatStatus"] if heartbeats else []) for vm in vms})
+    watch(session, list(tasks) + list(vms), paths, done, timeout=timeout,
+          what=f"power-on and guest heartbeats of {len(vms)} VM(s)" if heartbeats else what, on_change=on_change)
     return answered
-
-
-def watch_typed(session: Session, groups: list[tuple[Any, list[Any], list[str]]], until: Any, *, timeout: float,
-                what: str, on_change: Any = None) -> State:
-    """Like :func:`esxdr.vsphere.tasks.watch`, with property paths per object type (a real host
-    refuses a filter asking a Task for ``runtime.question``): one filter, WaitForUpdatesEx until
-    ``until(state)``."""
-    from esxdr.vsphere.tasks import WaitTimeout, _lock
-
-    objects = [o for _, objs, _ in groups for o in objs]
-    if not objects:
-        return {}
-    pc = session.content.propertyCollector
-    spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=o, skip=False) for o in objects],
-                         propSet=[PC.PropertySpec(type=t, pathSet=paths) for t, objs, paths in groups if objs])
-    state: State = {o._moId: {} for o in objects}
-    deadline = time.monotonic() + timeout
-    with _lock(session), session.errors(f"waiting for {what}"):
-        flt = pc.CreateFilter(spec, partialUpdates=False)
-        try:
-            version = ""
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}",
-                                      hint="the host is slow or stuck: look at its recent tasks and events")
-                upd = pc.WaitForUpdatesEx(version, PC.WaitOptions(maxWaitSeconds=max(1, min(int(left) + 1, 60))))
-                if upd is None:
-                    continue
-                version = upd.version
-                for fs in upd.filterSet or ():
-                    for oc in fs.objectSet or ():
-                        props = state.setdefault(oc.obj._moId, {})
-                        for ch in oc.changeSet or ():
-                            if ch.op == "remove":
-                                props.pop(ch.name, None)
-                            else:
-                                props[ch.name] = ch.val
-                if on_change is not None:
-                    on_change(state)
-                if until(state):
-                    return state
-        finally:
-            try:
-                flt.DestroyPropertyFilter()
-            except Exception:  # noqa: BLE001 - the filter dies with the session anyway
-                pass
 
 
 def vm_states(session: Session, vms: list[Any]) -> dict[str, tuple[str, str | None]]:

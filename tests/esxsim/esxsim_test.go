@@ -222,3 +222,53 @@ func TestServer(t *testing.T) {
 		t.Fatal("want NotFound")
 	}
 }
+
+func TestSearchFolderPathLikeESXi(t *testing.T) {
+	for in, want := range map[string]string{
+		"[ds]": "[ds]", "[ds] ": "[ds]", "[ds]/": "[ds]", "[ds]/app01": "[ds] app01", "[ds] /app01": "[ds] app01",
+		"[ds] app01": "[ds] app01", "[ds]/app01/sub/": "[ds] app01/sub", "[my ds]/a b": "[my ds] a b",
+	} {
+		if got := esxiFolderPath(in); got != want {
+			t.Errorf("esxiFolderPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestPropertyPathsOfTheDeclaredType(t *testing.T) {
+	for _, c := range []struct {
+		typ, path string
+		ok        bool
+	}{
+		{"VirtualMachine", "runtime.question", true},
+		{"VirtualMachine", "config.hardware.device", true},
+		{"VirtualMachine", "guestHeartbeatStatus", true},
+		{"VirtualMachine", "runtime.powerstate", false},
+		{"VirtualMachine", "runtime.host.name", false},          // through a reference
+		{"VirtualMachine", "config.hardware.device.key", false}, // into an array
+		{"Task", "info.state", true},
+		{"Task", "runtime.question", false},
+		{"HostSystem", "configManager.storageSystem", true},
+		{"ComputeResource", "resourcePool", true},
+		{"ClusterComputeResource", "configurationEx", true},
+		{"ClusterComputeResource", "resourcePool", true}, // inherited
+		{"Datacenter", "vmFolder", true},
+		{"Datastore", "info.vmfs", true}, // info is polymorphic (VmfsDatastoreInfo): not refused
+		{"Datastore", "browser", true},
+		{"Datastore", "nosuch", false},
+	} {
+		typ := moType(c.typ)
+		if typ == nil {
+			t.Fatalf("no mo type %s", c.typ)
+		}
+		if got := validPath(typ, c.path); got != c.ok {
+			t.Errorf("%s.%s: valid = %v, want %v", c.typ, c.path, !c.ok, c.ok)
+		}
+	}
+	if typ, p := invalidProperty([]types.PropertyFilterSpec{{PropSet: []types.PropertySpec{
+		{Type: "Task", PathSet: []string{"info.state"}}, {Type: "Task", PathSet: []string{"runtime.question"}}}}}); typ != "Task" || p != "runtime.question" {
+		t.Errorf("invalidProperty = %s %s", typ, p)
+	}
+	if moType("NoSuchType") != nil {
+		t.Error("an unknown type has no mo struct")
+	}
+}

@@ -70,6 +70,11 @@ func (w *Sim) soapHandler() http.Handler {
 		name := ""
 		if perr == nil {
 			name = method.Name
+			if typ, path := invalidProperty(filterSpecs(method.Body)); path != "" {
+				writeSOAP(rw, name, &faultBody{Reason: fault("", withMsg(&types.InvalidProperty{Name: path},
+					"type "+typ+" has no property "+path))})
+				return
+			}
 			if h := w.interceptor(method); h != nil {
 				if _, cerr := r.Cookie(soap.SessionCookieName); cerr != nil {
 					writeSOAP(rw, name, &faultBody{Reason: simulator.Fault("", &types.NotAuthenticated{

@@ -74,6 +74,7 @@ func NewHost(sim *Sim, cfg Config, hs *simulator.HostSystem, idSuffix string) *H
 	w.setupStorage()
 	w.setupVMs()
 	w.setupRename()
+	w.setupBrowser()
 	w.setupGuest() // after setupVMs: it wraps PowerOnVM_Task
 	w.fixConfigManager()
 	return w

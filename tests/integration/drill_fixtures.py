@@ -167,6 +167,23 @@ def all_vms(dl: DrillLab, endpoint: str) -> list[tuple[str, str]]:
         return sorted((vm.name, vm.config.files.vmPathName) for vm in view.view)
 
 
+def cluster(dl) -> dict:
+    """Every host of the cluster as a drill may change it, comparable before/after (one read)."""
+    from esxdr.site import load_site
+    from esxdr.vsphere import inventory
+    from esxdr.vsphere.session import connect
+
+    site = load_site(dl.site)
+    ep = site.endpoint("vc-dr")
+    with connect(ep) as s:
+        hosts = inventory.read_named_hosts(s, list(ep.hosts))
+    return {n: {"port_groups": {p: (x.vswitch, x.vlan) for p, x in h.port_groups.items()},
+                "vswitches": {v: x.uplinks for v, x in h.vswitches.items()},
+                "datastores": {d: (x.vmfs_uuid, x.extents) for d, x in h.datastores.items()},
+                "vms": {v: (x.vmx_path, x.power_state, x.heartbeat) for v, x in h.vms.items()},
+                "luns": sorted(h.luns)} for n, h in hosts.items()}
+
+
 def set_callouts(dl: DrillLab, block: str | None) -> None:
     """Put `callouts:` (YAML, indented for the group) into protection_groups.core, or take it out."""
     p = Path(dl.site)

@@ -14,8 +14,6 @@ import os
 
 import pytest
 
-from esxdr.site import load_site
-
 pytestmark = pytest.mark.integration
 
 pytest_plugins = ["drill_fixtures"]
@@ -28,22 +26,6 @@ def vc_lab():
     yield from make_drill_lab(f"v{os.getpid() % 100000}", vcenter=True, drs=True)
 
 
-def cluster(dl) -> dict:
-    """Every host of the cluster as a drill may change it, comparable before/after (one read)."""
-    from esxdr.vsphere import inventory
-    from esxdr.vsphere.session import connect
-
-    site = load_site(dl.site)
-    ep = site.endpoint("vc-dr")
-    with connect(ep) as s:
-        hosts = inventory.read_named_hosts(s, list(ep.hosts))
-    return {n: {"port_groups": {p: (x.vswitch, x.vlan) for p, x in h.port_groups.items()},
-                "vswitches": {v: x.uplinks for v, x in h.vswitches.items()},
-                "datastores": {d: (x.vmfs_uuid, x.extents) for d, x in h.datastores.items()},
-                "vms": {v: (x.vmx_path, x.power_state, x.heartbeat) for v, x in h.vms.items()},
-                "luns": sorted(h.luns)} for n, h in hosts.items()}
-
-
 def last_report(dl, kind: str = "test-start") -> dict:
     items = [i for i in json.loads(dl.ok("report", "list", "--json").stdout) if i["kind"] == kind]
     return json.loads(open(items[0]["json"]).read())
@@ -52,6 +34,8 @@ def last_report(dl, kind: str = "test-start") -> dict:
 def drill_and_check(dl, *, drs: bool, prepared: bool) -> dict:
     """``prepared``: the test port group is in every host's dr_network (host apply made it), so the
     drill finds it; else the drill creates it on each host and cleanup removes it again."""
+    from drill_fixtures import cluster
+
     before = cluster(dl)
     assert set(before) == {"esx-a", "esx-b"} and not any(h["vms"] for h in before.values())
     assert all(("Drill-LAN" in h["port_groups"]) == prepared for h in before.values())

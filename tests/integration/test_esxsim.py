@@ -580,3 +580,101 @@ def test_tls_thumbprint(esxsim_binary, lab_dir):
     finally:
         p.stop()
     assert not p.alive()
+
+
+def test_esxdr_answers_the_uuid_question_of_an_unprepared_vmx(esxsim_factory, tgtd_factory, lab_dir):
+    """The fallback when esxdr could not write uuid.action into a .vmx: the replicated .vmx is
+    registered as it is, esxsim asks msg.uuid.altered at power-on (as ESXi does), and esxdr's boot
+    step answers it: "I moved it" keeps the production BIOS UUID (failover), "I copied it" gives a
+    new one (drill). Also a question left pending by a killed run (power-on issued, not answered)."""
+    from esxdr.site.model import VsphereEndpoint
+    from esxdr.vsphere import inventory
+    from esxdr.vsphere import recovery as vr
+    from esxdr.vsphere import vms as vv
+    from esxdr.vsphere.session import connect as esxdr_connect
+
+    prod_lun = make_lun_file(lab_dir / "q-prod.img")
+    prod_t = tgtd_factory("127.0.0.1")
+    prod_t.add_target(1, "iqn.2024-01.lab.esxsim:q-prod")
+    prod_t.add_lun(1, 1, prod_lun, NAA_PROD)
+    prod = esxsim_factory("esx-prod")
+    phost = host_of(connect(prod))
+    pss, _ = enable_iscsi(phost, prod_t.host, prod_t.port)
+    pss.RescanAllHba()
+    dss = phost.configManager.datastoreSystem
+    spec = dss.QueryVmfsDatastoreCreateOptions("/vmfs/devices/disks/naa." + NAA_PROD, 6)[0].spec
+    spec.vmfs.volumeName = "q-ds"
+    dss.CreateVmfsDatastore(spec)
+    prod_uuid = {n: create_vm(phost, "q-ds", n).config.uuid for n in ("app01", "app02", "app03")}
+
+    dr_lun = lab_dir / "q-dr.img"
+    shutil.copyfile(prod_lun, dr_lun)  # replicated: same bytes, same NAA at the DR portal
+    dr_t = tgtd_factory("127.0.0.2")
+    dr_t.add_target(1, "iqn.2024-01.lab.esxsim:q-dr")
+    dr_t.add_lun(1, 1, dr_lun, NAA_PROD)
+    dr = esxsim_factory("esx-dr", host="127.0.0.2", heartbeat_delay=0.2)
+    dss_dr, _ = enable_iscsi(host_of(connect(dr)), dr_t.host, dr_t.port)
+    dss_dr.RescanAllHba()
+
+    ep = VsphereEndpoint(name="esx-dr", role="dr", url=dr.url, user=dr.username)
+    with esxdr_connect(ep, password=dr.password) as s:
+        paths = [f"[q-ds] {n}/{n}.vmx" for n in sorted(prod_uuid)]
+        files = vv.DatastoreFiles(s)
+        for p in paths:  # not prepared: nothing in the .vmx says moved or copied
+            assert "uuid.action" not in files.get(p).decode()
+        host = inventory.read_host(s, "esx-dr")
+        # The search reports folders as ESXi does ("[ds] dir", the root "[ds]"); esxdr's paths are
+        # the ones vSphere gives a registered VM.
+        browser = s.ref("Datastore", host.datastores["q-ds"].moid).browser
+        spec = vim.host.DatastoreBrowser.SearchSpec(matchPattern=["*.vmx"])
+        found = wait_task(browser.SearchDatastoreSubFolders_Task("[q-ds]", spec))
+        assert {f.folderPath for f in found} >= {"[q-ds]"} | {f"[q-ds] {n}" for n in prod_uuid}
+        assert wait_task(browser.SearchDatastore_Task("[q-ds] app01", spec)).folderPath == "[q-ds] app01"
+        assert vr.find_vmx(s, host, ["q-ds"]) == {n: f"[q-ds] {n}/{n}.vmx" for n in prod_uuid}
+        refs = vv.register_vms(s, host, paths, timeout=30)
+        ids = {r.name: r._moId for r in refs}
+        by_name = dict(zip(sorted(prod_uuid), refs, strict=True))
+
+        def uuids() -> dict[str, str]:
+            return {n: r.config.uuid for n, r in by_name.items()}
+
+        # Failover: "I moved it", answered on the way while the batch powers on.
+        moved = [by_name["app01"], by_name["app02"]]
+        assert vv.boot(s, moved, {}, uuid_answer="moved", timeout=30) == {ids["app01"]: "moved",
+                                                                            ids["app02"]: "moved"}
+        assert {n: u for n, u in uuids().items() if n != "app03"} == \
+            {n: u for n, u in prod_uuid.items() if n != "app03"}  # the production BIOS UUIDs
+
+        # Drill, killed after issuing the power-on: the question is pending; the rerun answers it.
+        vm3 = by_name["app03"]
+        task = vm3.PowerOnVM_Task()
+        assert wait_for(lambda: vm3.runtime.question is not None, timeout=5)
+        states = vv.vm_states(s, [vm3])
+        assert states[ids["app03"]][1] and "msg.uuid.altered" in states[ids["app03"]][1]
+        assert vv.boot(s, [vm3], states, uuid_answer="copied", timeout=30) == {ids["app03"]: "copied"}
+        wait_task(task)  # the killed run's own power-on task ends with the answer
+        assert task.info.state == vim.TaskInfo.State.success
+        assert uuids()["app03"] != prod_uuid["app03"]  # I copied it: a new BIOS UUID
+
+        for n, r in by_name.items():
+            assert (r.runtime.powerState, r.guestHeartbeatStatus, r.runtime.question) == ("poweredOn", "green", None), n
+        # The answer stays with the VM: powered off and on again, nothing is asked.
+        vv.power_off(s, moved)
+        assert vv.boot(s, moved, {}, uuid_answer="moved", timeout=30) == {}
+
+        # As on ESXi, a property spec asking a type for a path it does not have is refused as a
+        # whole (a Task has no runtime.question), not answered with a silent missingSet.
+        PC = vmodl.query.PropertyCollector
+        pc = s.content.propertyCollector
+        objs = [PC.ObjectSpec(obj=task), PC.ObjectSpec(obj=vm3)]
+        ok = PC.FilterSpec(objectSet=objs, propSet=[PC.PropertySpec(type=vim.Task, pathSet=["info.state"]),
+                                                    PC.PropertySpec(type=vim.VirtualMachine,
+                                                                    pathSet=["runtime.question"])])
+        assert len(pc.RetrievePropertiesEx([ok], PC.RetrieveOptions()).objects) == 2
+        bad = PC.FilterSpec(objectSet=objs, propSet=[PC.PropertySpec(type=vim.Task,
+                                                                     pathSet=["info.state", "runtime.question"])])
+        with pytest.raises(vmodl.query.InvalidProperty) as e:
+            pc.RetrievePropertiesEx([bad], PC.RetrieveOptions())
+        assert e.value.name == "runtime.question"
+        with pytest.raises(vmodl.query.InvalidProperty):
+            pc.CreateFilter(bad, partialUpdates=False)
