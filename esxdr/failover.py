@@ -36,7 +36,6 @@ from esxdr.errors import (
     ConflictError,
     EsxdrError,
     IdentityConflict,
-    LockHeld,
     TransientError,
     UsageError,
 )
@@ -209,23 +208,10 @@ class Failover(Drill):
         self.mode = mode
         rec = FailoverRecord(kind=self.kind, group=self.g.name, site=self.site.name, started=time.time(),
                              dry_run=dry_run, mode=mode)
-        try:
-            if dry_run:
-                rec.runbook = self.plan(mode, point, force, manifest_path)
-                rec.snapshot, rec.snapshot_created = rec.runbook.snapshot, rec.runbook.snapshot_created
-                rec.consistency = rec.runbook.consistency
-                rec.manifest_origin = self.manifest_origin
-                rec.outcome = "dry-run"
-                return rec
-            try:
-                with self._lock():
-                    self._run(rec, mode, point, force, manifest_path)
-            except LockHeld as e:
-                raise LockHeld(f"another {self.kind} of {self.g.name} is running (pid {e.pid})", pid=e.pid,
-                               hint="wait for it, or stop it and run the same command again") from None
-        finally:
-            self._finish(rec)
-            self.close()
+        self._guarded(rec, lambda: self.plan(mode, point, force, manifest_path),
+                      lambda: self._run(rec, mode, point, force, manifest_path),
+                      busy=f"another {self.kind} of {self.g.name} is running",
+                      hint="wait for it, or stop it and run the same command again")
         return rec
 
     def _run(self, rec: FailoverRecord, mode: str, point: str, force: bool, manifest_path: str | None) -> None:

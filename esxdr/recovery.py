@@ -351,9 +351,18 @@ class Drill:
     def start(self, point: str = "latest", new_naa: bool = False, dry_run: bool = False,
               manifest_path: str | None = None, storage_only: bool = False) -> RunRecord:
         rec = RunRecord(kind="test-start", group=self.g.name, site=self.site.name, started=time.time(), dry_run=dry_run)
+        return self._guarded(rec, lambda: self.plan_start(point, new_naa, manifest_path, storage_only),
+                             lambda: self._start(rec, point, new_naa, manifest_path, storage_only),
+                             busy=f"another drill of {self.g.name} is running",
+                             hint="wait for it, or stop it and run esxdr test cleanup")
+
+    def _guarded(self, rec: RunRecord, plan: Callable[[], rb.Runbook], walk: Callable[[], None], *,
+                 busy: str, hint: str) -> RunRecord:
+        """The frame of every run: --dry-run plans and describes; otherwise ``walk`` under the
+        group's lock; either way the record is finished (report, journal) and connections closed."""
         try:
-            if dry_run:
-                rec.runbook = self.plan_start(point, new_naa, manifest_path, storage_only)
+            if rec.dry_run:
+                rec.runbook = plan()
                 rec.snapshot, rec.snapshot_created = rec.runbook.snapshot, rec.runbook.snapshot_created
                 rec.consistency = rec.runbook.consistency
                 rec.manifest_origin = self.manifest_origin
@@ -361,10 +370,9 @@ class Drill:
                 return rec
             try:
                 with self._lock():
-                    self._start(rec, point, new_naa, manifest_path, storage_only)
+                    walk()
             except LockHeld as e:
-                raise LockHeld(f"another drill of {self.g.name} is running (pid {e.pid})", pid=e.pid,
-                               hint="wait for it, or stop it and run esxdr test cleanup") from None
+                raise LockHeld(f"{busy} (pid {e.pid})", pid=e.pid, hint=hint) from None
         finally:
             self._finish(rec)
             self.close()
@@ -528,29 +536,20 @@ class Drill:
     def cleanup(self, dry_run: bool = False) -> RunRecord:
         rec = RunRecord(kind="test-cleanup", group=self.g.name, site=self.site.name, started=time.time(),
                         dry_run=dry_run)
-        try:
-            if dry_run:
-                rec.runbook = self.plan_cleanup()
-                rec.outcome = "dry-run"
-                return rec
-            try:
-                with self._lock():
-                    plan = self.plan_cleanup()
-                    rec.runbook = plan
-                    prev = self.journal.data
-                    rec.snapshot = prev.get("snapshot")
-                    # Cleanup steps are idempotent and re-planned from observation each run, so
-                    # their journal is this run's only: a previous cleanup's "done" means nothing now.
-                    self.journal.data = {**prev, "steps": {}} if prev else {"kind": "cleanup", "steps": {}}
-                    self._walk(rec, plan, CLEANUP_STEPS)
-                    self.journal.forget()
-            except LockHeld as e:
-                raise LockHeld(f"a drill of {self.g.name} is running (pid {e.pid})", pid=e.pid,
-                               hint="wait for it to finish (or stop it), then clean up") from None
-        finally:
-            self._finish(rec)
-            self.close()
-        return rec
+
+        def walk() -> None:
+            plan = self.plan_cleanup()
+            rec.runbook = plan
+            prev = self.journal.data
+            rec.snapshot = prev.get("snapshot")
+            # Cleanup steps are idempotent and re-planned from observation each run, so
+            # their journal is this run's only: a previous cleanup's "done" means nothing now.
+            self.journal.data = {**prev, "steps": {}} if prev else {"kind": "cleanup", "steps": {}}
+            self._walk(rec, plan, CLEANUP_STEPS)
+            self.journal.forget()
+
+        return self._guarded(rec, self.plan_cleanup, walk, busy=f"a drill of {self.g.name} is running",
+                             hint="wait for it to finish (or stop it), then clean up")
 
 
 # --------------------------------------------------------------------------- start steps
