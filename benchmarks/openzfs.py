@@ -125,7 +125,10 @@ def main() -> int:
             secs, r = run_once(step)
             row[label] = round(secs, 2)
             if r.returncode != 0:
-                row[f"{label}_error"] = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"rc {r.returncode}"]
+                # The cause, not the last line: bzfs ends with "Log file was: …" after its "[E] ERROR: …".
+                lines = (r.stderr or r.stdout).strip().splitlines()
+                cause = [ln for ln in lines if "[E]" in ln or "ERROR" in ln or "error" in ln.lower()]
+                row[f"{label}_error"] = (cause or lines)[-1:] or [f"rc {r.returncode}"]
         # Same bytes arrived?
         ds_dst = {"esxdr": f"{DR}/bench/esx/esxdr", "zfs-autobackup": f"{DR}/bench/zab/{src}"}.get(tool, dst)
         # Source unchanged since its last snapshot, so its live zvol must equal the replica.

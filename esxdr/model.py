@@ -33,6 +33,15 @@ class Snapshot:
         return bool(self.userrefs)
 
 
+@dataclass(frozen=True)
+class Bookmark(Snapshot):
+    """A bookmark (OpenZFS): a snapshot's guid and createtxg without its data, usable as `send -i` base."""
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.dataset}#{self.name}"
+
+
 @dataclass
 class Dataset:
     name: str
@@ -48,6 +57,7 @@ class Dataset:
     readonly: bool | None = None
     snapshots: list[Snapshot] = field(default_factory=list)  # oldest first (createtxg)
     props: dict[str, str] = field(default_factory=dict)
+    bookmarks: list[Bookmark] = field(default_factory=list)  # oldest first (OpenZFS; empty on pool v23)
 
     @property
     def newest(self) -> Snapshot | None:

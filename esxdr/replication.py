@@ -188,7 +188,8 @@ def plan_group(group, src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset], 
         dest_name = group.dr_dataset(ds)
         try:
             actions = plan_dataset(source, dst_obs.get(dest_name), dest_name,
-                                   intermediate=group.incremental == "intermediate", allow_rollback_dr=rollback_dr)
+                                   intermediate=group.incremental == "intermediate", allow_rollback_dr=rollback_dr,
+                                   bookmarks=getattr(group, "bookmarks", False))
         except ReplicationConflict as c:
             conflicts.append(c)
             continue
@@ -257,6 +258,9 @@ class Engine:
         src_obs, dst_obs = both(source_side, dr_side)
         src, dst = self.src, self.dst
         assert src is not None and dst is not None
+        from esxdr.zfs.compat import preflight
+
+        preflight(self.site, g, src, dst, src_obs)  # bookmarks and stream directions, before anything changes
         result = GroupResult(group=g.name, snapshot=None, dry_run=opts.dry_run)
         result.compression = _pick_compression(g, src, dst)
         now = opts.now or datetime.now(UTC)
@@ -312,6 +316,7 @@ class Engine:
                     else _combine(errors)  # type: ignore[arg-type]
             checkpoint("after-receive")
             self._move_holds(work, src_obs, dst_obs)
+            self._bookmark(work, src_obs)
         if work or opts.take_snapshot:
             result.manifest = self._ship_manifest(dst_obs)
         if opts.prune:
@@ -353,7 +358,8 @@ class Engine:
                     # it, if the stream got through, is matched by guid
                     source = self.src.zfs.observe([r.source]).get(r.source) or source
                 actions = plan_dataset(source, dest_now, r.dest, intermediate=self.group.incremental == "intermediate",
-                                       allow_rollback_dr=self.opts.rollback_dr)
+                                       allow_rollback_dr=self.opts.rollback_dr,
+                                       bookmarks=getattr(self.group, "bookmarks", False))
                 actions = [a for a in actions if not isinstance(a, UpToDate)]
         r.seconds = time.monotonic() - started
 
@@ -551,6 +557,33 @@ class Engine:
                 dst.transport.run([*dst.zfs.cmd, "set", f"esxdr:consistency={level}", *new_dst], check=False)
 
         both(lambda: move(src, new_src, old_src), dr_side)
+
+    def _bookmark(self, work: list[DatasetResult], src_obs: dict[str, Dataset]) -> None:
+        """bookmarks: true — bookmark the new common snapshot on the source, drop the group's older ones.
+
+        The bookmark is the -i base should the source's snapshot be destroyed; a failure only
+        warns (like a hold, it is a safeguard, the replica is already complete).
+        """
+        assert self.src
+        if not getattr(self.group, "bookmarks", False) or not self.src.caps.bookmarks:
+            return
+        from esxdr.errors import CommandFailed
+
+        prefix = esxdr_prefix(self.group.name)
+        for r in work:
+            last = r.actions[-1]
+            target = last.target if isinstance(last, SendIncremental) else getattr(last, "source", None)
+            if target is None:
+                continue
+            known = {b.name for b in src_obs[r.source].bookmarks}
+            try:
+                if target.name not in known:
+                    self.src.zfs.bookmark(target.full_name, f"{r.source}#{target.name}")
+                for b in src_obs[r.source].bookmarks:
+                    if b.name.startswith(prefix) and b.name != target.name:
+                        self.src.zfs.destroy_bookmark(b.full_name)
+            except CommandFailed as e:
+                self.opts.say(f"{self.group.name}: bookmark of {target.full_name} failed: {e.message}")
 
     # -- retention -------------------------------------------------------------
     def _prune(self, src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset], *, dry_run: bool,

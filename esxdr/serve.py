@@ -21,6 +21,7 @@ import sys
 import time
 
 DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]*(@[A-Za-z0-9_.:\-]+)?$")
+BOOKMARK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]*#[A-Za-z0-9_.:\-]+$")
 PROP_ASSIGN_RE = re.compile(r"^(readonly=(on|off)|canmount=(on|off|noauto)|esxdr:[a-z0-9_.:\-]+=[A-Za-z0-9_.:,=+/\-]*)$")
 PROP_LIST_RE = re.compile(r"^[a-z0-9_:,@.\-]+$")
 HOLD_TAG_RE = re.compile(r"^esxdr[A-Za-z0-9_.\-]*$")
@@ -35,6 +36,15 @@ def _under(name: str, prefixes: list[str]) -> bool:
     if not DATASET_RE.match(name) or ".." in ds.split("/"):
         return False
     return any(ds == p or ds.startswith(p + "/") for p in prefixes)
+
+
+def _need_bookmark(arg: str, prefixes: list[str]) -> None:
+    """``ds#name`` under a prefix; only esxdr's own bookmarks (named like its snapshots, esxdr_…)."""
+    ds, _, mark = arg.partition("#")
+    if not BOOKMARK_RE.match(arg) or not _under(ds, prefixes):
+        raise Refused(f"bookmark {arg!r} is not under the allowed prefix {', '.join(prefixes)}")
+    if not mark.startswith("esxdr"):
+        raise Refused(f"bookmark {arg!r} is not esxdr's (its name must start with esxdr)")
 
 
 def _is_test_clone(name: str) -> bool:
@@ -121,7 +131,10 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
                 if i + 1 >= len(rest):
                     raise Refused("-i/-I needs a snapshot")
                 base = rest[i + 1]
-                if not (base.startswith("@") or base.startswith("#")):
+                if "#" in base and not base.startswith("#"):
+                    if not (BOOKMARK_RE.match(base) and _under(base.split("#", 1)[0], prefixes)):
+                        raise Refused(f"bookmark {base!r} is not under the allowed prefix {', '.join(prefixes)}")
+                elif not (base.startswith("@") or base.startswith("#")):
                     _need_dataset(base, prefixes)
                 i += 2
                 continue
@@ -144,6 +157,9 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
         rest = _flags(rest, "d")
         if len(rest) != 1:
             raise Refused("destroy takes exactly one snapshot or test clone")
+        if "#" in rest[0]:
+            _need_bookmark(rest[0], prefixes)  # destroys only the bookmark, never data
+            return
         if "@" not in rest[0] and _is_test_clone(rest[0]):
             _need_dataset(rest[0], prefixes, snapshot=False)
             return
@@ -170,6 +186,16 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
             raise Refused(f"{verb} takes an esxdr tag and snapshots")
         for snap in rest[1:]:
             _need_dataset(snap, prefixes, snapshot=True)
+        return
+    if verb == "bookmark":
+        # bookmark ds@snap ds#name: the same dataset, esxdr's name (a failback source keeps its base)
+        rest = _flags(rest, "")
+        if len(rest) != 2:
+            raise Refused("bookmark takes a snapshot and a bookmark")
+        _need_dataset(rest[0], prefixes, snapshot=True)
+        _need_bookmark(rest[1], prefixes)
+        if rest[0].split("@", 1)[0] != rest[1].split("#", 1)[0]:
+            raise Refused("a bookmark must be made in its snapshot's dataset")
         return
     if verb == "rollback":
         rest = _flags(rest, "r")

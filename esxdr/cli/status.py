@@ -25,6 +25,7 @@ def group_status(site, name: str, now: float) -> dict:
     dst = open_side(site, g.destination)
     try:
         obs = dst.zfs.observe([g.dr_root])
+        directions = stream_directions(site, g, dst, obs)
     finally:
         dst.transport.close()
     per_ds = {}
@@ -51,7 +52,47 @@ def group_status(site, name: str, now: float) -> dict:
         "ok": rpo is not None and rpo <= g.rpo_seconds,
         "datasets": {k: (v.name if v else None) for k, v in per_ds.items()},
         "last_run": {"bytes": last.get("bytes"), "seconds": last.get("seconds"), "finished": last.get("finished")},
+        "directions": directions,
     }
+
+
+def stream_directions(site, g, dst, dr_obs) -> dict:
+    """Whether replication (source → DR) and failback (DR → source) streams can work for the group.
+
+    The source's capabilities come from the cache (a probe only when never seen); the kinds and
+    ZPL versions from the DR replicas (a replica keeps its source's version), asked only when
+    the two sides run different zfs generations.
+    """
+    from esxdr.errors import EsxdrError
+    from esxdr.replication import open_side
+    from esxdr.zfs.compat import group_directions, zpl_versions
+
+    try:
+        src = open_side(site, g.source)
+        src.transport.close()
+    except EsxdrError as e:
+        return {"error": f"{g.source}: {e.message}"}
+    kinds = {ds: dr_obs[g.dr_dataset(ds)].type for ds in g.datasets if g.dr_dataset(ds) in dr_obs}
+    versions: dict[str, int] = {}
+    if src.caps.flavour != dst.caps.flavour and dst.caps.flavour == "openzfs":
+        fs = [g.dr_dataset(ds) for ds, k in kinds.items() if k == "filesystem"]
+        try:
+            by_dr = zpl_versions(dst.zfs, fs)
+        except EsxdrError:
+            by_dr = {}
+        versions = {ds: by_dr[g.dr_dataset(ds)] for ds in g.datasets if g.dr_dataset(ds) in by_dr}
+    return group_directions(g, src.caps, dst.caps, kinds, versions)
+
+
+def directions_text(d: dict) -> str:
+    if "error" in d:
+        return f"directions unknown ({d['error']})"
+    parts = []
+    for what in ("replication", "failback"):
+        x = d[what]
+        verdict = "possible" if x["possible"] else f"NOT possible for {', '.join(x['refused'])}: {x['reason']}"
+        parts.append(f"{what} {x['from']} → {x['to']} {verdict}")
+    return "; ".join(parts)
 
 
 def prometheus_text(rows: list[dict], now: float) -> str:
@@ -103,6 +144,7 @@ def status(ctx: Context, group: str | None, prom_file: str | None) -> None:
             lr = r["last_run"]
             last = f", last run {human_bytes(lr['bytes'])} in {lr['seconds']}s" if lr.get("bytes") is not None else ""
             lines.append(f"{r['group']}: RPO {rpo} {flag} — @{r['last_snapshot'] or '-'}{last}")
+            lines.append(f"  {directions_text(r['directions'])}")
         return "\n".join(lines)
 
     ctx.emit(rows if group is None else rows[0], text)

@@ -24,7 +24,7 @@ NOT_RUNNING = "OpenZFS lane not running: scripts/openzfs-lane up (then export th
 # What the DR service account may do under its prefix, by delegation (no sudo, no root).
 # mount is needed by destroy/rollback/receive even with receive -u; the account still
 # cannot mount anything on Linux (that needs root), which suits replicas that stay unmounted.
-DR_PERMISSIONS = ("create,destroy,mount,receive,rollback,snapshot,hold,release,send,clone,"
+DR_PERMISSIONS = ("create,destroy,mount,receive,rollback,snapshot,hold,release,send,clone,bookmark,"
                   "userprop,readonly,canmount,compression,volsize,refreservation")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from esxdr.errors import ReplicationConflict
-from esxdr.model import Dataset, Snapshot
+from esxdr.model import Bookmark, Dataset, Snapshot
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ class SendIncremental(Action):
     def describe(self) -> str:
         flag = "-I" if self.intermediate else "-i"
         est = f" (est. {human_bytes(self.estimate)})" if self.estimate else ""
-        return (f"send {flag} @{self.base.name} {self.target.full_name} → {self.dataset} "
+        base = ("#" if isinstance(self.base, Bookmark) else "@") + self.base.name
+        return (f"send {flag} {base} {self.target.full_name} → {self.dataset} "
                 f"({self.count} snapshot{'s' if self.count != 1 else ''}){est}{' [rollback DR changes]' if self.force else ''}")
 
 
@@ -101,9 +102,29 @@ def common_snapshot(source: Dataset, dest: Dataset) -> tuple[Snapshot, Snapshot]
     return None
 
 
+def common_bookmark(source: Dataset, dest: Dataset) -> tuple[Bookmark, Snapshot] | None:
+    """The newest source bookmark whose guid DR has as a snapshot, as (source's bookmark, DR's snapshot).
+
+    A bookmark keeps its snapshot's guid and createtxg, so it stands in for a source snapshot
+    that was destroyed (`zfs send -i ds#bookmark` needs only those).
+    """
+    dest_by_guid = dest.by_guid()
+    for b in reversed(source.bookmarks):
+        d = dest_by_guid.get(b.guid)
+        if d is not None:
+            return b, d
+    return None
+
+
 def plan_dataset(source: Dataset, dest: Dataset | None, dest_name: str, *, intermediate: bool = True,
-                 allow_rollback_dr: bool = False) -> list[Action]:
-    """Actions that bring ``dest_name`` up to ``source``'s newest snapshot."""
+                 allow_rollback_dr: bool = False, bookmarks: bool = False) -> list[Action]:
+    """Actions that bring ``dest_name`` up to ``source``'s newest snapshot.
+
+    With ``bookmarks`` the source's bookmarks count as incremental bases too: when the newest
+    snapshot DR shares with the source is gone on the source but its bookmark is not, the
+    stream starts from the bookmark (``-i``; ``-I`` takes only snapshots) instead of failing
+    with "no common snapshot".
+    """
     if not source.snapshots:
         return []
     newest = source.snapshots[-1]
@@ -119,7 +140,11 @@ def plan_dataset(source: Dataset, dest: Dataset | None, dest_name: str, *, inter
     if dest.resume_token:
         return [Resume(kind="resume", dataset=dest_name, token=dest.resume_token,
                        reason="an interrupted receive left a resume token")]
-    pair = common_snapshot(source, dest)
+    pair: tuple[Snapshot, Snapshot] | None = common_snapshot(source, dest)
+    if bookmarks:
+        marked = common_bookmark(source, dest)
+        if marked is not None and (pair is None or marked[0].createtxg > pair[0].createtxg):
+            pair = marked
     if pair is None:
         evidence = {"dataset": dest_name, "source_snapshots": [s.name for s in source.snapshots],
                     "dr_snapshots": [s.name for s in dest.snapshots]}
@@ -181,9 +206,24 @@ def plan_dataset(source: Dataset, dest: Dataset | None, dest_name: str, *, inter
             return actions
         return [UpToDate(kind="up-to-date", dataset=dest_name, snapshot=src_common,
                          reason="DR has the newest source snapshot")]
+    discard = "; discard DR writes since then (--rollback-dr)" if force else ""
+    if isinstance(src_common, Bookmark):
+        # From a bookmark only `-i` works: first to the next snapshot (or straight to the newest
+        # with incremental: direct), then -I for the rest as usual.
+        first = newer[0] if intermediate else newer[-1]
+        actions.append(SendIncremental(
+            kind="send-incremental", dataset=dest_name, base=src_common, target=first, intermediate=False,
+            count=1, force=force, estimate=first.written,
+            reason=f"DR is at @{dst_common.name}, gone on the source: from its bookmark #{src_common.name}{discard}"))
+        if first is not newer[-1]:
+            actions.append(SendIncremental(
+                kind="send-incremental", dataset=dest_name, base=first, target=newer[-1], intermediate=True,
+                count=len(newer) - 1, estimate=sum(s.written for s in newer[1:] if s.written is not None) or None,
+                reason="carry the remaining snapshots after the bookmark stream"))
+        return actions
     actions.append(SendIncremental(
         kind="send-incremental", dataset=dest_name, base=src_common, target=newer[-1], intermediate=intermediate,
         count=len(newer) if intermediate else 1, force=force,
-        reason=f"DR is at @{src_common.name}" + ("; discard DR writes since then (--rollback-dr)" if force else ""),
+        reason=f"DR is at @{src_common.name}{discard}",
         estimate=sum(s.written for s in newer if s.written is not None) or None))
     return actions

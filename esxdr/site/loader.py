@@ -68,7 +68,7 @@ TARGET_KEYS = ("stack", "portal", "control_port", "iqn_prefix")
 VSPHERE_KEYS = ("role", "kind", "url", "user", "password_env", "password_file", "thumbprint", "ca_file", "hosts")
 GROUP_KEYS = ("source", "destination", "source_root", "dr_root", "datasets", "incremental", "retention",
               "schedule", "rpo", "parallel", "compression", "bandwidth_limit", "mbuffer", "consistency",
-              "vsphere_production", "vsphere_dr", "vms", "callouts")
+              "vsphere_production", "vsphere_dr", "vms", "callouts", "bookmarks")
 CALLOUT_KEYS = ("pre", "post", "runs", "timeout")
 LUN_KEYS = ("name", "naa", "datastore", "vmfs_uuid")
 RETENTION_KEYS = ("source", "destination", "prune_foreign")
@@ -392,7 +392,7 @@ class _SiteBuilder:
             compression=compression or "auto", bandwidth_limit=bandwidth or None,  # type: ignore[arg-type]
             mbuffer=mbuffer or "auto", consistency=consistency or "crash",  # type: ignore[arg-type]
             vsphere_production=vsphere_production, vsphere_dr=vsphere_dr, vms=vms, line=where[0], luns=luns,
-            callouts=callouts)
+            callouts=callouts, bookmarks=bool(g.flag("bookmarks", default=False)))
 
     def datasets(self, g: Section, root: str | None) -> tuple[tuple[str, ...], dict[str, LunSpec]]:
         r = self.r

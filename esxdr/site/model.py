@@ -210,6 +210,7 @@ class ProtectionGroup:
     line: int = 0
     luns: dict[str, LunSpec] = field(default_factory=dict, hash=False)  # by full source dataset name
     callouts: tuple[Callout, ...] = ()  # pre/post commands per runbook step
+    bookmarks: bool = False  # bookmark the newest common snapshot on the source; use it as -i base (OpenZFS)
 
     def dr_dataset(self, source_dataset: str) -> str:
         """The DR dataset a source dataset replicates into (source_root prefix → dr_root)."""

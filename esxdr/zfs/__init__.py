@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Iterable
 
 from esxdr.errors import CommandFailed
-from esxdr.model import LEGACY, OPENZFS, Capabilities, Dataset, Snapshot
+from esxdr.model import LEGACY, OPENZFS, Bookmark, Capabilities, Dataset, Snapshot
 from esxdr.transport.base import Transport
 from esxdr.zfs.errors import translate
 
@@ -42,10 +42,14 @@ def parse_get(text: str, user_props: Iterable[str] = USER_PROPS) -> dict[str, Da
         rows[name][prop] = value
     datasets: dict[str, Dataset] = {}
     snaps: list[tuple[str, dict[str, str]]] = []
+    marks: list[tuple[str, dict[str, str]]] = []
     for name in order:
         p = rows[name]
         kind = p.get("type", "")
-        if kind == "snapshot" or "@" in name:
+        if kind == "bookmark" or "#" in name:
+            # OpenZFS `zfs get -r` lists bookmarks too (type, guid, createtxg, creation; the rest "-").
+            marks.append((name, p))
+        elif kind == "snapshot" or "@" in name:
             snaps.append((name, p))
         elif kind in ("filesystem", "volume"):
             datasets[name] = Dataset(
@@ -66,8 +70,17 @@ def parse_get(text: str, user_props: Iterable[str] = USER_PROPS) -> dict[str, Da
             written=_int(p.get("written")), userrefs=_int(p.get("userrefs")),
             props=tuple(sorted((k, v) for k, v in p.items() if k in user and v != "-")),
         ))
+    for name, p in marks:
+        ds, _, mark = name.partition("#")
+        parent = datasets.get(ds)
+        if parent is None:
+            continue
+        parent.bookmarks.append(Bookmark(
+            dataset=ds, name=mark, guid=_int(p.get("guid")) or 0, createtxg=_int(p.get("createtxg")) or 0,
+            creation=_int(p.get("creation")) or 0))
     for d in datasets.values():
         d.snapshots.sort(key=lambda s: (s.createtxg, s.creation))
+        d.bookmarks.sort(key=lambda s: (s.createtxg, s.creation))
     return datasets
 
 
@@ -168,6 +181,14 @@ class Zfs:
     def release(self, tag: str, snapshots: list[str]) -> None:
         """One call; fails harmlessly for snapshots that carry no hold of this tag (another tool's)."""
         self.t.run([*self.cmd, "release", tag, *snapshots], check=False)
+
+    def bookmark(self, snapshot: str, bookmark: str) -> None:
+        """``zfs bookmark ds@snap ds#name`` (OpenZFS)."""
+        self.run("bookmark", snapshot, bookmark, dataset=snapshot)
+
+    def destroy_bookmark(self, bookmark: str) -> None:
+        """One bookmark per call: `zfs destroy` takes a single ``ds#name``."""
+        self.run("destroy", bookmark, dataset=bookmark)
 
     def rollback(self, snapshot: str, destroy_newer: bool = False) -> None:
         self.run("rollback", *(["-r"] if destroy_newer else []), snapshot, dataset=snapshot)

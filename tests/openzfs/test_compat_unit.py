@@ -26,6 +26,10 @@ def test_what_openzfs_can_send_to_pool_v23():
     # Measured in the lane: zvols and version-4 filesystems go, version 5 (default) and raw do not.
     assert stream_direction(OPENZFS, LEGACY, "volume").ok
     assert stream_direction(OPENZFS, LEGACY, "filesystem", zpl_version=4).ok
+    assert stream_direction(OPENZFS, LEGACY, "filesystem", zpl_version=4, replica=True).ok
+    # created on OpenZFS at version 4: zfs-fuse receives it but cannot open its root
+    no = stream_direction(OPENZFS, LEGACY, "filesystem", zpl_version=4, replica=False)
+    assert not no.ok and "cannot be opened" in no.reason
     assert not stream_direction(OPENZFS, LEGACY, "filesystem", zpl_version=5).ok
     assert not stream_direction(OPENZFS, LEGACY, "filesystem").ok  # unknown: assume the default, 5
     assert not stream_direction(OPENZFS, LEGACY, "volume", raw=True).ok

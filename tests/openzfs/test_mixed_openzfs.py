@@ -116,6 +116,17 @@ protection_groups:
         src_version = subprocess.run(["zfs", "get", "-H", "-o", "value", "version", f"{src_root}/lun0"],
                                      capture_output=True, text=True).stdout.strip()
         assert lane.out(["zfs", "get", "-H", "-o", "value", "version", f"{dr_root}/lun0"]).strip() == src_version
+        # `esxdr status` says, per group, which ways the streams can go: both, the replica being version 4.
+        r = esxdr("--json", "status", name)
+        assert r.returncode == 0, r.stderr
+        ways = json.loads(r.stdout)["directions"]
+        assert ways["replication"]["possible"] and ways["replication"]["from"] == "legacy"
+        assert ways["failback"]["possible"] and ways["failback"]["to"] == "legacy", ways
+        # bookmarks: true cannot work with a pool-v23 source: refused with the site file's line, exit 2.
+        site.write_text(site.read_text() + "    bookmarks: true\n")
+        r = esxdr("replicate", name, "--dry-run")
+        assert r.returncode == 2 and f"{site}:" in r.stderr and "bookmarks" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
 
         # The way back, measured: the replica kept version 4, so failback to pool v23 works...
         snap = lane.out(["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg",
@@ -123,7 +134,11 @@ protection_groups:
         back = subprocess.run(f"{shlex.join(lane.ssh_argv())} zfs send {snap} | zfs receive {pool}/{name}-back",
                               shell=True, capture_output=True, text=True, timeout=300)
         assert back.returncode == 0, back.stderr
-        assert stream_direction(OPENZFS, LEGACY, "filesystem", zpl_version=int(src_version)).ok
+        # ...and zfs-fuse reads it: the same bytes (pool-v23 receive mounts what it receives).
+        back_file = mnt / f"{name}-back" / "lun.img"
+        assert subprocess.run(["sha256sum", str(back_file)], capture_output=True, text=True,
+                              timeout=120).stdout.split()[0] == want
+        assert stream_direction(OPENZFS, LEGACY, "filesystem", zpl_version=int(src_version), replica=True).ok
         # ...but a filesystem born on OpenZFS (ZPL 5) cannot go to pool v23: zfs-fuse refuses it,
         lane.run(f"zfs create {DR}/{name}-native && dd if=/dev/urandom of=/{DR}/{name}-native/f bs=64k count=4 "
                  f"status=none && zfs snapshot {DR}/{name}-native@a")
@@ -150,3 +165,75 @@ protection_groups:
         lane.run(f"zfs destroy -r {dr_root}; zfs destroy -r {DR}/{name}-native", check=False)
         for ds in (f"{pool}/{name}-back", f"{pool}/{name}-native", src_root):
             host_zfs("zfs", "destroy", "-r", ds, cleanup=True)
+
+
+def test_openzfs_to_pool_v23_direction_is_refused_before_sending(fuse_pool, lane, pools, tmp_path):
+    """OpenZFS production (the guest) → pool-v23 DR (host zfs-fuse): esxdr decides from the ZPL version
+    before any snapshot or stream; a version-4 filesystem then goes through."""
+    pool, _ = fuse_pool
+    name = f"mixr{os.getpid() % 1000}"
+    src_root, dr_root = f"ozprod/{name}", f"{pool}/{name}"
+    lane.run(f"zfs create -p {src_root}/lun0 && dd if=/dev/urandom of=/{src_root}/lun0/f bs=64k count=16 "
+             "status=none")
+    site = tmp_path / "site.yaml"
+    site.write_text(f"""version: 1
+name: mixed-back
+state_dir: {tmp_path / 'state'}
+storage:
+""" + site_storage(lane, "ss1", "production") + f"""  ss2: {{role: dr, local: true, zfs: auto}}
+protection_groups:
+  {name}:
+    source: ss1
+    destination: ss2
+    source_root: {src_root}
+    dr_root: {dr_root}
+    datasets: [lun0]
+    retention:
+      source: {{hourly: 48}}
+      destination: {{hourly: 48}}
+    rpo: 1h
+""")
+
+    def esxdr(*args):
+        return subprocess.run([ESXDR, "--site", str(site), *args], capture_output=True, text=True, timeout=600)
+
+    try:
+        assert lane.out(["zfs", "get", "-H", "-o", "value", "version", f"{src_root}/lun0"]).strip() == "5"
+        r = esxdr("--json", "replicate", name)
+        assert r.returncode == 3, (r.stdout, r.stderr)
+        err = json.loads(r.stdout)
+        assert err["kind"] == "stream-direction" and f"{src_root}/lun0" in err["evidence"]["datasets"]
+        assert "ZPL version 5" in r.stderr and "nothing was sent" in r.stderr and "Traceback" not in r.stderr
+        # Nothing happened: no snapshot on production, nothing on the pool-v23 side.
+        assert lane.out(["zfs", "list", "-H", "-t", "snapshot", "-r", src_root]).strip() == ""
+        assert subprocess.run(["zfs", "list", dr_root], capture_output=True, timeout=120).returncode != 0
+        # status shows it both ways: replication impossible, failback (pool v23 → OpenZFS) possible.
+        r = esxdr("--json", "status", name)
+        assert r.returncode == 5  # never replicated (the rows come first, then the stale error)
+        ways = json.JSONDecoder().raw_decode(r.stdout)[0]["directions"]
+        assert not ways["replication"]["possible"] and ways["replication"]["refused"] == [f"{src_root}/lun0"]
+        assert ways["failback"]["possible"]
+        r = esxdr("status", name)
+        assert "replication openzfs → legacy NOT possible" in r.stdout, r.stdout
+
+        # Made with version=4 on OpenZFS, the stream IS received by zfs-fuse (exit 0), but the result
+        # cannot be opened: its root reads as missing. So esxdr refuses that too, before sending.
+        lane.run(f"zfs destroy -r {src_root}/lun0 && zfs create -o version=4 {src_root}/lun0 && "
+                 f"dd if=/dev/urandom of=/{src_root}/lun0/f bs=64k count=16 status=none && "
+                 f"zfs snapshot {src_root}/lun0@raw")
+        host_zfs("zfs", "create", dr_root)
+        raw = subprocess.run(f"{shlex.join(lane.ssh_argv())} zfs send {src_root}/lun0@raw | "
+                             f"zfs receive {dr_root}/raw", shell=True, capture_output=True, text=True, timeout=300)
+        assert raw.returncode == 0, raw.stderr
+        mnt = subprocess.run(["zfs", "get", "-H", "-o", "value", "mountpoint", f"{dr_root}/raw"],
+                             capture_output=True, text=True, timeout=120).stdout.strip()
+        assert not Path(mnt, "f").exists() and not Path(mnt).is_dir()
+        host_zfs("zfs", "unmount", "-f", f"{dr_root}/raw", cleanup=True)  # the pool's teardown destroys it
+        lane.run(f"zfs destroy {src_root}/lun0@raw")
+        r = esxdr("--json", "replicate", name)
+        assert r.returncode == 3, (r.stdout, r.stderr)
+        assert "cannot be opened" in r.stderr and "ZPL version 4" in r.stderr
+        assert lane.out(["zfs", "list", "-H", "-t", "snapshot", "-r", src_root]).strip() == ""
+    finally:
+        lane.run(f"zfs destroy -r {src_root}", check=False)
+        host_zfs("zfs", "destroy", "-r", dr_root, cleanup=True)

@@ -34,6 +34,11 @@ ALLOWED = [
     "zfs clone -o readonly=off rp1/iscsi/lun0@a rp1/iscsi/esxdr-test-core/lun0",
     "zfs destroy rp1/iscsi/esxdr-test-core/lun0",
     "zfs mount rp1/iscsi/esxdr-test-core/lun0",
+    # bookmarks (bookmarks: true; DR is the source of a failback)
+    "zfs bookmark rp1/iscsi/lun0@esxdr_core_20260101T000000Z rp1/iscsi/lun0#esxdr_core_20260101T000000Z",
+    "zfs destroy rp1/iscsi/lun0#esxdr_core_20260101T000000Z",
+    "zfs send -i rp1/iscsi/lun0#esxdr_core_a rp1/iscsi/lun0@esxdr_core_b",
+    "zfs send -nvP -i rp1/iscsi/lun0#esxdr_core_a rp1/iscsi/lun0@esxdr_core_b",
 ]
 
 HOSTILE = [
@@ -74,6 +79,14 @@ HOSTILE = [
     "zfs clone -o mountpoint=/etc rp1/iscsi/lun0@a rp1/iscsi/esxdr-test/x",
     "zfs destroy -r rp1/iscsi/esxdr-test-core",
     "zfs create -p -o mountpoint=/etc rp1/iscsi/x",                # no recursive destroy, even of clones
+    "zfs bookmark sp1/lun0@a sp1/lun0#esxdr_a",                     # bookmarks outside the prefix
+    "zfs bookmark rp1/iscsi/lun0@a rp1/iscsi/lun1#esxdr_a",         # into another dataset
+    "zfs bookmark rp1/iscsi/lun0@a rp1/iscsi/lun0#mine",            # a name that is not esxdr's
+    "zfs bookmark rp1/iscsi/lun0@a",                                # missing the bookmark
+    "zfs destroy rp1/iscsi/lun0#someone_elses",                     # another tool's bookmark
+    "zfs destroy sp1/lun0#esxdr_a",                                 # outside the prefix
+    "zfs destroy -r rp1/iscsi/lun0#esxdr_a",
+    "zfs send -i sp1/lun0#esxdr_a rp1/iscsi/lun0@b",                # a base outside the prefix
 ]
 
 
