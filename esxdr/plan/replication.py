@@ -92,14 +92,19 @@ def human_bytes(n: int | float | None) -> str:
     return f"{v:.1f} TiB"
 
 
+def _newest_on_dr(points: list, dest: Dataset) -> tuple | None:
+    """The newest of ``points`` (oldest first) whose guid DR has as a snapshot, with DR's snapshot."""
+    dest_by_guid = dest.by_guid()
+    for p in reversed(points):
+        d = dest_by_guid.get(p.guid)
+        if d is not None:
+            return p, d
+    return None
+
+
 def common_snapshot(source: Dataset, dest: Dataset) -> tuple[Snapshot, Snapshot] | None:
     """The newest source snapshot that DR also has (by guid), as (source's, DR's)."""
-    dest_by_guid = dest.by_guid()
-    for s in reversed(source.snapshots):
-        d = dest_by_guid.get(s.guid)
-        if d is not None:
-            return s, d
-    return None
+    return _newest_on_dr(source.snapshots, dest)
 
 
 def common_bookmark(source: Dataset, dest: Dataset) -> tuple[Bookmark, Snapshot] | None:
@@ -108,12 +113,7 @@ def common_bookmark(source: Dataset, dest: Dataset) -> tuple[Bookmark, Snapshot]
     A bookmark keeps its snapshot's guid and createtxg, so it stands in for a source snapshot
     that was destroyed (`zfs send -i ds#bookmark` needs only those).
     """
-    dest_by_guid = dest.by_guid()
-    for b in reversed(source.bookmarks):
-        d = dest_by_guid.get(b.guid)
-        if d is not None:
-            return b, d
-    return None
+    return _newest_on_dr(source.bookmarks, dest)
 
 
 def plan_dataset(source: Dataset, dest: Dataset | None, dest_name: str, *, intermediate: bool = True,
