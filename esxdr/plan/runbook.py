@@ -606,13 +606,7 @@ def _plan_test_start(inp: DrillInputs) -> Runbook:
         "drill VMs must only reach the isolated test networks" + ("" if changed else
                                                                    " (names unchanged: only checked)"),
         {"map": mapping, "vms": names}))
-    for prio, wave, batch in power_waves(list(g.vms)):
-        timeout = max((g.vm(n).boot_timeout_seconds for n in batch), default=300)
-        label = f"priority {prio}" + (f" wave {wave}" if wave > 1 else "")
-        rb.steps.append(Step(f"power:{prio}:{wave}", "power", f"{label}: power on {', '.join(batch)}, wait for heartbeats",
-                             "one parallel batch per priority group" + (
-                                 "; after the VMs they depend on" if wave > 1 else ""),
-                             {"priority": prio, "wave": wave, "vms": batch, "timeout": timeout, "answer": "copied"}))
+    _power_steps(rb, g, answer="copied")
     return rb
 
 
@@ -1001,15 +995,20 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
     rb.steps.append(Step("nics", "nics", "attach NICs to failover port groups: " + (", ".join(
         f"{p} → {t}" for p, t in sorted(mapping.items())) or "no NICs mapped"),
         "the VMs serve users from the DR LAN now", {"map": mapping, "vms": names}))
+    _power_steps(rb, g, answer="moved")
+    return rb
+
+
+
+def _power_steps(rb: Runbook, g: Any, *, answer: str) -> None:
+    """One power-on step per priority group (and per dependency wave within it)."""
     for prio, wave, batch in power_waves(list(g.vms)):
         timeout = max((g.vm(n).boot_timeout_seconds for n in batch), default=300)
         label = f"priority {prio}" + (f" wave {wave}" if wave > 1 else "")
         rb.steps.append(Step(f"power:{prio}:{wave}", "power", f"{label}: power on {', '.join(batch)}, wait for heartbeats",
                              "one parallel batch per priority group" + (
                                  "; after the VMs they depend on" if wave > 1 else ""),
-                             {"priority": prio, "wave": wave, "vms": batch, "timeout": timeout, "answer": "moved"}))
-    return rb
-
+                             {"priority": prio, "wave": wave, "vms": batch, "timeout": timeout, "answer": answer}))
 
 def _check_hosts(host: HostView, portal: str, why: str) -> None:
     for h in host.hosts:
