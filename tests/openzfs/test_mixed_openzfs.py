@@ -54,7 +54,7 @@ def fuse_pool():
 
 def host_zfs(*argv: str, timeout: float = 120, cleanup: bool = False) -> bool:
     """A zfs-fuse command on the host; a daemon that stopped answering FUSE requests (it is shared
-    with the rest of the suite) skips the test instead of hanging it."""
+    with the rest of the suite) fails the test instead of hanging it."""
     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _, err = p.communicate(timeout=timeout)
@@ -62,28 +62,20 @@ def host_zfs(*argv: str, timeout: float = 120, cleanup: bool = False) -> bool:
         p.kill()  # may stay in D state until zfs-fuse answers; do not wait for it
         if cleanup:
             return False
-        pytest.skip(f"zfs-fuse on the host did not answer `{' '.join(argv)}` within {timeout:.0f} s")
+        pytest.fail(f"zfs-fuse on the host did not answer `{' '.join(argv)}` within {timeout:.0f} s")
     if p.returncode != 0 and not cleanup:
         raise AssertionError(f"{' '.join(argv)}: {err}")
     return p.returncode == 0
 
 
-def test_zfs_fuse_production_replicates_into_openzfs_dr(fuse_pool, lane, pools, dr_account, tmp_path):
-    pool, mnt = fuse_pool
-    name = f"mix{os.getpid() % 1000}"
-    src_root, dr_root = f"{pool}/{name}", f"{DR}/{name}"
-    host_zfs("zfs", "create", src_root)
-    host_zfs("zfs", "create", f"{src_root}/lun0")
-    lun = mnt / name / "lun0" / "lun.img"
-    lun.write_bytes(os.urandom(3 << 20))
+def write_site(tmp_path: Path, title: str, storage: str, name: str, src_root: str, dr_root: str) -> Path:
+    """A site file with ``storage`` (the ss1/ss2 entries) and one group ``name`` of dataset lun0."""
     site = tmp_path / "site.yaml"
     site.write_text(f"""version: 1
-name: mixed
+name: {title}
 state_dir: {tmp_path / 'state'}
 storage:
-  ss1: {{role: production, local: true, zfs: auto}}
-""" + site_storage(lane, "ss2", "dr", user=dr_account["user"], key=dr_account["key"], serve_prefix=DR) + f"""
-protection_groups:
+{storage}protection_groups:
   {name}:
     source: ss1
     destination: ss2
@@ -95,6 +87,20 @@ protection_groups:
       destination: {{hourly: 48}}
     rpo: 1h
 """)
+    return site
+
+
+def test_zfs_fuse_production_replicates_into_openzfs_dr(fuse_pool, lane, pools, dr_account, tmp_path):
+    pool, mnt = fuse_pool
+    name = f"mix{os.getpid() % 1000}"
+    src_root, dr_root = f"{pool}/{name}", f"{DR}/{name}"
+    host_zfs("zfs", "create", src_root)
+    host_zfs("zfs", "create", f"{src_root}/lun0")
+    lun = mnt / name / "lun0" / "lun.img"
+    lun.write_bytes(os.urandom(3 << 20))
+    storage = "  ss1: {role: production, local: true, zfs: auto}\n" + site_storage(
+        lane, "ss2", "dr", user=dr_account["user"], key=dr_account["key"], serve_prefix=DR)
+    site = write_site(tmp_path, "mixed", storage, name, src_root, dr_root)
     try:
         def esxdr(*args):
             return subprocess.run([ESXDR, "--site", str(site), *args], capture_output=True, text=True, timeout=600)
@@ -175,24 +181,8 @@ def test_openzfs_to_pool_v23_direction_is_refused_before_sending(fuse_pool, lane
     src_root, dr_root = f"ozprod/{name}", f"{pool}/{name}"
     lane.run(f"zfs create -p {src_root}/lun0 && dd if=/dev/urandom of=/{src_root}/lun0/f bs=64k count=16 "
              "status=none")
-    site = tmp_path / "site.yaml"
-    site.write_text(f"""version: 1
-name: mixed-back
-state_dir: {tmp_path / 'state'}
-storage:
-""" + site_storage(lane, "ss1", "production") + f"""  ss2: {{role: dr, local: true, zfs: auto}}
-protection_groups:
-  {name}:
-    source: ss1
-    destination: ss2
-    source_root: {src_root}
-    dr_root: {dr_root}
-    datasets: [lun0]
-    retention:
-      source: {{hourly: 48}}
-      destination: {{hourly: 48}}
-    rpo: 1h
-""")
+    storage = site_storage(lane, "ss1", "production") + "  ss2: {role: dr, local: true, zfs: auto}\n"
+    site = write_site(tmp_path, "mixed-back", storage, name, src_root, dr_root)
 
     def esxdr(*args):
         return subprocess.run([ESXDR, "--site", str(site), *args], capture_output=True, text=True, timeout=600)
