@@ -63,7 +63,7 @@ CONSISTENCY = ("crash", "application")
 
 SITE_KEYS = ("version", "name", "state_dir", "storage", "vsphere", "protection_groups", "dr_network")
 STORAGE_KEYS = ("role", "local", "address", "port", "user", "key", "host_key", "known_hosts", "zfs",
-                "zfs_command", "serve_prefix", "target")
+                "zfs_command", "serve_prefix", "stream_ciphers", "target")
 TARGET_KEYS = ("stack", "portal", "control_port", "iqn_prefix")
 VSPHERE_KEYS = ("role", "kind", "url", "user", "password_env", "password_file", "thumbprint", "ca_file", "hosts")
 GROUP_KEYS = ("source", "destination", "source_root", "dr_root", "datasets", "incremental", "retention",
@@ -233,13 +233,15 @@ class _SiteBuilder:
         if (cnode := s.node("zfs_command")) is not None:
             zfs_command = self.r.command(cnode, s.p("zfs_command")) or zfs_command
         serve_prefix = s.text("serve_prefix", check=v.check_zfs_name)
+        stream_ciphers = s.text("stream_ciphers", check=v.check_ciphers) or "auto"
         target = None
         if (tnode := s.node("target")) is not None:
             target = self.target(tnode, s.p("target"), s.key_mark("target"), address)
         return StorageServer(name=name, role=role, local=bool(local), address=address, port=port or 22,  # type: ignore[arg-type]
                              user=user, key=key, host_key=host_key, known_hosts=known_hosts,
                              zfs=zfs or "auto", zfs_command=zfs_command,  # type: ignore[arg-type]
-                             serve_prefix=serve_prefix, target=target, line=where[0])
+                             serve_prefix=serve_prefix, stream_ciphers=stream_ciphers, target=target,
+                             line=where[0])
 
     def target(self, node: yaml.Node, path: str, where: Mark, address: str | None) -> TargetConfig | None:
         t = self.r.mapping(node, path, TARGET_KEYS, where, "target settings")

@@ -73,6 +73,7 @@ class StorageServer:
     zfs: ZfsFlavour = "auto"
     zfs_command: tuple[str, ...] = ("zfs",)
     serve_prefix: str | None = None  # the --allow-prefix of the DR service account
+    stream_ciphers: str = "auto"  # the data stream's ssh -c: auto | default | cipher,list
     target: TargetConfig | None = None
     line: int = 0
 

@@ -357,6 +357,22 @@ def check_host_key(value: str) -> str:
                   "pin it as SHA256:<43 base64 characters> (ssh-keyscan HOST | ssh-keygen -lf -)")
 
 
+_CIPHER = re.compile(r"^[a-z0-9][a-z0-9@.-]*$")
+
+
+def check_ciphers(value: str) -> str:
+    """stream_ciphers: auto, default, or an OpenSSH cipher list (ssh -Q cipher names them)."""
+    v = value.strip()
+    if v in ("auto", "default"):
+        return v
+    names = v.split(",")
+    if all(_CIPHER.match(n) for n in names):
+        return v
+    raise Invalid(f"{value!r} is not auto, default or a comma-separated cipher list",
+                  "e.g. stream_ciphers: aes128-gcm@openssh.com,chacha20-poly1305@openssh.com "
+                  "(ssh -Q cipher lists the names)")
+
+
 def check_thumbprint(value: str) -> str:
     """A SHA-256 certificate thumbprint → upper-case colon hex (32 bytes)."""
     hexdigits = re.sub(r"[:\s]", "", value)

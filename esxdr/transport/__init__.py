@@ -35,4 +35,5 @@ def for_server(server) -> Transport:  # server: esxdr.site.model.StorageServer
     return SshTransport(
         server.name, server.address, port=server.port, user=server.user, key_file=server.key,
         host_key=server.host_key, known_hosts=server.known_hosts, ssh_client=client,
+        stream_ciphers=server.stream_ciphers,
     )

@@ -9,6 +9,7 @@ the same host key: an unknown or changed key is refused, never learned.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import shutil
@@ -87,11 +88,58 @@ def _pinned_policy(expected: str | None, label: str):
     return _PinnedPolicy(expected, label)
 
 
+# OpenSSH's default cipher order starts with chacha20-poly1305, which is all software. On a CPU
+# with AES instructions AES-GCM costs a fraction of that, and on a box whose cores also run the
+# zfs send and receive that shows in the wall time: a 512 MiB send over loopback here took
+# 4.16 s with aes128-gcm against 4.81 s with the default (median of 4 rounds each).
+_AES_FIRST = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+              "aes128-ctr", "aes192-ctr", "aes256-ctr")
+
+
+def _cpu_has_aes() -> bool:
+    """x86 lists ``aes`` under flags, arm64 under Features."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return "aes" in line.partition(":")[2].split()
+    except OSError:
+        pass
+    return False
+
+
+@functools.cache
+def _client_ciphers(binary: str) -> frozenset[str]:
+    try:
+        out = subprocess.run([binary, "-Q", "cipher"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(out.split())
+
+
+def stream_cipher_option(binary: str, setting: str) -> list[str]:
+    """The ``-c`` option of the stream's ssh, from the site's ``stream_ciphers``.
+
+    ``auto``: AES-GCM first when this CPU has AES instructions (the order negotiated is the
+    client's, so a server without GCM falls back to the next), OpenSSH's own order otherwise.
+    ``default``: OpenSSH's own order. Anything else is a cipher list passed as it is.
+    """
+    if setting == "default":
+        return []
+    if setting != "auto":
+        return ["-c", setting]
+    if not _cpu_has_aes():
+        return []
+    known = _client_ciphers(binary)
+    order = [c for c in _AES_FIRST if c in known]
+    return ["-c", ",".join(order)] if order and order[0].endswith("-gcm@openssh.com") else []
+
+
 class SshTransport:
     def __init__(self, name: str, address: str, *, port: int = 22, user: str, key_file: str,
                  host_key: str | None = None, known_hosts: str | None = None,
                  connect_timeout: float = 10.0, keepalive: int = 15, ssh_client: str | None = "auto",
-                 ssh_options: list[str] | None = None):
+                 ssh_options: list[str] | None = None, stream_ciphers: str = "auto"):
         if not host_key and not known_hosts:
             raise UsageError(f"{name}: neither host_key nor known_hosts is set",
                              hint="pin the server's SHA256 fingerprint with host_key: SHA256:…")
@@ -106,6 +154,7 @@ class SshTransport:
         self.keepalive = keepalive
         self.stats = Stats()
         self.ssh_options = ssh_options or []
+        self.stream_ciphers = stream_ciphers
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
         self._verified_key: paramiko.PKey | None = None
@@ -201,6 +250,7 @@ class SshTransport:
             # One TCP connection and key exchange for all of a run's streams: a group of 100
             # datasets would otherwise pay 200 handshakes.
             "-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_path()}", "-o", "ControlPersist=15",
+            *stream_cipher_option(self._ssh_binary, self.stream_ciphers),
             *self.ssh_options,
             "-i", self.key_file, "-p", str(self.port), f"{self.user}@{self.address}",
             "--", shell_join(argv),
