@@ -160,7 +160,7 @@ class SshTransport:
         self._verified_key: paramiko.PKey | None = None
         self._kh_dir: str | None = None
         self._ssh_binary = shutil.which("ssh") if ssh_client == "auto" else ssh_client
-        self._prewarmed = False
+        self._master: subprocess.Popen | None = None
 
     # -- control connection -------------------------------------------------
     def _connect(self) -> paramiko.SSHClient:
@@ -259,19 +259,33 @@ class SshTransport:
     def spawn_stream(self, argv: list[str], *, stdin: int | None, stdout: int | None) -> subprocess.Popen:
         self.stats.record(argv, 0.0)
         if self._ssh_binary:
+            self._await_master()
             return subprocess.Popen(self.stream_command(argv), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
         return _ChannelProcess(self._get(), argv, stdin=stdin, stdout=stdout)  # type: ignore[return-value]
 
     def prewarm(self) -> None:
         """Open the multiplexing master in the background, so the first stream starts at once."""
-        if not self._ssh_binary or self._prewarmed:
+        if not self._ssh_binary or self._master is not None:
             return
-        self._prewarmed = True
         argv = self.stream_command(["true"])
         i = argv.index("--")
-        # -M -N -f: authenticate, become the master, then fork into the background.
-        subprocess.Popen([*argv[:i], "-M", "-N", "-f"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+        # -M -N -f: authenticate, become the master, then fork into the background; the
+        # process we started exits once the master listens.
+        self._master = subprocess.Popen([*argv[:i], "-M", "-N", "-f"], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _await_master(self) -> None:
+        """Wait until the prewarmed master listens (its first process exits then).
+
+        A stream that starts earlier opens a master of its own (ControlMaster=auto), and such a
+        stream was measured slower than one multiplexed over a ready master: 4.4-4.9 s against
+        3.5-4.1 s for 512 MiB, 3 interleaved rounds each."""
+        if self._master is None:
+            return
+        try:
+            self._master.wait(timeout=self.connect_timeout + 5)
+        except subprocess.TimeoutExpired:
+            pass  # the stream then connects on its own; the master is reaped by close()
 
     def _control_path(self) -> str:
         self._known_hosts_file()
@@ -283,6 +297,11 @@ class SshTransport:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+        if self._master is not None:
+            if self._master.poll() is None:  # still authenticating: no stream needed it
+                self._master.kill()
+            self._master.wait()
+            self._master = None
         if self._kh_dir:
             control = Path(self._kh_dir) / "cm"
             if control.exists() and self._ssh_binary:
