@@ -208,6 +208,8 @@ class Engine:
         self.src: Side | None = None
         self.dst: Side | None = None
         self._kinds: dict[str, str] = {}
+        self._sealer: ThreadPoolExecutor | None = None
+        self._seals: list = []
         self._level: str | None = None
 
     def close(self) -> None:
@@ -295,6 +297,7 @@ class Engine:
             for a in actions:
                 opts.say(f"{g.name}: {a.describe()}")
             result.datasets.append(DatasetResult(source=source, dest=dest, actions=actions))
+        self._heal_seals(plans, dst_obs, src_obs)
         if opts.dry_run:
             if opts.prune:
                 result.pruned = self._prune(src_obs, dst_obs, dry_run=True, plans=plans)
@@ -303,20 +306,25 @@ class Engine:
         work = [r for r in result.datasets if any(not isinstance(a, UpToDate) for a in r.actions)]
         self._kinds = {r.dest: src_obs[r.source].type for r in work}
         if work:
-            with ThreadPoolExecutor(max_workers=max(1, g.parallel)) as pool:
-                futures = [pool.submit(self._replicate_one, r, src_obs[r.source], result.compression) for r in work]
-                errors = []
-                for f in futures:
+            # A replica's seal (unmount, readonly, canmount) runs beside the next streams and,
+            # for the last ones, beside the holds: neither needs the other.
+            with ThreadPoolExecutor(max_workers=max(1, g.parallel)) as self._sealer:
+                self._seals = []
+                with ThreadPoolExecutor(max_workers=max(1, g.parallel)) as pool:
+                    futures = [pool.submit(self._replicate_one, r, src_obs[r.source], result.compression)
+                               for r in work]
+                    errors = _errors(futures)
+                if not errors:
+                    checkpoint("after-receive")
                     try:
-                        f.result()
+                        self._move_holds(work, src_obs, dst_obs)
+                        self._bookmark(work, src_obs)
                     except EsxdrError as e:
                         errors.append(e)
+                errors = _errors(self._seals) + errors
             if errors:
                 raise errors[0] if len(errors) == 1 or not all(isinstance(e, ReplicationConflict) for e in errors) \
                     else _combine(errors)  # type: ignore[arg-type]
-            checkpoint("after-receive")
-            self._move_holds(work, src_obs, dst_obs)
-            self._bookmark(work, src_obs)
         if work or opts.take_snapshot:
             result.manifest = self._ship_manifest(dst_obs)
         if opts.prune:
@@ -339,7 +347,7 @@ class Engine:
         while actions:
             action = actions[0]
             try:
-                r.bytes += self._apply(action, r, compression)
+                r.bytes += self._apply(action, r, compression, last=len(actions) == 1)
                 actions.pop(0)
             except TransientError as e:
                 attempt += 1
@@ -363,7 +371,7 @@ class Engine:
                 actions = [a for a in actions if not isinstance(a, UpToDate)]
         r.seconds = time.monotonic() - started
 
-    def _apply(self, action: Action, r: DatasetResult, compression: str | None) -> int:
+    def _apply(self, action: Action, r: DatasetResult, compression: str | None, last: bool = True) -> int:
         src, dst = self.src, self.dst
         assert src and dst
         if isinstance(action, RollbackDr):
@@ -393,7 +401,11 @@ class Engine:
                 p.unlink(missing_ok=True)
             bar.finish()
             if isinstance(action, SendFull):
-                self._seal_replica(r.dest, self._kinds.get(r.dest, "filesystem"))
+                kind = self._kinds.get(r.dest, "filesystem")
+                if last and self._sealer is not None:
+                    self._seals.append(self._sealer.submit(self._seal_replica, r.dest, kind))
+                else:  # sealed before the incremental that follows lands in it
+                    self._seal_replica(r.dest, kind)
             return res.bytes
         raise AssertionError(f"unknown action {action!r}")
 
@@ -485,6 +497,22 @@ class Engine:
             note.unlink(missing_ok=True)
         return released
 
+    def _heal_seals(self, plans, dst_obs: dict[str, Dataset], src_obs: dict[str, Dataset]) -> None:
+        """Seal replicas a killed run received but did not get to seal.
+
+        A writable replica could be changed on DR (and then refuse the next receive), and on
+        pool v23 a mounted one reads stale blocks after an incremental receive. A failed-over
+        group never gets here (the run is refused), so a writable replica is a left-over.
+        """
+        for source, dest, _ in plans:
+            ds = dst_obs.get(dest)
+            if ds is None or ds.readonly is not False or not ds.snapshots:
+                continue
+            self.opts.say(f"{self.group.name}: seal {dest} (left writable by an interrupted run)")
+            if not self.opts.dry_run:
+                kind = src_obs[source].type if source in src_obs else ds.type
+                self._seal_replica(dest, kind)
+
     def _seal_replica(self, dest: str, kind: str) -> None:
         """A replica is never written or mounted on DR; drills use clones and failover promotes it.
 
@@ -504,7 +532,12 @@ class Engine:
         # pool-v23 receive mounts what it receives (it has no -u). Unmounted first, the two
         # properties are plain metadata changes (readonly=on on a mounted zfs-fuse filesystem
         # remounts it) and, legacy `zfs set` taking one property per call, go in parallel.
-        dst.zfs.run("unmount", dest, dataset=dest)
+        try:
+            dst.zfs.run("unmount", dest, dataset=dest)
+        except EsxdrError as e:
+            # a run killed after this unmount left it unmounted: the state wanted
+            if "not currently mounted" not in str(e):
+                raise
         both(lambda: dst.zfs.set_props(dest, {"readonly": "on"}),
              lambda: dst.zfs.set_props(dest, {"canmount": "noauto"}))
 
@@ -644,6 +677,17 @@ class _CrashConsistent:
 def _mid_stream_checkpoint(done: int) -> None:
     if done >= 1 << 20:
         checkpoint("mid-stream")
+
+
+def _errors(futures) -> list[EsxdrError]:
+    """Wait for every future; the esxdr errors they raised, in order (others propagate)."""
+    out = []
+    for f in futures:
+        try:
+            f.result()
+        except EsxdrError as e:
+            out.append(e)
+    return out
 
 
 def both(a: Callable, b: Callable) -> tuple:

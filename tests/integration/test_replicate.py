@@ -58,6 +58,15 @@ def assert_consistent(g) -> None:
         held_dst = [x for x in d_entries if not x.endswith(":0")]
         assert [h.split(":")[0] for h in held_src] == [s_names[-1]], held_src
         assert [h.split(":")[0] for h in held_dst] == [d_names[-1]], held_dst
+        assert sealed(g.dr_root + ds[len(g.source_root):]), ds
+
+
+def sealed(dataset: str) -> bool:
+    """A replica is readonly and never mounts by itself (dr_sha above also needs it unmounted)."""
+    out = subprocess.run(["zfs", "get", "-H", "-o", "property,value", "readonly,canmount", dataset],
+                         capture_output=True, text=True, check=True).stdout
+    props = dict(line.split("\t") for line in out.splitlines())
+    return props == {"readonly": "on", "canmount": "noauto"}
 
 
 def test_full_then_incremental_then_noop(group_factory):
@@ -213,6 +222,40 @@ def test_sigkill_then_rerun_recovers(group_factory, point):
     assert_consistent(g)
     lock = g.state_dir / "locks" / f"{g.name}.lock"
     assert lock.read_text() == ""  # released by the second run, none left by the killed one
+
+
+@pytest.mark.slow
+def test_first_run_killed_after_receive_leaves_sealed_replicas(group_factory):
+    """The seals of the last full sends run beside the holds; a run killed there is finished."""
+    g = group_factory(2)
+    for ds in g.datasets:
+        g.write(ds, 2 << 20)
+    r = g.esxdr("replicate", g.name, env={"ESXDR_FAULT_KILL": "after-receive"})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    time.sleep(1.1)
+    r = g.esxdr("replicate", g.name)
+    assert r.returncode == 0, r.stderr
+    assert_consistent(g)
+
+
+def test_a_writable_replica_is_sealed_again(group_factory):
+    g = group_factory(1)
+    g.write(g.datasets[0], 1 << 20)
+    assert g.esxdr("replicate", g.name).returncode == 0
+    dr = g.dr_root + g.datasets[0][len(g.source_root):]
+    # what a run killed between its receive and the seal leaves: writable, mountable, mounted
+    for prop in ("readonly=off", "canmount=on"):
+        subprocess.run(["zfs", "set", prop, dr], check=True)
+    subprocess.run(["zfs", "mount", dr], check=True)
+    time.sleep(1.1)
+    r = g.esxdr("replicate", g.name, "--dry-run")
+    assert r.returncode == 0 and f"seal {dr} (left writable by an interrupted run)" in r.stdout + r.stderr
+    assert not sealed(dr)
+    g.write(g.datasets[0], 1 << 20, offset=1 << 20)
+    r = g.esxdr("replicate", g.name)
+    assert r.returncode == 0, r.stderr
+    assert f"seal {dr}" in r.stdout + r.stderr
+    assert_consistent(g)
 
 
 def test_compressed_buffered_stream(group_factory):
