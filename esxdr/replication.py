@@ -208,8 +208,6 @@ class Engine:
         self.src: Side | None = None
         self.dst: Side | None = None
         self._kinds: dict[str, str] = {}
-        self._sealer: ThreadPoolExecutor | None = None
-        self._seals: list = []
         self._level: str | None = None
 
     def close(self) -> None:
@@ -306,25 +304,18 @@ class Engine:
         work = [r for r in result.datasets if any(not isinstance(a, UpToDate) for a in r.actions)]
         self._kinds = {r.dest: src_obs[r.source].type for r in work}
         if work:
-            # A replica's seal (unmount, readonly, canmount) runs beside the next streams and,
-            # for the last ones, beside the holds: neither needs the other.
-            with ThreadPoolExecutor(max_workers=max(1, g.parallel)) as self._sealer:
-                self._seals = []
-                with ThreadPoolExecutor(max_workers=max(1, g.parallel)) as pool:
-                    futures = [pool.submit(self._replicate_one, r, src_obs[r.source], result.compression)
-                               for r in work]
-                    errors = _errors(futures)
-                if not errors:
-                    checkpoint("after-receive")
-                    try:
-                        self._move_holds(work, src_obs, dst_obs)
-                        self._bookmark(work, src_obs)
-                    except EsxdrError as e:
-                        errors.append(e)
-                errors = _errors(self._seals) + errors
+            with ThreadPoolExecutor(max_workers=max(1, g.parallel)) as pool:
+                futures = [pool.submit(self._replicate_one, r, src_obs[r.source], result.compression) for r in work]
+                errors = _errors(futures)
             if errors:
                 raise errors[0] if len(errors) == 1 or not all(isinstance(e, ReplicationConflict) for e in errors) \
                     else _combine(errors)  # type: ignore[arg-type]
+            checkpoint("after-receive")
+            # The holds follow the seals. Run beside them (and SIGKILLed right after the receives,
+            # in a test), they once left two pool-v23 `zfs unmount` hanging, and the zfs-fuse
+            # daemon then hung every later `zfs create` until it was restarted.
+            self._move_holds(work, src_obs, dst_obs)
+            self._bookmark(work, src_obs)
         if work or opts.take_snapshot:
             result.manifest = self._ship_manifest(dst_obs)
         if opts.prune:
@@ -347,7 +338,7 @@ class Engine:
         while actions:
             action = actions[0]
             try:
-                r.bytes += self._apply(action, r, compression, last=len(actions) == 1)
+                r.bytes += self._apply(action, r, compression)
                 actions.pop(0)
             except TransientError as e:
                 attempt += 1
@@ -371,7 +362,7 @@ class Engine:
                 actions = [a for a in actions if not isinstance(a, UpToDate)]
         r.seconds = time.monotonic() - started
 
-    def _apply(self, action: Action, r: DatasetResult, compression: str | None, last: bool = True) -> int:
+    def _apply(self, action: Action, r: DatasetResult, compression: str | None) -> int:
         src, dst = self.src, self.dst
         assert src and dst
         if isinstance(action, RollbackDr):
@@ -401,11 +392,7 @@ class Engine:
                 p.unlink(missing_ok=True)
             bar.finish()
             if isinstance(action, SendFull):
-                kind = self._kinds.get(r.dest, "filesystem")
-                if last and self._sealer is not None:
-                    self._seals.append(self._sealer.submit(self._seal_replica, r.dest, kind))
-                else:  # sealed before the incremental that follows lands in it
-                    self._seal_replica(r.dest, kind)
+                self._seal_replica(r.dest, self._kinds.get(r.dest, "filesystem"))
             return res.bytes
         raise AssertionError(f"unknown action {action!r}")
 

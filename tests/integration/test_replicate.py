@@ -226,7 +226,7 @@ def test_sigkill_then_rerun_recovers(group_factory, point):
 
 @pytest.mark.slow
 def test_first_run_killed_after_receive_leaves_sealed_replicas(group_factory):
-    """The seals of the last full sends run beside the holds; a run killed there is finished."""
+    """A first run killed between its receives and its holds is finished by the next run."""
     g = group_factory(2)
     for ds in g.datasets:
         g.write(ds, 2 << 20)
