@@ -68,9 +68,13 @@ class Side:
     address: str | None = None
 
 
-def open_side(site, server_name: str) -> Side:
+def open_side(site, server_name: str, *, prewarm: bool = False) -> Side:
     server = site.storage[server_name]
-    transport = for_server(server)
+    transport = for_server(server, site.state_dir)
+    if prewarm and hasattr(transport, "prewarm"):
+        # with a remembered host key the stream's SSH master authenticates beside paramiko's
+        # import and handshake instead of after them
+        transport.prewarm(connect=False)
     zfs_cmd = tuple(server.zfs_command) if server.local else ("zfs",)
     caps = detect(transport, zfs_cmd, server.zfs, os.path.join(site.state_dir, "hosts"))
     return Side(name=server_name, transport=transport, zfs=Zfs(transport, caps, zfs_cmd), caps=caps,
@@ -249,7 +253,7 @@ class Engine:
             return self.src.zfs.observe([g.source_root])
 
         def dr_side() -> dict[str, Dataset]:
-            self.dst = open_side(self.site, g.destination)
+            self.dst = open_side(self.site, g.destination, prewarm=not opts.dry_run)
             if not opts.dry_run and hasattr(self.dst.transport, "prewarm"):
                 # the stream's SSH master authenticates while DR lists its snapshots
                 self.dst.transport.prewarm()

@@ -25,8 +25,8 @@ __all__ = [
 ]
 
 
-def for_server(server) -> Transport:  # server: esxdr.site.model.StorageServer
-    """The transport for a storage server of the site file."""
+def for_server(server, state_dir: str | None = None) -> Transport:  # server: esxdr.site.model.StorageServer
+    """The transport for a storage server of the site file (state_dir: where verified host keys are kept)."""
     if server.local:
         return LocalTransport(server.name)
     # ESXDR_STREAM_CLIENT=paramiko forces the bulk stream through paramiko even where the
@@ -36,4 +36,5 @@ def for_server(server) -> Transport:  # server: esxdr.site.model.StorageServer
         server.name, server.address, port=server.port, user=server.user, key_file=server.key,
         host_key=server.host_key, known_hosts=server.known_hosts, ssh_client=client,
         stream_ciphers=server.stream_ciphers,
+        key_cache=os.path.join(state_dir, "hosts", f"{server.name}.hostkey") if state_dir else None,
     )

@@ -139,7 +139,8 @@ class SshTransport:
     def __init__(self, name: str, address: str, *, port: int = 22, user: str, key_file: str,
                  host_key: str | None = None, known_hosts: str | None = None,
                  connect_timeout: float = 10.0, keepalive: int = 15, ssh_client: str | None = "auto",
-                 ssh_options: list[str] | None = None, stream_ciphers: str = "auto"):
+                 ssh_options: list[str] | None = None, stream_ciphers: str = "auto",
+                 key_cache: str | None = None):
         if not host_key and not known_hosts:
             raise UsageError(f"{name}: neither host_key nor known_hosts is set",
                              hint="pin the server's SHA256 fingerprint with host_key: SHA256:…")
@@ -155,6 +156,9 @@ class SshTransport:
         self.stats = Stats()
         self.ssh_options = ssh_options or []
         self.stream_ciphers = stream_ciphers
+        # the host key last verified against the pin, so the stream's master can authenticate
+        # before (and beside) the control connection on the next run
+        self.key_cache = key_cache
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
         self._verified_key: paramiko.PKey | None = None
@@ -196,6 +200,7 @@ class SshTransport:
         assert transport is not None
         transport.set_keepalive(self.keepalive)
         self._verified_key = transport.get_remote_server_key()
+        self._remember_key(self._verified_key)
         return client
 
     def _get(self) -> paramiko.SSHClient:
@@ -226,15 +231,46 @@ class SshTransport:
         return finish(self.name, self.stats, argv, rc, out, err, started, check)
 
     # -- bulk stream --------------------------------------------------------
-    def _known_hosts_file(self) -> str:
-        """A private known_hosts holding only the key the control connection verified."""
+    def _remember_key(self, key) -> None:  # noqa: ANN001 - a paramiko PKey
+        if not (self.key_cache and self.host_key):
+            return
+        try:
+            Path(self.key_cache).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(self.key_cache + ".tmp")
+            tmp.write_text(f"{key.get_name()} {key.get_base64()}\n")
+            os.replace(tmp, self.key_cache)
+        except OSError:
+            pass  # only a start-up shortcut is lost
+
+    def _remembered_key(self) -> tuple[str, str] | None:
+        """The cached key, if its SHA-256 fingerprint is still the one the site file pins."""
+        if not (self.key_cache and self.host_key):
+            return None
+        try:
+            kind, b64 = Path(self.key_cache).read_text().split()[:2]
+            blob = base64.b64decode(b64)
+        except (OSError, ValueError):
+            return None
+        fp = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+        return (kind, b64) if fp == self.host_key else None
+
+    def _known_hosts_file(self, connect: bool = True) -> str | None:
+        """A private known_hosts holding only a key verified against the site file: the one the
+        control connection verified, or the remembered one whose fingerprint matches the pin."""
         if self._kh_dir is None:
-            self._get()
-            assert self._verified_key is not None
+            if self._verified_key is not None or connect:
+                if self._verified_key is None:
+                    self._get()
+                k = self._verified_key
+                assert k is not None
+                line = (k.get_name(), k.get_base64())
+            else:
+                line = self._remembered_key()
+                if line is None:
+                    return None
             self._kh_dir = tempfile.mkdtemp(prefix="esxdr-kh-")
             path = Path(self._kh_dir) / "known_hosts"
-            k = self._verified_key
-            path.write_text(f"{_known_hosts_name(self.address, self.port)} {k.get_name()} {k.get_base64()}\n")
+            path.write_text(f"{_known_hosts_name(self.address, self.port)} {line[0]} {line[1]}\n")
             os.chmod(path, 0o600)
         return str(Path(self._kh_dir) / "known_hosts")
 
@@ -263,9 +299,15 @@ class SshTransport:
             return subprocess.Popen(self.stream_command(argv), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
         return _ChannelProcess(self._get(), argv, stdin=stdin, stdout=stdout)  # type: ignore[return-value]
 
-    def prewarm(self) -> None:
-        """Open the multiplexing master in the background, so the first stream starts at once."""
+    def prewarm(self, connect: bool = True) -> None:
+        """Open the multiplexing master in the background, so the first stream starts at once.
+
+        With ``connect=False`` it starts only when a remembered host key can be used, without
+        waiting for the control connection (a later call with connect=True starts it otherwise).
+        """
         if not self._ssh_binary or self._master is not None:
+            return
+        if self._known_hosts_file(connect=connect) is None:
             return
         argv = self.stream_command(["true"])
         i = argv.index("--")

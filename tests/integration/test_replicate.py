@@ -79,6 +79,9 @@ def test_full_then_incremental_then_noop(group_factory):
     assert first["bytes"] >= 3 * (4 << 20)
     assert all(a["kind"] == "send-full" for d in first["datasets"] for a in d["actions"])
     assert_consistent(g)
+    # the DR host key paramiko verified against the pin is remembered for the next run's master
+    remembered = list((g.state_dir / "hosts").glob("*.hostkey"))
+    assert len(remembered) == 1 and remembered[0].read_text().startswith("ssh-ed25519 ")
 
     g.write(g.datasets[1], 1 << 20, offset=1 << 20)
     r = g.esxdr("--json", "replicate", g.name)

@@ -63,3 +63,57 @@ def test_stream_command_carries_the_choice(client, tmp_path):
     argv = t.stream_command(["zfs", "receive", "rp1/x"])
     assert argv[argv.index("-c") + 1] == "aes256-ctr"
     assert argv.index("-c") < argv.index("--")
+
+
+# -- the remembered host key (state_dir/hosts/NAME.hostkey) ---------------------------------
+def _fingerprint(b64: str) -> str:
+    import base64
+    import hashlib
+
+    return "SHA256:" + base64.b64encode(hashlib.sha256(base64.b64decode(b64)).digest()).decode().rstrip("=")
+
+
+KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIMfwxHvQ8d1M1RnNx4NJeppHyR/NRDriQLgaKjpdLl9q"
+OTHER = "AAAAC3NzaC1lZDI1NTE5AAAAIHYfOdYYK61d+0O8KfPYpweuLx8FB4tWQiemG1Yi2yOw"
+
+
+def _transport(tmp_path, pin: str) -> ssh.SshTransport:
+    return ssh.SshTransport("dr", "127.0.0.1", port=2222, user="esxdr", key_file=str(tmp_path / "k"),
+                            host_key=pin, ssh_client="/usr/bin/ssh", key_cache=str(tmp_path / "hosts" / "dr.hostkey"))
+
+
+def test_a_remembered_key_is_used_only_while_the_pin_matches(tmp_path):
+    (tmp_path / "hosts").mkdir()
+    (tmp_path / "hosts" / "dr.hostkey").write_text(f"ssh-ed25519 {KEY}\n")
+    t = _transport(tmp_path, _fingerprint(KEY))
+    path = t._known_hosts_file(connect=False)
+    assert path is not None
+    assert open(path).read() == f"[127.0.0.1]:2222 ssh-ed25519 {KEY}\n"
+    t.close()
+    # the site file now pins another key: the remembered one is not trusted, nothing connects
+    t = _transport(tmp_path, _fingerprint(OTHER))
+    assert t._known_hosts_file(connect=False) is None
+    t.prewarm(connect=False)
+    assert t._master is None
+
+
+def test_an_unreadable_or_missing_cache_is_ignored(tmp_path):
+    t = _transport(tmp_path, _fingerprint(KEY))
+    assert t._known_hosts_file(connect=False) is None
+    (tmp_path / "hosts").mkdir()
+    (tmp_path / "hosts" / "dr.hostkey").write_text("garbage")
+    assert t._known_hosts_file(connect=False) is None
+
+
+def test_the_verified_key_is_remembered(tmp_path):
+    class Key:
+        def get_name(self):
+            return "ssh-ed25519"
+
+        def get_base64(self):
+            return KEY
+
+    t = _transport(tmp_path, _fingerprint(KEY))
+    t._remember_key(Key())
+    assert (tmp_path / "hosts" / "dr.hostkey").read_text() == f"ssh-ed25519 {KEY}\n"
+    assert t._remembered_key() == ("ssh-ed25519", KEY)
