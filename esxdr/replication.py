@@ -40,6 +40,7 @@ from esxdr.transport import for_server
 from esxdr.transport.base import Transport
 from esxdr.zfs import Zfs
 from esxdr.zfs.capabilities import detect
+from esxdr.zfs.errors import NotMounted
 from esxdr.zfs.stream import run_stream
 
 
@@ -299,7 +300,7 @@ class Engine:
             for a in actions:
                 opts.say(f"{g.name}: {a.describe()}")
             result.datasets.append(DatasetResult(source=source, dest=dest, actions=actions))
-        self._heal_seals(plans, dst_obs, src_obs)
+        self._heal_seals(plans, dst_obs)
         if opts.dry_run:
             if opts.prune:
                 result.pruned = self._prune(src_obs, dst_obs, dry_run=True, plans=plans)
@@ -310,7 +311,12 @@ class Engine:
         if work:
             with ThreadPoolExecutor(max_workers=max(1, g.parallel)) as pool:
                 futures = [pool.submit(self._replicate_one, r, src_obs[r.source], result.compression) for r in work]
-                errors = _errors(futures)
+                errors = []
+                for f in futures:
+                    try:
+                        f.result()
+                    except EsxdrError as e:
+                        errors.append(e)
             if errors:
                 raise errors[0] if len(errors) == 1 or not all(isinstance(e, ReplicationConflict) for e in errors) \
                     else _combine(errors)  # type: ignore[arg-type]
@@ -488,21 +494,20 @@ class Engine:
             note.unlink(missing_ok=True)
         return released
 
-    def _heal_seals(self, plans, dst_obs: dict[str, Dataset], src_obs: dict[str, Dataset]) -> None:
+    def _heal_seals(self, plans, dst_obs: dict[str, Dataset]) -> None:
         """Seal replicas a killed run received but did not get to seal.
 
         A writable replica could be changed on DR (and then refuse the next receive), and on
         pool v23 a mounted one reads stale blocks after an incremental receive. A failed-over
         group never gets here (the run is refused), so a writable replica is a left-over.
         """
-        for source, dest, _ in plans:
+        for _, dest, _ in plans:
             ds = dst_obs.get(dest)
             if ds is None or ds.readonly is not False or not ds.snapshots:
                 continue
             self.opts.say(f"{self.group.name}: seal {dest} (left writable by an interrupted run)")
             if not self.opts.dry_run:
-                kind = src_obs[source].type if source in src_obs else ds.type
-                self._seal_replica(dest, kind)
+                self._seal_replica(dest, ds.type)
 
     def _seal_replica(self, dest: str, kind: str) -> None:
         """A replica is never written or mounted on DR; drills use clones and failover promotes it.
@@ -524,11 +529,9 @@ class Engine:
         # properties are plain metadata changes (readonly=on on a mounted zfs-fuse filesystem
         # remounts it) and, legacy `zfs set` taking one property per call, go in parallel.
         try:
-            dst.zfs.run("unmount", dest, dataset=dest)
-        except EsxdrError as e:
-            # a run killed after this unmount left it unmounted: the state wanted
-            if "not currently mounted" not in str(e):
-                raise
+            dst.zfs.unmount(dest)
+        except NotMounted:
+            pass  # a run killed after this unmount left it unmounted: the state wanted
         both(lambda: dst.zfs.set_props(dest, {"readonly": "on"}),
              lambda: dst.zfs.set_props(dest, {"canmount": "noauto"}))
 
@@ -668,17 +671,6 @@ class _CrashConsistent:
 def _mid_stream_checkpoint(done: int) -> None:
     if done >= 1 << 20:
         checkpoint("mid-stream")
-
-
-def _errors(futures) -> list[EsxdrError]:
-    """Wait for every future; the esxdr errors they raised, in order (others propagate)."""
-    out = []
-    for f in futures:
-        try:
-            f.result()
-        except EsxdrError as e:
-            out.append(e)
-    return out
 
 
 def both(a: Callable, b: Callable) -> tuple:

@@ -20,6 +20,10 @@ class AlreadyExists(CommandFailed):
     pass
 
 
+class NotMounted(CommandFailed):
+    """`zfs unmount` of a filesystem that is not mounted."""
+
+
 _FOLD = re.compile(r"\s*\n\s*")
 
 TRANSIENT_PATTERNS = [
@@ -77,6 +81,8 @@ def translate(err: CommandFailed, *, dataset: str | None = None) -> EsxdrError:
                               host=err.host, hint=f"check the dataset name{f' {dataset}' if dataset else ''}")
     if "dataset already exists" in low:
         return AlreadyExists(err.message, argv=err.argv, returncode=err.returncode, stderr=err.stderr, host=err.host)
+    if "not currently mounted" in low:
+        return NotMounted(err.message, argv=err.argv, returncode=err.returncode, stderr=err.stderr, host=err.host)
     # A stream format the receiver cannot read (OpenZFS → pool v23) is permanent, though its
     # text can look like a cut stream's; it must not be retried as one.
     from esxdr.zfs.compat import receive_refusal

@@ -6,7 +6,7 @@ import pytest
 
 from esxdr.errors import CommandFailed, ReplicationConflict, TransientError
 from esxdr.zfs import capabilities_from_probe, parse_get, parse_send_estimate
-from esxdr.zfs.errors import AlreadyExists, DatasetMissing, translate
+from esxdr.zfs.errors import AlreadyExists, DatasetMissing, NotMounted, translate
 
 # `zfs get -rHp -o name,property,value type,guid,createtxg,creation,used,referenced,userrefs,...` as OpenZFS 2.1
 OPENZFS_GET = """\
@@ -109,6 +109,7 @@ def test_two_line_receive_errors_become_typed_conflicts(stderr, kind):
 @pytest.mark.parametrize("stderr,cls", [
     ("cannot open 'rp1/x@y': dataset does not exist\n", DatasetMissing),
     ("cannot create snapshot 'sp1/a@s1': dataset already exists\n", AlreadyExists),
+    ("cannot unmount 'rp1/iscsi/lun0': not currently mounted\n", NotMounted),
     ("cannot destroy 'rp1/x': dataset is busy\n", TransientError),
     ("cannot receive incremental stream: failed to read from stream\n", TransientError),
     ("internal error: Invalid argument\n", CommandFailed),
