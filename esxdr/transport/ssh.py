@@ -51,8 +51,11 @@ def _paramiko():
 
 def fingerprint_of(key: paramiko.PKey) -> str:
     """OpenSSH-style SHA-256 fingerprint: ``SHA256:<base64 without padding>``."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    return _fingerprint(key.asbytes())
+
+
+def _fingerprint(blob: bytes) -> str:
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def _known_hosts_name(address: str, port: int) -> str:
@@ -251,23 +254,18 @@ class SshTransport:
             blob = base64.b64decode(b64)
         except (OSError, ValueError):
             return None
-        fp = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-        return (kind, b64) if fp == self.host_key else None
+        return (kind, b64) if _fingerprint(blob) == self.host_key else None
 
     def _known_hosts_file(self, connect: bool = True) -> str | None:
         """A private known_hosts holding only a key verified against the site file: the one the
         control connection verified, or the remembered one whose fingerprint matches the pin."""
         if self._kh_dir is None:
-            if self._verified_key is not None or connect:
-                if self._verified_key is None:
-                    self._get()
-                k = self._verified_key
-                assert k is not None
-                line = (k.get_name(), k.get_base64())
-            else:
-                line = self._remembered_key()
-                if line is None:
-                    return None
+            if self._verified_key is None and connect:
+                self._get()
+            k = self._verified_key
+            line = (k.get_name(), k.get_base64()) if k is not None else self._remembered_key()
+            if line is None:
+                return None
             self._kh_dir = tempfile.mkdtemp(prefix="esxdr-kh-")
             path = Path(self._kh_dir) / "known_hosts"
             path.write_text(f"{_known_hosts_name(self.address, self.port)} {line[0]} {line[1]}\n")
