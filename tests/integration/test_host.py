@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,13 +11,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vsphere_fixtures import PASSWORD_ENV, ROOT, naa_for, start_lab, vmfs_uuid_for  # noqa: E402
+from vsphere_fixtures import ESXDR, naa_for, run_esxdr, start_lab, vmfs_uuid_for  # noqa: E402
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi")
 pytest_plugins = ["conftest_esxsim"]
-
-ESXDR = str(ROOT / ".venv" / "bin" / "esxdr")
 
 
 @pytest.fixture
@@ -29,11 +26,7 @@ def lab(esxsim_binary, tmp_path):
 
 
 def esxdr(lab, *args, check=None):
-    p = subprocess.run([ESXDR, "--site", str(lab.site), *args], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, PASSWORD_ENV: lab.esx.password})
-    if check is not None:
-        assert p.returncode == check, p.stdout + p.stderr
-    return p
+    return run_esxdr(lab.site, lab.esx.password, *args, check=check)
 
 
 def test_plan_apply_from_empty_then_second_plan_is_empty(lab):

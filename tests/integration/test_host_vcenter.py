@@ -7,7 +7,6 @@ tgtd by itself, so "the LUN is seen on both hosts" means two independent iSCSI l
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest_esxsim import Tgtd, free_port, make_lun_file  # noqa: E402
-from vsphere_fixtures import PRODUCT, ROOT, TARGET_IQN, naa_for, vmfs_uuid_for  # noqa: E402
+from vsphere_fixtures import PRODUCT, TARGET_IQN, naa_for, run_esxdr, vmfs_uuid_for  # noqa: E402
 
 from esxdr.lab import esxsim  # noqa: E402
 from esxdr.targets import manifest as mf  # noqa: E402
@@ -26,7 +25,6 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi")
 pytest_plugins = ["conftest_esxsim"]
 
-ESXDR = str(ROOT / ".venv" / "bin" / "esxdr")
 PASSWORD_ENV = "ESXDR_TEST_VCENTER_PASSWORD"
 HOSTS = ["esx-a", "esx-b"]
 
@@ -121,11 +119,7 @@ def vc(esxsim_binary, tmp_path):
 
 
 def esxdr(lab: VcLab, *args: str, check: int | None = None) -> subprocess.CompletedProcess:
-    p = subprocess.run([ESXDR, "--site", str(lab.site), *args], capture_output=True, text=True, timeout=180,
-                       env={**os.environ, PASSWORD_ENV: lab.vc.password})
-    if check is not None:
-        assert p.returncode == check, p.stdout + p.stderr
-    return p
+    return run_esxdr(lab.site, lab.vc.password, *args, check=check, env_name=PASSWORD_ENV, timeout=180)
 
 
 def test_vcenter_mode_serves_a_cluster_of_independent_hosts(vc):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,21 @@ from esxdr.lab import esxsim  # noqa: E402
 from esxdr.targets import manifest as mf  # noqa: E402
 
 PASSWORD_ENV = "ESXDR_TEST_VSPHERE_PASSWORD"
+ESXDR = str(ROOT / ".venv" / "bin" / "esxdr")
 PRODUCT = "VIRTUAL-DISK"  # tgt's product id
 TARGET_IQN = "iqn.2024-01.lab.esxdr:dr"
+
+
+def run_esxdr(site, password: str, *args: str, check: int | None = None, env_name: str = PASSWORD_ENV,
+              timeout: float = 120) -> subprocess.CompletedProcess:
+    """The esxdr CLI on a site file that reads its vSphere password from env_name.
+
+    With ``check``, the exit code must be that (stdout and stderr are shown otherwise)."""
+    p = subprocess.run([ESXDR, "--site", str(site), *args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, env_name: password})
+    if check is not None:
+        assert p.returncode == check, p.stdout + p.stderr
+    return p
 
 
 def naa_for(i: int) -> str:
