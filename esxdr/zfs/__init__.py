@@ -9,6 +9,7 @@ Observation is ONE ``zfs get -rHp -o name,property,value`` per side per run:
 from __future__ import annotations
 
 import shlex
+import threading
 from collections.abc import Iterable
 
 from esxdr.errors import CommandFailed
@@ -123,6 +124,7 @@ class Zfs:
         self.t = transport
         self.caps = caps
         self.cmd = list(zfs_command)
+        self._unmounting = threading.Lock()
 
     @property
     def host(self) -> str:
@@ -228,7 +230,14 @@ class Zfs:
         self.run("mount", dataset, dataset=dataset)
 
     def unmount(self, dataset: str, force: bool = False) -> None:
-        self.run("unmount", *(["-f"] if force else []), dataset, dataset=dataset)
+        if self.caps.flavour != "legacy":
+            self.run("unmount", *(["-f"] if force else []), dataset, dataset=dataset)
+            return
+        # One at a time on pool v23: two `zfs unmount` of sibling filesystems started together
+        # (the seals of parallel streams that ended at once) hung in zfs-fuse, and the daemon
+        # then hung every later `zfs create`.
+        with self._unmounting:
+            self.run("unmount", *(["-f"] if force else []), dataset, dataset=dataset)
 
     def send_estimate(self, from_snap: str | None, to_snap: str, intermediate: bool) -> int | None:
         if not self.caps.send_estimate:
