@@ -30,7 +30,8 @@ def lab() -> None:
 
 def _status_text(st: dict) -> str:
     lines = [f"lab dir: {st['dir']}", f"site file: {st['site'] or '-'}",
-             f"zfs-fuse: {'up' if st['zfs_fuse'] else 'down'}"]
+             "zfs-fuse: " + {"up": "up", "down": "down",
+                             "hung": "HUNG (not answering; `esxdr lab up` restarts it)"}[st["zfs_fuse_state"]]]
     for c in st["components"]:
         up = "up" if c["up"] else "DOWN"
         if c["kind"] == "pool":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esxdr.errors import UsageError
+from esxdr.lab import zfsfuse
 
 PACKAGES = {"zfs-fuse": "zfs", "tgt": "tgtd", "openssh-server": "sshd", "openssh-client": "ssh", "sudo": "sudo"}
 DEFAULT_DIR = "/var/lib/esxdr-lab"
@@ -43,23 +44,12 @@ def ensure_packages(extra: dict[str, str] | None = None) -> None:
 
 
 def zfs_fuse_running() -> bool:
-    return subprocess.run(["zpool", "list", "-H"], capture_output=True).returncode == 0
+    return zfsfuse.running()
 
 
-def ensure_zfs_fuse(timeout: float = 20.0) -> None:
-    if zfs_fuse_running():
-        return
-    Path("/var/run/zfs").mkdir(parents=True, exist_ok=True)
-    pidfile = Path("/var/run/zfs-fuse.pid")
-    if pidfile.exists():
-        pidfile.unlink()
-    subprocess.run(["zfs-fuse", "--pidfile", str(pidfile)], check=False, capture_output=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if zfs_fuse_running():
-            return
-        time.sleep(0.2)
-    raise UsageError("zfs-fuse did not start", hint="is /dev/fuse available? (modprobe fuse)")
+def ensure_zfs_fuse(timeout: float = 20.0, vdev_dirs: tuple[Path, ...] = ()) -> str:
+    """Start zfs-fuse, or restart a hung one; returns what it found ("up", "down" or "hung")."""
+    return zfsfuse.ensure(timeout, vdev_dirs)
 
 
 @dataclass
@@ -111,8 +101,9 @@ class Lab:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)
         state = self.state()
-        ensure_zfs_fuse()
-        say("zfs-fuse running")
+        found = ensure_zfs_fuse(vdev_dirs=(self.dir / "vdevs",))
+        say({"up": "zfs-fuse running", "down": "zfs-fuse started",
+             "hung": "zfs-fuse was hung (not answering): restarted"}[found])
         self._pools(state, say)
         self._ssh(state, say)
         if self.cfg.with_tgt:
@@ -358,12 +349,14 @@ class Lab:
     # -- status / down ---------------------------------------------------------------
     def status(self) -> dict:
         state = self.state()
+        zstate = zfsfuse.state()
         out: dict = {"dir": str(self.dir), "site": str(self.site_path) if self.site_path.exists() else None,
-                     "zfs_fuse": zfs_fuse_running(), "components": []}
+                     "zfs_fuse": zstate == "up", "zfs_fuse_state": zstate, "components": []}
         if state.get("pools"):
             for role in ("production", "dr"):
                 name = state["pools"][role]
-                ok = subprocess.run(["zpool", "list", "-H", name], capture_output=True).returncode == 0
+                ok = zstate == "up" and subprocess.run(["zpool", "list", "-H", name],
+                                                       capture_output=True).returncode == 0
                 out["components"].append({"kind": "pool", "role": role, "name": name, "up": ok})
         if state.get("sshd"):
             s = state["sshd"]
@@ -394,6 +387,10 @@ class Lab:
             Path(state["sshd"].get("sudoers", "/nonexistent")).unlink(missing_ok=True)
             say("sshd stopped, account removed")
         pools = state.get("pools") or {"production": self.cfg.prod_pool, "dr": self.cfg.dr_pool}
+        if zfsfuse.state() == "hung":
+            # its pools can only be destroyed by a daemon that answers
+            zfsfuse.restart([self.dir / "vdevs"])
+            say("zfs-fuse was hung: restarted")
         if zfs_fuse_running():
             for role in ("dr", "production"):
                 name = pools[role]
