@@ -16,9 +16,47 @@ from pathlib import Path
 
 import pytest
 
-from esxdr.lab import Lab, LabConfig
+from esxdr.lab import Lab, LabConfig, zfsfuse
 
 _counter = itertools.count()
+# every zfs call of the fixtures is bounded: a hung zfs-fuse must fail one test, not stall the run
+ZFS_TIMEOUT = 120
+_suspect = pytest.StashKey[bool]()  # set when a test fails: the next one checks zfs-fuse first
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        item.config.stash[_suspect] = True
+        # what still runs when a test fails names the command a hung daemon is stuck on
+        waiting = zfsfuse.waiting_commands()
+        if waiting:
+            rep.sections.append(("zfs commands still running (pid, seconds, wait channel, command)",
+                                 "\n".join(waiting)))
+
+
+@pytest.fixture(autouse=True)
+def _zfs_fuse_after_a_failure(request):
+    """After a failed test, check that zfs-fuse still creates and destroys; restart it if hung.
+
+    A hung daemon hangs every later zfs command: without this, each later test would wait for
+    its timeout. What was waiting on the daemon is reported, since it names the culprit.
+    """
+    cfg = request.config
+    if cfg.stash.get(_suspect, False):
+        cfg.stash[_suspect] = False
+        pools = zfsfuse.pool_names() or []
+        if zfsfuse.state() == "hung" or (pools and not zfsfuse.probe(f"{pools[0]}/esxdr-probe-{os.getpid()}")):
+            waiting = zfsfuse.restart(sorted(Path("/var/lib").glob("esxdr-*/vdevs")))
+            report = "zfs-fuse was hung after the previous test; restarted. Waiting on it:\n  " + \
+                "\n  ".join(waiting or ["(nothing)"])
+            tr = cfg.pluginmanager.get_plugin("terminalreporter")
+            if tr is not None:
+                tr.write_line("\n" + report, yellow=True)
+            request.node.warn(pytest.PytestWarning(report))
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -101,14 +139,15 @@ protection_groups:
     def destroy(self) -> None:
         for root in (self.dr_root, self.source_root):
             for _ in range(20):
-                r = subprocess.run(["zfs", "destroy", "-r", root], capture_output=True, text=True)
+                r = subprocess.run(["zfs", "destroy", "-r", root], capture_output=True, text=True,
+                                   timeout=ZFS_TIMEOUT)
                 if r.returncode == 0 or "does not exist" in r.stderr:
                     break
-                subprocess.run(["zfs", "unmount", "-f", root], capture_output=True)
+                subprocess.run(["zfs", "unmount", "-f", root], capture_output=True, timeout=ZFS_TIMEOUT)
 
 
 def zfs(*args: str) -> str:
-    return subprocess.run(["zfs", *args], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(["zfs", *args], check=True, capture_output=True, text=True, timeout=ZFS_TIMEOUT).stdout
 
 
 @pytest.fixture
