@@ -11,12 +11,13 @@ import click
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.errors import UsageError
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 DOW = {"0": "Sun", "1": "Mon", "2": "Tue", "3": "Wed", "4": "Thu", "5": "Fri", "6": "Sat", "7": "Sun"}
 
 
 def env():  # -> jinja2.Environment; imported here to keep every other command's start-up fast
     import jinja2
+
+    from esxdr.targets.templating import TEMPLATES
 
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)

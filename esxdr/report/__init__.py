@@ -115,9 +115,9 @@ def render_html(record: dict[str, Any]) -> str:
     import jinja2
 
     from esxdr.recovery import human_duration
+    from esxdr.targets.templating import TEMPLATES
 
-    root = Path(__file__).resolve().parents[2] / "templates"
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)), autoescape=True,
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["duration"] = human_duration
     return env.get_template("report.html.j2").render(r=record, tl=timeline(record.get("steps") or []))

@@ -1,4 +1,4 @@
-"""Load the jinja2 templates shipped in templates/ (targets.conf, COMSTAR script, SMF XML)."""
+"""Load the jinja2 templates shipped in esxdr/templates/ (targets.conf, COMSTAR script, SMF XML)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import jinja2
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+# package data (pyproject.toml), so an installed esxdr finds them as a checkout does
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
 
 @lru_cache(maxsize=1)

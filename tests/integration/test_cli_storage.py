@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -57,6 +58,13 @@ def test_schedule_and_keys(group_factory, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "CRON_TZ=Europe/Berlin" in r.stdout and "PATH=/usr/local/sbin" in r.stdout
     assert "*/15 * * * * root " in r.stdout and f"replicate {g.name}" in r.stdout
+    # the job's own shell line works on a machine where the log directory does not exist yet
+    line = next(x for x in r.stdout.splitlines() if x.startswith("*/15"))
+    logs = g.state_dir / "logs"
+    assert not logs.exists()
+    command = line.split(" root ", 1)[1].replace(f"-q replicate {g.name}", "-q --version")
+    assert subprocess.run(["sh", "-c", command]).returncode == 0
+    assert (logs / f"{g.name}.log").exists()
     r = g.esxdr("schedule", "render", "--systemd", "--out", str(tmp_path / "units"))
     assert r.returncode == 0, r.stderr
     timer = (tmp_path / "units" / f"esxdr-replicate-{g.name}.timer").read_text()
