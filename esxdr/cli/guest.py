@@ -11,10 +11,10 @@ import click
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.errors import UsageError
 
-GUEST_HELP = r"""Find and fix Windows VMs stuck in the guest customization boot loop.
+GUEST_HELP = """Find and fix Windows VMs stuck in the guest customization boot loop.
 
 When vCenter's sysprep files for a guest OS are missing or outdated, customization fails
-and leaves sysprepDecrypter.exe in HKLM\SYSTEM\CurrentControlSet\Control\Session Manager
+and leaves sysprepDecrypter.exe in HKLM\\SYSTEM\\CurrentControlSet\\Control\\Session Manager
 BootExecute, so it runs at every boot. These commands find such VMs (vCenter events),
 confirm it inside the guest (guest operations: reg.exe through VMware Tools) and remove
 only that entry.

@@ -130,6 +130,7 @@ def plan_cmd(ctx: Context, host_name: str | None, only: str | None, prune: bool)
     Exit 0 with an empty plan when the host matches the site file; exit 3 when
     something must be decided first (a refusal, e.g. iSCSI binding on a port group
     with two active uplinks).
+
     \b
     Examples:
       esxdr host plan esxi-dr
@@ -174,6 +175,7 @@ def apply_cmd(ctx: Context, host_name: str | None, only: str | None, dry_run: bo
     VMkernel NICs (static IP or DHCP, MTU), software iSCSI, CHAP, port binding,
     send and static targets, then RescanAllHba + RescanVmfs when storage changed.
     --dry-run walks the same action list and only describes it.
+
     \b
     Examples:
       esxdr host apply esxi-dr --dry-run
@@ -228,6 +230,7 @@ def verify_storage_cmd(ctx: Context, host_name: str | None, only: str | None, ma
     An unresolved volume (ESXi takes it for a snapshot) is explained (which NAA was
     expected, which is served) and only resolved with --resolve. Exit 3 when volumes
     are unresolved, 4 when LUNs are missing.
+
     \b
     Examples:
       esxdr host verify-storage esxi-dr --manifest dr.yaml
@@ -356,6 +359,7 @@ def thumbprint_cmd(ctx: Context, address: str, timeout: float) -> None:
     \b
     Compare it out of band (ESXi console, `openssl x509 -fingerprint -sha256`)
     before trusting it.
+
     \b
     Examples:
       esxdr host thumbprint esxi-dr.example.com

@@ -109,7 +109,8 @@ Examples:
   esxdr lab up && esxdr lab status
 
 Exit codes: 0 ok, 2 bad input or configuration, 3 a conflict needing a decision,
-4 a remote or transient failure, 5 a health check failed (e.g. RPO exceeded).
+4 a remote or transient failure, 5 a health check failed (e.g. RPO exceeded),
+130 interrupted (Ctrl-C; a re-run continues). `esxdr serve` refuses a request with 126.
 """
 
 

@@ -8,7 +8,7 @@ import yaml
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.site import Site, load_site
 
-_FILE_CHECKS_HELP = ("Do not look at the files the site file names (SSH keys, known_hosts, password and CA "
+_FILE_CHECKS_HELP = ("Do not look at the files the site file names (SSH keys, known_hosts, password, CA and CHAP secret "
                      "files), e.g. when checking it on another machine.")
 
 

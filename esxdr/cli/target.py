@@ -133,10 +133,11 @@ def convert(ctx: Context, from_: str, to: str, secrets_file: str | None, files: 
     FILEs per stack:
       comstar   saved `stmfadm list-lu -v`, `stmfadm list-view -l GUID` (one per LU, with a
                 '# stmfadm list-view -l GUID' line or the GUID in the file name), `sbdadm list-lu`,
-                `itadm list-target -v`, `itadm list-tpg -v`, `stmfadm list-hg -v`
+                `itadm list-target -v`, `itadm list-tpg -v`, `stmfadm list-hg -v`, `stmfadm list-tg -v`
       iscsitgt  `svccfg export iscsitgt` XML
       lio       /etc/target/saveconfig.json
       tgt       `tgtadm --lld iscsi --op show --mode target` output or targets.conf
+
     \b
     Examples:
       esxdr target convert --from iscsitgt /backup/iscsitgt.xml

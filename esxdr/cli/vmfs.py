@@ -22,6 +22,7 @@ def inspect_cmd(ctx: Context, path: str) -> None:
     \b
     PATH is a whole LUN image or device (GPT, partition at LBA 2048) or a bare
     VMFS partition image.
+
     \b
     Examples:
       esxdr vmfs inspect /dev/zvol/rp1/iscsi/lun0
