@@ -152,7 +152,10 @@ class Failover(Drill):
         self.reverse = reverse
         self.kind = "failback" if reverse else "failover"
         view = rb.reversed_group(g) if reverse else g
-        local = on_dr_box(site, view.destination)
+        # Both directions run on the DR box, where failover's journal and marker live: failback
+        # reaches production as the site file says (as planned failover does to unpresent it);
+        # the DR datasets it sends from and seals afterwards are local there.
+        local = on_dr_box(site, g.destination)
         super().__init__(local, group_name, say=say)
         self.g = view
         self.original = g
@@ -191,7 +194,7 @@ class Failover(Drill):
         from esxdr.replication import open_side
 
         g = self.original
-        dr = open_side(on_dr_box(self.site, g.destination), g.destination)
+        dr = open_side(self.site, g.destination)
         try:
             m, origin = resolve_manifest(self.site, g, dr.zfs, manifest_path)
         finally:
@@ -264,8 +267,7 @@ class Failover(Drill):
         from esxdr.replication import open_side
 
         g = self.original
-        dr_site = on_dr_box(self.site, g.destination)
-        dst = open_side(dr_site, g.destination)
+        dst = open_side(self.site, g.destination)
         try:
             snap = self.journal.data.get("snapshot")
             for ds in g.dr_datasets:
@@ -339,7 +341,7 @@ def _f_shutdown(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
 def _f_replicate(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
     from esxdr.replication import Engine, Options
 
-    site = with_group(on_dr_box(d.site, d.g.source) if d.reverse else d.site, d.g)
+    site = with_group(d.site, d.g)  # failback: the reversed view's source is the (local) DR box
     res = Engine(site, d.g.name, Options(take_snapshot=True, prune=False, progress=False, say=d.say,
                                          failed_over=d.reverse)).run()
     dst = d._dr()

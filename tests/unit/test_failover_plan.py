@@ -4,6 +4,7 @@ replication stop marker: observations in, steps (or a typed refusal with evidenc
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -214,3 +215,37 @@ def test_replicate_refuses_while_failed_over(tmp_path):
     with pytest.raises(ConflictError, match="failed over") as e:
         Engine(site, "core", Options()).run()
     assert "esxdr reprotect core" in (e.value.hint or "")
+
+
+# --------------------------------------------------------------------------- where failback runs
+def _example_site():
+    from esxdr.site import load_site
+
+    return load_site(Path(__file__).resolve().parents[2] / "examples" / "site.yaml", check_files=False)
+
+
+def test_failback_runs_on_the_dr_box_and_reaches_production_as_the_site_file_says():
+    from esxdr.failover import Failover
+
+    site = _example_site()
+    # the DR box's own site file: ss2 (DR) is local there, ss1 (production) a remote box
+    on_dr = replace(site, storage={**site.storage,
+                                   "ss1": replace(site.storage["ss1"], local=False, address="ss1.example.com",
+                                                  user="esxdr-admin", zfs_command=("zfs",)),
+                                   "ss2": replace(site.storage["ss2"], local=True)})
+    f = Failover(on_dr, "core", reverse=True)
+    assert f.kind == "failback"
+    # the reversed view sends from DR (local here) to production, which it then promotes
+    assert (f.g.source, f.g.destination) == ("ss2", "ss1")
+    assert f.site.storage["ss2"].local and not f.site.storage["ss1"].local
+    assert f.server.name == "ss1"
+    assert f.journal.path.parent == Path(on_dr.state_dir) / "failover"
+
+
+def test_failback_from_the_production_box_is_refused_with_where_to_run_it():
+    from esxdr.failover import Failover
+
+    site = _example_site()  # ss1 local: the production box's site file; ss2 remote behind esxdr serve
+    with pytest.raises(UsageError) as e:
+        Failover(site, "core", reverse=True)
+    assert "ss2" in str(e.value) and "local: true" in (e.value.hint or "")
