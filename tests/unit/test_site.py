@@ -130,7 +130,7 @@ def test_example_is_valid_without_file_checks():
     ss1, ss2 = site.storage["ss1"], site.storage["ss2"]
     assert (ss1.role, ss1.local, ss1.target.stack) == ("production", True, "comstar")
     assert ss1.zfs_command == ("pfexec", "zfs")
-    assert (ss2.role, ss2.target.stack, ss2.serve_prefix) == ("dr", "lio", "rp1/iscsi")
+    assert (ss2.role, ss2.target.stack, ss2.serve_prefix) == ("dr", "tgt", "rp1/iscsi")
     assert ss2.key == str(EXAMPLE.parent / "keys" / "esxdr_ed25519")
     core = site.group("core")
     assert core.datasets == ("sp1/iscsi/lun0", "sp1/iscsi/lun1", "sp1/iscsi/lun2")
