@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from hard_limit import hard_limit
+from zfs_fuse_guard import watch
 
 
 def pytest_collection_modifyitems(config, items):
@@ -18,9 +18,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     # integration tests arm it per run themselves (tests/integration/conftest.py may run one twice)
-    timer = None if "integration" in item.keywords else hard_limit(item)
+    w = None if "integration" in item.keywords else watch(item)
     try:
         yield
     finally:
-        if timer is not None:
-            timer.cancel()
+        if w is not None:
+            w.cancel()

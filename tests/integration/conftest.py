@@ -15,13 +15,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import zfs_fuse_guard as guard
 
 from esxdr.lab import Lab, LabConfig, zfsfuse
 
 _counter = itertools.count()
 # every zfs call of the fixtures is bounded: a hung zfs-fuse must fail one test, not stall the run
 ZFS_TIMEOUT = 120
-_reruns = pytest.StashKey[list]()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -38,21 +38,19 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item, nextitem):
-    """Run the test; if it failed and zfs-fuse is found hung, restart the daemon and run it once more.
+    """Run the test; if it failed while zfs-fuse was hung, restart the daemon and run it once more.
 
-    zfs-fuse, the lab's stand-in for a ZFS kernel module, now and then stops answering (on pool
-    v23 several mount changes at once have done it). A hung daemon hangs every later zfs command,
-    so each later test would fail at its timeout. The first run is reported as RERUN with what was
-    waiting on the daemon, and listed again at the end; the test must pass on its second run. A
-    failure with a healthy daemon is reported as it is.
+    A hung daemon hangs every later zfs command (see tests/zfs_fuse_guard.py), so each later test
+    would fail at its timeout. The first run is reported as RERUN with what was waiting on the
+    daemon, and listed again at the end; the test must pass on its second run. A failure with a
+    healthy daemon is reported as it is.
     """
     from _pytest.runner import runtestprotocol
-    from hard_limit import hard_limit
 
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    reports = _run_once(item, nextitem, runtestprotocol, hard_limit)
-    if any(r.failed for r in reports) and _restarted_if_hung(item, "ran the test again"):
+    reports, w = _run_once(item, nextitem, runtestprotocol)
+    if any(r.failed for r in reports) and (w.restarted() or guard.restart_if_hung(item, "ran the test again")):
         for r in reports:
             if r.failed:
                 r.outcome = "rerun"  # type: ignore[assignment]
@@ -65,43 +63,21 @@ def pytest_runtest_protocol(item, nextitem):
             hooks.pytest_timeout_cancel_timer(item=item)
             hooks.pytest_timeout_set_timer(item=item, settings=pytest_timeout._get_item_settings(item))
         item._initrequest()
-        reports = _run_once(item, nextitem, runtestprotocol, hard_limit)
-        if any(r.failed for r in reports):
-            _restarted_if_hung(item, "the failure stands")  # for the tests after it
+        reports, w = _run_once(item, nextitem, runtestprotocol)
+        if any(r.failed for r in reports) and not w.restarted():
+            guard.restart_if_hung(item, "the failure stands")  # for the tests after it
     for r in reports:
         ihook.pytest_runtest_logreport(report=r)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
 
 
-def _run_once(item, nextitem, runtestprotocol, hard_limit):
-    timer = hard_limit(item)
+def _run_once(item, nextitem, runtestprotocol):
+    w = guard.watch(item)
     try:
-        return runtestprotocol(item, nextitem=nextitem, log=False)
+        return runtestprotocol(item, nextitem=nextitem, log=False), w
     finally:
-        if timer is not None:
-            timer.cancel()
-
-
-def _restarted_if_hung(item, then: str) -> bool:
-    if not _zfs_fuse_hung():
-        return False
-    waiting = zfsfuse.restart(sorted(Path("/var/lib").glob("esxdr-*/vdevs")))
-    note = (f"{item.nodeid}: zfs-fuse was hung after this test failed; restarted it, {then}. "
-            "Waiting on it: " + ("; ".join(waiting) or "nothing"))
-    item.config.stash.setdefault(_reruns, []).append(note)
-    tr = item.config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        tr.write_line("\n" + note, yellow=True)
-    return True
-
-
-def _zfs_fuse_hung() -> bool:
-    """Not answering, or answering but unable to create and destroy (what a hung daemon stops first)."""
-    if zfsfuse.state() == "hung":
-        return True
-    pools = zfsfuse.pool_names() or []
-    return bool(pools) and not zfsfuse.probe(f"{pools[0]}/esxdr-probe-{os.getpid()}")
+        w.cancel()
 
 
 def pytest_report_teststatus(report, config):
@@ -111,7 +87,7 @@ def pytest_report_teststatus(report, config):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    notes = config.stash.get(_reruns, [])
+    notes = config.stash.get(guard.NOTES, [])
     if notes:
         terminalreporter.section("zfs-fuse restarted after a hung daemon", yellow=True)
         for n in notes:
