@@ -212,16 +212,23 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
         for a in props:
             if not PROP_ASSIGN_RE.match(a):
                 raise Refused(f"setting {a!r} is not allowed")
+        opens = [a for a in props if a in ("readonly=off", "canmount=on")]
         for ds in targets:
             if "=" in ds:
                 raise Refused(f"setting {ds!r} is not allowed here")
             _need_dataset(ds, prefixes)
+            # A replica is made writable only by failover, with the DR box's own privileges: the
+            # key that replicates into DR must not be able to take its copies live.
+            if opens and not _is_test_clone(ds):
+                raise Refused(f"{' '.join(opens)} only on drill clones (esxdr-test…), not on {ds!r}")
         return
     if verb in ("mount", "unmount"):
         rest = _flags(rest, "f" if verb == "unmount" else "")
         if len(rest) != 1:
             raise Refused(f"{verb} takes one dataset")
         _need_dataset(rest[0], prefixes, snapshot=False)
+        if verb == "mount" and not _is_test_clone(rest[0]):
+            raise Refused(f"only drill clones (esxdr-test…) are mounted, not {rest[0]!r}")
         return
     if verb == "create":
         rest = _flags_and_options(rest, "p")

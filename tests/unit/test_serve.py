@@ -34,6 +34,7 @@ ALLOWED = [
     "zfs clone -o readonly=off rp1/iscsi/lun0@a rp1/iscsi/esxdr-test-core/lun0",
     "zfs destroy rp1/iscsi/esxdr-test-core/lun0",
     "zfs mount rp1/iscsi/esxdr-test-core/lun0",
+    "zfs set readonly=off canmount=on rp1/iscsi/esxdr-test-core/lun0",
     # bookmarks (bookmarks: true; DR is the source of a failback)
     "zfs bookmark rp1/iscsi/lun0@esxdr_core_20260101T000000Z rp1/iscsi/lun0#esxdr_core_20260101T000000Z",
     "zfs destroy rp1/iscsi/lun0#esxdr_core_20260101T000000Z",
@@ -87,6 +88,11 @@ HOSTILE = [
     "zfs destroy sp1/lun0#esxdr_a",                                 # outside the prefix
     "zfs destroy -r rp1/iscsi/lun0#esxdr_a",
     "zfs send -i sp1/lun0#esxdr_a rp1/iscsi/lun0@b",                # a base outside the prefix
+    # replicas are taken live only by failover, on the DR box itself
+    "zfs set readonly=off rp1/iscsi/lun0",
+    "zfs set canmount=on rp1/iscsi/lun0",
+    "zfs set readonly=off rp1/iscsi/esxdr-test-core/lun0 rp1/iscsi/lun0",
+    "zfs mount rp1/iscsi/lun0",
 ]
 
 
