@@ -22,6 +22,7 @@ Examples:
   sudo esxdr lab up              start everything (idempotent) and write site.yaml
   esxdr lab status --json        every component, address and credential
   esxdr --site /var/lib/esxdr-lab/site.yaml replicate core
+  sudo esxdr lab down --dry-run  what would be stopped and removed
   sudo esxdr lab down            stop everything and remove every trace
 """)
 def lab() -> None:
@@ -48,13 +49,19 @@ def _status_text(st: dict) -> str:
 @lab.command()
 @dir_option
 @click.option("--no-esxsim", is_flag=True, help="Skip the ESXi simulators (storage only).")
+@click.option("--dry-run", is_flag=True, help="Say what would be started or created; change nothing.")
 @json_option
 @pass_ctx
-def up(ctx: Context, lab_dir: str, no_esxsim: bool) -> None:
-    """Start the lab (safe to re-run)."""
+def up(ctx: Context, lab_dir: str, no_esxsim: bool, dry_run: bool) -> None:
+    """Start the lab (safe to re-run; a hung zfs-fuse is restarted)."""
     from esxdr.lab import Lab, LabConfig
 
-    st = Lab(LabConfig(dir=lab_dir, with_esxsim=not no_esxsim)).up(say=ctx.info)
+    lab_ = Lab(LabConfig(dir=lab_dir, with_esxsim=not no_esxsim))
+    if dry_run:
+        todo = lab_.up_plan()
+        ctx.emit({"dry_run": True, "actions": todo}, lambda: "\n".join(todo) or "the lab is up: nothing to do")
+        return
+    st = lab_.up(say=ctx.info)
     ctx.emit(st, lambda: _status_text(st))
 
 
@@ -74,8 +81,15 @@ def status(ctx: Context, lab_dir: str) -> None:
 
 @lab.command()
 @dir_option
+@click.option("--dry-run", is_flag=True, help="Say what would be stopped or removed; change nothing.")
+@json_option
 @pass_ctx
-def down(ctx: Context, lab_dir: str) -> None:
+def down(ctx: Context, lab_dir: str, dry_run: bool) -> None:
     """Stop everything and remove pools, accounts and files."""
-    _lab(lab_dir).down(say=ctx.info)
-    ctx.info("lab is down")
+    lab_ = _lab(lab_dir)
+    todo = lab_.down_plan()
+    if dry_run:
+        ctx.emit({"dry_run": True, "actions": todo}, lambda: "\n".join(todo) or "nothing to remove")
+        return
+    lab_.down(say=ctx.info)
+    ctx.emit({"dry_run": False, "actions": todo}, lambda: "lab is down")

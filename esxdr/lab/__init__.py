@@ -370,6 +370,42 @@ class Lab:
                                       "username": e["username"], "password": e["password"], "up": _alive(e["pid"])})
         return out
 
+    def up_plan(self) -> list[str]:
+        """What `up` would start or create now (for --dry-run): the components not up."""
+        st = self.status()
+        todo = {"down": ["start zfs-fuse"], "hung": ["restart zfs-fuse (hung: not answering)"]}.get(
+            st["zfs_fuse_state"], [])
+        up = {(c["kind"], c.get("role")) for c in st["components"] if c["up"]}
+        wanted = [("pool", "production", self.cfg.prod_pool), ("pool", "dr", self.cfg.dr_pool),
+                  ("sshd", None, f"sshd with the DR account {self.cfg.account}")]
+        if self.cfg.with_tgt:
+            wanted += [("tgtd", "production", "tgtd for production"), ("tgtd", "dr", "tgtd for DR")]
+        if self.cfg.with_esxsim:
+            wanted += [("esxsim", "production", "esxsim esx-prod"), ("esxsim", "dr", "esxsim esx-dr")]
+        for kind, role, what in wanted:
+            if (kind, role) not in up:
+                todo.append(f"create pool {what}" if kind == "pool" else f"start {what}")
+        if not self.site_path.exists():
+            todo.append(f"write {self.site_path}")
+        return todo
+
+    def down_plan(self) -> list[str]:
+        """What `down` would stop or remove now (for --dry-run)."""
+        state = self.state()
+        todo = [f"stop esxsim {role} (pid {e['pid']})" for role, e in state.get("esxsim", {}).items()]
+        todo += [f"stop tgtd {role} (pid {t['pid']})" for role, t in state.get("tgtd", {}).items()]
+        if state.get("sshd"):
+            todo.append(f"stop sshd (pid {state['sshd']['pid']}), remove the account {state['sshd']['account']}")
+        pools = state.get("pools") or {"production": self.cfg.prod_pool, "dr": self.cfg.dr_pool}
+        if zfsfuse.state() == "hung":
+            todo.append("restart zfs-fuse (hung: not answering) to destroy the pools")
+        for role in ("dr", "production"):
+            if pools[role] in (zfsfuse.pool_names() or []):
+                todo.append(f"destroy pool {pools[role]}")
+        if self.dir.exists():
+            todo.append(f"remove {self.dir}")
+        return todo
+
     def down(self, say=lambda s: None) -> None:
         state = self.state()
         for _role, e in state.get("esxsim", {}).items():

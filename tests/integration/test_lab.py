@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
@@ -36,7 +37,11 @@ def test_lab_up_down_twice_leaves_the_machine_clean():
 def _up_down_twice(cfg: LabConfig, before: set[str], d: str) -> None:
     for _round in range(2):
         lab = Lab(cfg)
+        plan = lab.up_plan()  # --dry-run: everything is to be started, nothing is
+        assert "create pool " + cfg.prod_pool in plan and "start tgtd for DR" in plan, plan
+        assert pools() == before
         st = lab.up()
+        assert lab.up_plan() == []
         kinds = sorted(c["kind"] for c in st["components"])
         assert kinds == ["esxsim", "esxsim", "pool", "pool", "sshd", "tgtd", "tgtd"]
         assert all(c["up"] for c in st["components"]), st
@@ -53,6 +58,12 @@ def _up_down_twice(cfg: LabConfig, before: set[str], d: str) -> None:
         state = lab.state()
         procs = [state["sshd"]["pid"], *(t["pid"] for t in state["tgtd"].values()),
                  *(e["pid"] for e in state["esxsim"].values())]
+        esxdr = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "esxdr")
+        r = subprocess.run([esxdr, "--json", "lab", "down", "--dry-run", "--dir", d], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        said = json.loads(r.stdout)["actions"]
+        assert f"destroy pool {cfg.dr_pool}" in said and f"remove {d}" in said, said
+        assert all(_pid_running(p) for p in procs) and Path(d).exists()  # the dry run changed nothing
         lab.down()
         assert pools() == before
         assert not any(_pid_running(p) for p in procs)
