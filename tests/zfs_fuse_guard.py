@@ -31,9 +31,9 @@ def zfs_fuse_hung() -> bool:
     """Not answering, or answering but unable to create and destroy (what a hung daemon stops first)."""
     from esxdr.lab import zfsfuse
 
-    if zfsfuse.state() == "hung":
+    st, pools = zfsfuse.check()
+    if st == "hung":
         return True
-    pools = zfsfuse.pool_names() or []
     return bool(pools) and not zfsfuse.probe(f"{pools[0]}/esxdr-probe-{os.getpid()}")
 
 

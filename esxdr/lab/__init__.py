@@ -349,15 +349,13 @@ class Lab:
     # -- status / down ---------------------------------------------------------------
     def status(self) -> dict:
         state = self.state()
-        zstate = zfsfuse.state()
+        zstate, imported = zfsfuse.check()
         out: dict = {"dir": str(self.dir), "site": str(self.site_path) if self.site_path.exists() else None,
                      "zfs_fuse": zstate == "up", "zfs_fuse_state": zstate, "components": []}
         if state.get("pools"):
             for role in ("production", "dr"):
                 name = state["pools"][role]
-                ok = zstate == "up" and subprocess.run(["zpool", "list", "-H", name],
-                                                       capture_output=True).returncode == 0
-                out["components"].append({"kind": "pool", "role": role, "name": name, "up": ok})
+                out["components"].append({"kind": "pool", "role": role, "name": name, "up": name in imported})
         if state.get("sshd"):
             s = state["sshd"]
             out["components"].append({"kind": "sshd", "address": f"{s['address']}:{s['port']}", "account": s["account"],
@@ -397,10 +395,11 @@ class Lab:
         if state.get("sshd"):
             todo.append(f"stop sshd (pid {state['sshd']['pid']}), remove the account {state['sshd']['account']}")
         pools = state.get("pools") or {"production": self.cfg.prod_pool, "dr": self.cfg.dr_pool}
-        if zfsfuse.state() == "hung":
+        zstate, imported = zfsfuse.check()
+        if zstate == "hung":
             todo.append("restart zfs-fuse (hung: not answering) to destroy the pools")
         for role in ("dr", "production"):
-            if pools[role] in (zfsfuse.pool_names() or []):
+            if pools[role] in imported:
                 todo.append(f"destroy pool {pools[role]}")
         if self.dir.exists():
             todo.append(f"remove {self.dir}")
@@ -423,16 +422,17 @@ class Lab:
             Path(state["sshd"].get("sudoers", "/nonexistent")).unlink(missing_ok=True)
             say("sshd stopped, account removed")
         pools = state.get("pools") or {"production": self.cfg.prod_pool, "dr": self.cfg.dr_pool}
-        if zfsfuse.state() == "hung":
+        zstate, imported = zfsfuse.check()
+        if zstate == "hung":
             # its pools can only be destroyed by a daemon that answers
             zfsfuse.restart([self.dir / "vdevs"])
             say("zfs-fuse was hung: restarted")
-        if zfs_fuse_running():
-            for role in ("dr", "production"):
-                name = pools[role]
-                if subprocess.run(["zpool", "list", "-H", name], capture_output=True).returncode == 0:
-                    _destroy_pool(name)
-                    say(f"pool {name} destroyed")
+            imported = zfsfuse.pool_names() or []
+        for role in ("dr", "production"):
+            name = pools[role]
+            if name in imported:
+                _destroy_pool(name)
+                say(f"pool {name} destroyed")
         if self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -37,11 +37,17 @@ def daemon_pid() -> int | None:
     return None
 
 
+def check(timeout: float = ANSWER_TIMEOUT) -> tuple[str, list[str]]:
+    """The daemon's state and, when it answers, its pools (one `zpool list` for both)."""
+    names = pool_names(timeout)
+    if names is not None:
+        return "up", names
+    return ("hung" if daemon_pid() is not None else "down"), []
+
+
 def state(timeout: float = ANSWER_TIMEOUT) -> str:
     """"up" (answers), "down" (no daemon) or "hung" (a daemon that does not answer)."""
-    if pool_names(timeout) is not None:
-        return "up"
-    return "hung" if daemon_pid() is not None else "down"
+    return check(timeout)[0]
 
 
 def running() -> bool:
@@ -166,12 +172,14 @@ def _detach_mounts(force: bool = False) -> None:
 
 def _pids_named(comm: str) -> list[int]:
     """Live processes named `comm` (a killed daemon stays a zombie where nothing reaps it)."""
+    from esxdr.lab.tgtd import _pid_running
+
     pids = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            if (d / "comm").read_text().strip() == comm and _alive(int(d.name)):
+            if (d / "comm").read_text().strip() == comm and _pid_running(int(d.name)):
                 pids.append(int(d.name))
         except OSError:
             continue
@@ -183,14 +191,3 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except OSError:
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
