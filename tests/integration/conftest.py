@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import zfs_fuse_guard as guard
+from _pytest.runner import runtestprotocol
 
 from esxdr.lab import Lab, LabConfig, zfsfuse
 
@@ -45,11 +46,9 @@ def pytest_runtest_protocol(item, nextitem):
     daemon, and listed again at the end; the test must pass on its second run. A failure with a
     healthy daemon is reported as it is.
     """
-    from _pytest.runner import runtestprotocol
-
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    reports, w = _run_once(item, nextitem, runtestprotocol)
+    reports, w = _run_once(item, nextitem)
     if any(r.failed for r in reports) and (w.restarted() or guard.restart_if_hung(item, "ran the test again")):
         for r in reports:
             if r.failed:
@@ -63,7 +62,7 @@ def pytest_runtest_protocol(item, nextitem):
             hooks.pytest_timeout_cancel_timer(item=item)
             hooks.pytest_timeout_set_timer(item=item, settings=pytest_timeout._get_item_settings(item))
         item._initrequest()
-        reports, w = _run_once(item, nextitem, runtestprotocol)
+        reports, w = _run_once(item, nextitem)
         if any(r.failed for r in reports) and not w.restarted():
             guard.restart_if_hung(item, "the failure stands")  # for the tests after it
     for r in reports:
@@ -72,7 +71,7 @@ def pytest_runtest_protocol(item, nextitem):
     return True
 
 
-def _run_once(item, nextitem, runtestprotocol):
+def _run_once(item, nextitem):
     w = guard.watch(item)
     try:
         return runtestprotocol(item, nextitem=nextitem, log=False), w

@@ -16,6 +16,7 @@ from esxdr.lab.tgtd import _pid_running
 from esxdr.site import load_site
 
 pytestmark = pytest.mark.integration
+ESXDR = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "esxdr")
 
 
 def pools() -> set[str]:
@@ -58,8 +59,7 @@ def _up_down_twice(cfg: LabConfig, before: set[str], d: str) -> None:
         state = lab.state()
         procs = [state["sshd"]["pid"], *(t["pid"] for t in state["tgtd"].values()),
                  *(e["pid"] for e in state["esxsim"].values())]
-        esxdr = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "esxdr")
-        r = subprocess.run([esxdr, "--json", "lab", "down", "--dry-run", "--dir", d], capture_output=True, text=True)
+        r = subprocess.run([ESXDR, "--json", "lab", "down", "--dry-run", "--dir", d], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         said = json.loads(r.stdout)["actions"]
         assert f"destroy pool {cfg.dr_pool}" in said and f"remove {d}" in said, said
@@ -77,30 +77,29 @@ def check_replication_ships_identities(lab, g) -> None:
     """Replicate the seeded lab; DR then knows every LUN's NAA, and production serves it on the wire."""
     import json
 
-    esxdr = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "esxdr")
     site = str(lab.site_path)
-    r = subprocess.run([esxdr, "--site", site, "--json", "replicate", "core"], capture_output=True, text=True)
+    r = subprocess.run([ESXDR, "--site", site, "--json", "replicate", "core"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["manifest"]
-    r = subprocess.run([esxdr, "--site", site, "--json", "target", "shipped", "core"], capture_output=True, text=True)
+    r = subprocess.run([ESXDR, "--site", site, "--json", "target", "shipped", "core"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     shipped = json.loads(r.stdout)
     assert sorted("naa." + u["naa"] for u in shipped["logical_units"]) == sorted(lu.naa for lu in g.luns.values())
     assert {u["product_id"] for u in shipped["logical_units"]} == {"COMSTAR"}
     manifest = Path(lab.cfg.dir) / "shipped.json"
     manifest.write_text(json.dumps(shipped))
-    r = subprocess.run([esxdr, "--site", site, "target", "verify", str(manifest), "--server", "ss1"],
+    r = subprocess.run([ESXDR, "--site", site, "target", "verify", str(manifest), "--server", "ss1"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("will mount as-is") == len(g.luns)
 
     # the lab's group is application-consistent through esx-prod: the level is on both sides' snapshots
     assert g.consistency == "application"
-    r = subprocess.run([esxdr, "--site", site, "--json", "replicate", "core"], capture_output=True, text=True)
+    r = subprocess.run([ESXDR, "--site", site, "--json", "replicate", "core"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     run = json.loads(r.stdout)
     assert run["consistency"]["level"] in ("application", "mixed", "crash")
     assert {v["vm"] for v in run["consistency"]["vms"]} == {v.name for v in g.vms}
-    r = subprocess.run([esxdr, "--site", site, "--json", "snapshots", "core"], capture_output=True, text=True)
+    r = subprocess.run([ESXDR, "--site", site, "--json", "snapshots", "core"], capture_output=True, text=True)
     rows = json.loads(r.stdout)
     assert all(x["consistency"].get(run["snapshot"]) == run["consistency"]["level"] for x in rows)
