@@ -62,6 +62,7 @@ def pytest_runtest_protocol(item, nextitem):
             hooks.pytest_timeout_cancel_timer(item=item)
             hooks.pytest_timeout_set_timer(item=item, settings=pytest_timeout._get_item_settings(item))
         item._initrequest()
+        _forget_failed_setups(item)
         reports, w = _run_once(item, nextitem)
         if any(r.failed for r in reports) and not w.restarted():
             guard.restart_if_hung(item, "the failure stands")  # for the tests after it
@@ -69,6 +70,16 @@ def pytest_runtest_protocol(item, nextitem):
         ihook.pytest_runtest_logreport(report=r)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+def _forget_failed_setups(item) -> None:
+    """A module or session fixture whose setup failed keeps its error for every later test; the
+    rerun must set it up again on the restarted daemon (the drill labs are module fixtures)."""
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        for fd in defs:
+            cached = fd.cached_result
+            if cached is not None and cached[2] is not None:
+                fd.finish(item._request)  # runs what its failed setup registered, then forgets it
 
 
 def _run_once(item, nextitem):
