@@ -213,7 +213,6 @@ class Engine:
         self.src: Side | None = None
         self.dst: Side | None = None
         self._kinds: dict[str, str] = {}
-        self._received: list[str] = []  # replicas a full stream created this run: sealed after all streams
         self._level: str | None = None
 
     def close(self) -> None:
@@ -318,16 +317,6 @@ class Engine:
                         f.result()
                     except EsxdrError as e:
                         errors.append(e)
-                # Sealed once every stream is done, also when one failed: a pool-v23 receive mounts
-                # what it receives, and a seal's unmount beside a sibling's finishing receive hung
-                # zfs-fuse (`zfs unmount` waiting on its umount child). Unmounts then run one at a
-                # time (Zfs.unmount) with no receive beside them.
-                seals = [pool.submit(self._seal_replica, d, self._kinds.get(d, "filesystem")) for d in self._received]
-                for f in seals:
-                    try:
-                        f.result()
-                    except EsxdrError as e:
-                        errors.append(e)
             if errors:
                 raise errors[0] if len(errors) == 1 or not all(isinstance(e, ReplicationConflict) for e in errors) \
                     else _combine(errors)  # type: ignore[arg-type]
@@ -412,7 +401,7 @@ class Engine:
                 p.unlink(missing_ok=True)
             bar.finish()
             if isinstance(action, SendFull):
-                self._received.append(r.dest)
+                self._seal_replica(r.dest, self._kinds.get(r.dest, "filesystem"))
             return res.bytes
         raise AssertionError(f"unknown action {action!r}")
 
