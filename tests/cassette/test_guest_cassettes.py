@@ -5,48 +5,11 @@ ListProcessesInGuest, file transfers over HTTP). Recording: scripts/record-casse
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_vsphere_cassettes import CASSETTES, RECORD, ROOT, cassette, params, session_for  # noqa: E402
+from vcr_kit import CASSETTES, GUEST_PASSWORD_ENV, RECORD, WIN, cassette, params, replay_url, session_for
 
 pytest.importorskip("pyVmomi")
-
-# The guest password of the recording; scripts/record-cassettes sets a random one and checks that
-# it appears nowhere in cassettes/ afterwards.
-GUEST_PASSWORD = os.environ.get("ESXDR_RECORD_GUEST_PASSWORD", "guest-recording-pw")
-WIN = "windows9Server64Guest"
-
-
-@pytest.fixture(scope="module")
-def guest_live():
-    """Recording only: esxsim with a datastore and VMs whose customization got stuck."""
-    if not RECORD:
-        yield None
-        return
-    import tempfile
-
-    sys.path.insert(0, str(ROOT / "tests" / "integration"))
-    from test_consistency import make_vm, start_prod_lab
-
-    from esxdr.lab import esxsim
-
-    lab = start_prod_lab(esxsim.build(ROOT), Path(tempfile.mkdtemp(prefix="esxdr-guest-cassettes-")), luns=(1,))
-    pw = {"esxsim.guestPassword": GUEST_PASSWORD}
-    with lab.connect() as s:
-        make_vm(s, "win-stuck", "ds1", guest_id=WIN, extra={
-            **pw, "esxsim.customization": "stuck",
-            "esxsim.bootExecute": "autocheck autochk *|sysprepDecrypter.exe|MyBootTool.exe /scan"})
-        make_vm(s, "win-ok", "ds1", guest_id=WIN, extra={**pw, "esxsim.customization": "succeeded"})
-        make_vm(s, "lnx", "ds1", extra=pw)
-    import time
-
-    time.sleep(1.0)  # the succeeded event follows the heartbeat delay
-    yield lab
-    lab.stop()
 
 
 def test_guest_check_and_fix_boot_loop(guest_live):
@@ -54,11 +17,11 @@ def test_guest_check_and_fix_boot_loop(guest_live):
     from esxdr.vsphere import guest as VG
     from esxdr.vsphere.guest import GuestCredentials
 
-    p = params("guest_check_fix", guest_live, url=guest_live.esx.url if guest_live else None)
-    url = p["url"] if RECORD else "http://127.0.0.1:9/sdk"
-    creds = GuestCredentials("Administrator", GUEST_PASSWORD if RECORD else "replayed")
+    p = params("guest_check_fix", url=guest_live.esx.url if guest_live else None)
+    guest_password = os.environ[GUEST_PASSWORD_ENV] if RECORD else "replayed"
+    creds = GuestCredentials("Administrator", guest_password)
     with cassette("guest_check_fix"):
-        s = session_for(url, guest_live.esx.password if guest_live else "replayed")
+        s = session_for(replay_url(p), guest_live.esx.password if guest_live else "replayed")
         status = G.customization_status(VG.customization_events(s))
         vms = VG.read_vms(s)
         entries, _ = G.read_boot_execute(VG.GuestOps(s, vms["win-stuck"], creds))
@@ -74,7 +37,7 @@ def test_guest_check_and_fix_boot_loop(guest_live):
     assert not again.plan.changes
     if RECORD:
         text = (CASSETTES / "guest_check_fix.yaml").read_text()
-        assert GUEST_PASSWORD not in text, "the guest password was recorded"
+        assert guest_password not in text, "the guest password was recorded"
 
 
 def test_refusal_needs_no_guest_login():
