@@ -49,6 +49,7 @@ from esxdr.recovery import (
     RunRecord,
     Say,
     _zfs_mounted,
+    dr_mount_base,
     human_duration,
     resolve_manifest,
     target_transport,
@@ -184,7 +185,7 @@ class Failover(Drill):
             group=self.g, manifest=manifest, dr_obs=dr_obs, mode=mode, point=point, force=force,
             host=self._view(h) if h else None, served=served, dr_portal=self.server.target.portal,  # type: ignore[union-attr]
             production_portal=prod.target.portal if prod and prod.target else None, manifest_origin=origin,
-            kind=self.kind))
+            kind=self.kind, dr_mount_base=dr_mount_base(dst.zfs, self.g.dr_root, dr_obs)))
 
     def _home_manifest(self, manifest_path: str | None):  # noqa: ANN202
         """Failback presents production's own identities again: the manifest shipped with the
@@ -432,8 +433,13 @@ def _f_promote(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
     newer = [s.name for s in obs.snapshots if s.createtxg > obs.snapshot(snap).createtxg]  # type: ignore[union-attr]
     _retry(lambda: dst.zfs.rollback(f"{ds}@{snap}", destroy_newer=True))
     checkpoint("failover-mid-promote")
-    dst.zfs.set_props(ds, {"readonly": "off", "canmount": "on"})
-    if step.params.get("mount", True):
+    props = {"readonly": "off", "canmount": "on"}
+    if step.params.get("mountpoint") and step.params.get("mount", True):
+        # the replica inherits mountpoint=none from the DR root: it mounts where its LUN file is served
+        props["mountpoint"] = step.params["mountpoint"]
+    dst.zfs.set_props(ds, props)
+    # setting a mountpoint with canmount=on mounts it already, and a resumed step may find it mounted
+    if step.params.get("mount", True) and not _zfs_mounted(dst.zfs, ds):
         dst.zfs.mount(ds)
     if not d.journal.data.get("snapshot_created"):
         d.journal.data["snapshot_created"] = obs.snapshot(snap).creation  # type: ignore[union-attr]

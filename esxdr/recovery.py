@@ -33,6 +33,7 @@ from esxdr.faults import checkpoint, fail_point
 from esxdr.lock import GroupLock
 from esxdr.plan import runbook as rb
 from esxdr.targets.manifest import Manifest, Naa
+from esxdr.zfs import Zfs
 
 Say = Callable[[str], None]
 
@@ -346,7 +347,8 @@ class Drill:
         return rb.plan_test_start(rb.DrillInputs(
             group=self.g, manifest=manifest, dr_obs=dr_obs, point=point, new_naa=new_naa,
             host=self._view(h) if h else None, served=served, dr_portal=self.server.target.portal,  # type: ignore[union-attr]
-            dr_network=self._dr_network(h) if h else None, manifest_origin=origin))
+            dr_network=self._dr_network(h) if h else None, manifest_origin=origin,
+            dr_mount_base=dr_mount_base(dst.zfs, self.g.dr_root, dr_obs)))
 
     def start(self, point: str = "latest", new_naa: bool = False, dry_run: bool = False,
               manifest_path: str | None = None, storage_only: bool = False) -> RunRecord:
@@ -584,12 +586,24 @@ def _s_container(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     return []
 
 
+def dr_mount_base(zfs: Zfs, dr_root: str, dr_obs: dict) -> str | None:
+    """Where the DR root would mount, asked of the pool only when the root mounts nowhere itself
+    (replication sets it to mountpoint=none so that no receive mounts a replica)."""
+    root = dr_obs.get(dr_root)
+    if root is not None and (root.mountpoint or "").startswith("/"):
+        return None
+    return zfs.natural_mountpoint(dr_root)
+
+
 def _s_clone(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     dst = d._dr()
     clone = step.params["clone"]
     if clone not in dst.zfs.observe([clone]):
-        dst.zfs.clone(step.params["snapshot"], clone, {"readonly": "off", "canmount": "on",
-                                                       "esxdr:drill": d.g.name})
+        props = {"readonly": "off", "canmount": "on", "esxdr:drill": d.g.name}
+        if step.params.get("mountpoint"):
+            # explicit: the clone's parent inherits mountpoint=none from the DR root
+            props["mountpoint"] = step.params["mountpoint"]
+        dst.zfs.clone(step.params["snapshot"], clone, props)
     if step.params.get("mount") and not _zfs_mounted(dst.zfs, clone):
         dst.zfs.mount(clone)
     return [f"{clone} from {step.params['snapshot']}" + (f", LUN file {step.params['path']}"

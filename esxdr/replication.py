@@ -213,6 +213,7 @@ class Engine:
         self.src: Side | None = None
         self.dst: Side | None = None
         self._kinds: dict[str, str] = {}
+        self._own_mountpoint: set[str] = set()  # replicas that mount somewhere (see _seal_replica)
         self._level: str | None = None
 
     def close(self) -> None:
@@ -292,10 +293,20 @@ class Engine:
             newest = plans[0][2][0].snapshot.name if plans and plans[0][2] else None  # type: ignore[attr-defined]
             result.snapshot = result.snapshot or newest
         sending = any(not isinstance(a, UpToDate) for _, _, acts in plans for a in acts)
-        if g.dr_root not in dst_obs and sending:
-            opts.say(f"{g.name}: create {g.dr_root} on {dst.name}")
+        # No receive may mount a replica: pool-v23 receive has no -u and mounts what it receives
+        # where the DR root's mountpoint says, which is how zfs-fuse hung (an unmount racing the
+        # receive that had just mounted) and how a hostile stream would get a mount on DR.
+        # So the DR root carries mountpoint=none, inherited by every replica below it.
+        root = dst_obs.get(g.dr_root)
+        if root is None and sending:
+            opts.say(f"{g.name}: create {g.dr_root} on {dst.name} (mountpoint none: receives never mount)")
             if not opts.dry_run:
-                dst.zfs.create(g.dr_root)
+                dst.zfs.create(g.dr_root, {"mountpoint": "none"})
+        elif root is not None and root.mountpoint != "none" and sending:
+            opts.say(f"{g.name}: set mountpoint=none on {g.dr_root} (receives never mount; drills and failover "
+                     "mount their datasets explicitly)")
+            if not opts.dry_run:
+                dst.zfs.set_props(g.dr_root, {"mountpoint": "none"})
         for source, dest, actions in plans:
             for a in actions:
                 opts.say(f"{g.name}: {a.describe()}")
@@ -308,6 +319,8 @@ class Engine:
         checkpoint("after-plan")
         work = [r for r in result.datasets if any(not isinstance(a, UpToDate) for a in r.actions)]
         self._kinds = {r.dest: src_obs[r.source].type for r in work}
+        self._own_mountpoint = {r.dest for r in work
+                                if (getattr(dst_obs.get(r.dest), "mountpoint", None) or "").startswith("/")}
         if work:
             with ThreadPoolExecutor(max_workers=max(1, g.parallel)) as pool:
                 futures = [pool.submit(self._replicate_one, r, src_obs[r.source], result.compression) for r in work]
@@ -401,7 +414,10 @@ class Engine:
                 p.unlink(missing_ok=True)
             bar.finish()
             if isinstance(action, SendFull):
-                self._seal_replica(r.dest, self._kinds.get(r.dest, "filesystem"))
+                # Received under the DR root's mountpoint=none: not mounted, unless the dataset was
+                # there already with a mountpoint of its own (a forced re-seed after a failback).
+                self._seal_replica(r.dest, self._kinds.get(r.dest, "filesystem"),
+                                   mounted=r.dest in self._own_mountpoint)
             return res.bytes
         raise AssertionError(f"unknown action {action!r}")
 
@@ -506,33 +522,36 @@ class Engine:
                 continue
             self.opts.say(f"{self.group.name}: seal {dest} (left writable by an interrupted run)")
             if not self.opts.dry_run:
-                self._seal_replica(dest, ds.type)
+                self._seal_replica(dest, ds.type, mounted=(ds.mountpoint or "").startswith("/"))
 
-    def _seal_replica(self, dest: str, kind: str) -> None:
+    def _seal_replica(self, dest: str, kind: str, mounted: bool) -> None:
         """A replica is never written or mounted on DR; drills use clones and failover promotes it.
 
         Unmounted also because zfs-fuse does not invalidate the kernel page cache when an
         incremental receive lands in a mounted filesystem: readers would see stale blocks.
         """
         assert self.dst
-        # Per replica, not inherited from the DR root: a readonly, mounted root would stop
-        # pool-v23 receive from creating the mountpoints of new replicas below it.
         dst = self.dst
         props = {"readonly": "on"}
         if kind == "filesystem":
             props["canmount"] = "noauto"
+            if mounted:
+                # a mountpoint of its own (an operator's, or a failed-over dataset's): back to the DR
+                # root's scheme, where no receive mounts it
+                props["mountpoint"] = "none"
         if dst.caps.flavour != "legacy" or kind != "filesystem":
             dst.zfs.set_props(dest, props)
             return
-        # pool-v23 receive mounts what it receives (it has no -u). Unmounted first, the two
-        # properties are plain metadata changes (readonly=on on a mounted zfs-fuse filesystem
-        # remounts it) and, legacy `zfs set` taking one property per call, go in parallel.
-        try:
-            dst.zfs.unmount(dest)
-        except NotMounted:
-            pass  # a run killed after this unmount left it unmounted: the state wanted
-        both(lambda: dst.zfs.set_props(dest, {"readonly": "on"}),
-             lambda: dst.zfs.set_props(dest, {"canmount": "noauto"}))
+        # A replica that can be mounted is unmounted first: then the properties are plain metadata
+        # changes (readonly=on on a mounted zfs-fuse filesystem remounts it) and, legacy `zfs set`
+        # taking one property per call, go in parallel.
+        if mounted:
+            try:
+                dst.zfs.unmount(dest)
+            except NotMounted:
+                pass  # a run killed after this unmount left it unmounted: the state wanted
+        with ThreadPoolExecutor(max_workers=len(props)) as pool:
+            list(pool.map(lambda kv: dst.zfs.set_props(dest, dict([kv])), props.items()))
 
     def _mbuffer(self, src: Side, dst: Side) -> bool:
         mode = self.group.mbuffer

@@ -22,7 +22,11 @@ import time
 
 DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]*(@[A-Za-z0-9_.:\-]+)?$")
 BOOKMARK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]*#[A-Za-z0-9_.:\-]+$")
-PROP_ASSIGN_RE = re.compile(r"^(readonly=(on|off)|canmount=(on|off|noauto)|esxdr:[a-z0-9_.:\-]+=[A-Za-z0-9_.:,=+/\-]*)$")
+PROP_ASSIGN_RE = re.compile(r"^(readonly=(on|off)|canmount=(on|off|noauto)|mountpoint=none|"
+                            r"esxdr:[a-z0-9_.:\-]+=[A-Za-z0-9_.:,=+/\-]*)$")
+# A drill clone's mountpoint: an absolute path, checked by main() against the one ZFS would give it
+# by inheritance from its pool (the DR root itself has mountpoint=none, so receives never mount).
+CLONE_MOUNTPOINT_RE = re.compile(r"^mountpoint=(/[A-Za-z0-9_.:\-/]*)$")
 PROP_LIST_RE = re.compile(r"^[a-z0-9_:,@.\-]+$")
 HOLD_TAG_RE = re.compile(r"^esxdr[A-Za-z0-9_.\-]*$")
 
@@ -111,6 +115,8 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
                     raise Refused(f"flag -{ch} is not allowed for get")
             i += 1
         rest = rest[i:]
+        if rest[:1] == ["mountpoint"] and len(rest) == 2 and any(rest[1] == p.split("/", 1)[0] for p in prefixes):
+            return  # where the pool mounts: drills place their clones' mountpoints under it
         if len(rest) < 2 or not PROP_LIST_RE.match(rest[0]):
             raise Refused("get needs a property list and datasets")
         for ds in rest[1:]:
@@ -169,8 +175,11 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
     if verb == "clone":
         i = 0
         while i < len(rest) and rest[i] == "-o":
-            if i + 1 >= len(rest) or not PROP_ASSIGN_RE.match(rest[i + 1]):
-                raise Refused("clone -o takes only readonly, canmount or esxdr: properties")
+            if i + 1 >= len(rest) or not (PROP_ASSIGN_RE.match(rest[i + 1]) or CLONE_MOUNTPOINT_RE.match(rest[i + 1])):
+                raise Refused("clone -o takes only readonly, canmount, mountpoint or esxdr: properties")
+            m = CLONE_MOUNTPOINT_RE.match(rest[i + 1])
+            if m and ("/../" in m.group(1) + "/" or "/./" in m.group(1) + "/" or "//" in m.group(1)):
+                raise Refused(f"mountpoint {m.group(1)!r} is not a plain path")
             i += 2
         rest = rest[i:]
         if len(rest) != 2:
@@ -179,6 +188,11 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
         if not _is_test_clone(rest[1]):
             raise Refused(f"clones must be made under an esxdr-test dataset, not {rest[1]!r}")
         _need_dataset(rest[1], prefixes, snapshot=False)
+        for a in args:
+            m = CLONE_MOUNTPOINT_RE.match(a)
+            # the pool's part of the path is checked by main() against the pool's own mountpoint
+            if m and not m.group(1).endswith("/" + rest[1].split("/", 1)[1]):
+                raise Refused(f"mountpoint {m.group(1)!r} is not where ZFS would mount {rest[1]!r}")
         return
     if verb in ("hold", "release"):
         rest = _flags(rest, "")
@@ -292,6 +306,30 @@ def parse(command: str, prefixes: list[str]) -> list[list[str]] | str:
     return stages
 
 
+def natural_mountpoint(dataset: str, pool_mountpoint: str) -> str:
+    """Where ``dataset`` mounts by inheritance from its pool (esxdr.zfs.Zfs.natural_mountpoint)."""
+    pool, _, rest = dataset.partition("/")
+    base = pool_mountpoint.rstrip("/") if pool_mountpoint.startswith("/") else "/" + pool
+    return f"{base}/{rest}" if rest else base
+
+
+def _check_clone_mountpoint(stages: list[list[str]], zfs: list[str]) -> None:
+    """A clone may name a mountpoint only where ZFS itself would have put it: the path is decided
+    on DR (from the pool's own mountpoint), never by whoever holds the replication key."""
+    argv = next(s for s in stages if s[0] == "zfs")
+    if argv[1] != "clone":
+        return
+    wanted = [m.group(1) for a in argv if (m := CLONE_MOUNTPOINT_RE.match(a))]
+    if not wanted:
+        return
+    dataset = argv[-1]
+    pool = dataset.split("/", 1)[0]
+    out = subprocess.run([*zfs, "get", "-H", "-o", "value", "mountpoint", pool], capture_output=True, text=True)
+    natural = natural_mountpoint(dataset, out.stdout.strip())
+    if out.returncode != 0 or wanted != [natural]:
+        raise Refused(f"mountpoint {wanted[0]!r} for {dataset!r}: only {natural!r}, where ZFS would mount it")
+
+
 def capabilities(zfs: list[str]) -> dict:
     version = subprocess.run([*zfs, "version"], capture_output=True, text=True)
     return {
@@ -355,6 +393,12 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(json.dumps(capabilities(zfs)) + "\n")
         return 0
     assert isinstance(parsed, list)
+    try:
+        _check_clone_mountpoint(parsed, zfs)
+    except Refused as e:
+        _log(log_file, f"REFUSED {command!r}: {e}")
+        sys.stderr.write(f"esxdr serve: refused: {e}\n")
+        return 126
     _log(log_file, f"run {command!r}")
     argvs = [(zfs + s[1:]) if s[0] == "zfs" else s for s in parsed]
     if len(argvs) == 1:

@@ -348,6 +348,7 @@ class DrillLun:
     path: str  # backing path of the clone's LUN
     datastore: str | None
     vmfs_uuid: str | None
+    mountpoint: str | None = None  # where the dataset is mounted to serve a LUN file (None: a zvol)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -375,6 +376,12 @@ def _relative_file(lu: LogicalUnit, dataset: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+def _mount_base(dr_mount_base: str | None, root: Any) -> str | None:
+    """The DR root's mount place: the observed one while it has one, else where ZFS would put it."""
+    own = root.mountpoint if root else None
+    return own if own and own.startswith("/") else dr_mount_base
+
+
 def drill_luns(group, manifest: Manifest, dr_root_mountpoint: str | None, snapshot: str,  # noqa: ANN001
                new_naa: bool) -> list[DrillLun]:
     out = []
@@ -385,6 +392,7 @@ def drill_luns(group, manifest: Manifest, dr_root_mountpoint: str | None, snapsh
             continue
         dr_ds = group.dr_dataset(ds)
         clone = clone_of(group, dr_ds)
+        mountpoint = ""
         if lu.backing.kind == "zvol":
             path = f"/dev/zvol/{clone}"
         else:
@@ -393,12 +401,14 @@ def drill_luns(group, manifest: Manifest, dr_root_mountpoint: str | None, snapsh
                                  "inherit theirs from it and must be mounted to serve LUN files",
                                  hint=f"zfs set mountpoint=/{group.dr_root} {group.dr_root}")
             rel_clone = clone[len(group.dr_root) + 1:]
-            path = f"{dr_root_mountpoint.rstrip('/')}/{rel_clone}/{_relative_file(lu, ds)}"
+            mountpoint = f"{dr_root_mountpoint.rstrip('/')}/{rel_clone}"
+            path = f"{mountpoint}/{_relative_file(lu, ds)}"
         spec = specs.get(lu.naa.hex) or group.luns.get(ds)
         naa = rewrite.clone_naa(lu.naa, snapshot).hex if new_naa else lu.naa.hex
         out.append(DrillLun(source_dataset=ds, dr_dataset=dr_ds, clone=clone, naa=naa, production_naa=lu.naa.hex,
                             path=path, datastore=spec.datastore if spec else None,
-                            vmfs_uuid=spec.vmfs_uuid if spec else None))
+                            vmfs_uuid=spec.vmfs_uuid if spec else None,
+                            mountpoint=None if lu.backing.kind == "zvol" else mountpoint))
     return out
 
 
@@ -490,6 +500,9 @@ class DrillInputs:
     dr_portal: str = ""
     dr_network: Any = None  # esxdr.site.model.HostNetwork of the DR host; a cluster: host name -> HostNetwork
     manifest_origin: str = ""
+    # Where the DR root mounts by ZFS's inheritance: the root itself has mountpoint=none so that no
+    # receive mounts a replica, and the drill's clones are mounted under this path explicitly.
+    dr_mount_base: str | None = None
 
 
 def plan_test_start(inp: DrillInputs) -> Runbook:
@@ -503,7 +516,7 @@ def _plan_test_start(inp: DrillInputs) -> Runbook:
                  consistency=point.consistency,
                  new_naa=inp.new_naa)
     root = inp.dr_obs.get(g.dr_root)
-    luns = drill_luns(g, inp.manifest, root.mountpoint if root else None, point.name, inp.new_naa)
+    luns = drill_luns(g, inp.manifest, _mount_base(inp.dr_mount_base, root), point.name, inp.new_naa)
     covered = {d.dr_dataset for d in luns}
     for ds in g.dr_datasets:
         if ds not in covered:
@@ -552,7 +565,8 @@ def _plan_test_start(inp: DrillInputs) -> Runbook:
                              "a writable copy for the drill; the replica itself stays untouched"
                              + (" (it exists: kept)" if clone in inp.dr_obs else ""),
                              {"snapshot": f"{ds}@{point.name}", "clone": clone,
-                              "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None}))
+                              "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None,
+                              "mountpoint": lun.mountpoint if lun else None}))
     same = "new NAA" if inp.new_naa else "same NAA"
     initiators = [h.iqn for h in host.hosts if h.iqn] if host else []
     initiator = ", ".join(initiators) or None
@@ -740,7 +754,8 @@ def reversed_group(g):  # noqa: ANN001, ANN201 - ProtectionGroup -> ProtectionGr
                                vsphere_dr=g.vsphere_production, vms=vms, luns=luns)
 
 
-def failover_luns(group, manifest: Manifest, dr_obs: dict) -> list[DrillLun]:  # noqa: ANN001
+def failover_luns(group, manifest: Manifest, dr_obs: dict,  # noqa: ANN001
+                  dr_mount_base: str | None = None) -> list[DrillLun]:
     """The group's LUs, backed by the DR datasets themselves (where they mount once promoted)."""
     out = []
     specs = {Naa.parse(s.naa).hex: s for s in group.luns.values() if s.naa}
@@ -750,12 +765,13 @@ def failover_luns(group, manifest: Manifest, dr_obs: dict) -> list[DrillLun]:  #
         if ds is None or ds not in group.datasets:
             continue
         dr_ds = group.dr_dataset(ds)
+        mp = None
         if lu.backing.kind == "zvol":
             path = f"/dev/zvol/{dr_ds}"
         else:
             mp = dr_obs[dr_ds].mountpoint if dr_ds in dr_obs else None
             if not mp or not mp.startswith("/"):
-                rmp = root.mountpoint if root else None
+                rmp = _mount_base(dr_mount_base, root)
                 if not rmp or not rmp.startswith("/"):
                     raise UsageError(f"{dr_ds} has mountpoint {mp or 'none'}; failover mounts it to serve its LUN "
                                      "file", hint=f"zfs set mountpoint=/{group.dr_root} {group.dr_root}")
@@ -764,7 +780,7 @@ def failover_luns(group, manifest: Manifest, dr_obs: dict) -> list[DrillLun]:  #
         spec = specs.get(lu.naa.hex) or group.luns.get(ds)
         out.append(DrillLun(source_dataset=ds, dr_dataset=dr_ds, clone=dr_ds, naa=lu.naa.hex,
                             production_naa=lu.naa.hex, path=path, datastore=spec.datastore if spec else None,
-                            vmfs_uuid=spec.vmfs_uuid if spec else None))
+                            vmfs_uuid=spec.vmfs_uuid if spec else None, mountpoint=mp))
     return out
 
 
@@ -865,6 +881,7 @@ class FailoverInputs:
     production_portal: str | None = None  # the production target (split-brain guard)
     manifest_origin: str = ""
     kind: str = "failover"  # failover | failback
+    dr_mount_base: str | None = None  # as DrillInputs.dr_mount_base
 
 
 def plan_failover(inp: FailoverInputs) -> Runbook:
@@ -894,7 +911,7 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
         p = choose_point(list(g.dr_datasets), inp.dr_obs, inp.point)
         rb.snapshot, rb.snapshot_created, rb.consistency = p.name, p.creation, p.consistency
         proms = promotions(list(g.dr_datasets), inp.dr_obs, p, inp.point != "latest", inp.force)
-    luns = failover_luns(g, inp.manifest, inp.dr_obs)
+    luns = failover_luns(g, inp.manifest, inp.dr_obs, inp.dr_mount_base)
     if not luns:
         raise UsageError(f"the target manifest ({inp.manifest_origin or 'manifest'}) presents none of "
                          f"{g.name}'s datasets", hint="pass the production manifest with --manifest FILE")
@@ -960,7 +977,8 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
                              f"rolled back to {reason}, so every LUN shows one consistent point",
                              {"dataset": ds, "snapshot": pr.snapshot if pr else None,
                               "discards": list(pr.discards) if pr else [], "release": list(pr.held) if pr else [],
-                              "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None}))
+                              "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None,
+                              "mountpoint": lun.mountpoint if lun else None}))
     initiators = [h.iqn for h in host.hosts if h.iqn] if host else []
     initiator = ", ".join(initiators) or None
     m = failover_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiators)

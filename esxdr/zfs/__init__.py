@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from esxdr.errors import CommandFailed
 from esxdr.model import LEGACY, OPENZFS, Bookmark, Capabilities, Dataset, Snapshot
+from esxdr.serve import natural_mountpoint  # the DR account's serve checks clones by the same rule
 from esxdr.transport.base import Transport
 from esxdr.zfs.errors import translate
 
@@ -225,6 +226,21 @@ class Zfs:
     def destroy_clone(self, dataset: str) -> None:
         """Destroy a clone made by esxdr (never anything else: the caller checks `origin`)."""
         self.run("destroy", dataset, dataset=dataset)
+
+    def inherit(self, dataset: str, prop: str) -> None:
+        self.run("inherit", prop, dataset, dataset=dataset)
+
+    def natural_mountpoint(self, dataset: str) -> str:
+        """Where ``dataset`` mounts by ZFS's own inheritance from its pool's top filesystem.
+
+        esxdr gives the DR root ``mountpoint=none`` so that no receive ever mounts a replica
+        (pool-v23 receive has no ``-u``). Drill clones and promoted replicas still need a
+        place to mount, and they get this one explicitly: the place they had before the root
+        was set to none. Read from the pool, which the DR account cannot change.
+        """
+        pool = dataset.split("/", 1)[0]
+        return natural_mountpoint(dataset, self.run("get", "-H", "-o", "value", "mountpoint", pool,
+                                                    dataset=pool).stdout.strip())
 
     def mount(self, dataset: str) -> None:
         self.run("mount", dataset, dataset=dataset)

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+from replica import replica_mounted
 
 from esxdr.faults import POINTS
 
@@ -34,13 +35,10 @@ def snaps(root: str) -> dict[str, list[str]]:
 
 
 def dr_sha(g, ds) -> str:
-    """Hash a DR replica's LUN file: replicas stay unmounted, so mount it just for the read."""
+    """Hash a DR replica's LUN file: replicas mount nowhere, so mount it just for the read."""
     dr = g.dr_root + ds[len(g.source_root):]
-    subprocess.run(["zfs", "mount", dr], check=True, capture_output=True)
-    try:
+    with replica_mounted(dr, g.lun_file(ds, "dr").parent):
         return sha(g.lun_file(ds, "dr"))
-    finally:
-        subprocess.run(["zfs", "unmount", dr], check=True, capture_output=True)
 
 
 def assert_consistent(g) -> None:
@@ -61,6 +59,11 @@ def assert_consistent(g) -> None:
         assert sealed(g.dr_root + ds[len(g.source_root):]), ds
 
 
+def zfs_get(dataset: str, prop: str) -> str:
+    return subprocess.run(["zfs", "get", "-H", "-o", "value", prop, dataset], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def sealed(dataset: str) -> bool:
     """A replica is readonly and never mounts by itself (dr_sha above also needs it unmounted)."""
     out = subprocess.run(["zfs", "get", "-H", "-o", "property,value", "readonly,canmount", dataset],
@@ -78,6 +81,9 @@ def test_full_then_incremental_then_noop(group_factory):
     first = json.loads(r.stdout)
     assert first["bytes"] >= 3 * (4 << 20)
     assert all(a["kind"] == "send-full" for d in first["datasets"] for a in d["actions"])
+    # no receive mounted anything: the DR root has mountpoint=none, inherited by every replica
+    assert zfs_get(g.dr_root, "mountpoint") == "none"
+    assert all(zfs_get(g.dr_root + ds[len(g.source_root):], "mounted") == "no" for ds in g.datasets)
     assert_consistent(g)
     # the DR host key paramiko verified against the pin is remembered for the next run's master
     remembered = list((g.state_dir / "hosts").glob("*.hostkey"))
@@ -122,9 +128,8 @@ def test_dr_modified_is_refused_with_evidence(group_factory):
     assert g.esxdr("replicate", g.name).returncode == 0
     dr = g.dr_root + "/lun0"
     subprocess.run(["zfs", "set", "readonly=off", dr], check=True)
-    subprocess.run(["zfs", "mount", dr], check=True)
-    g.lun_file(g.datasets[0], "dr").write_bytes(b"written on DR")
-    subprocess.run(["zfs", "unmount", dr], check=True)
+    with replica_mounted(dr, g.lun_file(g.datasets[0], "dr").parent):
+        g.lun_file(g.datasets[0], "dr").write_bytes(b"written on DR")
     g.write(g.datasets[0], 1 << 20)
     r = g.esxdr("--json", "replicate", g.name)
     assert r.returncode == 3, r.stderr
@@ -246,10 +251,11 @@ def test_a_writable_replica_is_sealed_again(group_factory):
     g.write(g.datasets[0], 1 << 20)
     assert g.esxdr("replicate", g.name).returncode == 0
     dr = g.dr_root + g.datasets[0][len(g.source_root):]
-    # what a run killed between its receive and the seal leaves: writable, mountable, mounted
-    for prop in ("readonly=off", "canmount=on"):
+    # what a run killed between its receive and the seal leaves: writable, mountable; mounted too
+    # where the replica has a mountpoint of its own (an operator's, or an older esxdr's layout)
+    for prop in ("readonly=off", "canmount=on", f"mountpoint={g.lun_file(g.datasets[0], 'dr').parent}"):
         subprocess.run(["zfs", "set", prop, dr], check=True)
-    subprocess.run(["zfs", "mount", dr], check=True)
+    assert zfs_get(dr, "mounted") == "yes"  # a mountpoint set with canmount=on mounts it
     time.sleep(1.1)
     r = g.esxdr("replicate", g.name, "--dry-run")
     assert r.returncode == 0 and f"seal {dr} (left writable by an interrupted run)" in r.stdout + r.stderr
@@ -258,6 +264,7 @@ def test_a_writable_replica_is_sealed_again(group_factory):
     r = g.esxdr("replicate", g.name)
     assert r.returncode == 0, r.stderr
     assert f"seal {dr}" in r.stdout + r.stderr
+    assert zfs_get(dr, "mountpoint") == "none" and zfs_get(dr, "mounted") == "no"
     assert_consistent(g)
 
 
