@@ -293,16 +293,18 @@ class Engine:
             newest = plans[0][2][0].snapshot.name if plans and plans[0][2] else None  # type: ignore[attr-defined]
             result.snapshot = result.snapshot or newest
         sending = any(not isinstance(a, UpToDate) for _, _, acts in plans for a in acts)
-        # No receive may mount a replica: pool-v23 receive has no -u and mounts what it receives
-        # where the DR root's mountpoint says, which is how zfs-fuse hung (an unmount racing the
-        # receive that had just mounted) and how a hostile stream would get a mount on DR.
-        # So the DR root carries mountpoint=none, inherited by every replica below it.
+        # No receive may mount a replica. OpenZFS receives with -u. Pool-v23 receive has no -u and
+        # mounts what it receives where the DR root's mountpoint says, which is how zfs-fuse hung
+        # (an unmount racing the receive that had just mounted) and how a hostile stream would get
+        # a mount on DR. There the DR root carries mountpoint=none, inherited by every replica.
         root = dst_obs.get(g.dr_root)
+        receive_mounts = not dst.zfs.receive_unmounted
         if root is None and sending:
-            opts.say(f"{g.name}: create {g.dr_root} on {dst.name} (mountpoint none: receives never mount)")
+            opts.say(f"{g.name}: create {g.dr_root} on {dst.name}"
+                     + (" (mountpoint none: receives never mount)" if receive_mounts else ""))
             if not opts.dry_run:
-                dst.zfs.create(g.dr_root, {"mountpoint": "none"})
-        elif root is not None and root.mountpoint != "none" and sending:
+                dst.zfs.create(g.dr_root, {"mountpoint": "none"} if receive_mounts else None)
+        elif receive_mounts and root is not None and root.mountpoint != "none" and sending:
             opts.say(f"{g.name}: set mountpoint=none on {g.dr_root} (receives never mount; drills and failover "
                      "mount their datasets explicitly)")
             if not opts.dry_run:

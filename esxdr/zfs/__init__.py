@@ -277,9 +277,14 @@ class Zfs:
             args += ["-I" if intermediate else "-i", from_snap]
         return [*args, to_snap]
 
+    @property
+    def receive_unmounted(self) -> bool:
+        """Whether receive can leave what it receives unmounted (-u); pool-v23 receive cannot."""
+        return self.caps.flavour == "openzfs"
+
     def recv_argv(self, dataset: str, *, force: bool = False, resumable: bool = True) -> list[str]:
         args = [*self.cmd, "receive"]
-        if self.caps.flavour == "openzfs":
+        if self.receive_unmounted:
             args.append("-u")  # pool-v23 receive has no -u (and mounts what it receives)
         if force:
             args.append("-F")
