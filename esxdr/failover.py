@@ -271,12 +271,16 @@ class Failover(Drill):
         dst = open_side(self.site, g.destination)
         try:
             snap = self.journal.data.get("snapshot")
+            kinds = {name: d.type for name, d in dst.zfs.observe([g.dr_root]).items()}
             for ds in g.dr_datasets:
                 if _zfs_mounted(dst.zfs, ds):
                     _retry(lambda ds=ds: dst.zfs.unmount(ds))
                 if snap:
                     _retry(lambda ds=ds: dst.zfs.rollback(f"{ds}@{snap}", destroy_newer=True))
                 dst.zfs.set_props(ds, {"readonly": "on", "canmount": "noauto"})
+                # the promote may have given it a mountpoint of its own: back to the DR root's
+                if kinds.get(ds) == "filesystem":
+                    dst.zfs.inherit(ds, "mountpoint")
         finally:
             dst.transport.close()
         if g.vsphere_dr:
