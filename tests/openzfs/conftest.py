@@ -1,4 +1,11 @@
-"""The OpenZFS lane for tests: a running guest (scripts/openzfs-lane up) or a clear skip.
+"""The OpenZFS lane for tests: a running guest (scripts/openzfs-lane up), or a clear skip when no lane
+was asked for, or an error when one was and it cannot be reached.
+
+Asked for = any of the variables `scripts/openzfs-lane up` writes to lane.env is set, or
+ESXDR_OPENZFS_REQUIRE=1 (`scripts/openzfs-lane run-tests` sets it). Then a missing variable or a guest
+that does not answer over SSH fails every lane test at setup: a lane run never goes green by skipping.
+Without any of them (the whole tests/ tree on a machine with no lane) every `openzfs`-marked test is
+skipped at collection, before any fixture runs, with NEEDS_LANE as its reason.
 
 The guest holds two pools on its two data disks (by virtio serial): ``ozprod``
 (production) and ``ozdr`` (DR). Production is reached as root over SSH; DR through
@@ -17,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from esxdr.lab.openzfs import NOT_RUNNING, Lane, keygen, site_storage
+from esxdr.lab.openzfs import Lane, keygen, site_storage
 
 ROOT = Path(__file__).resolve().parents[2]
 ESXDR = str(ROOT / ".venv" / "bin" / "esxdr")
@@ -26,14 +33,51 @@ DR_USER = "esxdr-dr"
 _counter = itertools.count()
 
 
+NEEDS_LANE = "needs the OpenZFS guest lane: run scripts/openzfs-lane run-tests"
+# What `scripts/openzfs-lane up` exports (lane.env); Lane.from_env needs all four.
+LANE_VARS = ("ESXDR_OPENZFS_SSH", "ESXDR_OPENZFS_ISCSI", "ESXDR_OPENZFS_KEY", "ESXDR_OPENZFS_KNOWN_HOSTS")
+REQUIRE = "ESXDR_OPENZFS_REQUIRE"
+
+
+def lane_requested(env: dict[str, str] | None = None) -> bool:
+    """A lane was asked for: its variables are (even partly) set, or ESXDR_OPENZFS_REQUIRE=1."""
+    env = dict(os.environ if env is None else env)
+    return env.get(REQUIRE) == "1" or any(env.get(k) for k in LANE_VARS)
+
+
+def pytest_collection_modifyitems(config, items):
+    # Skip before any fixture runs (test_mixed_openzfs's zfs-fuse pool must not be made for nothing).
+    if lane_requested():
+        return
+    skip = pytest.mark.skip(reason=NEEDS_LANE)
+    for item in items:
+        if item.get_closest_marker("openzfs") is not None:  # (keywords would match the directory name)
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def lane() -> Lane:
-    ln = Lane.from_env()
+    if not lane_requested():
+        pytest.skip(NEEDS_LANE)
+    try:
+        ln = Lane.from_env()
+    except ValueError as e:  # an address outside 127.0.0.0/8, or a port that is not a number
+        pytest.fail(f"OpenZFS lane variables are wrong: {e}", pytrace=False)
     if ln is None:
-        pytest.skip(NOT_RUNNING)
-    r = ln.run("true", check=False, timeout=60)
+        missing = [k for k in LANE_VARS if not os.environ.get(k)]
+        pytest.fail(f"an OpenZFS lane was asked for but {', '.join(missing)} "
+                    f"{'is' if len(missing) == 1 else 'are'} not set: export the variables of "
+                    f"/run/esxdr-openzfs/lane.env (scripts/openzfs-lane up), or run scripts/openzfs-lane "
+                    f"run-tests", pytrace=False)
+    where = f"root@{ln.ssh_address}:{ln.ssh_port}"
+    try:
+        r = ln.run("true", check=False, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"OpenZFS lane unreachable: ssh to {where} did not answer within 60 s", pytrace=False)
     if r.returncode != 0:
-        pytest.skip(f"{NOT_RUNNING} (ssh to 127.0.0.1:{ln.ssh_port} failed: {r.stderr.strip()})")
+        pytest.fail(f"OpenZFS lane unreachable: ssh to {where} failed (exit {r.returncode}): "
+                    f"{r.stderr.strip() or 'no message'}; is the guest up (scripts/openzfs-lane status)?",
+                    pytrace=False)
     return ln
 
 

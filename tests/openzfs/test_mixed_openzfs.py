@@ -33,7 +33,8 @@ pytestmark = pytest.mark.openzfs
 
 
 @pytest.fixture(scope="module")
-def fuse_pool():
+def fuse_pool(lane):
+    # `lane` first: no zfs-fuse pool is made when the guest cannot be reached.
     if shutil.which("zfs-fuse") is None:
         pytest.skip("zfs-fuse is not installed on the host (scripts/setup)")
     from esxdr.lab import ensure_zfs_fuse
