@@ -307,8 +307,9 @@ def verify(ctx: Context, manifest_path: str, server: str | None, portal: str | N
                        read_vmfs=not no_vmfs)
     ctx.emit(report.to_dict(), report.text)
     if not report.ok:
-        bad = sum(not c.ok for c in report.checks) + len(report.errors)
-        raise StaleStateError(f"{bad} problem(s): the DR target does not serve the manifest's identities",
+        bad = sum(not c.ok for c in report.checks) + len(report.unexpected) + len(report.errors)
+        raise StaleStateError(f"{bad} problem(s): the DR target does not serve exactly the manifest's "
+                              "identities",
                               hint="re-run `esxdr target import` and check the problems listed above")
 
 

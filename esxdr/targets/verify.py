@@ -53,7 +53,9 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.errors and all(c.ok for c in self.checks)
+        # An LU the manifest does not know is a failure too: on DR it is either a mangled identity
+        # (the expected LU shows as missing beside it) or a stale LU that ESXi would also see.
+        return not self.errors and not self.unexpected and all(c.ok for c in self.checks)
 
     def to_dict(self) -> dict:
         return {"portal": self.portal, "ok": self.ok, "round_trips": self.round_trips, "sessions": self.sessions,
@@ -72,7 +74,8 @@ class VerifyReport:
                          "(not in the manifest)")
         lines += [f"FAIL {e}" for e in self.errors]
         good = sum(c.ok for c in self.checks)
-        lines.append(f"{good}/{len(self.checks)} LUs as in the manifest; {self.sessions} session(s), "
+        extra = f", {len(self.unexpected)} not in it" if self.unexpected else ""
+        lines.append(f"{good}/{len(self.checks)} LUs as in the manifest{extra}; {self.sessions} session(s), "
                      f"{self.round_trips} iSCSI round trips")
         return "\n".join(lines)
 
