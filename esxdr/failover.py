@@ -58,7 +58,7 @@ from esxdr.replication import failover_marker
 
 
 # --------------------------------------------------------------------------- where it runs
-def on_dr_box(site, server_name: str):  # noqa: ANN001, ANN201 - Site -> Site
+def on_dr_box(site, server_name: str):  # Site -> Site
     """The site as seen from the DR box: ``server_name`` is local (its own zfs, its own tgtadm)."""
     from esxdr.vsphere.session import is_loopback
 
@@ -74,7 +74,7 @@ def on_dr_box(site, server_name: str):  # noqa: ANN001, ANN201 - Site -> Site
     return dataclasses.replace(site, storage=storage)
 
 
-def with_group(site, group):  # noqa: ANN001, ANN201
+def with_group(site, group):
     """A site whose protection group of that name is ``group`` (the reversed view, for the Engine)."""
     return dataclasses.replace(site, protection_groups={**site.protection_groups, group.name: group})
 
@@ -143,7 +143,7 @@ class Failover(Drill):
 
     fault_prefix = "failover"
 
-    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None,  # noqa: ANN001
+    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None,
                  reverse: bool = False):
         if group_name is None:
             if len(site.protection_groups) != 1:
@@ -187,7 +187,7 @@ class Failover(Drill):
             production_portal=prod.target.portal if prod and prod.target else None, manifest_origin=origin,
             kind=self.kind, dr_mount_base=dr_mount_base(dst.zfs, self.g.dr_root, dr_obs)))
 
-    def _home_manifest(self, manifest_path: str | None):  # noqa: ANN202
+    def _home_manifest(self, manifest_path: str | None):
         """Failback presents production's own identities again: the manifest shipped with the
         replica (on the DR root), its LUs renamed to the reversed view's datasets."""
         import copy
@@ -292,7 +292,7 @@ class Failover(Drill):
         self.say(f"{g.name}: DR datasets sealed at @{snap}; esxdr replicate {g.name} works again")
 
 
-    def _forget_on_dr_host(self, g) -> None:  # noqa: ANN001
+    def _forget_on_dr_host(self, g) -> None:
         """The DR host keeps the stopped VMs and the LUNs that went away: unregister the group's VMs
         (only when powered off) and rescan, so the next drill starts from a clean host."""
         from esxdr.vsphere import vms as vv
@@ -308,7 +308,7 @@ class Failover(Drill):
         self.say(f"{g.vsphere_dr}: {len(off)} stopped VM(s) unregistered, storage rescanned")
 
 
-def _retry(fn, attempts: int = 10) -> None:  # noqa: ANN001
+def _retry(fn, attempts: int = 10) -> None:
     """zfs-fuse reports "dataset is busy" for a moment after tgtd let go of a file."""
     for i in range(attempts):
         try:
@@ -486,7 +486,7 @@ class ReprotectPlan:
         return "\n".join(lines)
 
 
-def plan_reprotect(g, prod_obs: dict, dr_obs: dict) -> ReprotectPlan:  # noqa: ANN001
+def plan_reprotect(g, prod_obs: dict, dr_obs: dict) -> ReprotectPlan:
     """Pure: per production dataset, the newest snapshot in common with its DR dataset (by guid) and
     what rolling back to it discards (the evidence shown before --yes)."""
     from esxdr.plan.replication import common_snapshot, human_bytes
@@ -516,7 +516,7 @@ def plan_reprotect(g, prod_obs: dict, dr_obs: dict) -> ReprotectPlan:  # noqa: A
 class Reprotect:
     """``esxdr reprotect``: production becomes the replica of the failed-over DR datasets."""
 
-    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):  # noqa: ANN001
+    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):
         if group_name is None:
             if len(site.protection_groups) != 1:
                 raise UsageError("name the protection group", hint="known: " + ", ".join(site.protection_groups))
@@ -525,7 +525,7 @@ class Reprotect:
         self.site = on_dr_box(site, self.g.destination)
         self.say = say
 
-    def _sides(self):  # noqa: ANN202
+    def _sides(self):
         from esxdr.replication import both, open_side
 
         return both(lambda: open_side(self.site, self.g.source), lambda: open_side(self.site, self.g.destination))
@@ -598,7 +598,7 @@ class Reprotect:
             self.say(f"{self.g.source}: {line}")
 
 
-def _group_naas(site, g) -> set[str]:  # noqa: ANN001
+def _group_naas(site, g) -> set[str]:
     from esxdr.replication import open_side
     from esxdr.targets.manifest import Naa
 

@@ -53,7 +53,7 @@ class CalloutFailed(ConflictError):
 
 
 # --------------------------------------------------------------------------- where things come from
-def target_transport(server):  # noqa: ANN001, ANN201 - StorageServer -> Transport
+def target_transport(server):  # StorageServer -> Transport
     """Where the DR target's admin commands (tgtadm) run.
 
     The DR service account's forced command (`esxdr serve`) allows zfs only, so the
@@ -70,7 +70,7 @@ def target_transport(server):  # noqa: ANN001, ANN201 - StorageServer -> Transpo
     return for_server(server)
 
 
-def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None) -> tuple[Manifest, str]:  # noqa: ANN001
+def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None) -> tuple[Manifest, str]:
     """The production identities of the group's LUNs, and where they came from. Precedence:
 
     1. ``--manifest FILE`` (the user said so);
@@ -104,7 +104,7 @@ def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None) -> t
     return site_manifest(group), "site file (datasets[].naa)"
 
 
-def site_manifest(group) -> Manifest:  # noqa: ANN001
+def site_manifest(group) -> Manifest:
     from esxdr.targets.manifest import Backing, LogicalUnit, Target, View
 
     units = []
@@ -239,7 +239,7 @@ class Drill:
 
     fault_prefix = "drill"  # ESXDR_FAULT_KILL=<prefix>-after-<step kind>
 
-    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):  # noqa: ANN001
+    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):
         if group_name is None:
             if len(site.protection_groups) != 1:
                 raise UsageError("name the protection group", hint="known: " + ", ".join(site.protection_groups))
@@ -260,14 +260,14 @@ class Drill:
         self.http_requests = 0  # datastore HTTP (.vmx files)
 
     # -- connections --------------------------------------------------------
-    def _dr(self):  # noqa: ANN202
+    def _dr(self):
         if self.dst is None:
             from esxdr.replication import open_side
 
             self.dst = open_side(self.site, self.g.destination)
         return self.dst
 
-    def _target(self):  # noqa: ANN202
+    def _target(self):
         if self.server.target is None:
             raise UsageError(f"storage server {self.server.name} has no target: section",
                              hint="add target: {stack: tgt, portal: ADDR:PORT, control_port: N} to the site file")
@@ -278,7 +278,7 @@ class Drill:
             self._tgt_transport = target_transport(self.server)
         return self._tgt_transport
 
-    def _vsphere(self):  # noqa: ANN202
+    def _vsphere(self):
         if self.g.vsphere_dr is None:
             return None
         if self.session is None:
@@ -287,7 +287,7 @@ class Drill:
             self.session = connect(self.site.endpoint(self.g.vsphere_dr))
         return self.session
 
-    def _host(self, *, with_vms: bool = True):  # noqa: ANN202
+    def _host(self, *, with_vms: bool = True):
         s = self._vsphere()
         if s is None:
             return None
@@ -298,12 +298,12 @@ class Drill:
         self.host_state, self.members = read_dr(s, self.site.endpoint(self.g.vsphere_dr), with_vms=with_vms)
         return self.host_state
 
-    def _view(self, h):  # noqa: ANN001, ANN202 - HostState -> HostView
+    def _view(self, h):  # HostState -> HostView
         from esxdr.vsphere.recovery import view_of
 
         return view_of(h, self.members)
 
-    def _dr_network(self, h):  # noqa: ANN001, ANN202
+    def _dr_network(self, h):
         if self.members:
             return {n: self.site.dr_network.get(n) for n in self.members}
         return self.site.dr_network.get(h.name) or self.site.dr_network.get(self.g.vsphere_dr or "")
@@ -555,7 +555,7 @@ class Drill:
 
 
 # --------------------------------------------------------------------------- start steps
-def _zfs_mounted(zfs, dataset: str) -> bool:  # noqa: ANN001
+def _zfs_mounted(zfs, dataset: str) -> bool:
     r = zfs.t.run([*zfs.cmd, "get", "-Hp", "-o", "value", "mounted", dataset], check=False)
     return r.returncode == 0 and r.stdout.strip() == "yes"
 
@@ -938,7 +938,7 @@ def _c_poweroff(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     return [f"{len(todo)} VM(s) off"]
 
 
-def _name_of(h, ref) -> str:  # noqa: ANN001
+def _name_of(h, ref) -> str:
     return next((n for n, v in h.vms.items() if v.moid == ref._moId), "")
 
 
@@ -1013,7 +1013,7 @@ def _c_network(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     return []
 
 
-def _destroy(dst, ds: str) -> None:  # noqa: ANN001
+def _destroy(dst, ds: str) -> None:
     for attempt in range(10):
         if ds not in dst.zfs.observe([ds]):
             return

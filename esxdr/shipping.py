@@ -32,7 +32,7 @@ def for_group(m: Manifest, datasets: list[str]) -> Manifest:
     """Only the logical units backed by the group's datasets (and the targets presenting them)."""
     wanted = set(datasets)
 
-    def backed_by_group(u) -> bool:  # noqa: ANN001
+    def backed_by_group(u) -> bool:
         ds = u.backing.dataset
         if ds:
             return ds in wanted
@@ -73,7 +73,7 @@ def decode(props: dict[str, str]) -> Manifest | None:
     return manifest_from_dict(data, origin="shipped manifest (esxdr:manifest.* on the DR root dataset)")
 
 
-def read(zfs, dr_root: str) -> Manifest | None:  # noqa: ANN001 - esxdr.zfs.Zfs
+def read(zfs, dr_root: str) -> Manifest | None:  # esxdr.zfs.Zfs
     """The manifest shipped to a DR root dataset, or None."""
     r = zfs.t.run([*zfs.cmd, "get", "-Hp", "-o", "name,property,value", ",".join([SHA_PROP, COUNT_PROP, *chunk_props()]),
                    dr_root], check=False)

@@ -122,16 +122,16 @@ def _cstr(b: bytes) -> str:
     return b.decode("ascii", "replace").rstrip(" ")
 
 
-def _naa_hex(naa) -> str:  # noqa: ANN001 - Naa or str
+def _naa_hex(naa) -> str:  # Naa or str
     return (naa.hex if hasattr(naa, "hex") and not isinstance(naa, str) else str(naa)).lower().removeprefix("naa.")
 
 
-def expected_device_id(naa, product_id: str | None) -> str:  # noqa: ANN001
+def expected_device_id(naa, product_id: str | None) -> str:
     """The id an NAA LUN stores in the LVM header: NAA hex + first 6 chars of the product id."""
     return _naa_hex(naa) + (product_id or "").strip()[:6]
 
 
-def matches(header: VmfsHeader, naa, product_id: str | None) -> bool:  # noqa: ANN001
+def matches(header: VmfsHeader, naa, product_id: str | None) -> bool:
     """True when the header's stored device id names this LUN (ESXi would mount the volume as-is)."""
     stored = header.disk_id.id.rstrip("\0 ").lower()
     h = _naa_hex(naa)
@@ -244,7 +244,7 @@ def _gpt(total_sectors: int, bs: int, disk_guid: bytes, part_guid: bytes) -> tup
     return primary, backup, first, last
 
 
-def lvm_header_bytes(*, naa, product_id: str, vendor: str = "", revision: str = "", lun: int = 0,  # noqa: ANN001
+def lvm_header_bytes(*, naa, product_id: str, vendor: str = "", revision: str = "", lun: int = 0,
                      lvm_major: int = 6, data_offset: int = DEFAULT_DATA_OFFSET, device_id: str | None = None,
                      devtype: int = 0, scsi_level: int = 5) -> bytes:
     did = (device_id if device_id is not None else expected_device_id(naa, product_id)).encode("ascii")
@@ -280,7 +280,7 @@ def min_size(bare: bool = False, data_offset: int = DEFAULT_DATA_OFFSET, block_s
     return part + data_offset + FS3_OFFSET + 0x200 + (0 if bare else 34 * block_size)
 
 
-def write_vmfs(path: str | Path, *, uuid: str, label: str, naa, product_id: str,  # noqa: ANN001
+def write_vmfs(path: str | Path, *, uuid: str, label: str, naa, product_id: str,
                vendor: str = "", revision: str = "", lun: int = 0, vmfs: int = 6, size: int | None = None,
                bare: bool = False, block_size: int = 512, data_offset: int = DEFAULT_DATA_OFFSET,
                device_id: str | None = None) -> VmfsHeader:

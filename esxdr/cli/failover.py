@@ -7,7 +7,7 @@ import click
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 
 
-def _emit_run(ctx: Context, rec, dry_run: bool) -> None:  # noqa: ANN001
+def _emit_run(ctx: Context, rec, dry_run: bool) -> None:
     from esxdr.failover import summary
 
     if dry_run:

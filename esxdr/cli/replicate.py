@@ -56,7 +56,7 @@ def replicate(ctx: Context, group: str | None, dry_run: bool, rollback_dr: bool,
              "\n".join(summary_text(r) for r in results))
 
 
-def entry_names(ds) -> set[str]:  # noqa: ANN001 - esxdr.model.Dataset | None
+def entry_names(ds) -> set[str]:  # esxdr.model.Dataset | None
     return {x.name for x in ds.snapshots} if ds else set()
 
 

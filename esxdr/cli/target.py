@@ -36,7 +36,7 @@ def _rewrite_options(f):
 
 
 def _apply_rewrites(m, map_dataset, zvol_style, zvol_to_file, map_path, portals, tpg_tag, allow_initiator,
-                    chap_user, chap_secret_ref, default_portal=None):  # noqa: ANN001, ANN202
+                    chap_user, chap_secret_ref, default_portal=None):
     from esxdr.targets import rewrite
     from esxdr.targets.manifest import Portal
 
@@ -63,13 +63,13 @@ def _apply_rewrites(m, map_dataset, zvol_style, zvol_to_file, map_path, portals,
     return m.validate()
 
 
-def _secrets(path: str | None):  # noqa: ANN202
+def _secrets(path: str | None):
     from esxdr.targets.base import Secrets
 
     return Secrets.load(path) if path else None
 
 
-def _server(ctx: Context, name: str | None, role: str):  # noqa: ANN202
+def _server(ctx: Context, name: str | None, role: str):
     site = ctx.site()
     servers = site.storage
     if name:
@@ -84,20 +84,20 @@ def _server(ctx: Context, name: str | None, role: str):  # noqa: ANN202
     return match[0]
 
 
-def _with_target(server):  # noqa: ANN001, ANN202
+def _with_target(server):
     if server.target is None:
         raise UsageError(f"storage server {server.name} has no target: section in the site file",
                          hint="add target: {stack: comstar|iscsitgt|lio|tgt, portal: ADDR:PORT}")
     return server
 
 
-def _transport(server):  # noqa: ANN001, ANN202
+def _transport(server):
     from esxdr.transport import for_server
 
     return for_server(server)
 
 
-def _backend_kwargs(stack: str, server) -> dict:  # noqa: ANN001
+def _backend_kwargs(stack: str, server) -> dict:
     if stack == "tgt":
         return {"control_port": getattr(server.target, "control_port", None)}
     return {}
@@ -196,7 +196,7 @@ def export(ctx: Context, server: str | None, output: str | None, initiator: str)
         ctx.emit(m.to_dict(), lambda: dumps(m).rstrip("\n"))
 
 
-def _load_for_dr(ctx: Context, manifest_path: str, server: str | None, rw: dict):  # noqa: ANN202
+def _load_for_dr(ctx: Context, manifest_path: str, server: str | None, rw: dict):
     from esxdr.targets.manifest import load
 
     srv = _with_target(_server(ctx, server, "dr"))

@@ -104,7 +104,7 @@ def datastore_of(path: str) -> str | None:
     return m.group(1) if m else None
 
 
-def discover(group, manifest: Manifest, datastores: list[SeenDatastore], vms: list[SeenVm],  # noqa: ANN001
+def discover(group, manifest: Manifest, datastores: list[SeenDatastore], vms: list[SeenVm],
              manifest_origin: str = "", endpoint: str = "") -> Discovery:
     """The mapping datasets ↔ LUNs ↔ datastores ↔ VMs of ``group`` (a ProtectionGroup)."""
     from esxdr.plan.runbook import _lu_dataset

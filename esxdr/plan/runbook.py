@@ -178,12 +178,12 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "group"
 
 
-def test_root(group) -> str:  # noqa: ANN001 - esxdr.site.model.ProtectionGroup
+def test_root(group) -> str:  # esxdr.site.model.ProtectionGroup
     """The container of a drill's clones; ``esxdr serve`` lets the DR account clone only below it."""
     return f"{group.dr_root}/{TEST_PREFIX}-{group.name}"
 
 
-def clone_of(group, dr_dataset: str) -> str:  # noqa: ANN001
+def clone_of(group, dr_dataset: str) -> str:
     rel = dr_dataset[len(group.dr_root) + 1:] if dr_dataset.startswith(group.dr_root + "/") else \
         dr_dataset.rsplit("/", 1)[-1]
     # Flat below the container: zfs clone does not create missing parents.
@@ -240,7 +240,7 @@ def _level(names: list[dict], snapshot: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- callouts
-def with_callouts(book: Runbook, group) -> Runbook:  # noqa: ANN001 - ProtectionGroup
+def with_callouts(book: Runbook, group) -> Runbook:  # ProtectionGroup
     """Attach the group's pre/post callouts (site file ``callouts:``) to the steps they name.
 
     A callout keyed by a step id (``power:1:1``) applies to that step; keyed by a kind
@@ -306,7 +306,7 @@ def rewrite_vmx(text: str, net_map: dict[str, str], uuid_action: str | None) -> 
 
 
 # --------------------------------------------------------------------------- power order
-def power_waves(vms) -> list[tuple[int, int, list[str]]]:  # noqa: ANN001 - VmSpec list
+def power_waves(vms) -> list[tuple[int, int, list[str]]]:  # VmSpec list
     """(priority, wave, names): one parallel batch per priority group, split into waves only
     where ``depends_on`` names a VM of the same group (it must run first). A dependency on a
     later priority group, an unknown VM or a cycle is refused."""
@@ -354,7 +354,7 @@ class DrillLun:
         return dict(self.__dict__)
 
 
-def _lu_dataset(lu: LogicalUnit, group) -> str | None:  # noqa: ANN001
+def _lu_dataset(lu: LogicalUnit, group) -> str | None:
     """The production dataset backing an LU: the manifest says, else the site's NAA, else the path."""
     if lu.backing.dataset:
         return lu.backing.dataset
@@ -382,7 +382,7 @@ def _mount_base(dr_mount_base: str | None, root: Any) -> str | None:
     return own if own and own.startswith("/") else dr_mount_base
 
 
-def drill_luns(group, manifest: Manifest, dr_root_mountpoint: str | None, snapshot: str,  # noqa: ANN001
+def drill_luns(group, manifest: Manifest, dr_root_mountpoint: str | None, snapshot: str,
                new_naa: bool) -> list[DrillLun]:
     out = []
     specs = {Naa.parse(s.naa).hex: s for s in group.luns.values() if s.naa}
@@ -443,7 +443,7 @@ def drill_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str, po
 
 
 # --------------------------------------------------------------------------- networks
-def test_networks(vms, host: HostView | None, dr_network) -> tuple[dict[str, str], list[dict], list[str]]:  # noqa: ANN001
+def test_networks(vms, host: HostView | None, dr_network) -> tuple[dict[str, str], list[dict], list[str]]:
     """(production port group -> test port group, port groups to create, notes)."""
     mapping: dict[str, str] = {}
     for v in vms:
@@ -734,7 +734,7 @@ FAILOVER_MODES = ("planned", "disaster")
 FAILOVER_ACL_GROUP = "esxdr-failover"
 
 
-def reversed_group(g):  # noqa: ANN001, ANN201 - ProtectionGroup -> ProtectionGroup
+def reversed_group(g):  # ProtectionGroup -> ProtectionGroup
     """The group seen from the DR side: DR is the source, production the destination.
 
     Reprotect replicates with it (DR → production) and failback is a planned failover of it.
@@ -754,7 +754,7 @@ def reversed_group(g):  # noqa: ANN001, ANN201 - ProtectionGroup -> ProtectionGr
                                vsphere_dr=g.vsphere_production, vms=vms, luns=luns)
 
 
-def failover_luns(group, manifest: Manifest, dr_obs: dict,  # noqa: ANN001
+def failover_luns(group, manifest: Manifest, dr_obs: dict,
                   dr_mount_base: str | None = None) -> list[DrillLun]:
     """The group's LUs, backed by the DR datasets themselves (where they mount once promoted)."""
     out = []
@@ -810,7 +810,7 @@ def failover_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str,
     return m.validate()
 
 
-def failover_networks(vms, host: HostView | None) -> dict[str, str]:  # noqa: ANN001
+def failover_networks(vms, host: HostView | None) -> dict[str, str]:
     """production port group -> failover port group; every failover port group must exist on the host
     (failover does not invent networks: the DR LAN is prepared by `esxdr host apply`)."""
     mapping: dict[str, str] = {}
@@ -1042,7 +1042,7 @@ def _into(host: HostView) -> str:
     return f" into the cluster of {host.label}" if host.members else ""
 
 
-def _cluster_params(host: HostView, g) -> dict[str, Any]:  # noqa: ANN001
+def _cluster_params(host: HostView, g) -> dict[str, Any]:
     """Register on a cluster: its hosts (spread order when DRS is off) and the VMs' priorities."""
     if not host.members:
         return {}

@@ -36,7 +36,7 @@ def read_native(stack: str, paths: list[str]) -> Manifest:
     return m.validate()
 
 
-def convert(manifest: Manifest, to: str, secrets=None) -> str:  # noqa: ANN001
+def convert(manifest: Manifest, to: str, secrets=None) -> str:
     """Render a manifest as another stack's native configuration (refusing identity loss first)."""
     from esxdr.targets.manifest import dumps
 

@@ -173,7 +173,7 @@ def missing_backing(observed_paths: dict[str, int | None], manifest: Manifest, h
                               "(--map-dataset, --map-path)")
 
 
-def stat_paths(transport, paths: list[str]) -> dict[str, int | None]:  # noqa: ANN001 - Transport
+def stat_paths(transport, paths: list[str]) -> dict[str, int | None]:  # Transport
     """Sizes of backing stores on the target host, with one or two commands in all.
 
     Files report their size from stat; block devices (zvols) report 0 there, so

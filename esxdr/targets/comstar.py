@@ -403,7 +403,7 @@ def render(manifest: Manifest, secrets: Secrets | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- live
-def observe_state(transport) -> ComstarState:  # noqa: ANN001
+def observe_state(transport) -> ComstarState:
     """stmfadm list-lu -v, list-hg -v, list-tg -v, itadm list-target -v, list-tpg -v, then list-view per LU."""
     st = ComstarState()
     parse_list_lu(transport.run(["stmfadm", "list-lu", "-v"]).stdout, st)
@@ -419,11 +419,11 @@ def observe_state(transport) -> ComstarState:  # noqa: ANN001
     return st
 
 
-def observe(transport) -> Manifest:  # noqa: ANN001
+def observe(transport) -> Manifest:
     return to_manifest(observe_state(transport), host=transport.name)
 
 
-def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,  # noqa: ANN001
+def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
           check_backing: bool = True) -> ApplyResult:
     manifest.validate()
     refuse_identity(STACK, identity_problems(manifest))

@@ -260,14 +260,14 @@ def commands(xml_path: str = REMOTE_XML) -> list[Command]:
     ]
 
 
-def observe(transport) -> Manifest:  # noqa: ANN001
+def observe(transport) -> Manifest:
     out = transport.run(["svccfg", "export", "iscsitgt"]).stdout
     m = parse_xml(out, f"{transport.name}: svccfg export iscsitgt")[0]
     m.source.host = transport.name
     return m
 
 
-def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,  # noqa: ANN001
+def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
           check_backing: bool = True) -> ApplyResult:
     xml = render(manifest, secrets)
     if check_backing:

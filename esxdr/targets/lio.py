@@ -350,7 +350,7 @@ def company_id_supported(probe_output: str) -> bool:
     return m is not None and (int(m.group(1)), int(m.group(2))) >= (5, 9)
 
 
-def observe(transport) -> Manifest:  # noqa: ANN001
+def observe(transport) -> Manifest:
     """saveconfig.json plus the configfs identity attributes it lacks (two commands)."""
     text = transport.run(["cat", "/etc/target/saveconfig.json"]).stdout
     r = transport.run(["sh", "-c", f"grep -H . {CONFIGFS}/*/*/wwn/company_id {CONFIGFS}/*/*/wwn/vendor_id "
@@ -366,7 +366,7 @@ def observe(transport) -> Manifest:  # noqa: ANN001
     return m
 
 
-def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,  # noqa: ANN001
+def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
           check_backing: bool = True, company_id_settable: bool | None = None) -> ApplyResult:
     manifest.validate()
     if company_id_settable is None:

@@ -449,7 +449,7 @@ class Session:
             ident.block_size, ident.size_bytes = bs, blocks * bs
         return ident
 
-    def reader(self, lun: int, block_size: int):  # noqa: ANN201 - a read_at callable for esxdr.vmfs
+    def reader(self, lun: int, block_size: int):  # a read_at callable for esxdr.vmfs
         """A ``read_at(offset, n)`` over READ(10), caching blocks so headers cost one read each."""
         cache: dict[int, bytes] = {}
 

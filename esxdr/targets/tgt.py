@@ -398,7 +398,7 @@ class Tgtadm:
         return base + ["--lld", "iscsi", *args]
 
 
-def observe(transport, control_port: int | None = None, *, with_sizes: bool = True,  # noqa: ANN001
+def observe(transport, control_port: int | None = None, *, with_sizes: bool = True,
             portal: str | None = None, initiator: str | None = None) -> Manifest:
     """Read the live tgt configuration: one tgtadm command, plus one stat for exact sizes.
 
@@ -561,7 +561,7 @@ def lu_params(lu: LogicalUnit) -> str:
     return ",".join(params)
 
 
-def observe_native(transport, control_port: int | None = None) -> tuple[list[TgtTarget], set[str]]:  # noqa: ANN001
+def observe_native(transport, control_port: int | None = None) -> tuple[list[TgtTarget], set[str]]:
     adm = Tgtadm(control_port)
     targets = parse_show(transport.run(adm("--op", "show", "--mode", "target")).stdout)
     accounts: set[str] = set()
@@ -571,7 +571,7 @@ def observe_native(transport, control_port: int | None = None) -> tuple[list[Tgt
     return targets, accounts
 
 
-def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,  # noqa: ANN001
+def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
           control_port: int | None = None, check_backing: bool = True) -> ApplyResult:
     """Make the live tgt match the manifest. Every refusal happens before the first change.
 

@@ -117,7 +117,7 @@ def predict(session: Session, lun: int, wire: LunIdentity) -> tuple[str, dict | 
 
 
 def verify(manifest: Manifest, address: str, port: int = 3260, *, initiator: str,
-           secrets=None, chap: Chap | None = None, read_vmfs: bool = True,  # noqa: ANN001
+           secrets=None, chap: Chap | None = None, read_vmfs: bool = True,
            timeout: float = 10.0) -> VerifyReport:
     report = VerifyReport(portal=f"{address}:{port}")
     for t in manifest.targets:

@@ -73,7 +73,7 @@ def _pinned_policy(expected: str | None, label: str):
             self.expected = expected
             self.label = label
 
-        def missing_host_key(self, client, hostname, key):  # noqa: ANN001 - paramiko's signature
+        def missing_host_key(self, client, hostname, key):  # paramiko's signature
             offered = fingerprint_of(key)
             if self.expected and offered == self.expected:
                 return
@@ -234,7 +234,7 @@ class SshTransport:
         return finish(self.name, self.stats, argv, rc, out, err, started, check)
 
     # -- bulk stream --------------------------------------------------------
-    def _remember_key(self, key) -> None:  # noqa: ANN001 - a paramiko PKey
+    def _remember_key(self, key) -> None:  # a paramiko PKey
         if not (self.key_cache and self.host_key):
             return
         try:

@@ -233,7 +233,7 @@ def remove_port_group(session: Session, host: HostState, name: str) -> None:
     try:
         with session.errors(f"removing port group {name} from {host.name}"):
             ns.RemovePortGroup(name)
-    except Exception as e:  # noqa: BLE001 - already gone is what we want
+    except Exception as e:  # already gone is what we want
         if "NotFound" not in str(getattr(e, "message", e)):
             raise
 
@@ -243,7 +243,7 @@ def remove_vswitch(session: Session, host: HostState, name: str) -> None:
     try:
         with session.errors(f"removing vSwitch {name} from {host.name}"):
             ns.RemoveVirtualSwitch(name)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if "NotFound" not in str(getattr(e, "message", e)):
             raise
 

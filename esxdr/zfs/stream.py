@@ -180,7 +180,7 @@ def run_stream(src: Transport, send_argv: list[str], dst: Transport, recv_argv: 
     return StreamResult(bytes=n, seconds=time.monotonic() - started)
 
 
-def _argv_text(proc) -> str:  # noqa: ANN001 - Popen or the paramiko channel stand-in
+def _argv_text(proc) -> str:  # Popen or the paramiko channel stand-in
     args = proc.args
     return display([str(a) for a in args] if isinstance(args, list | tuple) else [str(args)])
 

@@ -95,7 +95,7 @@ def test_replay_fails_without_the_call(monkeypatch, module, method):
     opened.pop("host_bootstrap", None)
     # Any failure counts (an unplayed interaction, a request the cassette lacks, the product's
     # own error about it); that it is about the removed call is checked below.
-    with pytest.raises(Exception) as failed:  # noqa: B017
+    with pytest.raises(Exception) as failed:
         host_bootstrap(host_module=mutant)
     cass = opened["host_bootstrap"]
     assert not cass.all_played and cass.play_count < len(cass), failed.value

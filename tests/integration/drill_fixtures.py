@@ -84,7 +84,7 @@ class DrillLab:
 VCENTER_HOSTS = ["esx-a", "esx-b"]
 
 
-def make_drill_lab(tag: str, *, vcenter: bool = False, drs: bool = True):  # noqa: ANN201 - a generator
+def make_drill_lab(tag: str, *, vcenter: bool = False, drs: bool = True):  # a generator
     """The drill lab; with ``vcenter`` the DR side is esxsim's vCenter mode (a cluster of
     esx-a and esx-b, DRS on or off) instead of the standalone esx-dr: the group's
     ``vsphere_dr`` then names a ``kind: vcenter`` endpoint, and both hosts are prepared
@@ -112,7 +112,7 @@ def make_drill_lab(tag: str, *, vcenter: bool = False, drs: bool = True):  # noq
         shutil.rmtree(d, ignore_errors=True)
 
 
-def use_vcenter(dl: DrillLab, *, drs: bool):  # noqa: ANN201 - EsxsimProcess
+def use_vcenter(dl: DrillLab, *, drs: bool):  # EsxsimProcess
     """Start esxsim in vCenter mode beside the lab and point the group's vsphere_dr at it. Called
     again (another DRS setting), it replaces the running one: a fresh vCenter, hosts unprepared."""
     import re
@@ -201,7 +201,7 @@ def set_callouts(dl: DrillLab, block: str | None) -> None:
 
 
 def kill_chain(dl: DrillLab, command: tuple[str, ...], prefix: str, mid: tuple[str, ...],
-               after_each=None) -> list[str]:  # noqa: ANN001 - Callable[[str], None]
+               after_each=None) -> list[str]:  # Callable[[str], None]
     """SIGKILL `esxdr COMMAND` at every step of its runbook, one run per step: after each step
     (by id, from --dry-run), and inside the steps that have a mid-step crash point (``mid``
     kinds: the kill lands after their calls were issued, before they were awaited or recorded).

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vsphere_fixtures import PASSWORD_ENV, naa_for, start_lab  # noqa: E402
+from vsphere_fixtures import PASSWORD_ENV, naa_for, start_lab
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi")

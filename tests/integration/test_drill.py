@@ -75,7 +75,7 @@ def test_drill_end_to_end(drill_lab):
     rep = last_report(dl)
     assert rep["outcome"] == "ok" and rep["resumed"]
     assert {s["outcome"] for s in rep["steps"]} == {"done earlier"}  # every step was finished by a killed run
-    assert all_vms(dl, "esx-dr") == sorted((v, p) for v, p in all_vms(dl, "esx-dr"))  # noqa: PLR0124
+    assert all_vms(dl, "esx-dr") == sorted((v, p) for v, p in all_vms(dl, "esx-dr"))
     assert len(all_vms(dl, "esx-dr")) == len(dl.seed["vms"])  # registered once each, despite the kills
     seeded = dl.seed["datastores"]
     assert {d["name"] for d in rep["datastores"]} == set(seeded)

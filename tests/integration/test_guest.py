@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_consistency import make_vm, start_prod_lab  # noqa: E402
-from vsphere_fixtures import PASSWORD_ENV, ROOT  # noqa: E402
+from test_consistency import make_vm, start_prod_lab
+from vsphere_fixtures import PASSWORD_ENV, ROOT
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi")

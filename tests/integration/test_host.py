@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vsphere_fixtures import ESXDR, naa_for, run_esxdr, start_lab, vmfs_uuid_for  # noqa: E402
+from vsphere_fixtures import ESXDR, naa_for, run_esxdr, start_lab, vmfs_uuid_for
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi")

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest_esxsim import Tgtd, free_port, make_lun_file  # noqa: E402
-from vsphere_fixtures import PRODUCT, TARGET_IQN, naa_for, run_esxdr, vmfs_uuid_for  # noqa: E402
+from conftest_esxsim import Tgtd, free_port, make_lun_file
+from vsphere_fixtures import PRODUCT, TARGET_IQN, naa_for, run_esxdr, vmfs_uuid_for
 
-from esxdr.lab import esxsim  # noqa: E402
-from esxdr.targets import manifest as mf  # noqa: E402
+from esxdr.lab import esxsim
+from esxdr.targets import manifest as mf
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi")

@@ -76,7 +76,7 @@ class _Refusing:
         self.stderr = stderr
         self.calls: list[list[str]] = []
 
-    def run(self, argv, timeout=None, input=None, check=True):  # noqa: ANN001, ANN201
+    def run(self, argv, timeout=None, input=None, check=True):
         self.calls.append(argv)
         raise CommandFailed("create failed", argv=argv, returncode=1, stderr=self.stderr, host=self.name)
 
