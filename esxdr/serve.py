@@ -4,7 +4,7 @@ The account's authorized_keys line pins ``command="esxdr serve --allow-prefix P"
 so every SSH request arrives here with the requested command in
 SSH_ORIGINAL_COMMAND. Only the zfs operations esxdr needs, on datasets under
 the allowed prefix(es), are run — without a shell, argv by argv. Everything else
-is refused with exit 126 and logged to syslog-style stderr and the log file.
+is refused with exit 126, a reason on stderr, and a line in each --log (a file or syslog).
 
 Standard library only: this runs for every remote zfs call and must start fast.
 """
@@ -123,7 +123,9 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
             _need_dataset(ds, prefixes)
         return
     if verb in ("receive", "recv"):
-        rest = _flags(rest, "uFsvA")
+        # No -A: aborting a resumable receive deletes its partial state, and esxdr never asks
+        # for it (a stale token is resumed or superseded by a new stream, never thrown away).
+        rest = _flags(rest, "uFsv")
         if len(rest) != 1:
             raise Refused("receive takes exactly one dataset")
         _need_dataset(rest[0], prefixes, snapshot=False)
@@ -237,12 +239,18 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
                 raise Refused(f"{' '.join(opens)} only on drill clones (esxdr-test…), not on {ds!r}")
         return
     if verb in ("mount", "unmount"):
+        flags = rest
         rest = _flags(rest, "f" if verb == "unmount" else "")
+        forced = "f" in "".join(flags[:len(flags) - len(rest)])
         if len(rest) != 1:
             raise Refused(f"{verb} takes one dataset")
         _need_dataset(rest[0], prefixes, snapshot=False)
         if verb == "mount" and not _is_test_clone(rest[0]):
             raise Refused(f"only drill clones (esxdr-test…) are mounted, not {rest[0]!r}")
+        # A plain unmount of a busy replica fails harmlessly; -f pulls it out from under whatever
+        # uses it (tgtd serving a failed-over LUN). Only a drill's own clean-up forces, on its clones.
+        if forced and not _is_test_clone(rest[0]):
+            raise Refused(f"unmount -f only on drill clones (esxdr-test…), not on {rest[0]!r}")
         return
     if verb == "create":
         rest = _flags_and_options(rest, "p")
@@ -256,12 +264,51 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
 STAGE_ALLOWED = {
     "zstd": {"-dc", "-c", "-d", "-q", "-1", "-3", "-T0"},
     "lz4": {"-dc", "-c", "-d", "-q", "-1"},
-    "mbuffer": {"-q", "-s", "-m", "128k", "128M", "256M", "1G"},
 }
+
+# mbuffer's memory is the DR box's, taken for as long as the request runs, once per request:
+# esxdr asks for 128M (zfs/stream.py). Anything up to MBUFFER_MAX_MEMORY is accepted, more is
+# refused, and so are sizes mbuffer would read as a share of RAM (`-m 90%`).
+MBUFFER_MAX_MEMORY = 256 << 20
+MBUFFER_MAX_BLOCK = 1 << 20
+_SIZE_RE = re.compile(r"^([1-9][0-9]{0,9})([kMGT]?)$")
+
+
+def _size(value: str, what: str, bound: int) -> int:
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise Refused(f"mbuffer {what} {value!r} is not a size (bytes, k, M or G)")
+    n = int(m.group(1)) << {"": 0, "k": 10, "M": 20, "G": 30, "T": 40}[m.group(2)]
+    if n > bound:
+        raise Refused(f"mbuffer {what} {value} is over the {bound >> 20}M this account may use")
+    return n
+
+
+def _check_mbuffer(args: list[str]) -> None:
+    """``mbuffer [-q] [-s SIZE] [-m SIZE]``, each at most once, within the bounds above."""
+    seen: set[str] = set()
+    it = iter(args)
+    for a in it:
+        if a in seen:
+            raise Refused(f"argument {a!r} is given twice to mbuffer")
+        seen.add(a)
+        if a == "-q":
+            continue
+        if a in ("-m", "-s"):
+            value = next(it, None)
+            if value is None:
+                raise Refused(f"mbuffer {a} needs a size")
+            _size(value, "memory" if a == "-m" else "block size",
+                  MBUFFER_MAX_MEMORY if a == "-m" else MBUFFER_MAX_BLOCK)
+            continue
+        raise Refused(f"argument {a!r} is not allowed for mbuffer")
 
 
 def check_stage(argv: list[str]) -> None:
     prog = argv[0]
+    if prog == "mbuffer":
+        _check_mbuffer(argv[1:])
+        return
     if prog not in STAGE_ALLOWED:
         raise Refused(f"program {prog!r} is not allowed")
     for a in argv[1:]:
@@ -292,6 +339,11 @@ def parse(command: str, prefixes: list[str]) -> list[list[str]] | str:
     zfs_stages = [s for s in stages if s[0] == "zfs"]
     if len(zfs_stages) != 1:
         raise Refused("exactly one zfs command is allowed")
+    # One stage per program: two decompressors only break the stream, but two mbuffers double
+    # the memory bound above.
+    programs = [s[0] for s in stages]
+    if len(set(programs)) != len(programs):
+        raise Refused("each program may appear once in a pipeline")
     for s in stages:
         if s[0] == "zfs":
             check_zfs(s[1:], prefixes)
@@ -340,30 +392,48 @@ def capabilities(zfs: list[str]) -> dict:
     }
 
 
-def _log(log_file: str | None, line: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+SYSLOG = "syslog"
+
+
+def _log(logs: list[str], line: str, *, refused: bool = False) -> None:
+    """One line per request to each log: a file (appended) or ``syslog`` (facility auth).
+
+    The command is always written as repr(), so a newline or escape in SSH_ORIGINAL_COMMAND
+    cannot forge a second log line. A log that cannot be written is skipped: the request's
+    answer must not depend on it, and the client (possibly hostile) is not told.
+    """
     client = os.environ.get("SSH_CLIENT", "-").split(" ")[0]
-    text = f"{stamp} esxdr-serve[{os.getpid()}] from {client}: {line}\n"
-    if log_file:
+    for dest in logs:
+        if dest == SYSLOG:
+            import syslog
+
+            # auth: the facility sshd logs to, so refusals sit beside the logins that made them
+            syslog.openlog("esxdr-serve", syslog.LOG_PID, syslog.LOG_AUTH)
+            syslog.syslog(syslog.LOG_WARNING if refused else syslog.LOG_INFO, f"from {client}: {line}")
+            syslog.closelog()
+            continue
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         try:
-            with open(log_file, "a") as f:
-                f.write(text)
+            with open(dest, "a") as f:
+                f.write(f"{stamp} esxdr-serve[{os.getpid()}] from {client}: {line}\n")
         except OSError:
             pass
 
 
-USAGE = """usage: esxdr serve --allow-prefix DATASET [--allow-prefix DATASET ...] [--sudo] [--log FILE]
+USAGE = """usage: esxdr serve --allow-prefix DATASET [--allow-prefix DATASET ...] [--sudo] [--log FILE|syslog ...]
 
 Forced command for the DR service account (see `esxdr keys authorized-line`).
 Reads the requested command from SSH_ORIGINAL_COMMAND and runs it only if it is
 one of the zfs operations esxdr needs on a dataset under an allowed prefix.
+--log (repeatable) writes every request run and every one refused (REFUSED …) to an
+absolute FILE, or to syslog (facility auth) with the word syslog.
 """
 
 
 def main(argv: list[str]) -> int:
     prefixes: list[str] = []
     sudo = False
-    log_file: str | None = None
+    logs: list[str] = []
     it = iter(argv)
     for a in it:
         if a == "--allow-prefix":
@@ -371,7 +441,13 @@ def main(argv: list[str]) -> int:
         elif a == "--sudo":
             sudo = True
         elif a == "--log":
-            log_file = next(it, None)
+            dest = next(it, "")
+            # absolute: the forced command's working directory is the account's home, which a
+            # relative name would quietly depend on
+            if dest != SYSLOG and not dest.startswith("/"):
+                sys.stderr.write(f"esxdr serve: --log takes an absolute file or 'syslog', not {dest!r}\n")
+                return 2
+            logs.append(dest)
         elif a in ("-h", "--help"):
             sys.stdout.write(USAGE)
             return 0
@@ -386,7 +462,7 @@ def main(argv: list[str]) -> int:
     try:
         parsed = parse(command, prefixes)
     except Refused as e:
-        _log(log_file, f"REFUSED {command!r}: {e}")
+        _log(logs, f"REFUSED {command!r}: {e}", refused=True)
         sys.stderr.write(f"esxdr serve: refused: {e}\n")
         return 126
     if parsed == "capabilities":
@@ -396,10 +472,10 @@ def main(argv: list[str]) -> int:
     try:
         _check_clone_mountpoint(parsed, zfs)
     except Refused as e:
-        _log(log_file, f"REFUSED {command!r}: {e}")
+        _log(logs, f"REFUSED {command!r}: {e}", refused=True)
         sys.stderr.write(f"esxdr serve: refused: {e}\n")
         return 126
-    _log(log_file, f"run {command!r}")
+    _log(logs, f"run {command!r}")
     argvs = [(zfs + s[1:]) if s[0] == "zfs" else s for s in parsed]
     if len(argvs) == 1:
         os.execvp(argvs[0][0], argvs[0])

@@ -46,6 +46,14 @@ ALLOWED = [
      [["zfs", "set", "esxdr:consistency=application", "rp1/iscsi/lun0@a", "rp1/iscsi/lun1@a"]]),
     ("zfs unmount rp1/iscsi/lun0",
      [["zfs", "unmount", "rp1/iscsi/lun0"]]),
+    # a drill's clean-up forces the unmount of its own clones (recovery._destroy, after 3 tries)
+    ("zfs unmount -f rp1/iscsi/esxdr-test-core/lun0",
+     [["zfs", "unmount", "-f", "rp1/iscsi/esxdr-test-core/lun0"]]),
+    # mbuffer up to the 256M bound (esxdr itself asks for 128M)
+    ("mbuffer -q -s 128k -m 256M | zfs receive -u rp1/iscsi/lun0",
+     [["mbuffer", "-q", "-s", "128k", "-m", "256M"], ["zfs", "receive", "-u", "rp1/iscsi/lun0"]]),
+    ("mbuffer -m 268435456 | zfs receive -u rp1/iscsi/lun0",
+     [["mbuffer", "-m", "268435456"], ["zfs", "receive", "-u", "rp1/iscsi/lun0"]]),
     ("zfs create -p rp1/iscsi",
      [["zfs", "create", "-p", "rp1/iscsi"]]),
     ("zfs create -p -o readonly=on rp1/iscsi",
@@ -161,11 +169,63 @@ HOSTILE = [
     ("zfs set readonly=off rp1/iscsi/esxdr-test-core/lun0 rp1/iscsi/lun0",
      "readonly=off only on drill clones (esxdr-test…), not on 'rp1/iscsi/lun0'"),
     ("zfs mount rp1/iscsi/lun0", "only drill clones (esxdr-test…) are mounted, not 'rp1/iscsi/lun0'"),
+    # a forced unmount pulls a replica out from under tgtd (a failed-over LUN): drill clones only,
+    # however the flag is spelled
+    ("zfs unmount -f rp1/iscsi/lun0", "unmount -f only on drill clones (esxdr-test…), not on 'rp1/iscsi/lun0'"),
+    ("zfs unmount -f rp1/iscsi", "unmount -f only on drill clones (esxdr-test…), not on 'rp1/iscsi'"),
+    ("zfs unmount -ff rp1/iscsi/lun0", "unmount -f only on drill clones (esxdr-test…), not on 'rp1/iscsi/lun0'"),
+    ("zfs unmount -f -f rp1/iscsi/lun0", "unmount -f only on drill clones (esxdr-test…), not on 'rp1/iscsi/lun0'"),
+    ("zfs umount -f rp1/iscsi/lun0", "zfs umount is not allowed"),
+    ("zfs unmount -a", "flag -a is not allowed here"),
+    ("zfs unmount -f rp1/iscsi/esxdr-test-core/lun0 rp1/iscsi/lun0", "unmount takes one dataset"),
+    # aborting a resumable receive deletes its partial state; esxdr never asks for it
+    ("zfs receive -A rp1/iscsi/lun0", "flag -A is not allowed here"),
+    ("zfs receive -sA rp1/iscsi/lun0", "flag -A is not allowed here"),
+    ("zfs recv -u -A rp1/iscsi/lun0", "flag -A is not allowed here"),
+    ("zstd -dc | zfs receive -A rp1/iscsi/lun0", "flag -A is not allowed here"),
+    # mbuffer: one per pipeline, at most 256M of the DR box's memory, sizes only in plain units
+    ("mbuffer -q -s 128k -m 1G | zfs receive -u rp1/iscsi/lun0",
+     "mbuffer memory 1G is over the 256M this account may use"),
+    ("mbuffer -m 1G | mbuffer -m 1G | zfs receive -u rp1/iscsi/lun0", "each program may appear once in a pipeline"),
+    ("mbuffer -m 128M | mbuffer -m 128M | zfs receive -u rp1/iscsi/lun0",
+     "each program may appear once in a pipeline"),
+    ("mbuffer -m 257M | zfs receive -u rp1/iscsi/lun0", "mbuffer memory 257M is over the 256M this account may use"),
+    ("mbuffer -m 262145k | zfs receive -u rp1/iscsi/lun0",
+     "mbuffer memory 262145k is over the 256M this account may use"),
+    ("mbuffer -m 268435457 | zfs receive -u rp1/iscsi/lun0",
+     "mbuffer memory 268435457 is over the 256M this account may use"),
+    ("mbuffer -m 1T | zfs receive -u rp1/iscsi/lun0", "mbuffer memory 1T is over the 256M this account may use"),
+    ("mbuffer -m 90% | zfs receive -u rp1/iscsi/lun0", "mbuffer memory '90%' is not a size (bytes, k, M or G)"),
+    ("mbuffer -m 0.5G | zfs receive -u rp1/iscsi/lun0", "mbuffer memory '0.5G' is not a size (bytes, k, M or G)"),
+    ("mbuffer -m 0128M | zfs receive -u rp1/iscsi/lun0", "mbuffer memory '0128M' is not a size (bytes, k, M or G)"),
+    ("mbuffer -m 99999999999M | zfs receive -u rp1/iscsi/lun0",
+     "mbuffer memory '99999999999M' is not a size (bytes, k, M or G)"),
+    ("mbuffer -m 128M -m 128M | zfs receive -u rp1/iscsi/lun0", "argument '-m' is given twice to mbuffer"),
+    ("mbuffer -m | zfs receive -u rp1/iscsi/lun0", "mbuffer -m needs a size"),
+    ("mbuffer -s 16M | zfs receive -u rp1/iscsi/lun0", "mbuffer block size 16M is over the 1M this account may use"),
+    ("mbuffer -o /etc/passwd | zfs receive -u rp1/iscsi/lun0", "argument '-o' is not allowed for mbuffer"),
+    ("mbuffer -q 1G | zfs receive -u rp1/iscsi/lun0", "argument '1G' is not allowed for mbuffer"),
+    ("mbuffer -m 128M -t | zfs receive -u rp1/iscsi/lun0", "argument '-t' is not allowed for mbuffer"),
+    ("mbuffer -m128M | zfs receive -u rp1/iscsi/lun0", "argument '-m128M' is not allowed for mbuffer"),
+    ("zstd -dc | zstd -dc | zfs receive -u rp1/iscsi/lun0", "each program may appear once in a pipeline"),
 ]
 
 
 def _id(command: str) -> str:
     return command or "<empty>"
+
+
+@pytest.fixture(autouse=True)
+def _nothing_runs(monkeypatch):
+    """A command main() wrongly accepts fails its test here, instead of exec'ing zfs in pytest's place."""
+    import os
+    import subprocess
+
+    def run(*args, **kwargs):
+        raise AssertionError(f"serve would have run {args!r}")
+
+    monkeypatch.setattr(os, "execvp", run)
+    monkeypatch.setattr(subprocess, "Popen", run)
 
 
 @pytest.mark.parametrize(("command", "expected"), ALLOWED, ids=[_id(c) for c, _ in ALLOWED])
@@ -191,3 +251,55 @@ def test_refusal_exits_126_and_is_logged(monkeypatch, tmp_path, capsys):
 def test_prefix_is_required(capsys):
     assert main([]) == 2
     assert main(["--allow-prefix", "rp1@x"]) == 2
+
+
+def test_refusal_goes_to_syslog_at_warning(monkeypatch, capsys):
+    import syslog
+
+    said: list[tuple[int, str]] = []
+    opened: list[tuple] = []
+    monkeypatch.setattr(syslog, "openlog", lambda *a: opened.append(a))
+    monkeypatch.setattr(syslog, "syslog", lambda prio, msg: said.append((prio, msg)))
+    monkeypatch.setattr(syslog, "closelog", lambda: None)
+    monkeypatch.setenv("SSH_CLIENT", "192.0.2.7 50000 22")
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "zfs unmount -f rp1/iscsi/lun0")
+    assert main(["--allow-prefix", "rp1/iscsi", "--log", "syslog"]) == 126
+    assert opened == [("esxdr-serve", syslog.LOG_PID, syslog.LOG_AUTH)]
+    assert said == [(syslog.LOG_WARNING, "from 192.0.2.7: REFUSED 'zfs unmount -f rp1/iscsi/lun0': "
+                                         "unmount -f only on drill clones (esxdr-test…), not on 'rp1/iscsi/lun0'")]
+    assert "refused" in capsys.readouterr().err
+
+
+def test_file_and_syslog_together(monkeypatch, tmp_path):
+    import syslog
+
+    said: list[str] = []
+    monkeypatch.setattr(syslog, "openlog", lambda *a: None)
+    monkeypatch.setattr(syslog, "syslog", lambda prio, msg: said.append(msg))
+    monkeypatch.setattr(syslog, "closelog", lambda: None)
+    log = tmp_path / "serve.log"
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "zfs receive -A rp1/iscsi/lun0")
+    assert main(["--allow-prefix", "rp1/iscsi", "--log", str(log), "--log", "syslog"]) == 126
+    assert len(said) == 1 and "REFUSED 'zfs receive -A rp1/iscsi/lun0'" in said[0]
+    assert "REFUSED 'zfs receive -A rp1/iscsi/lun0': flag -A is not allowed here" in log.read_text()
+
+
+def test_a_newline_in_the_request_cannot_forge_a_log_line(monkeypatch, tmp_path, capsys):
+    log = tmp_path / "serve.log"
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "zfs version\n2026-01-01T00:00:00Z esxdr-serve[1] from -: run 'zfs x'")
+    assert main(["--allow-prefix", "rp1/iscsi", "--log", str(log)]) == 126
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and "REFUSED \"zfs version\\n2026-01-01" in lines[0]
+
+
+@pytest.mark.parametrize("dest", ["serve.log", "", "./serve.log", "SYSLOG"])
+def test_log_must_be_absolute_or_syslog(monkeypatch, capsys, dest):
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "zfs version")
+    assert main(["--allow-prefix", "rp1/iscsi", "--log", dest]) == 2
+    assert f"--log takes an absolute file or 'syslog', not {dest!r}" in capsys.readouterr().err
+
+
+def test_log_without_a_value_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "zfs version")
+    assert main(["--allow-prefix", "rp1/iscsi", "--log"]) == 2
+    assert "--log takes an absolute file or 'syslog', not ''" in capsys.readouterr().err
