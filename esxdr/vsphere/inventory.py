@@ -202,7 +202,11 @@ def parse_storage(dev: Any) -> tuple[bool, ObservedIscsi | None, dict[str, Obser
     targets: dict[str, list[str]] = {}
     for adapter in (dev.scsiTopology.adapter or ()) if dev.scsiTopology else ():
         for t in adapter.target or ():
-            iqn = getattr(t.transport, "iScsiName", None) or ""
+            # Only iSCSI transports name a target: a SAS/SATA/FC LUN (a real host's local RAID
+            # disk) would otherwise be listed as reached through a target named "".
+            iqn = getattr(t.transport, "iScsiName", None)
+            if not iqn:
+                continue
             for lun in t.lun or ():
                 targets.setdefault(lun.scsiLun, []).append(iqn)
     paths: dict[str, list[tuple[str, str]]] = {}
