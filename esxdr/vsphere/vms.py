@@ -2,9 +2,16 @@
 
 Every step is a batch: all RegisterVM_Task / PowerOnVM_Task calls of a priority group are
 issued first, then awaited together on one property filter (:mod:`esxdr.vsphere.tasks`).
-A power-on of a replicated VM stops at the ``msg.uuid.altered`` question; the same filter
+A power-on of a replicated VM stops at the "moved or copied" question; the same filter
 watches ``runtime.question`` and answers it as soon as it appears: ``moved`` (keep the BIOS
 UUID: failover) or ``copied`` (new UUID: a drill next to the running production VM).
+
+What a question asks is read from ``question.message[].id`` (``msg.uuid.altered``), never from
+``question.id``: on a real host that id is opaque (``_vmx1``, what ``vim-cmd vmsvc/message``
+prints). The answer is the key of the choice whose *label* is the wanted one
+(``button.uuid.movedTheVM`` / ``button.uuid.copiedTheVM`` / ``button.uuid.cancel``), read from
+``choice.choiceInfo`` each time, never a fixed key. Any other question (lock lost, no space
+left, a locked CD-ROM, ...) is left unanswered and reported with its text.
 """
 
 from __future__ import annotations
@@ -26,7 +33,64 @@ from esxdr.vsphere.tasks import TASK_PATHS, State, task_error, wait_tasks, watch
 
 PC = vmodl.query.PropertyCollector
 UUID_ALTERED = "msg.uuid.altered"
-ANSWERS = {"cancel": "0", "moved": "1", "copied": "2"}
+# The labels of the msg.uuid.altered choices on ESXi 5.x and later, as `vim-cmd vmsvc/message`
+# lists them ("1. button.uuid.movedTheVM (I Moved It)") and PowerCLI's Set-VMQuestion -Option
+# takes them. The keys that go with them are the host's: read from choiceInfo every time.
+UUID_LABELS = {"cancel": "button.uuid.cancel", "moved": "button.uuid.movedTheVM",
+               "copied": "button.uuid.copiedTheVM"}
+
+
+@dataclass(frozen=True)
+class Question:
+    """A VM's pending ``runtime.question`` as plain values."""
+
+    id: str  # opaque (_vmx1): only good to answer this very question
+    text: str
+    messages: tuple[str, ...] = ()  # message ids, e.g. ("msg.uuid.altered",): what it asks
+    choices: tuple[tuple[str, str, str], ...] = ()  # (key, label, summary)
+
+    @property
+    def moved_or_copied(self) -> bool:
+        return UUID_ALTERED in self.messages
+
+    def key_for(self, label: str) -> str | None:
+        return next((k for k, lab, _ in self.choices if lab == label), None)
+
+    def describe(self) -> str:
+        what = ", ".join(self.messages) or "no message id"
+        opts = "; ".join(f"{summary or label} ({label})" for _, label, summary in self.choices)
+        text = " ".join(self.text.split())  # the host's text may span lines
+        return f"{text} [question {self.id}: {what}; choices: {opts or 'none'}]"
+
+
+def read_question(q: Any) -> Question | None:
+    """``runtime.question`` (vim.vm.QuestionInfo) as a :class:`Question`; None when none is pending."""
+    if q is None:
+        return None
+    choice = getattr(q, "choice", None)
+    infos = getattr(choice, "choiceInfo", None) or ()
+    return Question(
+        id=str(getattr(q, "id", "") or ""), text=str(getattr(q, "text", "") or ""),
+        messages=tuple(str(m.id) for m in getattr(q, "message", None) or () if getattr(m, "id", None)),
+        choices=tuple((str(c.key), str(getattr(c, "label", "") or ""), str(getattr(c, "summary", "") or ""))
+                      for c in infos))
+
+
+def uuid_answer_key(question: Question, answer: str, vm: str) -> str:
+    """The choice key that answers ``moved`` / ``copied`` / ``cancel`` to a msg.uuid.altered
+    question, found by its label. Any other question, or no such choice, is a ConflictError
+    carrying the question's text: esxdr answers nothing it did not understand."""
+    if not question.moved_or_copied:
+        raise ConflictError(f"VM {vm} is waiting for an answer esxdr does not give: {question.describe()}",
+                            hint="answer it in the vSphere client (or remove its cause), then rerun")
+    label = UUID_LABELS.get(answer)
+    if label is None:
+        raise ValueError(f"unknown answer {answer!r}: one of {', '.join(UUID_LABELS)}")
+    key = question.key_for(label)
+    if key is None:
+        raise ConflictError(f"VM {vm} asks whether it was moved or copied, but offers no choice labelled {label}: "
+                            f"{question.describe()}", hint="answer it in the vSphere client, then rerun")
+    return key
 
 
 @dataclass
@@ -110,10 +174,18 @@ def register_vms(session: Session, host: HostState, vmx_paths: list[str], *, tim
                       settle=0.25)
 
 
-def answer_question(session: Session, vm: Any, question_id: str, answer: str) -> None:
-    """VirtualMachine.AnswerVM; ``answer`` is a choice key or moved/copied/cancel."""
-    with session.errors(f"answering question {question_id} of VM {vm._moId}"):
-        vm.AnswerVM(question_id, ANSWERS.get(answer, answer))
+def answer_question(session: Session, vm: Any, question: Any, answer: str) -> str:
+    """Answer ``moved`` / ``copied`` / ``cancel`` to VM's pending msg.uuid.altered question
+    (``question``: its ``runtime.question`` or a :class:`Question`) with VirtualMachine.AnswerVM.
+    The choice key is looked up by label; any other question raises ConflictError with its text
+    and nothing is sent. Returns the key sent."""
+    q = question if isinstance(question, Question) else read_question(question)
+    if q is None:
+        raise ConflictError(f"VM {vm._moId} has no pending question to answer")
+    key = uuid_answer_key(q, answer, vm._moId)
+    with session.errors(f"answering question {q.id} of VM {vm._moId}"):
+        vm.AnswerVM(q.id, key)
+    return key
 
 
 def power_on(session: Session, vms: list[Any], *, uuid_answer: str = "moved", timeout: float = 300) -> dict[str, str]:
@@ -149,24 +221,24 @@ def boot(session: Session, vms: list[Any], states: dict[str, tuple[str, str | No
          timeout: float, settle: float = 0.2, after_issue: Any = None, heartbeats: bool = True) -> dict[str, str]:
     """Power on a priority batch and wait until every guest's heartbeat is green, on ONE property
     filter: the PowerOnVM_Task of every VM that is off (issued together), the VMs'
-    ``runtime.question`` (``msg.uuid.altered`` answered on the way; any other question stops the
-    batch with its text) and ``guestHeartbeatStatus`` (not with ``heartbeats=False``: then only
-    until the power-ons ended).
+    ``runtime.question`` (msg.uuid.altered answered on the way; any other question stops the
+    batch with its text, unanswered) and ``guestHeartbeatStatus`` (not with ``heartbeats=False``:
+    then only until the power-ons ended).
 
     ``states``: moid -> (power state, pending question id), as last observed. A VM already on is
-    only waited for; a question left pending by a killed run is answered. A power-on refused with
-    InvalidPowerState (someone powered it on meanwhile) counts as on. ``settle`` lets the changes
-    of a batch gather before the next WaitForUpdatesEx (forty tasks finishing within a second are
-    then a few requests, not forty). Returns moid -> question answered.
+    only waited for. A VM with a question pending (left by a killed run, whose power-on task is
+    still waiting on it) gets no new power-on: its question arrives with the filter's first
+    update and is judged by what it asks, like any other, before anything is answered. A
+    power-on refused with InvalidPowerState (someone powered it on meanwhile) counts as on.
+    ``settle`` lets the changes of a batch gather before the next WaitForUpdatesEx (forty tasks
+    finishing within a second are then a few requests, not forty). Returns moid -> answer given.
     """
     if not vms:
         return {}
+    if uuid_answer not in UUID_LABELS:
+        raise ValueError(f"unknown answer {uuid_answer!r}: one of {', '.join(UUID_LABELS)}")
     answered: dict[str, str] = {}
-    for vm in vms:
-        power, qid = states.get(vm._moId, ("poweredOff", None))
-        if qid:
-            answer_question(session, vm, qid, uuid_answer)
-            answered[vm._moId] = uuid_answer
+    answered_ids: set[tuple[str, str]] = set()  # (moid, question id): each question is answered once
     tasks = []
     for vm in vms:
         power, qid = states.get(vm._moId, ("poweredOff", None))
@@ -188,14 +260,12 @@ def boot(session: Session, vms: list[Any], states: dict[str, tuple[str, str | No
 
     def on_change(state: State) -> None:
         for moid, vm in by_id.items():
-            q = state.get(moid, {}).get("runtime.question")
-            if q is None or moid in answered:
-                continue
-            if UUID_ALTERED in (q.id or "") or UUID_ALTERED in str(getattr(q.message, "id", "") if q.message else ""):
-                answer_question(session, vm, q.id, uuid_answer)
-                answered[moid] = uuid_answer
-            else:
-                raise ConflictError(f"VM {moid} asks: {q.text}", hint="answer it in the vSphere client, then rerun")
+            q = read_question(state.get(moid, {}).get("runtime.question"))
+            if q is None or (moid, q.id) in answered_ids:
+                continue  # none pending, or answered and not yet cleared by the host
+            answer_question(session, vm, q, uuid_answer)  # raises, unanswered, for any other question
+            answered_ids.add((moid, q.id))
+            answered[moid] = uuid_answer
         for t in task_ids:
             props = state.get(t, {})
             if str(props.get("info.state")) == "error":
@@ -208,7 +278,8 @@ def boot(session: Session, vms: list[Any], states: dict[str, tuple[str, str | No
             # Only heartbeats left: guests come up over seconds (minutes on real hosts), one wake-up
             # per guest would cost a request each; gather them longer than task and question changes.
             waiting_guests = tasks_done(state) and not any(
-                state.get(m, {}).get("runtime.question") is not None and m not in answered for m in by_id)
+                (q := read_question(state.get(m, {}).get("runtime.question"))) is not None
+                and (m, q.id) not in answered_ids for m in by_id)
             time.sleep(settle * 2 if waiting_guests else settle)
 
     # Per type (a real host refuses a filter asking a Task for runtime.question): one filter.

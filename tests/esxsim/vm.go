@@ -1,8 +1,9 @@
 package main
 
 // VM behaviour that the govmomi simulator lacks: real .vmx files on the datastore,
-// RegisterVM from a .vmx, the msg.uuid.altered question, guest heartbeat after
-// power-on, quiesced snapshots, port group checks on network backings.
+// RegisterVM from a .vmx, the "moved or copied" question (msg.uuid.altered) in the shape a
+// real host gives it, guest heartbeat after power-on, quiesced snapshots, port group checks
+// on network backings.
 
 import (
 	"bufio"
@@ -29,7 +30,7 @@ import (
 type vmExtra struct {
 	uuidAltered bool
 	question    *types.VirtualMachineQuestionInfo
-	answerCh    chan string
+	answerCh    chan string // the label of the choice AnswerVM picked
 	missingNets []string
 	hbTimer     *time.Timer
 }
@@ -578,23 +579,47 @@ func registeredAt(dsPath string) string {
 	return ""
 }
 
+// The choice labels of the "moved or copied" question on ESXi 5.x and later.
+const (
+	labelUUIDCancel = "button.uuid.cancel"
+	labelUUIDMoved  = "button.uuid.movedTheVM"
+	labelUUIDCopied = "button.uuid.copiedTheVM"
+)
+
+// uuidQuestion is the question a real host asks at the power-on of a VM whose uuid.location
+// does not match (docs/esxsim.md cites the references):
+//   - id: opaque, "_vmx<n>", numbered per VMX process: the first question of a power-on is
+//     "_vmx1" (VMware's KB on answering from the shell, `vim-cmd vmsvc/message <vmid> _vmx1 2`);
+//   - what it asks is only in message[].id: "msg.uuid.altered";
+//   - choices as `vim-cmd vmsvc/message` lists them: "0. button.uuid.cancel (Cancel)",
+//     "1. button.uuid.movedTheVM (I Moved It)", "2. button.uuid.copiedTheVM (I Copied It) [default]".
 func uuidQuestion(n int) *types.VirtualMachineQuestionInfo {
-	text := "This virtual machine might have been moved or copied.\n" +
-		"In order to configure certain management and networking features, VMware ESX needs to know if this virtual machine was moved or copied.\n" +
+	text := "This virtual machine might have been moved or copied. " +
+		"In order to configure certain management and networking features, VMware ESX needs to know if this virtual machine was moved or copied. " +
 		"If you don't know, answer \"I Copied It\"."
 	return &types.VirtualMachineQuestionInfo{
-		Id:   "msg.uuid.altered",
+		Id:   fmt.Sprintf("_vmx%d", n),
 		Text: text,
 		Choice: types.ChoiceOption{
 			ChoiceInfo: []types.BaseElementDescription{
-				&types.ElementDescription{Key: "0", Description: types.Description{Label: "button.uuid.cancel", Summary: "Cancel"}},
-				&types.ElementDescription{Key: "1", Description: types.Description{Label: "button.uuid.moveit", Summary: "I Moved It"}},
-				&types.ElementDescription{Key: "2", Description: types.Description{Label: "button.uuid.copyit", Summary: "I Copied It"}},
+				&types.ElementDescription{Key: "0", Description: types.Description{Label: labelUUIDCancel, Summary: "Cancel"}},
+				&types.ElementDescription{Key: "1", Description: types.Description{Label: labelUUIDMoved, Summary: "I Moved It"}},
+				&types.ElementDescription{Key: "2", Description: types.Description{Label: labelUUIDCopied, Summary: "I Copied It"}},
 			},
 			DefaultIndex: 2,
 		},
 		Message: []types.VirtualMachineMessage{{Id: "msg.uuid.altered", Text: text}},
 	}
+}
+
+// choiceLabel is the label of the choice keyed key, or "" when q offers no such choice.
+func choiceLabel(q *types.VirtualMachineQuestionInfo, key string) string {
+	for _, c := range q.Choice.ChoiceInfo {
+		if d := c.GetElementDescription(); d.Key == key {
+			return d.Label
+		}
+	}
+	return ""
 }
 
 func (w *Host) setQuestion(vm *simulator.VirtualMachine, q *types.VirtualMachineQuestionInfo) {
@@ -635,9 +660,9 @@ func (w *Host) powerOnVM(ctx *simulator.Context, m *simulator.Method) soap.HasFa
 		// ESXi reads uuid.action from the .vmx: the question is answered in advance, none is asked.
 		switch strings.ToLower(w.vmxValue(vm, "uuid.action")) {
 		case "keep":
-			w.uuidAnswered(vm, "1")
+			w.uuidAnswered(vm, false)
 		case "create":
-			w.uuidAnswered(vm, "2")
+			w.uuidAnswered(vm, true)
 		}
 	}
 	if !x.uuidAltered {
@@ -662,10 +687,10 @@ func (w *Host) powerOnVM(ctx *simulator.Context, m *simulator.Method) soap.HasFa
 		x.question = nil
 		x.answerCh = nil
 		w.mu.Unlock()
-		if answer == "0" {
+		if answer == labelUUIDCancel {
 			return nil, withMsg(&types.RequestCanceled{}, "power on of "+vm.Name+" canceled at the msg.uuid.altered question")
 		}
-		w.uuidAnswered(vm, answer)
+		w.uuidAnswered(vm, answer == labelUUIDCopied)
 		var inner soap.HasFault
 		ictx := internalCtx(vm.Self)
 		simulator.Map.WithLock(vm, func() {
@@ -701,9 +726,9 @@ func deviceSpecs(vm *simulator.VirtualMachine) []types.BaseVirtualDeviceConfigSp
 }
 
 // uuidAnswered applies "I moved it" (keep the BIOS UUID) or "I copied it" (new UUID).
-func (w *Host) uuidAnswered(vm *simulator.VirtualMachine, answer string) {
+func (w *Host) uuidAnswered(vm *simulator.VirtualMachine, copied bool) {
 	simulator.Map.WithLock(vm, func() {
-		if answer == "2" {
+		if copied {
 			nu := uuid.New().String()
 			simulator.Map.Update(vm, []types.PropertyChange{
 				{Name: "config.uuid", Val: nu},
@@ -738,17 +763,18 @@ func (w *Host) answerVM(ctx *simulator.Context, m *simulator.Method) soap.HasFau
 	q, ch := x.question, x.answerCh
 	w.mu.Unlock()
 	if q == nil || ch == nil || req.QuestionId != q.Id {
-		r.Fault_ = fault("no pending question "+req.QuestionId+" on "+vm.Name, &types.ConcurrentAccess{})
+		// AnswerVM's documented fault when the question id does not apply to the VM (e.g.
+		// another client answered it already).
+		r.Fault_ = fault("question "+req.QuestionId+" does not apply to "+vm.Name, &types.InvalidArgument{InvalidProperty: "questionId"})
 		return r
 	}
-	switch req.AnswerChoice {
-	case "0", "1", "2":
-	default:
-		r.Fault_ = fault("invalid answer "+req.AnswerChoice+" (0 cancel, 1 moved, 2 copied)", &types.InvalidArgument{InvalidProperty: "answerChoice"})
+	label := choiceLabel(q, req.AnswerChoice)
+	if label == "" {
+		r.Fault_ = fault("answer "+req.AnswerChoice+" is not one of the choices of question "+q.Id, &types.InvalidArgument{InvalidProperty: "answerChoice"})
 		return r
 	}
 	select {
-	case ch <- req.AnswerChoice:
+	case ch <- label:
 	default:
 	}
 	// wait briefly so the client sees the question cleared when AnswerVM returns

@@ -484,10 +484,13 @@ def test_create_vmfs_and_vm_replicate_to_dr(esxsim_factory, tgtd_factory, lab_di
 
     task = dvm.PowerOnVM_Task()
     q = wait_for(lambda: dvm.runtime.question, timeout=5)
-    assert q is not None and "msg.uuid.altered" in q.id
+    # As a real host: an opaque id, the kind in message[].id, the labels vim-cmd lists
+    assert q is not None and q.id == "_vmx1" and [m.id for m in q.message] == ["msg.uuid.altered"]
     labels = {c.key: c.label for c in q.choice.choiceInfo}
-    assert labels == {"0": "button.uuid.cancel", "1": "button.uuid.moveit", "2": "button.uuid.copyit"}
+    assert labels == {"0": "button.uuid.cancel", "1": "button.uuid.movedTheVM", "2": "button.uuid.copiedTheVM"}
     assert task.info.state == vim.TaskInfo.State.running
+    with pytest.raises(vmodl.fault.InvalidArgument):
+        dvm.AnswerVM("msg.uuid.altered", "2")  # not this question's id
     dvm.AnswerVM(q.id, "2")
     wait_task(task)
     assert dvm.runtime.question is None
@@ -650,7 +653,7 @@ def test_esxdr_answers_the_uuid_question_of_an_unprepared_vmx(esxsim_factory, tg
         task = vm3.PowerOnVM_Task()
         assert wait_for(lambda: vm3.runtime.question is not None, timeout=5)
         states = vv.vm_states(s, [vm3])
-        assert states[ids["app03"]][1] and "msg.uuid.altered" in states[ids["app03"]][1]
+        assert states[ids["app03"]][1] == "_vmx1"  # opaque: boot looks at what the question asks
         assert vv.boot(s, [vm3], states, uuid_answer="copied", timeout=30) == {ids["app03"]: "copied"}
         wait_task(task)  # the killed run's own power-on task ends with the answer
         assert task.info.state == vim.TaskInfo.State.success
