@@ -264,13 +264,21 @@ def to_manifest(st: ComstarState, host: str | None = None) -> Manifest:
     return m
 
 
+def _counts(st: ComstarState) -> tuple[int, ...]:
+    """What a file can add. Views and properties count too: files come in any order, so a
+    `list-view -l GUID` file may only add views to an LU that `list-lu -v` introduced, and
+    `list-lu -v` may only add properties to LUs that view files named first."""
+    return (len(st.lus), len(st.sbd), len(st.targets), len(st.tpgs), len(st.host_groups),
+            sum(len(lu.views) for lu in st.lus.values()), sum(lu.views_known for lu in st.lus.values()),
+            sum(len(lu.props) for lu in st.lus.values()))
+
+
 def parse(files: list[tuple[str, str]]) -> Manifest:
     st = ComstarState()
     for name, text in files:
-        before = (len(st.lus), len(st.sbd), len(st.targets), len(st.tpgs), len(st.host_groups))
+        before = _counts(st)
         parse_text(name, text, st)
-        if before == (len(st.lus), len(st.sbd), len(st.targets), len(st.tpgs), len(st.host_groups)) \
-                and not re.search(r"no views? found|Target Group:", text, re.I):
+        if before == _counts(st) and not re.search(r"no views? found|Target Group:", text, re.I):
             raise ManifestError(f"{name}: not recognised as stmfadm/sbdadm/itadm output",
                                 hint="expected `stmfadm list-lu -v`, `stmfadm list-view -l GUID`, `sbdadm list-lu`, "
                                      "`itadm list-target -v` or `itadm list-tpg -v`")

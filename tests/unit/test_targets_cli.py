@@ -57,6 +57,15 @@ def test_convert_comstar_to_lio(capsys):
         "0b6a1c6b0000051a4d5e20001", "0b6a1c6b0000051a4d5e20002", "0b6a1c6b0000051a4d5e20003"]
 
 
+def test_convert_comstar_view_files_named_by_guid(capsys):
+    # The help's layout: list-lu -v plus one `stmfadm list-view -l GUID` output per LU, GUID in the name.
+    assert run(["target", "convert", "--from", "comstar", *corpus("comstar-per-lu"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    views = {lu["naa"]: [v["lun"] for v in lu.get("views") or []] for lu in d["logical_units"]}
+    assert views == {"600144f0b6a1c6b0000051a4d5e20001": [0], "600144f0b6a1c6b0000051a4d5e20002": [1, 5],
+                     "600144f0b6a1c6b0000051a4d5e20003": []}
+
+
 def test_convert_with_secrets_file(tmp_path, capsys):
     secrets = tmp_path / "secrets.yaml"
     secrets.write_text("dr: drsecret12345\n")

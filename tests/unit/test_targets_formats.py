@@ -52,6 +52,15 @@ EXPECTED = {
         "60014058e7d6c5b4a3942819f0ed1c2b": ("8e7d6c5b-4a39-4281-9f0e-d1c2b3a49586", "LIO-ORG", "FILEIO",
                                              21474836480, 4096, False, "/tank/files/vmfs1.img"),
     },
+    # `stmfadm list-lu -v` beside one `stmfadm list-view -l GUID > GUID.txt` per LU, the GUID only in
+    # the file name (the layout `target convert --help` suggests); same LUs as the "comstar" case.
+    "comstar-per-lu": {
+        "600144f0b6a1c6b0000051a4d5e20001": (None, "SUN", "COMSTAR", 107374182400, 512, False,
+                                             "/dev/zvol/rdsk/sp2/iscsi/lun0"),
+        "600144f0b6a1c6b0000051a4d5e20002": ("600144f0b6a1c6b0-0002", "SUN", "COMSTAR", 53687091200, 512, False,
+                                             "/dev/zvol/rdsk/sp2/iscsi/lun1"),
+        "600144f0b6a1c6b0000051a4d5e20003": (None, "SUN", "COMSTAR", 10737418240, 4096, True, "/sp2/files/iso.lun"),
+    },
     # targets.conf has no sizes (0: unknown until the backing store is read); vendor and product are
     # the target's; lun1.img is auto-numbered LUN 2, lun2.img LUN 3 without a scsi_id: tgt's default
     # designator "IET" + tid 1 + LUN 3.
@@ -76,9 +85,14 @@ def case_files(case: str) -> list[str]:
     return files(case) if (CORPUS / case).is_dir() else [str(CORPUS / case)]
 
 
+# Corpus directories named after a layout rather than a stack.
+STACK_OF = {"comstar-per-lu": "comstar"}
+
+
 @pytest.mark.parametrize("case", sorted(EXPECTED))
 def test_parse_corpus(case):
-    m = read_native(case.split("/")[0], case_files(case))
+    top = case.split("/")[0]
+    m = read_native(STACK_OF.get(top, top), case_files(case))
     assert identity(m) == EXPECTED[case]
 
 
@@ -119,6 +133,21 @@ def test_comstar_list_view_guid_from_filename():
     comstar.parse_text("view-600144F0B6A1C6B0000051A4D5E20001.txt",
                        "View Entry: 0\n    Host group   : All\n    Target group : All\n    LUN          : 7\n", st)
     assert st.lus["600144f0b6a1c6b0000051a4d5e20001"].views[0]["LUN"] == "7"
+
+
+def test_comstar_list_view_files_named_by_guid():
+    # Each view file holds only `stmfadm list-view -l GUID` output for an LU that list-lu -v already
+    # introduced: it adds views, not LUs, and must still count as recognised (it used to be refused).
+    m = read_native("comstar", files("comstar-per-lu"))
+    assert [v.lun for v in m.lu("600144f0b6a1c6b0000051a4d5e20001").views] == [0]
+    assert [v.lun for v in m.lu("600144f0b6a1c6b0000051a4d5e20002").views] == [1, 5]
+    assert m.lu("600144f0b6a1c6b0000051a4d5e20003").views == []
+    assert not any("list-view" in n for n in m.source.notes)  # every LU's views are known
+    # The order of the files does not matter: list-lu -v first, then the view files.
+    texts = [(Path(f).name, Path(f).read_text()) for f in files("comstar-per-lu")]
+    again = comstar.parse(sorted(texts, key=lambda t: not t[0].startswith("list-lu")))
+    assert {lu.naa.hex: [v.lun for v in lu.views] for lu in again.logical_units} == \
+        {lu.naa.hex: [v.lun for v in lu.views] for lu in m.logical_units}
 
 
 def test_comstar_list_view_without_guid_is_refused():
