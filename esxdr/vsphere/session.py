@@ -18,6 +18,14 @@ Design choices, and why:
   never from argv, and it is only ever handed to ``Login``.
 - TLS: a pinned SHA-256 thumbprint (checked by pyVmomi against the peer's DER certificate),
   a CA bundle, or the system CAs. Plain http is accepted for loopback (the lab's esxsim) only.
+- Socket timeouts per call, not one for all: an ordinary call that gets no answer within
+  ``SOCKET_TIMEOUT_S`` means the host is unreachable, but a real host legitimately holds some
+  calls open much longer. ``WaitForUpdatesEx`` is held until something changes or
+  ``maxWaitSeconds`` passes, so waits ask for :func:`long_poll_seconds` of the socket timeout
+  (derived from it, always below it) and loop up to their own deadline. The synchronous storage
+  calls (``RescanAllHba``, ``RescanHba``, ``RescanVmfs``, resolving unresolved volumes) last as
+  long as the host's scan, minutes on hosts with many LUNs or a dead path, so they get
+  ``SLOW_CALL_TIMEOUT_S`` (:data:`SLOW_CALLS`).
 """
 
 from __future__ import annotations
@@ -42,7 +50,37 @@ from pyVmomi import SoapStubAdapter, vim, vmodl
 from esxdr.errors import EsxdrError, UsageError, VsphereError
 
 API_VERSION = "vim.version.version11"  # vSphere 6.5: the oldest API esxdr speaks
-CONNECT_TIMEOUT_S = 30
+
+# An ordinary call (a property read, a reconfiguration) unanswered for this long: the host is gone.
+SOCKET_TIMEOUT_S = 30.0
+
+
+def long_poll_seconds(socket_timeout: float) -> int:
+    """``maxWaitSeconds`` for a WaitForUpdatesEx on a connection with ``socket_timeout``.
+
+    A real host holds the call open that long when nothing changes, and answers a little
+    after it (its own latency, a large update set on the wire), so the call must end well
+    before the socket gives up: two thirds of it (20 s of 30), never less than one second.
+    """
+    return max(1, int(socket_timeout * 2 / 3))
+
+
+LONG_POLL_S = long_poll_seconds(SOCKET_TIMEOUT_S)
+
+# Synchronous calls a real host holds open for as long as its storage scan takes: every path of
+# every adapter is probed (iSCSI logins, SCSI inquiries; a dead path waits out its own timeouts),
+# minutes on hosts with many LUNs. Cut at the ordinary socket timeout, a rescan that is merely slow
+# would look like an unreachable host, and the run would stop half-way.
+SLOW_CALL_TIMEOUT_S = 900.0
+SLOW_CALLS: dict[str, float] = {
+    "RescanAllHba": SLOW_CALL_TIMEOUT_S,
+    "RescanHba": SLOW_CALL_TIMEOUT_S,
+    "RescanVmfs": SLOW_CALL_TIMEOUT_S,
+    "RefreshStorageSystem": SLOW_CALL_TIMEOUT_S,
+    "QueryUnresolvedVmfsVolumes": SLOW_CALL_TIMEOUT_S,
+    "QueryUnresolvedVmfsVolume": SLOW_CALL_TIMEOUT_S,
+    "ResolveMultipleUnresolvedVmfsVolumes": SLOW_CALL_TIMEOUT_S,
+}
 
 
 class VsphereUnreachable(VsphereError):
@@ -118,7 +156,8 @@ def fetch_thumbprint(host: str, port: int = 443, timeout: float = 10.0) -> str:
 
 # --------------------------------------------------------------------------- the counting stub
 class CountingStub(SoapStubAdapter):
-    """SoapStubAdapter that counts requests and re-logs in once on NotAuthenticated."""
+    """SoapStubAdapter that counts requests, re-logs in once on NotAuthenticated, and gives each
+    call its own socket timeout (:data:`SLOW_CALLS`, else ``socket_timeout``)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -127,14 +166,33 @@ class CountingStub(SoapStubAdapter):
         self.relogin: Any = None  # set by Session once logged in
         self.relogins = 0
         self._lock = threading.Lock()
+        self.socket_timeout = float(kwargs.get("httpConnectionTimeout") or SOCKET_TIMEOUT_S)
+        # The timeout of the call this thread is making; read by GetConnection, which pyVmomi
+        # calls inside InvokeMethod on the same thread (parallel rescans each have their own).
+        self._call = threading.local()
 
     def _count(self, name: str) -> None:
         with self._lock:
             self.requests += 1
             self.by_method[name] += 1
 
+    def call_timeout(self, method: str) -> float:
+        """The socket timeout of one call of ``method``: long for the slow storage calls."""
+        return max(self.socket_timeout, SLOW_CALLS.get(method, 0.0))
+
+    def GetConnection(self):  # noqa: N802 - pyVmomi's name
+        conn = super().GetConnection()
+        # Pooled connections keep the timeout of their last call: set this call's on every one.
+        timeout = getattr(self._call, "timeout", None) or self.socket_timeout
+        conn.timeout = timeout
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            sock.settimeout(timeout)
+        return conn
+
     def InvokeMethod(self, mo, info, args, outerStub=None):  # noqa: N802 - pyVmomi's name
         name = info.wsdlName
+        self._call.timeout = self.call_timeout(name)
         if name == "Fetch" and args:
             name = f"Fetch({args[0]})"
         self._count(name)
@@ -147,6 +205,7 @@ class CountingStub(SoapStubAdapter):
             self.relogin()
             self.relogins += 1
             self._count(name)
+            self._call.timeout = self.call_timeout(info.wsdlName)  # Login set its own
             return super().InvokeMethod(mo, info, args, outerStub)
 
 
@@ -294,6 +353,11 @@ class Session:
     def requests(self) -> int:
         return self.stub.requests
 
+    @property
+    def long_poll_s(self) -> int:
+        """``maxWaitSeconds`` for this session's WaitForUpdatesEx (below its socket timeout)."""
+        return long_poll_seconds(self.stub.socket_timeout)
+
     def by_method(self) -> dict[str, int]:
         return dict(self.stub.by_method)
 
@@ -327,7 +391,7 @@ def _vim_type(dotted: str) -> Any:
     return obj
 
 
-def make_stub(endpoint: Any, timeout: float = CONNECT_TIMEOUT_S) -> CountingStub:
+def make_stub(endpoint: Any, timeout: float = SOCKET_TIMEOUT_S) -> CountingStub:
     u = urlparse(endpoint.url)
     host = u.hostname or ""
     if u.scheme not in ("http", "https") or not host:
@@ -372,7 +436,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
             raise ssl.SSLError(f"the certificate's SHA-256 thumbprint {got} does not match the pinned {self.pin}")
 
 
-def connect(endpoint: Any, password: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> Session:
+def connect(endpoint: Any, password: str | None = None, timeout: float = SOCKET_TIMEOUT_S) -> Session:
     """Log in to a :class:`~esxdr.site.model.VsphereEndpoint`. ``password`` overrides the site's
     reference (tests and the lab); otherwise it comes from ``password_env``/``password_file``."""
     pw = password if password is not None else read_password(endpoint)

@@ -26,6 +26,10 @@ from esxdr.vsphere.session import Session
 from esxdr.vsphere.tasks import wait_tasks
 
 RESCAN_INTERVAL_S = 2.0
+# How long verify-storage goes on rescanning while LUNs are missing (a target just imported, a
+# send target whose discovery has not run yet). A rescan of a real host takes from seconds to
+# minutes, so this allows a few; the first rescan always happens, whatever the deadline.
+VERIFY_TIMEOUT_S = 300.0
 
 
 def expected_luns(manifest: Any, lun_specs: list[Any] | None = None, *, read_headers: bool = True) -> list[ExpectedLun]:
@@ -80,9 +84,21 @@ class VerifyResult:
 
 
 def rescan(session: Session, host: HostState, vmfs: bool = True) -> None:
+    """Rescan for LUNs, then (``vmfs``) for VMFS volumes on them.
+
+    Every LUN esxdr presents reaches the host through its software iSCSI adapter, so that
+    adapter alone is rescanned (``RescanHba``): SendTargets discovery, logins and the LUN scan
+    happen there, while ``RescanAllHba`` would also probe every local, FC and other adapter,
+    which on a real host can take minutes and disturbs paths esxdr has nothing to do with.
+    A host without the software adapter (not set up by ``esxdr host apply``) gets RescanAllHba.
+    """
     ss = session.ref("host.StorageSystem", host.refs["storageSystem"])
-    with session.errors(f"rescanning the HBAs of {host.name}"):
-        ss.RescanAllHba()
+    adapter = host.iscsi.device if host.iscsi is not None and host.iscsi.device else None
+    with session.errors(f"rescanning {'adapter ' + adapter if adapter else 'the HBAs'} of {host.name}"):
+        if adapter:
+            ss.RescanHba(adapter)
+        else:
+            ss.RescanAllHba()
         if vmfs:
             ss.RescanVmfs()
 
@@ -92,7 +108,7 @@ def _read(session: Session, host_name: str | None) -> HostState:
 
 
 def verify_storage(session: Session, host_name: str | None, expected: list[ExpectedLun], *,
-                   timeout: float = 60.0, rescan_mode: str = "missing", resolve: str | None = None,
+                   timeout: float = VERIFY_TIMEOUT_S, rescan_mode: str = "missing", resolve: str | None = None,
                    progress: Callable[[str], None] | None = None) -> VerifyResult:
     """Check (and with ``resolve``, fix) the host's view of the expected LUNs and volumes.
 

@@ -4,10 +4,20 @@ One property filter covers every object being waited for (forty power-on tasks a
 filter and a handful of WaitForUpdatesEx calls, not forty polling loops), and the server
 holds each call open until something changes, so a wait costs a few requests whatever
 its length.
+
+A real host holds WaitForUpdatesEx open until something changes or ``maxWaitSeconds``
+passes. A wait therefore asks for the session's long-poll length (below its socket timeout,
+:func:`esxdr.vsphere.session.long_poll_seconds`) and loops until its own deadline: a guest
+whose heartbeat turns green two minutes after power-on is a few empty answers, never a
+socket timeout. Each caller's deadline is named where it is decided; the defaults here:
+
+- :data:`TASK_TIMEOUT_S`: a host task (register, reconfigure, power, resignature) that has
+  not ended after ten minutes is stuck.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +32,9 @@ PC = vmodl.query.PropertyCollector
 State = dict[str, dict[str, Any]]  # moid → property path → value
 
 _locks: dict[int, threading.Lock] = {}
+
+
+TASK_TIMEOUT_S = 600.0
 
 
 class WaitTimeout(TransientError):
@@ -53,6 +66,7 @@ def watch(session: Session, objects: list[Any], paths: list[str] | dict[Any, lis
                                   for t in by_type])
     state: State = {o._moId: {} for o in objects}
     deadline = time.monotonic() + timeout
+    poll = session.long_poll_s
     with _lock(session), session.errors(f"waiting for {what}"):
         flt = pc.CreateFilter(spec, partialUpdates=False)
         try:
@@ -62,9 +76,12 @@ def watch(session: Session, objects: list[Any], paths: list[str] | dict[Any, lis
                 if left <= 0:
                     raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}",
                                       hint="the host is slow or stuck: look at its recent tasks and events")
-                upd = pc.WaitForUpdatesEx(version, PC.WaitOptions(maxWaitSeconds=max(1, min(int(left) + 1, 60))))
+                # Never longer than the long poll (the socket would give up first), never past
+                # the deadline by more than the rounding up to a whole second.
+                wait_s = min(poll, max(1, math.ceil(left)))
+                upd = pc.WaitForUpdatesEx(version, PC.WaitOptions(maxWaitSeconds=wait_s))
                 if upd is None:
-                    continue
+                    continue  # maxWaitSeconds passed without a change: ask again until the deadline
                 version = upd.version
                 for fs in upd.filterSet or ():
                     for oc in fs.objectSet or ():
@@ -88,11 +105,23 @@ def watch(session: Session, objects: list[Any], paths: list[str] | dict[Any, lis
 TASK_PATHS = ["info.state", "info.error", "info.result"]
 
 
+def task_states(session: Session, tasks: list[Any]) -> State:
+    """moid -> the TASK_PATHS of each task, read now in ONE RetrievePropertiesEx (never
+    ``task.info``: a lazy read per task, a ``Fetch`` on pyVmomi >= 8.0.1)."""
+    if not tasks:
+        return {}
+    from esxdr.vsphere.inventory import retrieve
+
+    spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=t, skip=False) for t in tasks],
+                         propSet=[PC.PropertySpec(type=vim.Task, pathSet=TASK_PATHS)])
+    return {oc.obj._moId: {p.name: p.val for p in oc.propSet or ()} for oc in retrieve(session, spec)}
+
+
 def _task_done(props: dict[str, Any]) -> bool:
     return str(props.get("info.state")) in ("success", "error")
 
 
-def wait_tasks(session: Session, tasks: list[Any], *, timeout: float = 600, what: str = "tasks",
+def wait_tasks(session: Session, tasks: list[Any], *, timeout: float = TASK_TIMEOUT_S, what: str = "tasks",
                on_change: Callable[[State], None] | None = None, raise_first: bool = True,
                extra: list[Any] | None = None, extra_paths: list[str] | None = None,
                settle: float = 0.0) -> list[Any]:
@@ -146,7 +175,7 @@ def task_error(session: Session, err: Any, what: str) -> Exception:
     return translate(fault, what, endpoint=session.name)
 
 
-def wait_task(session: Session, task: Any, *, timeout: float = 600, what: str = "a task") -> Any:
+def wait_task(session: Session, task: Any, *, timeout: float = TASK_TIMEOUT_S, what: str = "a task") -> Any:
     return wait_tasks(session, [task], timeout=timeout, what=what)[0]
 
 
