@@ -75,10 +75,54 @@ class Backend(Protocol):
 
 
 # --------------------------------------------------------------------------- secrets
+def _owner(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def read_secret_file(path: str | Path, what: str) -> str:
+    """The text of a file holding secrets, only if no one but the user running esxdr can read
+    or replace it: a regular file, owned by that user, mode 0600 or stricter.
+
+    The checks are made on the descriptor that is then read (fstat), so the file cannot be
+    swapped between the check and the read. Group or other bits of any kind refuse: a writable
+    secret can be replaced as well as read. Root is not exempt from the owner check: a file
+    another account owns is that account's to change.
+    """
+    p = str(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as e:
+        raise UsageError(f"{what}: cannot read {p}: {e.strerror}") from e
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UsageError(f"{what}: {p} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        me = os.geteuid()
+        if st.st_uid != me:
+            raise UsageError(f"{what}: {p} is owned by {_owner(st.st_uid)}, not by {_owner(me)} who runs esxdr",
+                             hint=f"chown {_owner(me)} {shlex.quote(p)} && chmod 600 {shlex.quote(p)}")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise UsageError(f"{what}: {p} has mode {mode:04o}: group or others can read or change it",
+                             hint=f"chmod 600 {shlex.quote(p)}")
+        data = f.read()
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what}: {p} is not UTF-8 text") from e
+
+
 class Secrets:
     """CHAP secrets, resolved from references only when a command needs them.
 
-    ``env:NAME`` reads the environment, ``file:/path`` reads a 0600 file,
+    ``env:NAME`` reads the environment, ``file:/path`` reads a file of the user running esxdr
+    with mode 0600 (read_secret_file),
     ``secrets:KEY`` (or a bare key) looks the key up in the secrets file given
     to esxdr (YAML/JSON mapping, mode 0600).
     """
@@ -92,14 +136,7 @@ class Secrets:
     @classmethod
     def load(cls, path: str | Path) -> Secrets:
         p = Path(path)
-        try:
-            st = p.stat()
-            text = p.read_text()
-        except OSError as e:
-            raise UsageError(f"cannot read secrets file {p}: {e.strerror}") from e
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise UsageError(f"secrets file {p} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
-                             hint=f"chmod 600 {p}")
+        text = read_secret_file(p, "secrets file")
         import yaml
 
         try:
@@ -120,10 +157,7 @@ class Secrets:
         if kind == "env":
             value = os.environ.get(name)
         elif kind == "file":
-            try:
-                value = Path(name).read_text().strip()
-            except OSError as e:
-                raise UsageError(f"{what}: cannot read secret file {name}: {e.strerror}") from e
+            value = read_secret_file(name, f"{what}: secret file").strip()
         elif kind == "secrets":
             value = self.table.get(name)
         else:

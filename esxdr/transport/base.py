@@ -25,10 +25,40 @@ def register_secret(value: str | None) -> None:
             _secrets.add(value)
 
 
+def _spellings(secret: str) -> set[str]:
+    """Every way ``secret`` can appear in text esxdr writes, so that mask() finds each of them.
+
+    A secret with a quote, a backslash or a control character is not written as itself once it
+    is quoted: inside a POSIX shell word (shlex.quote and shell_join turn a single quote into
+    four characters), a Python repr (either quote; backslash escapes), JSON (backslash and
+    unicode escapes), or a double-quoted shell or authorized_keys string (backslash before the
+    double quote, the dollar and the backquote). Each spelling is the secret's own inner part,
+    so it is also found inside a longer quoted word (``'--password=…'``).
+    """
+    import json
+
+    out = {secret, secret.replace("'", "'\"'\"'")}
+    for q in ("'", '"'):
+        # repr picks its quote by content: a quote appended forces each choice in turn; the
+        # appended one is then cut again (escaped, two characters, when it is the delimiter)
+        r = repr(secret + q)
+        out.add(r[1:-3] if r[0] == q else r[1:-2])
+    out.add(json.dumps(secret)[1:-1])
+    out.add(json.dumps(secret, ensure_ascii=False)[1:-1])
+    dq = secret
+    for ch in ("\\", '"', "$", "`"):
+        dq = dq.replace(ch, "\\" + ch)
+    out.add(dq)
+    out.add(secret.replace('"', '\\"'))
+    return {s for s in out if s}
+
+
 def mask(text: str) -> str:
+    """``text`` with every registered secret, in any of its quoted spellings, replaced by ******."""
     with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for s in secrets:
+        secrets = list(_secrets)
+    # longest first: a secret that contains another is replaced whole, not around the shorter one
+    for s in sorted({sp for secret in secrets for sp in _spellings(secret)}, key=len, reverse=True):
         text = text.replace(s, "******")
     return text
 
