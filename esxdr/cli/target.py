@@ -118,8 +118,10 @@ def target() -> None:
 
 @target.command()
 @click.option("--from", "from_", type=STACK_CHOICE, required=True, help="Stack that produced the FILEs.")
-@click.option("--to", "to", type=click.Choice(["manifest", "comstar", "iscsitgt", "lio", "tgt"]),
-              default="manifest", show_default=True, help="Output: the manifest, or another stack's config.")
+@click.option("--to", "to", type=click.Choice(["manifest", "comstar", "iscsitgt", "lio", "lio-script", "tgt"]),
+              default="manifest", show_default=True,
+              help="Output: the manifest, or another stack's config (lio: saveconfig.json; lio-script: a "
+                   "shell script that also sets the identity saveconfig.json cannot hold).")
 @click.option("--secrets", "secrets_file", type=click.Path(dir_okay=False),
               help="Secrets file (mode 0600) to fill in CHAP secrets in native output.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -153,7 +155,21 @@ def convert(ctx: Context, from_: str, to: str, secrets_file: str | None, files: 
         for n in m.source.notes:
             ctx.info(f"note: {n}")
         return
+    if to == "lio-script":
+        from esxdr.targets import lio
+
+        script = lio.script(m, _secrets(secrets_file))
+        ctx.emit({"stack": "lio", "script": script}, script.rstrip("\n"))
+        return
     out = do_convert(m, to, _secrets(secrets_file))
+    if to == "lio":
+        from esxdr.targets import lio
+
+        # saveconfig.json alone loses company_id, vendor and product: say what each LU needs beside it.
+        ctx.emit({"stack": to, "config": out, "identity": lio.identity_settings(m)}, out.rstrip("\n"))
+        for n in lio.restore_notes(m):
+            ctx.info(f"note: {n}")
+        return
     ctx.emit({"stack": to, "config": out}, out.rstrip("\n"))
 
 

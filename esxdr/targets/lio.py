@@ -337,6 +337,73 @@ def render(manifest: Manifest, secrets: Secrets | None = None) -> str:
     return json.dumps(render_saveconfig(manifest, secrets), indent=2) + "\n"
 
 
+def identity_settings(manifest: Manifest) -> list[dict]:
+    """Per LU, the configfs identity a saveconfig.json cannot carry, and the NAA a plain restore
+    of that file would present instead (``restored_as``). ``lost_on_restore`` names the attributes
+    whose value differs from what LIO puts there by itself."""
+    names = _so_names(manifest)
+    out = []
+    for lu in manifest.logical_units:
+        if lu.naa.naa_type != 6:
+            continue  # render/commands refuse these with the reason
+        plugin, name = names[lu.naa.hex]
+        wanted = {"company_id": f"0x{lu.naa.company_id}", "vendor_id": (lu.vendor_id or "").strip(),
+                  "product_id": (lu.product_id or "").strip(), "revision": (lu.revision or "").strip()}
+        lio_default = {"company_id": f"0x{DEFAULT_COMPANY_ID}", "vendor_id": DEFAULT_VENDOR,
+                       "product_id": PLUGIN_PRODUCT[plugin], "revision": DEFAULT_REVISION}
+        out.append({
+            "naa": lu.naa.esxi_name, "storage_object": f"/backstores/{plugin}/{name}", "wwn": serial_for(lu),
+            "configfs": f"{CONFIGFS}/{HBA_GLOB[plugin]}/{name}/wwn",
+            **{k: v for k, v in wanted.items() if v},
+            "restored_as": naa_from_serial(serial_for(lu)).esxi_name,
+            "lost_on_restore": [k for k, v in wanted.items() if v and v.lower() != lio_default[k].lower()],
+        })
+    return out
+
+
+def restore_notes(manifest: Manifest) -> list[str]:
+    """What an admin must know beside a rendered saveconfig.json: which LUs come back with another
+    identity when that file is restored as written, and what to set, in which order."""
+    lost = [d for d in identity_settings(manifest) if d["lost_on_restore"]]
+    if not lost:
+        return []
+    notes = ["saveconfig.json cannot hold wwn/company_id, vendor_id or product_id. Restored as written, "
+             f"{len(lost)} LU(s) come back with another identity, so ESXi sees new devices and their VMFS "
+             "volumes as unresolved snapshots (the product id is part of the VMFS device id too):"]
+    for d in lost:
+        sets = ", ".join(f"{k}={d[k]}" for k in ("company_id", "vendor_id", "product_id", "revision") if k in d)
+        notes.append(f"  {d['naa']}: restored as {d['restored_as']}; {d['storage_object']} needs "
+                     f"{sets} (in {d['configfs']}/)")
+    notes.append("these can only be written before the LU is mapped to a LUN (the kernel refuses them on an "
+                 "exported device), so a restore followed by the writes fails: use `--to lio-script` for a "
+                 "script that does it in order, or `esxdr target import` on the DR box")
+    return notes
+
+
+def script(manifest: Manifest, secrets: Secrets | None = None) -> str:
+    """A shell script running :func:`commands` in order: backstores, their configfs identity,
+    then LUNs and ACLs, then ``targetcli saveconfig``. Pure."""
+    cmds = commands(manifest, secrets)
+    lines = [
+        "#!/bin/sh",
+        "# LIO configuration written by `esxdr target convert --to lio-script`.",
+        "# Run as root on the DR box with an empty LIO configuration (targetcli clearconfig confirm=True).",
+        "# saveconfig.json cannot hold wwn/company_id, vendor_id or product_id, and the kernel takes them",
+        "# only before an LU is exported, so each backstore gets its identity before its LUN is created.",
+        "# At boot LIO restores saveconfig.json and exports at once, without that identity: after a",
+        "# reboot, clear the configuration and run this script again before ESXi rescans.",
+        "set -eu",
+    ]
+    for d in identity_settings(manifest):
+        lines.append(f"# {d['naa']}: {d['storage_object']} (plain restore would give {d['restored_as']})")
+    for c in cmds:
+        reason = c.reason
+        if c.argv == ["targetcli", "saveconfig"]:
+            reason = "persist (without the identity above: see the top of this script)"
+        lines += [f"# {reason}", shlex.join(c.argv)]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- live
 def company_id_supported(probe_output: str) -> bool:
     """Whether wwn/company_id exists: seen on an existing device, else judged by the kernel release.

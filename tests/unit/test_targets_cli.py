@@ -66,6 +66,44 @@ def test_convert_comstar_view_files_named_by_guid(capsys):
                      "600144f0b6a1c6b0000051a4d5e20003": []}
 
 
+@pytest.mark.parametrize("source", ["iscsitgt", "comstar"])
+def test_convert_to_lio_says_what_saveconfig_loses(source, capsys):
+    # LIO's NAA is 6 + company_id + 25 serial digits and saveconfig.json keeps only the serial: restored
+    # as written it gives naa.6001405…, not production's 600144f0…. The output must say so beside it.
+    from esxdr.targets import lio
+
+    assert run(["target", "convert", "--from", source, *corpus(source), "--to", "lio"]) == 0
+    out, err = capsys.readouterr()
+    saved = json.loads(out)  # stdout stays a restorable saveconfig.json
+    for naa in CORPUS_NAAS[source]:
+        so = next(s for s in saved["storage_objects"] if naa.endswith(s["wwn"]))
+        restored = lio.naa_from_serial(so["wwn"])  # what LIO builds with its default company id
+        assert restored.hex.startswith("6001405") and restored.hex != naa
+        assert lio.naa_from_serial(so["wwn"], "00144f").hex == naa  # the company id the note asks for
+        line = next(x for x in err.splitlines() if f"naa.{naa}:" in x)
+        assert f"restored as {restored.esxi_name}" in line and "company_id=0x00144f" in line
+        assert "vendor_id=SUN" in line and "product_id=" in line
+    assert "--to lio-script" in err
+
+    assert run(["target", "convert", "--from", source, *corpus(source), "--to", "lio", "--json"]) == 0
+    ident = {d["naa"]: d for d in json.loads(capsys.readouterr().out)["identity"]}
+    assert sorted(ident) == [f"naa.{n}" for n in CORPUS_NAAS[source]]
+    assert all({"company_id", "vendor_id", "product_id"} <= set(d["lost_on_restore"]) for d in ident.values())
+
+
+def test_convert_to_lio_script_sets_identity_before_export(capsys):
+    assert run(["target", "convert", "--from", "iscsitgt", *corpus("iscsitgt"), "--to", "lio-script"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "#!/bin/sh" and "set -eu" in lines and lines[-1] == "targetcli saveconfig"
+    for so, product in (("lun-0", "SOLARIS"), ("sp2-vmfs0", "SOLARIS"), ("sp2-vmfs0b", "SOLARIS")):
+        create = next(i for i, x in enumerate(lines) if x.startswith("targetcli") and f"create name={so} " in x)
+        sets = [i for i, x in enumerate(lines) if f"/{so}/wwn/" in x and not x.startswith("#")]
+        export = next(i for i, x in enumerate(lines) if "luns create /backstores/" in x and x.split("/")[-1]
+                      .startswith(f"{so} "))
+        assert [lines[i].rsplit(" ", 1)[1] for i in sets] == ["0x00144f", "SUN", product]
+        assert create < min(sets) and max(sets) < export  # the kernel refuses wwn writes once exported
+
+
 def test_convert_with_secrets_file(tmp_path, capsys):
     secrets = tmp_path / "secrets.yaml"
     secrets.write_text("dr: drsecret12345\n")
