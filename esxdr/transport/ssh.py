@@ -173,7 +173,10 @@ class SshTransport:
     def _connect(self) -> paramiko.SSHClient:
         paramiko = _paramiko()
         client = paramiko.SSHClient()
-        if self.known_hosts:
+        # A pinned host_key decides alone: known_hosts is read only when nothing is pinned. Loaded
+        # beside a pin, a known_hosts entry would be accepted by paramiko before the policy (and
+        # so the pin) is ever asked, and a stale entry would refuse the key the site file pins.
+        if self.known_hosts and not self.host_key:
             try:
                 client.load_host_keys(os.path.expanduser(self.known_hosts))
             except OSError as e:
@@ -201,8 +204,18 @@ class SshTransport:
             raise TransientError(f"{self.name}: cannot reach {self.address}:{self.port} over SSH: {e}") from e
         transport = client.get_transport()
         assert transport is not None
+        key = transport.get_remote_server_key()
+        if self.host_key and fingerprint_of(key) != self.host_key:
+            # unreachable while the policy above is the only way in; kept so that no later way
+            # (system host keys, a cache) can get past the pin without failing here
+            client.close()
+            raise HostKeyError(
+                f"{self.name}: host key {key.get_name()} {fingerprint_of(key)} was accepted, but the site file "
+                f"pins {self.host_key}; refusing",
+                hint="if the server was really re-installed, verify the new key out of band and update host_key",
+            )
         transport.set_keepalive(self.keepalive)
-        self._verified_key = transport.get_remote_server_key()
+        self._verified_key = key
         self._remember_key(self._verified_key)
         return client
 
@@ -275,8 +288,11 @@ class SshTransport:
     def stream_command(self, argv: list[str]) -> list[str]:
         if not self._ssh_binary:
             raise UsageError("no OpenSSH client; the stream falls back to paramiko")
+        # -F none: neither ~/.ssh/config nor /etc/ssh/ssh_config is read, so no Host block can
+        # add a ProxyCommand, a LocalCommand, forwarding or another identity behind esxdr's back;
+        # everything the stream needs is on this line. -a: no agent forwarding whatever the default.
         return [
-            self._ssh_binary, "-T", "-x",
+            self._ssh_binary, "-F", "none", "-T", "-x", "-a",
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self._known_hosts_file()}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", f"ConnectTimeout={int(self.connect_timeout)}", "-o", f"ServerAliveInterval={self.keepalive}",
@@ -345,7 +361,7 @@ class SshTransport:
         if self._kh_dir:
             control = Path(self._kh_dir) / "cm"
             if control.exists() and self._ssh_binary:
-                subprocess.run([self._ssh_binary, "-o", f"ControlPath={control}", "-O", "exit",
+                subprocess.run([self._ssh_binary, "-F", "none", "-o", f"ControlPath={control}", "-O", "exit",
                                 f"{self.user}@{self.address}"], capture_output=True, timeout=10, check=False)
             shutil.rmtree(self._kh_dir, ignore_errors=True)
             self._kh_dir = None
