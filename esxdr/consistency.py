@@ -43,8 +43,15 @@ from esxdr.errors import EsxdrError
 
 PROPERTY = "esxdr:consistency"
 LEVELS = ("application", "mixed", "crash")
-DEFAULT_TIMEOUT_S = 120.0
+# How long the quiesced snapshots may take before the ZFS snapshot is taken without them
+# (crash-consistent). VMware Tools run the guest's VSS writers or freeze scripts first: on a
+# busy database server that is minutes, not seconds. Longer delays replication (the RPO).
+QUIESCE_TIMEOUT_S = 300.0
+# Snapshot removal consolidates the changes written meanwhile: minutes on a busy VM.
 REMOVE_TIMEOUT_S = 300.0
+# A snapshot task still running at the quiesce deadline is cancelled; how long to wait for it
+# to end (cancelled, or finished after all) before warning that it may leave a snapshot.
+LATE_TIMEOUT_S = 120.0
 SNAPSHOT_PREFIX = "esxdr-quiesce"
 
 # Per-VM outcomes
@@ -264,6 +271,14 @@ class _QuiescedContext:
                                what=f"quiesced snapshots of {len(tasks)} VM(s)")
         except WaitTimeout:
             results = self._after_timeout([t for _, t in tasks])
+        except EsxdrError as e:
+            # The wait itself failed (the connection dropped): the host goes on taking the
+            # snapshots, so every task is handed to the cleanup, which waits for them and
+            # removes what they made, instead of leaving snapshots on production VMs.
+            for o, task in tasks:
+                self._pending[o.moid] = task
+                o.outcome, o.reason = FALLBACK, f"the wait for its quiesce failed: {_short(e.message)}"
+            raise
         elapsed = time.monotonic() - started
         for (o, task), res in zip(tasks, results, strict=True):
             o.seconds = elapsed
@@ -280,21 +295,24 @@ class _QuiescedContext:
                 o.outcome = QUIESCED
 
     def _after_timeout(self, tasks: list[Any]) -> list[Any]:
-        """Results of tasks read once after the wait timed out (_PENDING for unfinished ones)."""
+        """Results of tasks read once (one property read) after the wait timed out (_PENDING
+        for unfinished ones, and for all when that read fails: the cleanup waits for them)."""
         from esxdr.vsphere.session import translate
+        from esxdr.vsphere.tasks import task_states
 
+        try:
+            states = task_states(self.session, tasks)
+        except EsxdrError:
+            states = {}
         out: list[Any] = []
         for t in tasks:
-            try:
-                with self.session.errors("reading a snapshot task"):
-                    info = t.info
-            except EsxdrError as e:
-                out.append(e)
-                continue
-            if str(info.state) == "success":
-                out.append(info.result)
-            elif str(info.state) == "error":
-                out.append(translate(task_fault(info.error), "quiesced snapshot", endpoint=self.session.name))
+            props = states.get(t._moId) or {}
+            state = str(props.get("info.state"))
+            if state == "success":
+                out.append(props.get("info.result"))
+            elif state == "error":
+                out.append(translate(task_fault(props.get("info.error")), "quiesced snapshot",
+                                     endpoint=self.session.name))
             else:
                 try:
                     t.CancelTask()
@@ -337,7 +355,7 @@ class _QuiescedContext:
             return
         moids = list(self._pending)
         try:
-            results = wait_all(self.session, [self._pending[m] for m in moids], timeout=30,
+            results = wait_all(self.session, [self._pending[m] for m in moids], timeout=LATE_TIMEOUT_S,
                                what="late quiesced snapshots")
         except WaitTimeout:
             names = [o.name for o in self.result.vms if o.moid in self._pending]
@@ -479,7 +497,7 @@ def find_group_vms(session: Any, names: set[str], naas: set[str]) -> tuple[list[
 
 
 def quiesced(site: Any, group: Any, *, say: Callable[[str], None] = lambda s: None,
-             timeout: float = DEFAULT_TIMEOUT_S, password: str | None = None, session: Any = None) -> _QuiescedContext:
+             timeout: float = QUIESCE_TIMEOUT_S, password: str | None = None, session: Any = None) -> _QuiescedContext:
     """The context manager ``Engine._consistency()`` uses for ``consistency: application`` groups.
 
     ``session`` (an open :class:`esxdr.vsphere.session.Session`, left open) and ``password``

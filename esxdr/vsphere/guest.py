@@ -9,8 +9,20 @@
 - :class:`GuestOps` — GuestOperationsManager: StartProgramInGuest, then ListProcessesInGuest
   until the process has an end time (guest processes are not properties, so there is no
   WaitForUpdates for them: a short back-off poll is the only way), and file transfers
-  from/to the guest over the HTTPS URL the host hands out (same TLS policy as the session:
-  the connection class of the session's stub, i.e. the pinned thumbprint).
+  from/to the guest over the HTTPS URL the host hands out. Its process and file managers
+  are read with the PropertyCollector, never as lazy attributes.
+
+TLS of the transfers: an ESXi host hands out ``https://*/…`` ("the host you are talking to"),
+checked like the session (the stub's connection class: the pinned thumbprint or the CA). A
+vCenter hands out the URL of the ESXi host that runs the VM, whose certificate is not the
+vCenter's: with a pinned vCenter, the transfer is pinned to that host's own certificate as the
+vCenter reports it (``HostSystem.config.certificate``, vSphere 6.0+), read over the already
+verified session; with a CA, the host's certificate must chain to it and match its name.
+
+``CustomizationFailed.reason`` exists only since vSphere 7.0 (vim 7.0) and a server leaves it
+out of answers to older API versions, so esxdr, which speaks 6.5, never gets it: the event's
+``fullFormattedMessage`` and its type (``CustomizationSysprepFailed``, …) say what failed, and
+``logLocation`` (since 2.5) where the guest's log is.
 
 Guest credentials are only ever handed to the guest-operation calls (NamePasswordAuthentication);
 they are never logged.
@@ -18,6 +30,9 @@ they are never logged.
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +42,7 @@ from urllib.parse import urlparse
 from pyVmomi import vim, vmodl
 
 from esxdr.errors import ConflictError, RemoteError, UsageError, VsphereError
-from esxdr.vsphere.session import Session
+from esxdr.vsphere.session import Session, is_loopback
 
 PC = vmodl.query.PropertyCollector
 
@@ -158,6 +173,7 @@ def customization_events(session: Session, *, since: datetime | None = None, max
                         vm=vm_arg.name if vm_arg is not None else "", moid=vm_arg.vm._moId if vm_arg is not None
                         and vm_arg.vm is not None else "", kind=_kind(type_name), type=type_name,
                         key=int(e.key or 0), created=e.createdTime, message=e.fullFormattedMessage or "",
+                        # reason: vim 7.0 only, absent at esxdr's 6.5 API (see the module doc)
                         reason=getattr(e, "reason", None) or "", log_location=getattr(e, "logLocation", None) or ""))
                 if len(page) < PAGE:
                     break
@@ -192,14 +208,25 @@ class GuestOps:
         self.poll = poll
         self._pm: Any = None
         self._fm: Any = None
+        self._host_pin: str | None = None
 
     def _managers(self) -> tuple[Any, Any]:
+        """The process and file managers: ONE RetrievePropertiesEx of the GuestOperationsManager
+        (``gom.processManager`` would be a lazy read each, a ``Fetch`` on pyVmomi >= 8.0.1)."""
         if self._pm is None:
-            with self.session.errors("finding the guest operations manager"):
-                gom = self.session.content.guestOperationsManager
-                if gom is None:
-                    raise VsphereError(f"{self.session.name} has no guest operations manager")
-                self._pm, self._fm = gom.processManager, gom.fileManager
+            gom = self.session.content.guestOperationsManager  # ServiceContent: already read at login
+            if gom is None:
+                raise VsphereError(f"{self.session.name} has no guest operations manager")
+            from esxdr.vsphere.inventory import retrieve
+
+            spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=gom, skip=False)],
+                                 propSet=[PC.PropertySpec(type=vim.vm.guest.GuestOperationsManager,
+                                                          pathSet=["processManager", "fileManager"])])
+            props = {p.name: p.val for oc in retrieve(self.session, spec) for p in oc.propSet}
+            if props.get("processManager") is None or props.get("fileManager") is None:
+                raise VsphereError(f"{self.session.name}: the guest operations manager has no process or file "
+                                   "manager", hint="guest operations need ESXi or vCenter 5.0 or later")
+            self._pm, self._fm = props["processManager"], props["fileManager"]
         return self._pm, self._fm
 
     def _errors(self, doing: str):
@@ -236,15 +263,63 @@ class GuestOps:
         return self.wait(self.start(program, arguments), timeout=timeout, what=program)
 
     # -- files ------------------------------------------------------------------------
-    def _http(self, method: str, url: str, body: bytes | None = None) -> bytes:
+    def _vm_host_pin(self) -> str:
+        """SHA-256 thumbprint of the certificate of the ESXi host running the VM, as the vCenter
+        reports it (``runtime.host``, then that host's ``config.certificate``): two property
+        reads over the session whose own certificate was verified."""
+        if self._host_pin is None:
+            from esxdr.vsphere.inventory import retrieve
+
+            vm_spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=self.ref, skip=False)],
+                                    propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["runtime.host"])])
+            host = next((p.val for oc in retrieve(self.session, vm_spec) for p in oc.propSet
+                         if p.name == "runtime.host"), None)
+            cert = None
+            if host is not None:
+                host_spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=host, skip=False)],
+                                          propSet=[PC.PropertySpec(type=vim.HostSystem,
+                                                                   pathSet=["config.certificate"])])
+                cert = next((p.val for oc in retrieve(self.session, host_spec) for p in oc.propSet
+                             if p.name == "config.certificate"), None)
+            if not cert:
+                raise VsphereError(f"{self.session.name} does not report the certificate of the host running "
+                                   f"{self.vm.name}: the guest file transfer to that host cannot be verified",
+                                   hint="give the vCenter endpoint ca_file: (the CA that signs the hosts' "
+                                        "certificates) instead of a pinned thumbprint")
+            self._host_pin = certificate_thumbprint(cert)
+        return self._host_pin
+
+    def _connection(self, url: str) -> tuple[Any, str]:
+        """(HTTP connection, request path) for a transfer URL, with the right TLS check."""
         stub = self.session.stub
         u = urlparse(url)
-        # The host hands out https://*/… : "*" means "the host you are talking to".
-        host = stub.host if u.hostname in (None, "*") else u.netloc
         path = u.path + (f"?{u.query}" if u.query else "")
+        session_host = (urlparse(self.session.endpoint.url).hostname or "").lower()
+        # The host hands out https://*/… : "*" means "the host you are talking to".
+        if u.hostname in (None, "*", session_host) or (u.scheme == "http" and is_loopback(u.hostname or "")):
+            host = stub.host if u.hostname in (None, "*") else u.netloc
+            return stub.scheme(host, **stub.schemeArgs), path
+        # A vCenter's URL names the ESXi host itself: its certificate, not the vCenter's.
+        from esxdr.vsphere.session import SOCKET_TIMEOUT_S, _PinnedHTTPSConnection
+
+        if u.scheme != "https":
+            raise VsphereError(f"{self.session.name} handed out a plain http transfer URL for {u.hostname}",
+                               hint="guest file transfers to a remote host must use https")
+        timeout = stub.schemeArgs.get("timeout", SOCKET_TIMEOUT_S)
+        if self.session.endpoint.thumbprint:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE  # the host's own pin, checked on connect, is the verification
+            cls = type("HostPinnedHTTPSConnection", (_PinnedHTTPSConnection,), {"pin": self._vm_host_pin()})
+            return cls(u.hostname or "", u.port or 443, timeout=timeout, context=ctx), path
+        ep = self.session.endpoint
+        ctx = ssl.create_default_context(cafile=ep.ca_file) if ep.ca_file else ssl.create_default_context()
+        return http.client.HTTPSConnection(u.hostname or "", u.port or 443, timeout=timeout, context=ctx), path
+
+    def _http(self, method: str, url: str, body: bytes | None = None) -> bytes:
         doing = f"{'downloading from' if method == 'GET' else 'uploading to'} the guest of {self.vm.name}"
         try:
-            conn = stub.scheme(host, **stub.schemeArgs)
+            conn, path = self._connection(url)
             try:
                 headers = {"Content-Length": str(len(body))} if body is not None else {}
                 conn.request(method, path, body=body, headers=headers)
@@ -252,7 +327,7 @@ class GuestOps:
                 data = resp.read()
             finally:
                 conn.close()
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
             from esxdr.vsphere.session import translate
 
             raise translate(e, doing, endpoint=self.session.name) from e
@@ -295,6 +370,15 @@ class GuestOps:
     def reboot(self) -> None:
         with self.session.errors(f"rebooting the guest of {self.vm.name}"):
             self.ref.RebootGuest()
+
+
+def certificate_thumbprint(cert: Any) -> str:
+    """SHA-256 thumbprint (``AA:BB:…``) of a certificate given as PEM or DER, in bytes or as the
+    signed bytes of a vSphere ``xsd:byte[]`` (how pyVmomi hands ``config.certificate`` over)."""
+    raw = cert if isinstance(cert, (bytes, bytearray)) else bytes(b & 0xFF for b in cert)
+    if raw.lstrip().startswith(b"-----BEGIN"):
+        raw = ssl.PEM_cert_to_DER_cert(raw.decode("ascii"))
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(raw).digest())
 
 
 def decode_output(raw: bytes) -> str:

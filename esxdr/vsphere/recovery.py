@@ -20,6 +20,15 @@ from esxdr.vsphere.tasks import wait_tasks
 
 PC = vmodl.query.PropertyCollector
 
+# Deadlines of the waits here, for real hosts. A datastore search lists every folder of the
+# datastore (slow on a large, busy VMFS volume); a reconfiguration is quick, but queues behind
+# the host's other tasks right after a batch of registrations.
+SEARCH_TIMEOUT_S = 300.0
+RECONFIG_TIMEOUT_S = 300.0
+# A guest's own shutdown (the site's shutdown_timeout overrides it): Windows installing updates
+# on the way down takes minutes.
+GUEST_SHUTDOWN_TIMEOUT_S = 300.0
+
 
 def host_view(h: HostState) -> HostView:
     """The runbook planner's view of a host (pure values)."""
@@ -80,7 +89,8 @@ def read_dr(session: Session, endpoint: Any, *, with_vms: bool = True) -> tuple[
 
 
 def rescan_hosts(session: Session, hosts: list[HostState]) -> None:
-    """RescanAllHba + RescanVmfs on every host, in parallel (one worker per host)."""
+    """:func:`esxdr.vsphere.storage.rescan` (the software iSCSI adapter, then VMFS) on every
+    host, in parallel (one worker per host)."""
     from esxdr.vsphere.storage import rescan
 
     if len(hosts) <= 1:
@@ -115,18 +125,36 @@ def on_hosts(fn: Any, items: dict[str, Any], max_parallel: int = 8) -> dict[str,
     return out
 
 
-def find_vmx(session: Session, host: HostState, datastores: list[str], *, timeout: float = 120,
+def datastore_browsers(session: Session, host: HostState, datastores: list[str]) -> dict[str, Any]:
+    """Datastore name -> its HostDatastoreBrowser, for all of them in ONE RetrievePropertiesEx
+    (``ref.browser`` would be a lazy read per datastore: a ``Fetch`` on pyVmomi >= 8.0.1)."""
+    moids = {host.datastores[n].moid: n for n in datastores if n in host.datastores}
+    if not moids:
+        return {}
+    from esxdr.vsphere.inventory import retrieve
+
+    spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=session.ref("Datastore", m), skip=False) for m in moids],
+                         propSet=[PC.PropertySpec(type=vim.Datastore, pathSet=["browser"])])
+    return {moids[oc.obj._moId]: p.val for oc in retrieve(session, spec) for p in oc.propSet
+            if p.name == "browser" and oc.obj._moId in moids}
+
+
+def find_vmx(session: Session, host: HostState, datastores: list[str], *, timeout: float = SEARCH_TIMEOUT_S,
              browsers: dict[str, Any] | None = None) -> dict[str, str]:
     """VM name (the .vmx file's stem) -> ``[datastore] dir/name.vmx`` on the given datastores.
-    ``browsers`` (datastore name -> HostDatastoreBrowser, read with the placement) saves a
-    property read per datastore."""
+    ``browsers`` (datastore name -> HostDatastoreBrowser, read with the placement) saves the
+    property read of the browsers."""
+    wanted = [n for n in datastores if n in host.datastores]
+    browsers = dict(browsers or {})
+    missing = [n for n in wanted if browsers.get(n) is None]
+    if missing:
+        browsers.update(datastore_browsers(session, host, missing))
     tasks = []
-    for name in datastores:
-        ds = host.datastores.get(name)
-        if ds is None:
-            continue
+    for name in wanted:
+        browser = browsers.get(name)
+        if browser is None:
+            continue  # gone between the host read and now: nothing to search
         with session.errors(f"searching datastore {name} for VMs"):
-            browser = (browsers or {}).get(name) or session.ref("Datastore", ds.moid).browser
             spec = vim.host.DatastoreBrowser.SearchSpec(matchPattern=["*.vmx"])
             tasks.append(browser.SearchDatastoreSubFolders_Task(f"[{name}]", spec))
     found: dict[str, str] = {}
@@ -202,7 +230,8 @@ def nic_networks(session: Session, vms: list[Any],
     return out
 
 
-def move_nics(session: Session, moves: list[tuple[Any, list[Any], list[str]]], *, timeout: float = 120) -> None:
+def move_nics(session: Session, moves: list[tuple[Any, list[Any], list[str]]], *,
+              timeout: float = RECONFIG_TIMEOUT_S) -> None:
     tasks = []
     for vm, changes, _ in moves:
         with session.errors(f"moving the NICs of VM {vm._moId}"):
@@ -254,12 +283,15 @@ def cancel_question(session: Session, vm: Any, question_id: str) -> None:
         vm.AnswerVM(question_id, "0")
 
 
-def shutdown_vms(session: Session, vms: list[tuple[Any, bool]], *, timeout: float = 300) -> dict[str, str]:
+def shutdown_vms(session: Session, vms: list[tuple[Any, bool]], *,
+                 timeout: float = GUEST_SHUTDOWN_TIMEOUT_S) -> dict[str, str]:
     """Stop a batch cleanly: ShutdownGuest for every VM whose tools run (all issued first), wait on
-    one property filter until they are all off, then PowerOffVM_Task (parallel) for the rest.
-    ``vms``: (VM ref, tools running). Returns moid -> "shutdown" | "powered off"."""
+    one property filter until they are all off (up to ``timeout``, the site's shutdown_timeout),
+    then PowerOffVM_Task (parallel) for the rest. ``vms``: (VM ref, tools running). Returns
+    moid -> "shutdown" | "powered off". Only the deadline passing leads to the hard power-off:
+    a host that stops answering is an error, never a reason to pull the plug on a guest."""
     from esxdr.errors import EsxdrError
-    from esxdr.vsphere.tasks import watch
+    from esxdr.vsphere.tasks import WaitTimeout, watch
 
     how: dict[str, str] = {}
     guests = [vm for vm, tools in vms if tools]
@@ -278,9 +310,8 @@ def shutdown_vms(session: Session, vms: list[tuple[Any, bool]], *, timeout: floa
             state = watch(session, waiting, ["runtime.powerState"],
                           lambda s: all(str(s.get(i, {}).get("runtime.powerState")) == "poweredOff" for i in ids),
                           timeout=timeout, what=f"guest shutdown of {len(waiting)} VM(s)")
-        except EsxdrError as e:
-            if "timed out" not in e.message:
-                raise
+        except WaitTimeout:
+            pass  # the guests that did not stop in time are powered off below
     off = {i for i, p in state.items() if str(p.get("runtime.powerState")) == "poweredOff"}
     rest = [vm for vm, _ in vms if vm._moId not in off]
     tasks = []
@@ -288,7 +319,7 @@ def shutdown_vms(session: Session, vms: list[tuple[Any, bool]], *, timeout: floa
         with session.errors(f"powering off VM {vm._moId}"):
             tasks.append(vm.PowerOffVM_Task())
         how[vm._moId] = "powered off"
-    wait_tasks(session, tasks, timeout=timeout, what=f"powering off {len(tasks)} VM(s)")
+    wait_tasks(session, tasks, what=f"powering off {len(tasks)} VM(s)")
     return how
 
 
