@@ -402,3 +402,28 @@ def test_guest_download_refuses_a_host_certificate_the_vcenter_does_not_report(h
     ops = vcenter_guest(fake, port, other)
     with pytest.raises(VsphereError, match="TLS verification failed"):
         ops.download(r"C:\Windows\Temp\out.txt")
+
+
+# --------------------------------------------------------------------------- planned shutdown
+def test_a_host_that_stops_answering_is_no_reason_to_pull_the_plug(host):
+    """Only the shutdown deadline leads to the hard power-off. A socket timeout reads "timed
+    out" too, and was taken for the deadline: the guests were powered off mid-shutdown."""
+    from esxdr.vsphere.recovery import shutdown_vms
+    from esxdr.vsphere.session import VsphereUnreachable
+
+    fake, session = host
+    vm = fake.add(vim.VirtualMachine("vm-1", fake), runtime__powerState="poweredOn")
+    fake.methods["ShutdownGuest"] = lambda v: None
+    fake.methods["PowerOffVM_Task"] = lambda v: fake.task("task-off", "success")
+
+    def wait(version: str) -> Any:
+        raise TimeoutError("timed out")  # what the socket raises when the host does not answer
+
+    fake.on_wait = wait
+    with pytest.raises(VsphereUnreachable, match="waiting for guest shutdown of 1 VM"):
+        shutdown_vms(session, [(vm, True)], timeout=60)
+    assert fake.called("PowerOffVM_Task") == []
+    # The deadline passing, on the other hand, is what the hard power-off is for.
+    fake.on_wait = lambda version: None
+    assert shutdown_vms(session, [(vm, True)], timeout=0.2) == {"vm-1": "powered off"}
+    assert [moid for moid, _ in fake.called("PowerOffVM_Task")] == ["vm-1"]
