@@ -9,9 +9,10 @@ promises, the identity is on the wire for any initiator, ESXi included.
 "Designator:[...]", binary ones raw and cut at their first zero byte (libiscsi
 prints the designator with %s). So what can be compared is the NAA's bytes up to
 its first zero byte: :func:`shown_for` is exactly that. A NAA with a zero byte in
-its first 8 (tgt's default `60000000000000000e…`) shows fewer than 8 bytes; for
-those :func:`check_naa` also accepts tgt's T10 vendor-id designator, which tgt
-fills with the whole `scsi_id` as text.
+its first 8 (tgt's default `60000000000000000e…`) shows fewer than 8 bytes, and
+two NAAs equal up to a zero byte show alike. Where tgt also carries its
+`scsi_id` (the whole NAA, as text) in a T10 vendor-id designator,
+:func:`check_naa` compares that too.
 
 CHAP credentials go to libiscsi through LIBISCSI_CHAP_USERNAME/PASSWORD in its
 environment, never on the command line.
@@ -26,6 +27,7 @@ import subprocess
 from dataclasses import dataclass
 
 ISCSI_INQ = shutil.which("iscsi-inq") or "/usr/bin/iscsi-inq"
+ISCSI_LS = shutil.which("iscsi-ls") or "/usr/bin/iscsi-ls"
 # ESXi names a device after its NAA designator, preferring NAA 6, then 5, 2, 3 (DESIGN.md).
 NAA_PREFERENCE = (6, 5, 2, 3)
 MIN_BYTES = 8
@@ -83,23 +85,75 @@ def shown_for(naa_hex: str) -> bytes:
     return raw.split(b"\0", 1)[0]
 
 
-def inquire(address: str, port: int, iqn: str, lun: int, *, initiator: str | None = None,
-            chap: tuple[str, str] | None = None, timeout: float = 30) -> bytes:
-    """Run iscsi-inq for VPD page 0x83 of one LUN; its stdout as bytes."""
-    if not os.path.exists(ISCSI_INQ):
-        raise LibiscsiError(f"{ISCSI_INQ} not found: install Debian libiscsi-bin (scripts/setup does)")
-    argv = [ISCSI_INQ, "-e", "1", "-c", "131"]
-    if initiator:
-        argv += ["-i", initiator]
-    argv.append(f"iscsi://{address}:{port}/{iqn}/{lun}")
+def _run(tool: str, args: list[str], url: str, initiator: str | None, chap: tuple[str, str] | None,
+         timeout: float) -> bytes:
+    if not os.path.exists(tool):
+        raise LibiscsiError(f"{tool} not found: install Debian libiscsi-bin (scripts/setup does)")
+    argv = [tool, *args] + (["-i", initiator] if initiator else []) + [url]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIBISCSI_CHAP_")}
     if chap:
         env["LIBISCSI_CHAP_USERNAME"], env["LIBISCSI_CHAP_PASSWORD"] = chap
     p = subprocess.run(argv, capture_output=True, env=env, timeout=timeout)
     if p.returncode != 0:
         why = p.stderr.decode("utf-8", "replace").strip() or p.stdout[:200].decode("latin-1")
-        raise LibiscsiError(f"iscsi-inq {argv[-1]} exited {p.returncode}: {why}")
+        raise LibiscsiError(f"{os.path.basename(tool)} {url} exited {p.returncode}: {why}")
     return p.stdout
+
+
+def inquire(address: str, port: int, iqn: str, lun: int, *, initiator: str | None = None,
+            chap: tuple[str, str] | None = None, timeout: float = 30) -> bytes:
+    """Run iscsi-inq for VPD page 0x83 of one LUN; its stdout as bytes."""
+    return _run(ISCSI_INQ, ["-e", "1", "-c", "131"], f"iscsi://{address}:{port}/{iqn}/{lun}", initiator, chap,
+                timeout)
+
+
+def parse_ls(out: bytes) -> dict[str, list[tuple[int, str]]]:
+    """`iscsi-ls -s` output: (LUN, peripheral type) per target IQN."""
+    targets: dict[str, list[tuple[int, str]]] = {}
+    current = None
+    for line in out.decode("utf-8", "replace").splitlines():
+        m = re.match(r"^Target:(\S+) Portal:", line)
+        if m:
+            current = targets.setdefault(m.group(1), [])
+            continue
+        m = re.match(r"^Lun:(\d+)\s+Type:(\S+)", line)
+        if m and current is not None:
+            current.append((int(m.group(1)), m.group(2)))
+    return targets
+
+
+def list_luns(address: str, port: int, *, initiator: str | None = None, chap: tuple[str, str] | None = None,
+              timeout: float = 60) -> dict[str, list[int]]:
+    """Disk LUNs per target, found by libiscsi's discovery and REPORT LUNS (`iscsi-ls -s`)."""
+    found = parse_ls(_run(ISCSI_LS, ["-s"], f"iscsi://{address}:{port}", initiator, chap, timeout))
+    return {iqn: [n for n, kind in luns if kind == "DIRECT_ACCESS"] for iqn, luns in found.items()}
+
+
+def assert_served(portal: str, naas, *, initiator: str | None = None,
+                  chap: tuple[str, str] | None = None) -> dict[str, str]:
+    """Every NAA in NAAS is presented at PORTAL ("addr:port"), as libiscsi reads VPD 0x83 of each
+    disk LUN there: naa.X -> "IQN LUN n (what was compared)". Raises AssertionError naming the
+    NAAs no LUN presented, beside what libiscsi did read."""
+    address, _, port = portal.rpartition(":")
+    wanted = {n.lower().removeprefix("naa.") for n in naas}
+    outputs = [(iqn, lun, inquire(address, int(port), iqn, lun, initiator=initiator, chap=chap))
+               for iqn, luns in sorted(list_luns(address, int(port), initiator=initiator, chap=chap).items())
+               for lun in luns]
+    found: dict[str, str] = {}
+    for naa in sorted(wanted):
+        for iqn, lun, out in outputs:
+            try:
+                found[f"naa.{naa}"] = f"{iqn} LUN {lun} ({check_naa(out, naa)})"
+                break
+            except AssertionError:
+                continue
+    missing = sorted(wanted - {k.removeprefix("naa.") for k in found})
+    if missing:
+        seen = [f"{iqn} LUN {lun}: {(d.shown.hex() if (d := naa_designator(parse(out))) else 'no NAA')}"
+                for iqn, lun, out in outputs]
+        raise AssertionError(f"libiscsi finds no LUN at {portal} presenting {', '.join('naa.' + m for m in missing)}"
+                             f"; it read {'; '.join(seen) or 'no disk LUNs'}")
+    return found
 
 
 def check_naa(out: bytes, naa_hex: str, min_bytes: int = MIN_BYTES) -> str:
@@ -113,13 +167,17 @@ def check_naa(out: bytes, naa_hex: str, min_bytes: int = MIN_BYTES) -> str:
     if got.shown != expected:
         raise AssertionError(f"libiscsi reads NAA bytes {got.shown.hex()} where naa.{naa_hex} shows as "
                              f"{expected.hex()}")
-    if len(expected) >= min_bytes:
-        return f"{len(expected)} NAA bytes"
-    # Fewer bytes than asked for are comparable (a zero byte early in the NAA). tgt also puts its
-    # scsi_id, the whole NAA in hex, in a T10 vendor-id designator: accept that as the full comparison.
+    # tgt also copies its scsi_id, the whole NAA in hex, into a T10 vendor-id designator (text, so
+    # printed whole). Two NAAs that agree up to a zero byte (600144f0b6a1c6b0 00 00 51a4…0001 and
+    # …0002) look the same in the binary designator; the T10 text tells them apart.
     t10 = [d.shown.decode("ascii", "replace").strip().lower() for d in designators if d.type == 1]
-    if naa_hex in t10:
-        return f"{len(expected)} NAA bytes and the T10 vendor id"
+    t10_naas = [t for t in t10 if re.fullmatch(r"[0-9a-f]{32}|[0-9a-f]{16}", t)]
+    if t10_naas and naa_hex not in t10_naas:
+        raise AssertionError(f"libiscsi reads the NAA bytes of naa.{naa_hex}, but the T10 vendor id carries "
+                             f"{', '.join(t10_naas)}")
+    compared = f"{len(expected)} NAA bytes" + (" and the T10 vendor id" if t10_naas else "")
+    if len(expected) >= min_bytes or t10_naas:
+        return compared
     raise AssertionError(f"naa.{naa_hex} has a zero byte at offset {len(expected)}: iscsi-inq shows only "
                          f"{len(expected)} of its bytes (fewer than {min_bytes}) and no T10 vendor id carries it")
 

@@ -86,6 +86,12 @@ def test_drill_end_to_end(drill_lab):
     assert rep["rto_seconds"] is not None and rep["rpo_seconds"] is not None
     assert open(rep["report"]["html"]).read().count("<rect") == len(rep["steps"])
 
+    # The clones carry the production NAAs on the wire, as a third-party initiator (libiscsi) reads them.
+    import libiscsi
+
+    libiscsi.assert_served(load_site(dl.site).storage["ss2"].target.portal, [d["naa"] for d in seeded.values()],
+                           initiator="iqn.1998-01.com.vmware:esx-dr")
+
     esx = esx_dr(dl)
     vms = {v["name"] for v in dl.seed["vms"]}
     assert set(esx["vms"]) == vms

@@ -89,6 +89,11 @@ def test_planned_failover_reprotect_failback(drill_lab):
     assert all(v["networks"] == ["DR-LAN"] for v in rep["vms"])
     assert all(p == "poweredOff" for p, _, _ in dl.vms("esx-prod").values())  # shut down cleanly first
     assert served(dl, "ss1") == set() and served(dl, "ss2") == naas
+    # The production NAAs on the DR portal as a third-party initiator (libiscsi) reads them from VPD 0x83.
+    import libiscsi
+
+    libiscsi.assert_served(load_site(dl.site).storage["ss2"].target.portal, naas,
+                           initiator="iqn.1998-01.com.vmware:esx-dr")
     assert all(props(dl, ds) == ("off", "yes") for ds in dr_sets)
 
     # Reprotect: evidence first, --yes to act; then DR → production.
@@ -105,6 +110,8 @@ def test_planned_failover_reprotect_failback(drill_lab):
     # Home without duplicates: the VMs esx-prod had are reused, not registered a second time.
     assert [n for n, _ in all_vms(dl, "esx-prod")] == sorted(prod)
     assert served(dl, "ss1") == naas and served(dl, "ss2") == set()
+    libiscsi.assert_served(load_site(dl.site).storage["ss1"].target.portal, naas,
+                           initiator="iqn.1998-01.com.vmware:esx-dr")
     assert all(props(dl, ds) == ("on", "no") for ds in dr_sets)
     dl.ok("replicate", "core")
 

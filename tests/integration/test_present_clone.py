@@ -52,6 +52,10 @@ def test_present_switch_remove_while_replicating(drill_lab):
     first = json.loads(dl.ok("--json", "target", "present-clone", "core").stdout)["snapshot"]
     now = served(dl)
     assert sorted(set(now) - set(before)) == naas  # the production identities, on the wire
+    # ...as a third-party initiator (libiscsi) reads them from VPD 0x83, not only esxdr's own client.
+    import libiscsi
+
+    libiscsi.assert_served(dl.lab.state()["tgtd"]["dr"]["portal"], naas, initiator=DR_INITIATOR)
     assert all(f"@{first}" in c for c in clones(dl) if "\t" in c and not c.endswith("\t-"))
 
     # replication goes on while the clone is presented

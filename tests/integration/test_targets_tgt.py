@@ -259,6 +259,10 @@ protection_groups: {{}}
         assert dr_d.target_ids() == []
         assert run(["target", "import", str(manifest), "--site", str(site), *rw, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["commands"]
+        # A third-party initiator (libiscsi) reads the manifest's NAAs from VPD 0x83 on the DR portal.
+        import libiscsi
+
+        libiscsi.assert_served(dr_d.portal, [lu.naa.hex for lu in exported.logical_units], initiator=DR_INITIATOR)
         assert run(["target", "diff", str(manifest), "--site", str(site), *rw]) == 0
         assert "already matches" in capsys.readouterr().out
         assert run(["target", "verify", str(manifest), "--site", str(site), *rw,

@@ -23,9 +23,10 @@ def saved(naa: str) -> bytes:
 
 
 @pytest.mark.parametrize("naa, compared", [
-    ("600144f0b6a1c6b0000051a4d5e20001", "8 NAA bytes"),  # COMSTAR-style GUID: zero byte at offset 8
-    ("6001405abcdef0123456789abcdef012", "16 NAA bytes"),  # LIO-style, no zero byte
-    ("605d0a5d0a0a5d5d0102030405060708", "16 NAA bytes"),  # "]" and newlines inside the raw bytes
+    # tgt with scsi_id set: the T10 vendor id carries the same NAA as text
+    ("600144f0b6a1c6b0000051a4d5e20001", "8 NAA bytes and the T10 vendor id"),  # zero byte at offset 8
+    ("6001405abcdef0123456789abcdef012", "16 NAA bytes and the T10 vendor id"),  # LIO-style, no zero byte
+    ("605d0a5d0a0a5d5d0102030405060708", "16 NAA bytes and the T10 vendor id"),  # "]" and newlines in it
 ])
 def test_saved_outputs_present_their_naa(naa, compared):
     out = saved(naa)
@@ -39,10 +40,15 @@ def test_saved_outputs_present_their_naa(naa, compared):
 
 def test_t10_vendor_id_completes_a_short_comparison():
     # tgt copies an explicit scsi_id into a T10 vendor-id designator as text: the whole NAA, even
-    # where the binary designator shows fewer bytes than asked for.
+    # where the binary designator shows fewer bytes than asked for...
     out = saved("600144f0b6a1c6b0000051a4d5e20001")
     assert libiscsi.check_naa(out, "600144f0b6a1c6b0000051a4d5e20001", min_bytes=9) == \
         "8 NAA bytes and the T10 vendor id"
+    # ...and it tells apart two NAAs that agree up to the zero byte, which the binary one cannot.
+    assert libiscsi.shown_for("600144f0b6a1c6b0000051a4d5e20002") == libiscsi.shown_for(
+        "600144f0b6a1c6b0000051a4d5e20001")
+    with pytest.raises(AssertionError, match="T10 vendor id carries 600144f0b6a1c6b0000051a4d5e20001"):
+        libiscsi.check_naa(out, "600144f0b6a1c6b0000051a4d5e20002")
 
 
 def test_tgt_default_naa_shows_one_byte():
@@ -104,7 +110,7 @@ def test_inquire_passes_chap_in_the_environment_only(fake_inq, monkeypatch):
     shown = libiscsi.assert_presents("127.0.0.2", 3261, "iqn.2024-01.io.esxdr:t1", 1,
                                      "600144f0b6a1c6b0000051a4d5e20001",
                                      initiator="iqn.1998-01.com.vmware:esxi-dr", chap=("dr", "s3cret"))
-    assert shown == "8 NAA bytes"
+    assert shown == "8 NAA bytes and the T10 vendor id"
     argv, env = log.read_text().splitlines()
     assert argv == ("-e 1 -c 131 -i iqn.1998-01.com.vmware:esxi-dr "
                     "iscsi://127.0.0.2:3261/iqn.2024-01.io.esxdr:t1/1")
@@ -119,3 +125,43 @@ def test_inquire_failure_names_the_url_and_libiscsi_message(fake_inq, err):
     fake_inq(Path(os.devnull), CORPUS / err, rc=10)
     with pytest.raises(libiscsi.LibiscsiError, match=r"iscsi://127.0.0.2:3261/iqn.x/9 exited 10: Login Failed"):
         libiscsi.inquire("127.0.0.2", 3261, "iqn.x", 9)
+
+
+def test_parse_ls_two_targets():
+    listing = libiscsi.parse_ls((CORPUS / "iscsi-ls-two-targets.txt").read_bytes())
+    assert listing == {
+        "iqn.2024-01.io.esxdr:t1": [(0, "STORAGE_ARRAY_CONTROLLER"), (1, "DIRECT_ACCESS")],
+        "iqn.2024-01.io.esxdr:t2": [(0, "STORAGE_ARRAY_CONTROLLER"), (1, "DIRECT_ACCESS"), (2, "DIRECT_ACCESS")]}
+
+
+@pytest.fixture()
+def fake_portal(tmp_path, monkeypatch):
+    """iscsi-ls and iscsi-inq stand-ins replaying the two-target capture: t1 LUN 1 and t2 LUN 1 and 2."""
+    ls = tmp_path / "iscsi-ls"
+    ls.write_text(f"#!/bin/sh\ncat {CORPUS / 'iscsi-ls-two-targets.txt'}\n")
+    inq = tmp_path / "iscsi-inq"
+    inq.write_text("#!/bin/sh\nfor url; do :; done\ncase \"$url\" in\n"
+                   f"*:t1/1) cat {CORPUS / 'inq-600144f0b6a1c6b0000051a4d5e20001.txt'} ;;\n"
+                   f"*:t2/1) cat {CORPUS / 'inq-605d0a5d0a0a5d5d0102030405060708.txt'} ;;\n"
+                   f"*:t2/2) cat {CORPUS / 'inq-6001405abcdef0123456789abcdef012.txt'} ;;\n"
+                   "*) echo 'Login Failed.' >&2; exit 10 ;;\nesac\n")
+    for f in (ls, inq):
+        f.chmod(f.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(libiscsi, "ISCSI_LS", str(ls))
+    monkeypatch.setattr(libiscsi, "ISCSI_INQ", str(inq))
+
+
+def test_assert_served_finds_each_naa_on_its_lun(fake_portal):
+    got = libiscsi.assert_served("127.0.0.2:3260", ["naa.600144f0b6a1c6b0000051a4d5e20001",
+                                                    "6001405abcdef0123456789abcdef012"])
+    assert got == {
+        "naa.600144f0b6a1c6b0000051a4d5e20001": "iqn.2024-01.io.esxdr:t1 LUN 1 (8 NAA bytes and the T10 vendor id)",
+        "naa.6001405abcdef0123456789abcdef012": "iqn.2024-01.io.esxdr:t2 LUN 2 (16 NAA bytes and the T10 vendor id)"}
+
+
+def test_assert_served_names_what_is_missing_and_what_was_read(fake_portal):
+    with pytest.raises(AssertionError) as e:
+        libiscsi.assert_served("127.0.0.2:3260", ["600144f0b6a1c6b0000051a4d5e20002"])
+    msg = str(e.value)
+    assert "presenting naa.600144f0b6a1c6b0000051a4d5e20002" in msg
+    assert "iqn.2024-01.io.esxdr:t1 LUN 1: 600144f0b6a1c6b0" in msg and "t2 LUN 2: 6001405abcdef012" in msg
