@@ -23,7 +23,7 @@ Examples:
   esxdr host apply vcenter-dr --host esx2 # only esx2, through the vCenter
   esxdr host apply esxi-dr --dry-run      # the same list, as apply would walk it
   esxdr host apply esxi-dr                # make it so (a second plan is then empty)
-  esxdr host apply esxi-dr --prune        # also remove what the site file does not list
+  esxdr host apply esxi-dr --prune        # also remove what esxdr created and the site file no longer lists
   esxdr host verify-storage esxi-dr --manifest dr-manifest.yaml
   esxdr host verify-storage --manifest m.yaml --resolve resignature
   esxdr host thumbprint esxi-dr.example.com   # the SHA-256 to pin in the site file
@@ -119,7 +119,8 @@ def _host_name(endpoint: object, name: str) -> str | None:
 @click.argument("host_name", metavar="[HOST]", required=False)
 @click.option("--host", "only", metavar="NAME", default=None,
               help="With a vCenter: act on this one of its hosts only.")
-@click.option("--prune", is_flag=True, help="Also plan to remove what the site file does not list.")
+@click.option("--prune", is_flag=True, help="Also plan to remove what esxdr created and the site file no longer "
+                                            "lists (nothing esxdr did not create).")
 @json_option
 @site_option
 @pass_ctx
@@ -149,7 +150,8 @@ def plan_cmd(ctx: Context, host_name: str | None, only: str | None, prune: bool)
     with _connect(endpoint) as session:
         state = observe(session, _host_name(endpoint, name),
                         bindings=bool(network.iscsi and (network.iscsi.bind or prune)))
-        result = plan_host(network, state, prune=prune, chap_secret=_chap(ctx, t).state(name, _chap_spec(network)))
+        result = plan_host(network, state, prune=prune, chap_secret=_chap(ctx, t).state(name, _chap_spec(network)),
+                           created=_created(ctx, t).load(name))
         ctx.emit({**result.to_dict(), "requests": session.requests}, result.render)
     if result.refusals:
         r = result.refusals[0]
@@ -162,8 +164,8 @@ def plan_cmd(ctx: Context, host_name: str | None, only: str | None, prune: bool)
 @click.option("--host", "only", metavar="NAME", default=None,
               help="With a vCenter: act on this one of its hosts only.")
 @click.option("--dry-run", is_flag=True, help="Describe each action without changing anything.")
-@click.option("--prune", is_flag=True, help="Also remove what the site file does not list "
-                                            "(never the management network vmk0).")
+@click.option("--prune", is_flag=True, help="Also remove what esxdr created and the site file no longer lists "
+                                            "(never anything esxdr did not create, nor the management network vmk0).")
 @json_option
 @site_option
 @pass_ctx
@@ -195,10 +197,14 @@ def apply_cmd(ctx: Context, host_name: str | None, only: str | None, dry_run: bo
         state = observe(session, _host_name(endpoint, name),
                         bindings=bool(network.iscsi and (network.iscsi.bind or prune)))
         chap = _chap(ctx, t)
-        host_plan = plan_host(network, state, prune=prune, chap_secret=chap.state(name, _chap_spec(network)))
+        records = _created(ctx, t)
+        created = records.load(name) if dry_run else records.forget_absent(name, state)
+        host_plan = plan_host(network, state, prune=prune, chap_secret=chap.state(name, _chap_spec(network)),
+                              created=created)
         for n in host_plan.notes:
             ctx.info(f"note: {n}")
-        result = apply_plan(session, state, host_plan, dry_run=dry_run, progress=ctx.info)
+        result = apply_plan(session, state, host_plan, dry_run=dry_run, progress=ctx.info,
+                            records=None if dry_run else records)
         _record_chap(chap, result, network)
         result.requests = session.requests
         ctx.emit(result.to_dict(), result.render)
@@ -264,6 +270,13 @@ def _chap(ctx: Context, t: _Target):  # -> ChapRecords
     return ChapRecords(ctx.site().state_dir, getattr(t.endpoint, "name", t.name))
 
 
+def _created(ctx: Context, t: _Target):  # -> CreatedRecords
+    """What esxdr created on the hosts of this endpoint (what --prune may remove)."""
+    from esxdr.vsphere.host import CreatedRecords
+
+    return CreatedRecords(ctx.site().state_dir, getattr(t.endpoint, "name", t.name))
+
+
 def _chap_spec(network: Any) -> Any:
     return network.iscsi.chap if network is not None and network.iscsi is not None and network.iscsi.enabled \
         else None
@@ -281,22 +294,27 @@ def _bindings(t: _Target, prune: bool) -> bool:
     return any(n.iscsi and (n.iscsi.bind or prune) for n in t.networks.values())
 
 
-def _plan_all(ctx: Context, t: _Target, session: Any, prune: bool):  # -> (states, MultiHostPlan, ChapRecords)
-    """One read of all the vCenter's hosts, then a plan per host."""
+def _plan_all(ctx: Context, t: _Target, session: Any, prune: bool,
+              applying: bool = False):  # -> (states, MultiHostPlan, ChapRecords, CreatedRecords)
+    """One read of all the vCenter's hosts, then a plan per host. ``applying``: records of
+    objects since removed by hand are dropped first."""
     from esxdr.plan.host import plan_hosts
     from esxdr.vsphere.host import observe_hosts
 
     assert t.names is not None
     states = observe_hosts(session, t.names, bindings=_bindings(t, prune))
     chap = _chap(ctx, t)
+    records = _created(ctx, t)
+    created = {h: records.forget_absent(h, st) if applying else records.load(h) for h, st in states.items()}
     plans = plan_hosts(t.name, t.networks, states, prune=prune,
-                       chap_secrets={h: chap.state(h, _chap_spec(n)) for h, n in t.networks.items()})
-    return states, plans, chap
+                       chap_secrets={h: chap.state(h, _chap_spec(n)) for h, n in t.networks.items()},
+                       created=created)
+    return states, plans, chap, records
 
 
 def _plan_vcenter(ctx: Context, t: _Target, prune: bool) -> None:
     with _connect(t.endpoint) as session:
-        _, result, _ = _plan_all(ctx, t, session, prune)
+        _, result, _, _ = _plan_all(ctx, t, session, prune)
         ctx.emit({**result.to_dict(), "requests": session.requests}, result.render)
     if result.refusals:
         host_name, r = result.refusals[0]
@@ -308,11 +326,12 @@ def _apply_vcenter(ctx: Context, t: _Target, prune: bool, dry_run: bool) -> None
     from esxdr.vsphere.host import apply_plans
 
     with _connect(t.endpoint) as session:
-        states, plans, chap = _plan_all(ctx, t, session, prune)
+        states, plans, chap, records = _plan_all(ctx, t, session, prune, applying=not dry_run)
         for p in plans.plans:
             for n in p.notes:
                 ctx.info(f"{p.host}: note: {n}")
-        result = apply_plans(session, states, plans.plans, endpoint=t.name, dry_run=dry_run, progress=ctx.info)
+        result = apply_plans(session, states, plans.plans, endpoint=t.name, dry_run=dry_run, progress=ctx.info,
+                             records=None if dry_run else records)
         for r in result.results:
             _record_chap(chap, r, t.networks.get(r.host))
         result.requests = session.requests

@@ -129,11 +129,14 @@ def start(
     vcenter_hosts: list[str] | None = None,
     drs: bool = True,
     cluster: str = "cluster0",
+    dell_idrac: bool = False,
 ) -> EsxsimProcess:
     """Start esxsim serving host `name` on listen_host:port and wait for its SOAP port.
 
     With ``vcenter_hosts`` it serves a vCenter named `name` instead: one cluster (``cluster``,
     DRS on or off) of those hosts; ``iqn`` is then ignored (each host has its own).
+    ``dell_idrac``: every host also has a Dell iDRAC USB NIC (vusb0, vmk1 at 169.254.0.2 on
+    the hidden "iDRAC Network"), as real Dell hosts report it (esxsim -dell-idrac).
     """
     if not listen_host.startswith("127."):
         raise EsxsimError(f"esxsim listens on 127.0.0.0/8 only, not {listen_host}")
@@ -167,6 +170,8 @@ def start(
         cmd.append("-tls")
     if mount_registry:
         cmd += ["-mount-registry", str(mount_registry)]
+    if dell_idrac:
+        cmd.append("-dell-idrac")
     env = dict(os.environ)
     env["ESXSIM_PASSWORD"] = password
     logf = open(logp, "ab")

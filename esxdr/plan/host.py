@@ -13,7 +13,10 @@ Two planners:
 Order of a host plan, and why:
 
 1. with ``prune``: unbind, remove targets, VMkernel NICs, port groups, vSwitches first —
-   so uplinks and names they held are free for what comes next;
+   so uplinks and names they held are free for what comes next. Only what esxdr itself
+   created (:class:`~esxdr.vsphere.observed.Created`, recorded by apply) is removed: a
+   vSwitch, port group or VMkernel NIC that someone else made, or that the host keeps for
+   itself (Dell's iDRAC NIC on a hidden port group), stays whatever the site file says;
 2. vSwitch updates before vSwitch adds (an update may release an uplink an add needs);
 3. port groups, then VMkernel NICs (a NIC needs its port group);
 4. software iSCSI on, CHAP, port binding (needs the NIC), send and static targets;
@@ -26,7 +29,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from esxdr.vsphere.observed import HostState, ObservedLun, UnresolvedVolume
+from esxdr.vsphere.observed import Created, HostState, ObservedLun, UnresolvedVolume
 
 MANAGEMENT_VNIC = "vmk0"
 
@@ -185,19 +188,87 @@ def _vs_teaming(vs: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 # --------------------------------------------------------------------------- host network plan
+@dataclass
+class _Extras:
+    """What the host has beyond the site file: what --prune may remove (esxdr created it and
+    nothing that stays depends on it), and what stays whatever happens, with why."""
+
+    vnics: list[str] = field(default_factory=list)
+    port_groups: list[str] = field(default_factory=list)
+    vswitches: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+    @property
+    def ours(self) -> list[str]:
+        return ([f"vSwitch {n}" for n in self.vswitches] + [f"port group {n}" for n in self.port_groups]
+                + [f"VMkernel NIC {d}" for d in self.vnics])
+
+
+def _extras(desired: Any, observed: HostState, created: Created, claimed: set[str],
+            mgmt_pg: str | None, mgmt_vs: str | None) -> _Extras:
+    out = _Extras()
+    kept_vnics: list[str] = []
+    kept_pgs: list[str] = []
+    kept_vs: list[str] = []
+    for d, v in observed.vnics.items():
+        if d in claimed or d == MANAGEMENT_VNIC:
+            continue
+        if v.port_group not in observed.port_groups:
+            # A port group config.network.portgroup does not list: the host's own (Dell's
+            # "iDRAC Network" on the hidden vSwitchiDRACvusb holds vmk1 at 169.254.0.2).
+            kept_vnics.append(f"VMkernel NIC {d} (on {v.port_group!r}, a port group the host does not list: "
+                            "a system NIC such as the iDRAC passthrough)")
+        elif (d, v.port_group) in created.vnics:
+            out.vnics.append(d)
+        else:
+            kept_vnics.append(f"VMkernel NIC {d}")
+    going = set(out.vnics)
+    for n, pg in observed.port_groups.items():
+        if n in desired.port_groups or n == mgmt_pg:
+            continue
+        users = [d for d, v in observed.vnics.items() if v.port_group == n and d not in going]
+        if (n, pg.vswitch) not in created.port_groups:
+            kept_pgs.append(f"port group {n}")
+        elif users:
+            kept_pgs.append(f"port group {n} (still carries {_csv(users)})")
+        else:
+            out.port_groups.append(n)
+    going_pgs = set(out.port_groups)
+    for n in observed.vswitches:
+        if n in desired.vswitches or n == mgmt_vs:
+            continue  # the management vSwitch has a note of its own
+        # RemoveVirtualSwitch takes its port groups with it: only when every one of them goes.
+        staying = [p for p, pg in observed.port_groups.items() if pg.vswitch == n and p not in going_pgs]
+        if n not in created.vswitches:
+            kept_vs.append(f"vSwitch {n}")
+        elif staying:
+            kept_vs.append(f"vSwitch {n} (still carries port group {_csv(staying)})")
+        else:
+            out.vswitches.append(n)
+    out.kept = kept_vs + kept_pgs + kept_vnics  # in the order of the other notes
+    return out
+
+
 def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
-              chap_secret: tuple[str | None, str | None] = (None, None)) -> HostPlan:
-    """Plan ``desired`` (a :class:`~esxdr.site.model.HostNetwork`) against ``observed``."""
+              chap_secret: tuple[str | None, str | None] = (None, None),
+              created: Created | None = None) -> HostPlan:
+    """Plan ``desired`` (a :class:`~esxdr.site.model.HostNetwork`) against ``observed``.
+
+    ``created``: what esxdr created on this host (recorded by apply); with ``prune`` only those
+    objects are removed when the site file no longer lists them. None: nothing is esxdr's.
+    """
     plan = HostPlan(host=desired.host)
     acts: list[Action] = []
     refuse = plan.refusals.append
+    created = created or Created()
     mgmt_pg = observed.vnics[MANAGEMENT_VNIC].port_group if MANAGEMENT_VNIC in observed.vnics else None
     mgmt_vs = observed.port_groups[mgmt_pg].vswitch if mgmt_pg in observed.port_groups else None
+    # The NICs the site file's vmkernel: entries stand for: the one on each one's port group.
+    claimed = {v.device for nic in desired.vmkernel.values() if (v := observed.vnic_on(nic.port_group)) is not None}
+    extras = _extras(desired, observed, created, claimed, mgmt_pg, mgmt_vs)
 
     # vSwitches that will be gone (pruned) or will release uplinks
-    pruned_vs = set()
-    if prune:
-        pruned_vs = {n for n in observed.vswitches if n not in desired.vswitches and n != mgmt_vs}
+    pruned_vs = set(extras.vswitches) if prune else set()
     releasing = {n: set(v.uplinks) - set(desired.vswitches[n].uplinks)
                  for n, v in observed.vswitches.items() if n in desired.vswitches}
 
@@ -216,7 +287,9 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
                 refuse(Refusal(
                     f"vSwitch {name}", f"uplink {u} is already an uplink of {owner} (an uplink belongs to one vSwitch)",
                     f"remove {u} from {owner} first, or describe {owner} in the site file without it"
-                    + ("" if owner in desired.vswitches else " (or run with --prune to remove it)")))
+                    + ("" if owner in desired.vswitches else
+                       " (or run with --prune to remove it)" if owner in extras.vswitches else
+                       f" (esxdr did not create {owner}, so --prune leaves it alone)")))
         ob = observed.vswitches.get(name)
         if ob is None:
             acts.append(Action("add_vswitch", name, "it is in the site file but not on the host", params))
@@ -274,24 +347,26 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
         if diffs:
             acts.append(Action("update_port_group", name, "; ".join(diffs), params))
 
-    # -- VMkernel NICs. ESXi numbers new NICs itself, so a desired vmkN is matched by its port
-    # group first; apply maps the desired name to the device ESXi hands back.
-    claimed: set[str] = set()
+    # -- VMkernel NICs, matched by their port group only. The name says nothing: ESXi numbers
+    # new NICs itself, and a host may already have a vmkN that is not the site file's (Dell
+    # hosts have vmk1 at 169.254.0.2 on the hidden "iDRAC Network", the iDRAC OS passthrough).
+    # Such a NIC is never rewritten; the site file's NIC is added and apply maps the desired
+    # name to the device ESXi hands back.
     for name, nic in desired.vmkernel.items():
         ip, mask, prefix = split_ip(nic.ip)
         params = {"port_group": nic.port_group, "ip": ip, "netmask": mask, "prefix": prefix, "mtu": nic.mtu}
         obn = observed.vnic_on(nic.port_group)
-        if obn is None and name in observed.vnics:
-            obn = observed.vnics[name]
         if obn is None:
             acts.append(Action("add_vnic", name, "it is in the site file but not on the host", params))
+            other = observed.vnics.get(name)
+            if other is not None:
+                at = "DHCP" if other.dhcp else f"{other.ip or 'no address'}"
+                plan.notes.append(f"{name} on {observed.name} is another NIC (port group {other.port_group!r}, {at}); "
+                                  f"left alone: ESXi numbers the new NIC for {nic.port_group} itself")
             continue
-        claimed.add(obn.device)
         diffs = []
         if obn.device != name:
             plan.notes.append(f"{name} is {obn.device} on {observed.name} (ESXi chose the number)")
-        if obn.port_group != nic.port_group:
-            diffs.append(f"port group {obn.port_group} → {nic.port_group}")
         if ip is None and not obn.dhcp:
             diffs.append(f"IP {obn.ip} → DHCP")
         elif ip is not None and (obn.dhcp or obn.ip != ip or obn.netmask != mask):
@@ -301,13 +376,11 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
         if diffs:
             acts.append(Action("update_vnic", obn.device, "; ".join(diffs), {**params, "desired_name": name}))
 
-    def device_of(vmk: str) -> str:
+    def device_of(vmk: str) -> str | None:
+        """The device of the site file's ``vmk`` on the host; None while it is still to be added."""
         nic = desired.vmkernel.get(vmk)
-        if nic is not None:
-            ob = observed.vnic_on(nic.port_group)
-            if ob is not None:
-                return ob.device
-        return vmk
+        ob = observed.vnic_on(nic.port_group) if nic is not None else None
+        return ob.device if ob is not None else None
 
     # -- software iSCSI
     spec = desired.iscsi
@@ -336,11 +409,16 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
         bound = set(iscsi.bound or ()) if iscsi is not None else set()
         for vmk in spec.bind:
             nic = desired.vmkernel.get(vmk)
-            pg_name = nic.port_group if nic else (observed.vnics[vmk].port_group if vmk in observed.vnics else None)
-            order = effective(pg_name) if pg_name else None
+            if nic is None:
+                # Bound NICs are the site file's own, found by port group; never a host NIC by name.
+                refuse(Refusal(vmk, f"cannot bind {vmk}: the site file does not describe it under vmkernel:",
+                               f"describe {vmk} (its port group and address) under vmkernel: in the site file"))
+                continue
+            pg_name = nic.port_group
+            order = effective(pg_name)
             if order is None:
-                refuse(Refusal(vmk, f"cannot bind {vmk}: it has no port group on {observed.name}",
-                               f"describe {vmk} under vmkernel: in the site file"))
+                refuse(Refusal(vmk, f"cannot bind {vmk}: its port group {pg_name} is not on {observed.name}",
+                               f"describe port group {pg_name} under port_groups: in the site file"))
                 continue
             active, standby = order
             if len(active) != 1 or standby:
@@ -354,7 +432,8 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
                     f"set active_uplinks: [{first}] and standby_uplinks: [] on port group {pg_name}"))
                 continue
             dev = device_of(vmk)
-            if dev not in bound:
+            if dev is None or dev not in bound:
+                # device None: the NIC is added by this plan; apply binds the device ESXi names.
                 acts.append(Action("bind_vnic", vmk, "the site file binds it and it is not bound",
                                    {"device": dev}))
         have_send = set(iscsi.send_targets) if iscsi else set()
@@ -371,12 +450,18 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
         if iscsi is not None:
             want_send = {(p.address, p.port) for p in spec.send_targets}
             want_static = {(s.address, s.port, s.iqn) for s in spec.static_targets}
-            want_bound = {device_of(v) for v in spec.bind}
+            want_bound = {d for v in spec.bind if (d := device_of(v)) is not None}
             extra_send = [s for s in iscsi.send_targets if s not in want_send]
             extra_static = [s for s in iscsi.static_targets if s not in want_static]
             extra_bound = [b for b in (iscsi.bound or ()) if b not in want_bound]
             if prune:
                 for dev in extra_bound:
+                    # A binding is esxdr's to undo only on a NIC the site file describes or
+                    # esxdr created; anyone else's NIC keeps its binding.
+                    if dev not in claimed and dev not in extras.vnics:
+                        plan.notes.append(f"iSCSI binding of {dev} is not in the site file; kept even with --prune: "
+                                          f"esxdr did not create {dev}")
+                        continue
                     acts.append(Action("unbind_vnic", dev, "bound on the host, not in the site file (--prune)",
                                        {"device": dev}))
                 for a, port in extra_send:
@@ -393,32 +478,34 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
     elif spec is not None and not spec.enabled and observed.software_iscsi_enabled:
         acts.append(Action("disable_software_iscsi", "software iSCSI", "the site file says enabled: false"))
 
-    # -- things on the host that the site file does not describe
-    protected_pgs = {mgmt_pg} if mgmt_pg else set()
+    # -- things on the host that the site file does not describe. --prune removes only what
+    # esxdr created (the record apply keeps) and nothing that stays depends on; the rest is
+    # named in a note, never touched.
     bound_now = set(iscsi.bound or ()) if iscsi else set()
-    extra_vnics = [d for d in observed.vnics if d not in claimed and d != MANAGEMENT_VNIC]
-    extra_pgs = [n for n in observed.port_groups if n not in desired.port_groups and n not in protected_pgs]
-    extra_vs = [n for n in observed.vswitches if n not in desired.vswitches]
     if prune:
-        for d in extra_vnics:
+        for d in extras.vnics:
             if d in bound_now and not any(a.kind == "unbind_vnic" and a.target == d for a in acts):
                 continue
-            acts.append(Action("remove_vnic", d, "not in the site file (--prune)", {"device": d}))
-        for n in extra_pgs:
-            acts.append(Action("remove_port_group", n, "not in the site file (--prune)",
+            acts.append(Action("remove_vnic", d, "not in the site file, created by esxdr (--prune)", {"device": d}))
+        for n in extras.port_groups:
+            acts.append(Action("remove_port_group", n, "not in the site file, created by esxdr (--prune)",
                                {"vswitch": observed.port_groups[n].vswitch}))
-        for n in extra_vs:
-            if n == mgmt_vs:
-                plan.notes.append(f"{n} carries the management network ({MANAGEMENT_VNIC}); kept even with --prune")
-                continue
-            acts.append(Action("remove_vswitch", n, "not in the site file (--prune)"))
+        for n in extras.vswitches:
+            acts.append(Action("remove_vswitch", n, "not in the site file, created by esxdr (--prune)"))
+        if mgmt_vs and mgmt_vs not in desired.vswitches:
+            plan.notes.append(f"{mgmt_vs} carries the management network ({MANAGEMENT_VNIC}); kept even with --prune")
         if mgmt_pg and mgmt_pg not in desired.port_groups:
             plan.notes.append(f"port group {mgmt_pg} carries {MANAGEMENT_VNIC}; kept even with --prune")
+        if extras.kept:
+            plan.notes.append("not in the site file, but not created by esxdr (or still in use), so --prune "
+                              "leaves them alone: " + ", ".join(extras.kept))
     else:
-        extras = ([f"vSwitch {n}" for n in extra_vs] + [f"port group {n}" for n in extra_pgs]
-                  + [f"VMkernel NIC {d}" for d in extra_vnics])
-        if extras:
-            plan.notes.append("not in the site file, left alone (--prune removes them): " + ", ".join(extras))
+        if extras.ours:
+            plan.notes.append("not in the site file, created by esxdr, left alone (--prune removes them): "
+                              + ", ".join(extras.ours))
+        if extras.kept:
+            plan.notes.append("not in the site file and not created by esxdr: left alone, --prune too leaves "
+                              "them: " + ", ".join(extras.kept))
 
     if any(a.changes_storage for a in acts):
         acts.append(Action("rescan_all_hba", observed.name, "the iSCSI configuration changed"))
@@ -453,8 +540,10 @@ class MultiHostPlan:
 
 def plan_hosts(endpoint: str, desired: dict[str, Any], observed: dict[str, HostState], *,
                prune: bool = False,
-               chap_secrets: dict[str, tuple[str | None, str | None]] | None = None) -> MultiHostPlan:
-    """:func:`plan_host` for each host of ``desired`` (site order), against its observed state."""
+               chap_secrets: dict[str, tuple[str | None, str | None]] | None = None,
+               created: dict[str, Created] | None = None) -> MultiHostPlan:
+    """:func:`plan_host` for each host of ``desired`` (site order), against its observed state
+    (``created``: per host, what esxdr created there)."""
     plans = []
     for name, want in desired.items():
         if name not in observed:
@@ -464,7 +553,8 @@ def plan_hosts(endpoint: str, desired: dict[str, Any], observed: dict[str, HostS
             plans.append(p)
             continue
         plans.append(plan_host(want, observed[name], prune=prune,
-                               chap_secret=(chap_secrets or {}).get(name, (None, None))))
+                               chap_secret=(chap_secrets or {}).get(name, (None, None)),
+                               created=(created or {}).get(name)))
     return MultiHostPlan(endpoint=endpoint, plans=plans)
 
 

@@ -4,14 +4,21 @@ Each action kind has one executor here. Dry-run and apply share :func:`apply_pla
 difference is whether the executor is called, so "what dry-run said" is "what apply does".
 Consecutive send/static targets go to the host in one call (the API takes lists).
 Faults are translated with what the observed state knows (e.g. which vSwitch holds an uplink).
+
+What apply creates (vSwitches, port groups, VMkernel NICs) is recorded per endpoint and host
+(:class:`CreatedRecords`, under the site's state_dir) as each call succeeds: it is the only
+thing ``--prune`` may remove later, because ESXi itself keeps no note of who made what.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyVmomi import vim
@@ -19,7 +26,7 @@ from pyVmomi import vim
 from esxdr.errors import ConflictError, UsageError
 from esxdr.plan.host import Action, HostPlan, plan_host
 from esxdr.vsphere import inventory
-from esxdr.vsphere.observed import HostState
+from esxdr.vsphere.observed import Created, HostState
 from esxdr.vsphere.session import Session
 
 BATCHED = {"add_send_target", "add_static_target", "remove_send_target", "remove_static_target"}
@@ -72,6 +79,82 @@ def read_chap_secret(params: dict[str, Any]) -> str:
         return f.readline().rstrip("\r\n")
 
 
+# --------------------------------------------------------------------------- what esxdr created
+class CreatedRecords:
+    """What ``esxdr host apply`` created on each host of one endpoint, kept in
+    ``state_dir/vsphere/created/<endpoint>--<host>.json`` (written after every call that
+    created or removed something, so an apply that stops half-way still leaves a true record).
+
+    It is esxdr's only evidence of ownership: ``--prune`` removes nothing else. Losing the file
+    makes prune remove nothing (the safe side); the objects can then be removed by hand.
+    """
+
+    def __init__(self, state_dir: str | Path, endpoint: str):
+        self.dir = Path(state_dir) / "vsphere" / "created"
+        self.endpoint = endpoint
+        self._lock = threading.Lock()  # apply_plans writes several hosts' records in parallel
+
+    def _path(self, host: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.endpoint}--{host}")
+        return self.dir / f"{safe}.json"
+
+    def load(self, host: str) -> Created:
+        try:
+            data = json.loads(self._path(host).read_text())
+        except (OSError, ValueError):
+            return Created()
+        return Created(vswitches=frozenset(str(n) for n in data.get("vswitches", ())),
+                       port_groups=frozenset((str(a), str(b)) for a, b in data.get("port_groups", ())),
+                       vnics=frozenset((str(a), str(b)) for a, b in data.get("vnics", ())))
+
+    def _save(self, host: str, c: Created) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(host)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"endpoint": self.endpoint, "host": host, "vswitches": sorted(c.vswitches),
+                       "port_groups": sorted(c.port_groups), "vnics": sorted(c.vnics)}, f, indent=1)
+        os.replace(tmp, path)
+
+    def done(self, host: str, action: Action, device: str | None = None) -> None:
+        """Record what a successful action created (``device``: the vmk ESXi named) or removed."""
+        k, p = action.kind, action.params
+        with self._lock:
+            c = self.load(host)
+            vs, pgs, nics = set(c.vswitches), set(c.port_groups), set(c.vnics)
+            if k == "add_vswitch":
+                vs.add(action.target)
+            elif k == "add_port_group":
+                pgs.add((action.target, p["vswitch"]))
+            elif k == "add_vnic" and device:
+                nics.add((device, p["port_group"]))
+            elif k == "remove_vswitch":
+                vs.discard(action.target)
+                pgs = {x for x in pgs if x[1] != action.target}  # its port groups went with it
+            elif k == "remove_port_group":
+                pgs.discard((action.target, p["vswitch"]))
+            elif k == "remove_vnic":
+                nics = {x for x in nics if x[0] != action.target}
+            else:
+                return
+            self._save(host, Created(frozenset(vs), frozenset(pgs), frozenset(nics)))
+
+    def forget_absent(self, host: str, state: HostState) -> Created:
+        """Drop records of objects the host no longer has (removed by hand), so that a later
+        object of the same name, made by someone else, is not taken for esxdr's."""
+        with self._lock:
+            c = self.load(host)
+            kept = Created(
+                vswitches=frozenset(n for n in c.vswitches if n in state.vswitches),
+                port_groups=frozenset((n, v) for n, v in c.port_groups
+                                      if n in state.port_groups and state.port_groups[n].vswitch == v),
+                vnics=frozenset((d, pg) for d, pg in c.vnics
+                                if d in state.vnics and state.vnics[d].port_group == pg))
+            if kept != c:
+                self._save(host, kept)
+            return kept
+
+
 # --------------------------------------------------------------------------- observe + plan
 def observe(session: Session, host_name: str | None, *, bindings: bool = True) -> HostState:
     """The host's state for planning: one property read, plus QueryBoundVnics when iSCSI is on."""
@@ -79,9 +162,10 @@ def observe(session: Session, host_name: str | None, *, bindings: bool = True) -
     return inventory.with_bindings(session, state) if bindings else state
 
 
-def plan(session: Session, desired: Any, *, prune: bool = False) -> tuple[HostPlan, HostState]:
+def plan(session: Session, desired: Any, *, prune: bool = False,
+         created: Created | None = None) -> tuple[HostPlan, HostState]:
     state = observe(session, desired.host, bindings=bool(desired.iscsi and (desired.iscsi.bind or prune)))
-    return plan_host(desired, state, prune=prune), state
+    return plan_host(desired, state, prune=prune, created=created), state
 
 
 # --------------------------------------------------------------------------- executors
@@ -206,7 +290,14 @@ class _Executor:
                     chapAuthEnabled=True, chapName=p["name"], chapSecret=read_chap_secret(p),
                     chapAuthenticationType="chapRequired"))
         elif k == "bind_vnic":
-            self.im.BindVnic(self._hba(), self.vmk.get(a.target, p["device"]))
+            # The device ESXi gave the NIC this apply added, else the one the plan found on the
+            # NIC's port group; never the desired name itself (on a host with its own vmk1,
+            # that name is another NIC).
+            dev = self.vmk.get(a.target) or p["device"]
+            if not dev:
+                raise ConflictError(f"{self.state.name}: no VMkernel NIC {a.target} to bind (it was to be added first)",
+                                    hint="run `esxdr host plan` again")
+            self.im.BindVnic(self._hba(), dev)
         elif k == "unbind_vnic":
             self.im.UnbindVnic(self._hba(), p["device"], False)
         elif k == "add_send_target":
@@ -234,8 +325,11 @@ class _Executor:
 
 
 def apply_plan(session: Session, state: HostState, host_plan: HostPlan, *, dry_run: bool = False,
-               progress: Callable[[str], None] | None = None) -> ApplyResult:
-    """Walk ``host_plan``: describe each action (dry run) or execute it. Refusals stop everything first."""
+               progress: Callable[[str], None] | None = None,
+               records: CreatedRecords | None = None) -> ApplyResult:
+    """Walk ``host_plan``: describe each action (dry run) or execute it. Refusals stop everything first.
+
+    ``records``: where what is created (or pruned) is noted, action by action (not in a dry run)."""
     if host_plan.refusals:
         r = host_plan.refusals[0]
         more = f" (and {len(host_plan.refusals) - 1} more)" if len(host_plan.refusals) > 1 else ""
@@ -258,6 +352,8 @@ def apply_plan(session: Session, state: HostState, host_plan: HostPlan, *, dry_r
         if not dry_run:
             with session.errors(a.describe() + f" on {host_plan.host}", ex.hints(a)):
                 detail = ex.run(a, batch)
+            if records is not None:
+                records.done(host_plan.host, a, ex.vmk.get(a.target) if a.kind == "add_vnic" else None)
         for b in batch:
             result.steps.append(StepResult(b, "would do" if dry_run else "done", detail if b is a else ""))
         i += len(batch)
@@ -266,13 +362,19 @@ def apply_plan(session: Session, state: HostState, host_plan: HostPlan, *, dry_r
 
 
 def ensure(session: Session, desired: Any, *, prune: bool = False, dry_run: bool = False,
-           progress: Callable[[str], None] | None = None) -> ApplyResult:
-    """Observe, plan and apply in one go (what `esxdr host apply` and recovery plans call)."""
-    host_plan, state = plan(session, desired, prune=prune)
+           progress: Callable[[str], None] | None = None, records: CreatedRecords | None = None) -> ApplyResult:
+    """Observe, plan and apply in one go (what `esxdr host apply` and recovery plans call).
+
+    ``records``: what esxdr created on the host, read for the plan (what --prune may remove)
+    and kept up to date by the apply; without it nothing counts as esxdr's."""
+    state = observe(session, desired.host, bindings=bool(desired.iscsi and (desired.iscsi.bind or prune)))
+    created = records.forget_absent(desired.host, state) if records is not None and not dry_run else \
+        records.load(desired.host) if records is not None else None
+    host_plan = plan_host(desired, state, prune=prune, created=created)
     for n in host_plan.notes:
         if progress:
             progress(f"note: {n}")
-    return apply_plan(session, state, host_plan, dry_run=dry_run, progress=progress)
+    return apply_plan(session, state, host_plan, dry_run=dry_run, progress=progress, records=records)
 
 
 # --------------------------------------------------------------------------- several hosts (vCenter)
@@ -302,7 +404,7 @@ def observe_hosts(session: Session, names: list[str], *, bindings: bool = True) 
 
 def apply_plans(session: Session, states: dict[str, HostState], plans: list[HostPlan], *, endpoint: str = "",
                 dry_run: bool = False, progress: Callable[[str], None] | None = None,
-                max_parallel: int = 8) -> MultiApplyResult:
+                max_parallel: int = 8, records: CreatedRecords | None = None) -> MultiApplyResult:
     """Apply one plan per host, the hosts in parallel (each host's actions in order).
 
     Refusals on any host stop everything before the first change on every host. Host
@@ -319,7 +421,7 @@ def apply_plans(session: Session, states: dict[str, HostState], plans: list[Host
 
     def one(p: HostPlan) -> ApplyResult:
         say = None if progress is None else _prefixed(progress, p.host)
-        return apply_plan(session, states[p.host], p, dry_run=dry_run, progress=say)
+        return apply_plan(session, states[p.host], p, dry_run=dry_run, progress=say, records=records)
 
     busy = [p for p in plans if p.actions]
     results: dict[str, ApplyResult] = {p.host: ApplyResult(host=p.host, dry_run=dry_run) for p in plans}

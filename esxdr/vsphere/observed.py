@@ -107,6 +107,21 @@ class UnresolvedVolume:
 
 
 @dataclass(frozen=True)
+class Created:
+    """What esxdr itself created on one host, as `esxdr host apply` recorded it.
+
+    ESXi keeps no note of who made a vSwitch, a port group or a VMkernel NIC, and real hosts
+    carry objects that are not the administrator's either (Dell's hidden ``vSwitchiDRACvusb``
+    with ``vmk1`` at 169.254.0.2). ``--prune`` removes only what is listed here, and only while
+    it is still what was recorded: a port group on the same vSwitch, a NIC on the same port group.
+    """
+
+    vswitches: frozenset[str] = frozenset()
+    port_groups: frozenset[tuple[str, str]] = frozenset()  # (port group, its vSwitch)
+    vnics: frozenset[tuple[str, str]] = frozenset()  # (device, its port group)
+
+
+@dataclass(frozen=True)
 class HostState:
     """One host as observed. ``refs`` maps configManager roles to managed object ids."""
 

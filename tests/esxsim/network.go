@@ -5,6 +5,7 @@ package main
 // change shows in both.
 
 import (
+	"flag"
 	"fmt"
 	"net"
 	"sort"
@@ -67,6 +68,61 @@ func bridgeNics(spec *types.HostVirtualSwitchSpec) []string {
 	return nil
 }
 
+// dellIDRAC (-dell-idrac) gives every host the iDRAC USB NIC of a Dell server, as pyvmomi
+// 6.7.3's recorded Dell ESXi 6.7 host shows it (tests/fixtures/test_json_host_explode.yaml,
+// host-14, property config): see addDellIDRAC. A package flag rather than a Config field:
+// it only adds to the host's starting state.
+var dellIDRAC bool
+
+func init() {
+	flag.BoolVar(&dellIDRAC, "dell-idrac", false,
+		"model a Dell host's iDRAC USB NIC: pnic vusb0 and vmk1 at 169.254.0.2 on the hidden port group \"iDRAC Network\"")
+}
+
+// The port group of the iDRAC NIC. Real hosts keep it on vSwitchiDRACvusb (esxcli shows it), but
+// the vSphere API lists neither: config.network.vswitch and .portgroup of the recorded Dell host
+// hold only vSwitch0 and its two port groups, and host.network only one Network.
+const idracPortGroup = "iDRAC Network"
+
+// addDellIDRAC adds what the recorded Dell host shows of its iDRAC OS-passthrough link, and
+// nothing more: config.network.pnic vusb0 (driver cdce, no PCI address, 100 Mb/s full duplex,
+// not schedulable: hardwareUnsupported), config.network.vnic vmk1 on port group "iDRAC Network"
+// (169.254.0.2/255.255.255.0, MTU 1500, defaultTcpipStack, no port key), and the route
+// 169.254.0.0/24 via vmk1. No vSwitch, port group or Network entity: the API shows none.
+func (w *Host) addDellIDRAC(info *types.HostNetworkInfo) {
+	link := types.PhysicalNicLinkInfo{SpeedMb: 100, Duplex: true}
+	info.Pnic = append(info.Pnic, types.PhysicalNic{
+		Key: pnicKeyPrefix + "vusb0", Device: "vusb0", Driver: "cdce",
+		LinkSpeed: &link, ValidLinkSpecification: []types.PhysicalNicLinkInfo{link},
+		Spec:                                  types.PhysicalNicSpec{Ip: &types.HostIpConfig{}, LinkSpeed: &link},
+		Mac:                                   fmt.Sprintf("5c:f9:dd:%s:05", macSuffix(w.cfg.Hostname)), // Dell's OUI
+		VmDirectPathGen2Supported:             types.NewBool(false),
+		ResourcePoolSchedulerAllowed:          types.NewBool(false),
+		ResourcePoolSchedulerDisallowedReason: []string{"hardwareUnsupported"},
+		AutoNegotiateSupported:                types.NewBool(false),
+		EnhancedNetworkingStackSupported:      types.NewBool(false),
+	})
+	info.Vnic = append(info.Vnic, types.HostVirtualNic{
+		Device: "vmk1", Key: "key-vim.host.VirtualNic-vmk1", Portgroup: idracPortGroup,
+		Spec: types.HostVirtualNicSpec{
+			Ip:                  &types.HostIpConfig{Dhcp: false, IpAddress: "169.254.0.2", SubnetMask: "255.255.255.0"},
+			Mac:                 fmt.Sprintf("00:50:56:%s:13", macSuffix(w.cfg.Hostname+"idrac")),
+			Portgroup:           idracPortGroup,
+			Mtu:                 1500,
+			TsoEnabled:          types.NewBool(true),
+			NetStackInstanceKey: "defaultTcpipStack",
+		},
+	})
+	// The route table is govmomi's package-level template: copy before adding to it.
+	rt := types.HostIpRouteTableInfo{}
+	if info.RouteTableInfo != nil {
+		rt = *info.RouteTableInfo
+	}
+	rt.IpRoute = append(append([]types.HostIpRouteEntry(nil), rt.IpRoute...),
+		types.HostIpRouteEntry{Network: "169.254.0.0", PrefixLength: 24, Gateway: "0.0.0.0", DeviceName: "vmk1"})
+	info.RouteTableInfo = &rt
+}
+
 func (w *Host) setupNetwork() {
 	h := w.host
 	tmpl := h.Config.Network
@@ -114,6 +170,9 @@ func (w *Host) setupNetwork() {
 	info.Dhcp = tmpl.Dhcp
 	info.Nat = tmpl.Nat
 	info.DnsConfig = tmpl.DnsConfig
+	if dellIDRAC {
+		w.addDellIDRAC(info)
+	}
 
 	h.Config.Network = info
 	h.Config.VirtualNicManagerInfo = nil

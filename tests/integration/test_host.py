@@ -61,24 +61,62 @@ def test_plan_apply_from_empty_then_second_plan_is_empty(lab):
         assert f"naa.{naa_for(1)}" in st.luns and "ds1" in st.datastores
 
 
-def test_drift_is_corrected_and_prune_removes_extras(lab):
+def test_a_dell_host_keeps_its_idrac_vmk1_through_apply_and_prune(esxsim_binary, tmp_path):
+    """esxsim -dell-idrac: vmk1 at 169.254.0.2 on "iDRAC Network", a port group the host does
+    not list, as pyvmomi's recorded Dell host shows it. The site file's vmk1 becomes a new NIC
+    (ESXi names it vmk2), which is what gets bound; the iDRAC NIC is never rewritten, --prune
+    leaves it alone, and a second plan is empty."""
+    from esxdr.vsphere import inventory
+    from esxdr.vsphere.observed import ObservedVnic
+
+    lab = start_lab(tmp_path / "lab", binary=esxsim_binary, dell_idrac=True)
+    try:
+        naa = lab.add_lun(1)
+        plan = json.loads(esxdr(lab, "host", "plan", "--json", check=0).stdout)
+        assert not [a for a in plan["actions"] if a["target"] == "vmk1" and a["kind"] in ("update_vnic", "remove_vnic")]
+        assert any("vmk1 on esx-dr is another NIC" in n and "iDRAC Network" in n for n in plan["notes"])
+        done = json.loads(esxdr(lab, "host", "apply", "--json", check=0).stdout)
+        assert [s["detail"] for s in done["steps"] if s["kind"] == "add_vnic"] == ["ESXi named it vmk2"]
+        again = json.loads(esxdr(lab, "host", "plan", "--prune", "--json", check=0).stdout)
+        assert again["actions"] == [] and again["refusals"] == []
+        assert any("VMkernel NIC vmk1 (on 'iDRAC Network'" in n for n in again["notes"])
+        pruned = json.loads(esxdr(lab, "host", "apply", "--prune", "--json", check=0).stdout)
+        assert pruned["steps"] == []
+        with lab.connect() as s:
+            st = inventory.with_bindings(s, inventory.read_host(s))
+            assert st.vnics["vmk1"] == ObservedVnic("vmk1", "iDRAC Network", False, "169.254.0.2", "255.255.255.0", 1500)
+            assert st.vnics["vmk2"].port_group == "iSCSI-A" and st.iscsi.bound == ("vmk2",)
+            assert "iDRAC Network" not in st.port_groups and "vusb0" in st.pnics
+            assert f"naa.{naa}" in st.luns  # logged in through the bound vmk2
+    finally:
+        lab.stop()
+
+
+def test_drift_is_corrected_and_prune_removes_only_what_esxdr_created(lab):
+    from esxdr.site.model import PortGroupSpec
     from esxdr.vsphere import host as H
 
+    records = H.CreatedRecords(lab.dir / "state", "esx-dr")
+    desired = lab.desired()
+    more = replace(desired, port_groups={**desired.port_groups, "Extra": PortGroupSpec("Extra", "vSwitch1", 40)})
     with lab.connect() as s:
-        H.ensure(s, lab.desired())
+        H.ensure(s, more, records=records)
         ns = s.ref("host.NetworkSystem", H.observe(s, None).refs["networkSystem"])
         from pyVmomi import vim
 
         ns.UpdatePortGroup("Repl", vim.host.PortGroup.Specification(name="Repl", vlanId=99, vswitchName="vSwitch1",
                                                                     policy=vim.host.NetworkPolicy()))
-        plan, _ = H.plan(s, lab.desired())
+        plan, _ = H.plan(s, desired)
         assert [(a.kind, a.reason) for a in plan.actions] == [("update_port_group", "VLAN 99 → 30")]
-        H.ensure(s, lab.desired())
-        assert H.plan(s, lab.desired())[0].empty
-        pruned = H.ensure(s, lab.desired(), prune=True)
-        assert [st.action.target for st in pruned.steps] == ["VM Network"]
-        plan, state = H.plan(s, lab.desired(), prune=True)
+        H.ensure(s, desired, records=records)
+        assert H.plan(s, desired)[0].empty
+        # Extra left the site file: esxdr made it, so --prune removes it; ESXi's own VM Network stays
+        pruned = H.ensure(s, desired, prune=True, records=records)
+        assert [st.action.target for st in pruned.steps] == ["Extra"]
+        plan, state = H.plan(s, desired, prune=True, created=records.load("esx-dr"))
         assert plan.empty and "Management Network" in state.port_groups and "vmk0" in state.vnics
+        assert "VM Network" in state.port_groups and "Extra" not in state.port_groups
+        assert any("not created by esxdr" in n and "VM Network" in n for n in plan.notes)
 
 
 def test_bind_refused_with_explanation_before_anything_changes(lab):
@@ -290,14 +328,18 @@ def test_chap_rotation_static_target_and_prune_through_the_cli(lab):
     esxdr(lab, "host", "apply", check=0)
     assert json.loads(esxdr(lab, "host", "plan", "--json", check=0).stdout)["actions"] == []
 
-    # --prune: what the site file does not list goes, vmk0 and its port group stay
-    assert "VM Network" in esxdr(lab, "host", "plan", "--prune", check=0).stdout
+    # --prune removes only what esxdr created and the site file no longer lists: nothing here.
+    # ESXi's VM Network, vmk0 and its port group stay; the record names what apply created.
+    out = esxdr(lab, "host", "plan", "--prune", check=0).stdout
+    assert "VM Network" in out and "not created by esxdr" in out
     pruned = json.loads(esxdr(lab, "host", "apply", "--prune", "--json", check=0).stdout)
-    assert [s["target"] for s in pruned["steps"] if s["kind"] == "remove_port_group"] == ["VM Network"]
+    assert [s for s in pruned["steps"] if s["kind"].startswith(("remove_", "unbind_"))] == []
     assert json.loads(esxdr(lab, "host", "plan", "--prune", "--json", check=0).stdout)["actions"] == []
+    created = json.loads((lab.dir / "state" / "vsphere" / "created" / "esx-dr--esx-dr.json").read_text())
+    assert created["vswitches"] == ["vSwitch1"] and created["vnics"] == [["vmk1", "iSCSI-A"]]
     with lab.connect() as s:
         from esxdr.vsphere import inventory
 
         st = inventory.read_host(s)
-        assert "Management Network" in st.port_groups and "vmk0" in st.vnics
+        assert "Management Network" in st.port_groups and "vmk0" in st.vnics and "VM Network" in st.port_groups
         assert f"naa.{naa}" in st.luns  # the rescans of the new secret's apply still log in

@@ -142,14 +142,14 @@ class DrLab:
         self.tgtd.stop()
 
 
-def start_lab(dir: Path, binary: Path | None = None, heartbeat_delay: float = 0.3) -> DrLab:
+def start_lab(dir: Path, binary: Path | None = None, heartbeat_delay: float = 0.3, dell_idrac: bool = False) -> DrLab:
     dir.mkdir(parents=True, exist_ok=True)
     t = Tgtd("127.0.0.1", free_port("127.0.0.1"), random.randint(2000, 32000), dir / "tgtd.log")
     t.start()
     try:
         esx = esxsim.start("esx-dr", "127.0.0.2", free_port("127.0.0.2"), dir / "esx-dr", password="pw-esx-dr",
                            heartbeat_delay=heartbeat_delay, log_path=dir / "esx-dr.log",
-                           mount_registry=dir / "mounts", binary=binary)
+                           mount_registry=dir / "mounts", binary=binary, dell_idrac=dell_idrac)
     except Exception:
         t.stop()
         raise

@@ -18,6 +18,7 @@ from esxdr.site.model import (
     VSwitch,
 )
 from esxdr.vsphere.observed import (
+    Created,
     HostState,
     ObservedDatastore,
     ObservedIscsi,
@@ -145,7 +146,7 @@ def test_uplink_held_by_another_vswitch_is_refused_naming_it():
     plan = plan_host(desired, FRESH)
     [r] = plan.refusals
     assert "vmnic0 is already an uplink of vSwitch0" in r.message
-    assert "--prune" in r.hint
+    assert "esxdr did not create vSwitch0, so --prune leaves it alone" in r.hint
     plan = plan_host(desired, replace(FRESH, vswitches={**FRESH.vswitches}), prune=True)
     # vSwitch0 carries the management vmk0: never pruned, so still refused
     assert plan.refusals and any("vSwitch0 carries the management network" in n for n in plan.notes)
@@ -157,25 +158,109 @@ def test_unknown_pnic_refused():
     assert "vmnic9 does not exist" in plan_host(desired, FRESH).refusals[0].message
 
 
-def test_prune_removes_extras_in_dependency_order_but_keeps_management():
-    extra = replace(
-        APPLIED,
-        vswitches={**APPLIED.vswitches, "vSwitch9": ObservedVSwitch("vSwitch9", ("vmnic3",), 1500, ("vmnic3",))},
-        port_groups={**APPLIED.port_groups, "Old": ObservedPortGroup("Old", "vSwitch9", 5)},
-        vnics={**APPLIED.vnics, "vmk5": ObservedVnic("vmk5", "Old")},
-        iscsi=replace(APPLIED.iscsi, send_targets=APPLIED.iscsi.send_targets + (("10.9.9.9", 3260),),
-                      static_targets=(("10.9.9.9", 3260, "iqn.x:old"),), bound=("vmk1", "vmk5")),
-    )
-    keep = plan_host(DESIRED, extra)
-    assert keep.actions == [] and any("--prune" in n for n in keep.notes)
-    plan = plan_host(DESIRED, extra, prune=True)
+EXTRA = replace(
+    APPLIED,
+    vswitches={**APPLIED.vswitches, "vSwitch9": ObservedVSwitch("vSwitch9", ("vmnic3",), 1500, ("vmnic3",))},
+    port_groups={**APPLIED.port_groups, "Old": ObservedPortGroup("Old", "vSwitch9", 5)},
+    vnics={**APPLIED.vnics, "vmk5": ObservedVnic("vmk5", "Old")},
+    iscsi=replace(APPLIED.iscsi, send_targets=APPLIED.iscsi.send_targets + (("10.9.9.9", 3260),),
+                  static_targets=(("10.9.9.9", 3260, "iqn.x:old"),), bound=("vmk1", "vmk5")),
+)
+# What esxdr's apply recorded when it created them (the site file listed them then).
+ESXDR_MADE = Created(vswitches=frozenset({"vSwitch1", "vSwitch9"}),
+                     port_groups=frozenset({("iSCSI-A", "vSwitch1"), ("Repl", "vSwitch1"), ("Prod-LAN", "vSwitch1"),
+                                            ("Old", "vSwitch9")}),
+                     vnics=frozenset({("vmk1", "iSCSI-A"), ("vmk5", "Old")}))
+
+
+def test_prune_removes_what_esxdr_created_in_dependency_order_but_keeps_management():
+    keep = plan_host(DESIRED, EXTRA, created=ESXDR_MADE)
+    assert keep.actions == []
+    assert any("created by esxdr" in n and "vSwitch9" in n and "--prune removes them" in n for n in keep.notes)
+    plan = plan_host(DESIRED, EXTRA, prune=True, created=ESXDR_MADE)
     assert kinds(plan) == [
         ("unbind_vnic", "vmk5"), ("remove_static_target", "iqn.x:old at 10.9.9.9:3260"),
-        ("remove_send_target", "10.9.9.9:3260"), ("remove_vnic", "vmk5"), ("remove_port_group", "VM Network"),
+        ("remove_send_target", "10.9.9.9:3260"), ("remove_vnic", "vmk5"),
         ("remove_port_group", "Old"), ("remove_vswitch", "vSwitch9"), ("rescan_all_hba", "esx-dr"),
         ("rescan_vmfs", "esx-dr"),
     ]
-    assert not any(a.target in ("vmk0", "Management Network", "vSwitch0") for a in plan.actions)
+    # ESXi's own VM Network was never esxdr's: named in a note, not removed
+    assert not any(a.target in ("vmk0", "Management Network", "vSwitch0", "VM Network") for a in plan.actions)
+    assert any("not created by esxdr" in n and "port group VM Network" in n for n in plan.notes)
+
+
+def test_prune_without_a_record_removes_no_network_object():
+    """No record (a fresh state dir, or objects someone else made): --prune touches no vSwitch,
+    port group or VMkernel NIC, nor the iSCSI binding of a NIC esxdr did not create."""
+    plan = plan_host(DESIRED, EXTRA, prune=True)
+    assert not any(a.kind in ("remove_vnic", "remove_port_group", "remove_vswitch", "unbind_vnic")
+                   for a in plan.actions), plan.render()
+    [kept] = [n for n in plan.notes if "not created by esxdr" in n]
+    assert all(x in kept for x in ("vSwitch vSwitch9", "port group Old", "port group VM Network", "VMkernel NIC vmk5"))
+    assert any("iSCSI binding of vmk5" in n for n in plan.notes)
+
+
+def test_prune_keeps_what_esxdr_created_while_something_not_esxdrs_depends_on_it():
+    """A port group someone added to esxdr's vSwitch would go with RemoveVirtualSwitch, and a
+    NIC someone put on esxdr's port group makes RemovePortGroup fail: both stay, with why."""
+    added = replace(EXTRA, port_groups={**EXTRA.port_groups, "Theirs": ObservedPortGroup("Theirs", "vSwitch9", 7)},
+                    vnics={**EXTRA.vnics, "vmk5": ObservedVnic("vmk5", "Old"), "vmk6": ObservedVnic("vmk6", "Old")},
+                    iscsi=replace(EXTRA.iscsi, bound=("vmk1",)))
+    plan = plan_host(DESIRED, added, prune=True, created=ESXDR_MADE)
+    assert [a for a in kinds(plan) if a[0].startswith("remove_v") or a[0] == "remove_port_group"] == \
+        [("remove_vnic", "vmk5")]
+    [kept] = [n for n in plan.notes if "not created by esxdr" in n]
+    assert "port group Old (still carries vmk6)" in kept and "vSwitch vSwitch9 (still carries port group Old, Theirs)" in kept
+    # a recorded NIC that now sits on another port group is not the one esxdr made
+    moved = replace(EXTRA, port_groups={**EXTRA.port_groups, "Other": ObservedPortGroup("Other", "vSwitch9", 8)},
+                    vnics={**EXTRA.vnics, "vmk5": ObservedVnic("vmk5", "Other")}, iscsi=replace(EXTRA.iscsi, bound=()))
+    assert not any(a.target == "vmk5" for a in plan_host(DESIRED, moved, prune=True, created=ESXDR_MADE).actions)
+
+
+# A Dell host as pyvmomi 6.7.3's recorded one shows it (tests/fidelity/data, host-14): vmk1 at
+# 169.254.0.2/24 on "iDRAC Network", a port group config.network.portgroup does not list (the
+# hidden vSwitchiDRACvusb behind the iDRAC USB NIC vusb0).
+IDRAC_VMK1 = ObservedVnic("vmk1", "iDRAC Network", False, "169.254.0.2", "255.255.255.0", 1500)
+DELL = replace(FRESH, pnics=FRESH.pnics + ("vusb0",), vnics={**FRESH.vnics, "vmk1": IDRAC_VMK1})
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_a_desired_vmk1_never_takes_the_hidden_idrac_vmk1(prune):
+    plan = plan_host(DESIRED, DELL, prune=prune, created=ESXDR_MADE)
+    assert not plan.refusals
+    assert not any(a.target == "vmk1" and a.kind in ("update_vnic", "remove_vnic", "unbind_vnic") for a in plan.actions)
+    [add] = [a for a in plan.actions if a.kind == "add_vnic"]
+    assert (add.target, add.params["port_group"], add.params["ip"]) == ("vmk1", "iSCSI-A", "10.20.0.11")
+    [bind] = [a for a in plan.actions if a.kind == "bind_vnic"]
+    assert bind.params["device"] is None  # the NIC ESXi names at apply, never the host's vmk1
+    assert any("vmk1 on esx-dr is another NIC" in n and "iDRAC Network" in n for n in plan.notes)
+    assert any("VMkernel NIC vmk1 (on 'iDRAC Network'" in n for n in plan.notes)
+
+
+def test_after_adding_beside_the_idrac_nic_the_plan_is_empty():
+    """ESXi named the new NIC vmk2 (vmk1 is taken): matched by its port group from then on."""
+    applied = replace(APPLIED, pnics=DELL.pnics,
+                      vnics={**FRESH.vnics, "vmk1": IDRAC_VMK1, "vmk2": replace(APPLIED.vnics["vmk1"], device="vmk2")},
+                      iscsi=replace(APPLIED.iscsi, bound=("vmk2",)))
+    made = replace(ESXDR_MADE, vnics=frozenset({("vmk2", "iSCSI-A")}))
+    for prune in (False, True):
+        plan = plan_host(DESIRED, applied, prune=prune, created=made)
+        assert plan.empty, plan.render()
+        assert any("vmk1 is vmk2" in n for n in plan.notes)
+    assert plan_host(DESIRED, applied).notes == [
+        "vmk1 is vmk2 on esx-dr (ESXi chose the number)",
+        "not in the site file and not created by esxdr: left alone, --prune too leaves them: port group VM Network, "
+        "VMkernel NIC vmk1 (on 'iDRAC Network', a port group the host does not list: a system NIC such as the "
+        "iDRAC passthrough)"]
+
+
+def test_a_bound_nic_must_be_the_site_files_own():
+    """bind names a NIC by the site file's name: one it does not describe is refused, never
+    looked up on the host by that name (vmk1 there may be the iDRAC NIC)."""
+    desired = replace(DESIRED, iscsi=IscsiSpec(bind=("vmk1", "vmk3"), send_targets=(Portal("10.20.0.5"),)))
+    plan = plan_host(desired, replace(DELL, vnics={**DELL.vnics, "vmk3": ObservedVnic("vmk3", "VM Network")}))
+    [r] = plan.refusals
+    assert r.target == "vmk3" and "does not describe it" in r.message
 
 
 def test_chap_and_static_targets():
