@@ -73,25 +73,36 @@ def target_transport(server):  # StorageServer -> Transport
 def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None) -> tuple[Manifest, str]:
     """The production identities of the group's LUNs, and where they came from. Precedence:
 
-    1. ``--manifest FILE`` (the user said so);
-    2. the manifest replication shipped to the DR root dataset (``esxdr:manifest.*``):
-       what production served at the last replication, readable even with production gone;
+    1. ``--manifest FILE`` (the user said so; its LUN files must still lie inside their datasets);
+    2. the manifest pinned on this box (``<state_dir>/pins/<group>.manifest.json``), checked against
+       the one replication shipped to the DR root (``esxdr:manifest.*``): a shipped manifest is
+       untrusted input (production's key can write it), so it is validated field by field, pinned
+       the first time it is used here, and a later change of identity or paths is refused until
+       ``esxdr target accept`` (:func:`esxdr.shipping.trusted`). A shipped manifest that fails
+       validation is refused, never skipped for a weaker source;
     3. the production manifest named in the lab's state (``lab.json`` beside the site file);
     4. the site file's ``datasets[].naa`` with the LUN file convention ``<mountpoint>/lun.img``
        (product ids unknown: a volume whose header names another product id will not mount as-is).
     """
     from esxdr import shipping
+    from esxdr.errors import ManifestError, RemoteError
     from esxdr.targets import manifest as mf
 
     if explicit:
-        return shipping.for_group(mf.load(explicit), list(group.datasets)), explicit
+        return shipping.check_for_group(mf.load(explicit), group, explicit, untrusted=False), explicit
+    shipped = None
     if dr_zfs is not None:
         try:
-            shipped = shipping.read(dr_zfs, group.dr_root)
-        except (EsxdrError, ValueError):
-            shipped = None
-        if shipped is not None and shipped.logical_units:
-            return shipped, f"shipped with the replica ({group.dr_root} esxdr:manifest.*)"
+            shipped = shipping.read(dr_zfs, group.dr_root, group)
+        except RemoteError:
+            shipped = None  # DR unreadable: the pin (if any) still says what production served
+        except ManifestError as e:
+            raise ManifestError(e.message, hint=shipping.refusal_hint(site.state_dir, group.name)) from None
+    if shipped is not None and not shipped.logical_units:
+        shipped = None
+    found = shipping.trusted(site.state_dir, group, shipped)
+    if found is not None:
+        return found
     lab = Path(site.path).parent / "lab.json"
     try:
         path = json.loads(lab.read_text()).get("production_manifest")
@@ -336,7 +347,7 @@ class Drill:
 
     # -- test start ---------------------------------------------------------
     def plan_start(self, point: str = "latest", new_naa: bool = False, manifest_path: str | None = None,
-                   storage_only: bool = False) -> rb.Runbook:
+                   storage_only: bool = False, initiators: tuple[str, ...] = ()) -> rb.Runbook:
         dst = self._dr()
         dr_obs = dst.zfs.observe([self.g.dr_root])
         manifest, origin = resolve_manifest(self.site, self.g, dst.zfs, manifest_path)
@@ -344,17 +355,24 @@ class Drill:
         served, _ = self._served()
         # Storage only (esxdr target present-clone): without a host the runbook ends at "present".
         h = None if storage_only else self._host()
+        if storage_only and not initiators and self.g.vsphere_dr:
+            # The presentation admits named initiators only: without --allow-initiator, the DR hosts'
+            # own (one property read, no VMs).
+            v = self._host(with_vms=False)
+            initiators = tuple(x.iqn for x in self._view(v).hosts if x.iqn) if v else ()
         return rb.plan_test_start(rb.DrillInputs(
+            initiators=tuple(initiators),
             group=self.g, manifest=manifest, dr_obs=dr_obs, point=point, new_naa=new_naa,
             host=self._view(h) if h else None, served=served, dr_portal=self.server.target.portal,  # type: ignore[union-attr]
             dr_network=self._dr_network(h) if h else None, manifest_origin=origin,
             dr_mount_base=dr_mount_base(dst.zfs, self.g.dr_root, dr_obs)))
 
     def start(self, point: str = "latest", new_naa: bool = False, dry_run: bool = False,
-              manifest_path: str | None = None, storage_only: bool = False) -> RunRecord:
+              manifest_path: str | None = None, storage_only: bool = False,
+              initiators: tuple[str, ...] = ()) -> RunRecord:
         rec = RunRecord(kind="test-start", group=self.g.name, site=self.site.name, started=time.time(), dry_run=dry_run)
-        return self._guarded(rec, lambda: self.plan_start(point, new_naa, manifest_path, storage_only),
-                             lambda: self._start(rec, point, new_naa, manifest_path, storage_only),
+        return self._guarded(rec, lambda: self.plan_start(point, new_naa, manifest_path, storage_only, initiators),
+                             lambda: self._start(rec, point, new_naa, manifest_path, storage_only, initiators),
                              busy=f"another drill of {self.g.name} is running",
                              hint="wait for it, or stop it and run esxdr test cleanup")
 
@@ -381,7 +399,7 @@ class Drill:
         return rec
 
     def _start(self, rec: RunRecord, point: str, new_naa: bool, manifest_path: str | None,
-               storage_only: bool = False) -> None:
+               storage_only: bool = False, initiators: tuple[str, ...] = ()) -> None:
         j = self.journal
         prev = j.load()
         if prev and prev.get("kind") == "test":
@@ -396,7 +414,7 @@ class Drill:
             rec.resumed = True
             self.say(f"resuming the drill of {self.g.name} started "
                      f"{datetime.fromtimestamp(prev['started'], UTC):%H:%M:%S}Z at @{point}")
-        plan = self.plan_start(point, new_naa, manifest_path, storage_only)
+        plan = self.plan_start(point, new_naa, manifest_path, storage_only, initiators)
         rec.runbook = plan
         rec.snapshot, rec.snapshot_created, rec.new_naa = plan.snapshot, plan.snapshot_created, new_naa
         rec.consistency = plan.consistency

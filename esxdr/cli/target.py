@@ -111,6 +111,7 @@ Examples:
   esxdr target export -o prod-targets.yaml
   esxdr target import prod-targets.yaml --map-dataset sp2=sp1 --dry-run
   esxdr target verify prod-targets.yaml --initiator iqn.1998-01.com.vmware:esxi-dr
+  esxdr target accept core --dry-run
 """)
 def target() -> None:
     pass
@@ -338,32 +339,132 @@ def verify(ctx: Context, manifest_path: str, server: str | None, portal: str | N
 def shipped(ctx: Context, group: str | None, output: str | None) -> None:
     """Show the target manifest that replication stored with the group's DR datasets.
 
+    The shipped manifest is untrusted input (production's key can write it): it is validated
+    field by field, and on the DR box the first one seen is pinned (trust on first use; see
+    `esxdr target accept`). A shipped manifest that differs from the pin is shown with a warning.
+
     \b
     Examples:
       esxdr target shipped core
       esxdr target shipped core -o /tmp/core-manifest.yaml && esxdr target diff /tmp/core-manifest.yaml
     """
     from esxdr import shipping
-    from esxdr.cli.replicate import _groups
-    from esxdr.replication import open_side
     from esxdr.targets.manifest import dumps, save
 
-    name = _groups(ctx, group)[0]
-    g = ctx.site().protection_groups[name]
-    side = open_side(ctx.site(), g.destination)
-    try:
-        m = shipping.read(side.zfs, g.dr_root)
-    finally:
-        side.transport.close()
+    g, m = _read_shipped(ctx, group)
     if m is None:
         raise UsageError(f"no target manifest shipped to {g.dr_root} on {g.destination} yet",
                          hint="give the production storage server a target: section and run esxdr replicate")
+    site = ctx.site()
+    if _on_dr_box(site, g.destination):
+        pinned = shipping.load_pin(site.state_dir, g)
+        if pinned is None:
+            path = shipping.save_pin(site.state_dir, g.name, m)
+            ctx.info(f"{g.name}: pinned on first use in {path}; a later change of identity or paths needs "
+                     f"esxdr target accept {g.name}")
+        else:
+            diff = shipping.changes(shipping.identity(pinned, g), shipping.identity(m, g))
+            if diff:
+                ctx.info(f"warning: the shipped manifest differs from the one pinned in "
+                         f"{shipping.pin_path(site.state_dir, g.name)} (drills and failover refuse it):")
+                for c in diff:
+                    ctx.info(f"  {c['text']}")
+                ctx.info(f"review: esxdr target accept {g.name} --dry-run")
     if output:
         save(m, output)
         ctx.emit({"written": output, "logical_units": len(m.logical_units)},
                  f"wrote {output}: {len(m.logical_units)} LUs shipped with {g.dr_root}")
     else:
         ctx.emit(m.to_dict(), lambda: dumps(m).rstrip("\n"))
+
+
+def _read_shipped(ctx: Context, group: str | None):
+    """(group, the validated shipped manifest or None), read from the DR root dataset."""
+    from esxdr import shipping
+    from esxdr.cli.replicate import _groups
+    from esxdr.errors import ManifestError
+    from esxdr.replication import open_side
+
+    name = _groups(ctx, group)[0]
+    site = ctx.site()
+    g = site.protection_groups[name]
+    side = open_side(site, g.destination)
+    try:
+        return g, shipping.read(side.zfs, g.dr_root, g)
+    except ManifestError as e:
+        raise ManifestError(e.message, hint=shipping.refusal_hint(site.state_dir, g.name)) from None
+    finally:
+        side.transport.close()
+
+
+def _on_dr_box(site, server_name: str) -> bool:
+    """Whether this box is the DR storage server (local, or the lab's loopback address): the pin is
+    DR-local state and means nothing anywhere else."""
+    from esxdr.vsphere.session import is_loopback
+
+    server = site.storage_server(server_name)
+    return bool(server.local or (server.address and is_loopback(server.address)))
+
+
+@target.command()
+@click.argument("group", required=False)
+@click.option("--dry-run", is_flag=True, help="Show what would be pinned; change nothing.")
+@json_option
+@site_option
+@pass_ctx
+def accept(ctx: Context, group: str | None, dry_run: bool) -> None:
+    """Pin the manifest shipped with the group's replica as the identities DR presents (run on DR).
+
+    Drills and failover present the pinned manifest (NAAs, serials, vendor/product, LU ↔ dataset ↔
+    file, target IQNs and CHAP references) and refuse a shipped one that differs, because anyone
+    holding production's replication key can write the shipped one. When production changed its
+    LUs on purpose, review the difference and accept it here. Without a pin yet, this takes the
+    first one (as the first drill, failover or `target shipped` on DR would).
+
+    \b
+    Examples:
+      esxdr target accept core --dry-run     # the difference, LU by LU; nothing changes
+      esxdr target accept core               # pin the shipped manifest
+      esxdr target accept core --dry-run --json
+    """
+    from typing import Any
+
+    from esxdr import shipping
+    from esxdr.cli.replicate import _groups
+
+    site = ctx.site()
+    dest = site.protection_groups[_groups(ctx, group)[0]].destination
+    if not _on_dr_box(site, dest):
+        raise UsageError(f"the pin is state of the DR box; {dest} is reached remotely from here",
+                         hint=f"run esxdr target accept on {dest} itself (a site file in which "
+                              f"storage.{dest} has local: true)")
+    g, m = _read_shipped(ctx, group)
+    if m is None or not m.logical_units:
+        raise UsageError(f"no target manifest shipped to {g.dr_root} on {g.destination}: nothing to accept",
+                         hint="give the production storage server a target: section and run esxdr replicate")
+    path = shipping.pin_path(site.state_dir, g.name)
+    pinned = shipping.load_pin(site.state_dir, g)
+    empty: dict[str, Any] = {"logical_units": {}, "targets": {}}
+    diff = shipping.changes(shipping.identity(pinned, g) if pinned else empty, shipping.identity(m, g))
+    same = pinned is not None and m.to_dict() == pinned.to_dict()
+    if not same and not dry_run:
+        shipping.save_pin(site.state_dir, g.name, m)
+    out = {"group": g.name, "pin": str(path), "first_pin": pinned is None, "changes": diff,
+           "accepted": not same and not dry_run, "dry_run": dry_run}
+
+    def text() -> str:
+        lines = [c["text"] for c in diff]
+        if same:
+            head = f"{g.name}: the shipped manifest is the pinned one ({path}); nothing to accept"
+        elif not diff:
+            head = (f"{g.name}: same identities; other fields (sizes, aliases, LUN numbers, portals, ACLs) "
+                    + ("would be taken" if dry_run else "taken") + f" into {path}")
+        else:
+            head = (f"{g.name}: {'would pin' if dry_run else 'pinned'} in {path}"
+                    + (" (first pin)" if pinned is None else f", {len(diff)} identity change(s):"))
+        return "\n".join([head, *(f"  {x}" for x in lines)])
+
+    ctx.emit(out, text)
 
 
 @target.command("present-clone")
@@ -373,20 +474,26 @@ def shipped(ctx: Context, group: str | None, output: str | None) -> None:
 @click.option("--new-naa", is_flag=True, help="Give the clones NAAs of their own (ESXi must resignature them).")
 @click.option("--remove", is_flag=True, help="Remove the presented clones and destroy them.")
 @click.option("--dry-run", is_flag=True, help="Print the steps; change nothing.")
+@click.option("--allow-initiator", "allow_initiator", multiple=True, metavar="IQN",
+              help="Initiator that may log in (repeatable); default: the DR hosts' own (vsphere_dr).")
 @json_option
 @site_option
 @pass_ctx
-def present_clone(ctx: Context, group: str | None, point: str, new_naa: bool, remove: bool, dry_run: bool) -> None:
-    """Clone a replicated DR snapshot and present it on the DR target (storage only, no vSphere).
+def present_clone(ctx: Context, group: str | None, point: str, new_naa: bool, remove: bool, dry_run: bool,
+                  allow_initiator: tuple[str, ...]) -> None:
+    """Clone a replicated DR snapshot and present it on the DR target (storage only).
 
     With the same NAA (the classic method: safe only where the DR host sees no other path
     to those NAAs) or with --new-naa. Presenting another point replaces the clone; --remove
     takes it away and destroys it. Replication into the DR datasets keeps working throughout.
+    Only named initiators may log in: --allow-initiator, else the iSCSI names of the group's
+    vsphere_dr hosts (one vSphere read); with neither, it refuses.
 
     \b
     Examples:
       esxdr target present-clone core --dry-run
       esxdr target present-clone core --snapshot esxdr_core_20261201T020000Z
+      esxdr target present-clone core --allow-initiator iqn.1998-01.com.vmware:esx-dr
       esxdr target present-clone core --remove
     """
     from esxdr.cli.replicate import _groups
@@ -407,7 +514,7 @@ def present_clone(ctx: Context, group: str | None, point: str, new_naa: bool, re
                            else f"{name}: no clone presented"))
             return
         d = Drill(ctx.site(), name, say=ctx.info)
-    rec = d.start(point=point, new_naa=new_naa, dry_run=dry_run, storage_only=True)
+    rec = d.start(point=point, new_naa=new_naa, dry_run=dry_run, storage_only=True, initiators=allow_initiator)
     if dry_run:
         assert rec.runbook is not None
         ctx.emit(rec.to_dict(), rec.runbook.render())

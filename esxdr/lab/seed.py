@@ -21,6 +21,7 @@ from esxdr.transport import LocalTransport
 LAB_IQN = "iqn.2010-08.org.esxdr.lab:ss1.core"
 PROD_INITIATOR = "iqn.1998-01.com.vmware:esx-prod"
 DR_INITIATOR = "iqn.1998-01.com.vmware:esx-dr"
+LAB_ACL = "lab-loopback"
 VMS_PER_DATASTORE = 2
 
 
@@ -42,8 +43,12 @@ def production_manifest(lab_dir: str, pool: str, luns: int, lun_size: int, porta
             size_bytes=lun_size, block_size=512, serial=naa[-12:], vendor_id="SUN", product_id="COMSTAR",
             revision="1.0", alias=f"lun{i}", views=[mf.View(lun=i + 1, target=LAB_IQN)],
         ))
+    # Every peer of the lab (esx-prod, esxdr's probes, the split-brain guard, the tests) logs in from
+    # loopback: production admits that network by name, since esxdr never binds tgt's "ALL".
     return mf.Manifest(
-        targets=[mf.Target(iqn=LAB_IQN, alias="ss1 core", tpgs=[mf.Tpg(tag=1, portals=[mf.Portal(addr, int(port))])])],
+        targets=[mf.Target(iqn=LAB_IQN, alias="ss1 core", tpgs=[mf.Tpg(tag=1, portals=[mf.Portal(addr, int(port))])],
+                           acl=[LAB_ACL])],
+        initiator_groups=[mf.InitiatorGroup(name=LAB_ACL, members=["127.0.0.0/8"])],
         logical_units=units,
         source=mf.Source(stack="tgt", host="ss1"),
     )

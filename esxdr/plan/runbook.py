@@ -23,9 +23,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from esxdr.errors import ConflictError, IdentityConflict, UsageError
+from esxdr.errors import ConflictError, IdentityConflict, ManifestError, UsageError
 from esxdr.targets import rewrite
-from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Portal, Target, View
+from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Portal, Target, View, relative_file
 
 TEST_PREFIX = "esxdr-test"
 DRILL_VSWITCH = "esxdr-test"  # a vSwitch without uplinks: nothing on it can reach any network
@@ -368,12 +368,17 @@ def _lu_dataset(lu: LogicalUnit, group) -> str | None:
 
 
 def _relative_file(lu: LogicalUnit, dataset: str) -> str:
-    """The LUN file's path inside its dataset (``lun.img``): a file LU lives on a ZFS filesystem."""
-    path = lu.backing.path
-    marker = f"/{dataset}/"
-    if marker in path:
-        return path.split(marker, 1)[1]
-    return path.rsplit("/", 1)[-1]
+    """The LUN file's name inside its dataset (``lun.img``): a file LU lives on a ZFS filesystem.
+
+    Refused unless it is one plain name: the DR path is ``<DR mount>/<name>``, and a ``..`` from a
+    forged manifest would make tgt serve any file of the DR box (the manifest checks catch it
+    first; this is the last line before a path is built)."""
+    try:
+        return relative_file(lu.backing.path, dataset)
+    except ValueError as e:
+        raise ManifestError(f"{lu.naa.esxi_name}: backing.path {e}",
+                            hint="nothing was presented; see docs/target-manifest.md#untrusted-shipped-manifests"
+                            ) from None
 
 
 def _mount_base(dr_mount_base: str | None, root: Any) -> str | None:
@@ -412,11 +417,43 @@ def drill_luns(group, manifest: Manifest, dr_root_mountpoint: str | None, snapsh
     return out
 
 
+def _admitted(initiator: str | list[str] | tuple[str, ...] | None, what: str, group_name: str) -> list[str]:
+    """The initiators a DR presentation admits: never none, because tgt reads an empty ACL as
+    "every initiator" (and other stacks similarly), and a DR LUN open to anyone on the SAN is a
+    copy of production open to anyone."""
+    out = [x for x in ([initiator] if isinstance(initiator, str) else list(initiator or ())) if x]
+    if not out:
+        raise UsageError(f"no initiator may log in to the {what} of {group_name}: the DR host's iSCSI initiator "
+                         "name is unknown, and esxdr never presents LUNs to every initiator",
+                         hint=f"name the DR ESXi host in the site file (protection_groups.{group_name}.vsphere_dr) "
+                              "and prepare it with esxdr host apply (software iSCSI on); for a storage-only "
+                              "presentation: esxdr target present-clone --allow-initiator IQN")
+    return out
+
+
+def _only(m: Manifest, initiators: list[str], group: str) -> Manifest:
+    """Every target of ``m`` admits exactly ``initiators`` (one group), whatever ``m`` said before."""
+    m.initiator_groups = []
+    for t in m.targets:
+        t.acl = []
+    for lu in m.logical_units:
+        seen: list[View] = []
+        for v in lu.views:
+            if not any((w.lun, w.target) == (v.lun, v.target) for w in seen):
+                seen.append(View(lun=v.lun, target=v.target))
+        lu.views = seen
+    m = rewrite.allow_initiators(m, initiators, group=group)
+    for t in m.targets:
+        t.acl = [group]
+    return m
+
+
 def drill_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str, portal: str,
                    initiator: str | list[str] | None) -> Manifest:
     """Production's manifest turned into the drill's: clone backing files, the drill's own target
-    IQNs on the DR portal, only the DR host's initiator admitted. Serials, vendor and product ids
-    stay: the product id is part of the device id in the VMFS header."""
+    IQNs on the DR portal, only the DR host's initiator admitted (an explicit ACL, never empty).
+    Serials, vendor and product ids stay: the product id is part of the device id in the VMFS header."""
+    admitted = _admitted(initiator, "drill", group_name)
     by_naa = {d.production_naa: d for d in luns}
     m = copy.deepcopy(manifest)
     m.logical_units = [lu for lu in m.logical_units if lu.naa.hex in by_naa]
@@ -434,12 +471,8 @@ def drill_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str, po
                  if iqn_map[t.iqn] in used or None in used]
     if not m.targets:
         m.targets = [Target(iqn=test_iqn("iqn.2024-01.io.esxdr:drill", group_name), alias=f"esxdr drill {group_name}")]
-    m.initiator_groups = []
     m = rewrite.set_portals(m, [Portal.parse(portal)])
-    if initiator:
-        m = rewrite.allow_initiators(m, [initiator] if isinstance(initiator, str) else list(initiator),
-                                     group=f"{TEST_PREFIX}-{safe_name(group_name)}")
-    return m.validate()
+    return _only(m, admitted, f"{TEST_PREFIX}-{safe_name(group_name)}").validate()
 
 
 # --------------------------------------------------------------------------- networks
@@ -503,6 +536,8 @@ class DrillInputs:
     # Where the DR root mounts by ZFS's inheritance: the root itself has mountpoint=none so that no
     # receive mounts a replica, and the drill's clones are mounted under this path explicitly.
     dr_mount_base: str | None = None
+    # Initiators admitted besides the DR hosts' own (esxdr target present-clone --allow-initiator).
+    initiators: tuple[str, ...] = ()
 
 
 def plan_test_start(inp: DrillInputs) -> Runbook:
@@ -568,7 +603,8 @@ def _plan_test_start(inp: DrillInputs) -> Runbook:
                               "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None,
                               "mountpoint": lun.mountpoint if lun else None}))
     same = "new NAA" if inp.new_naa else "same NAA"
-    initiators = [h.iqn for h in host.hosts if h.iqn] if host else []
+    initiators = list(dict.fromkeys([*(h.iqn for h in host.hosts if h.iqn), *inp.initiators])) if host else \
+        list(inp.initiators)
     initiator = ", ".join(initiators) or None
     m = drill_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiators)
     from esxdr.targets.manifest import manifest_to_dict
@@ -785,10 +821,13 @@ def failover_luns(group, manifest: Manifest, dr_obs: dict,
 
 
 def failover_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str, portal: str,
-                      initiator: str | list[str] | None) -> Manifest:
+                      initiator: str | list[str] | None, *, keep_acl: bool = False) -> Manifest:
     """Production's manifest as the DR target serves it after failover: the same IQNs, NAAs,
     serials, vendor and product ids, backed by the DR datasets, on the DR portal, writable,
-    only the DR host's initiator admitted."""
+    only the DR host's initiator admitted (an explicit ACL, never empty). Production's own ACL is
+    not carried to DR: DR decides who logs in there. ``keep_acl`` (failback, production presenting
+    its own manifest again) keeps production's ACL and adds the hosts the group fails back to."""
+    admitted = _admitted(initiator, "failback" if keep_acl else "failover", group_name)
     by_naa = {d.production_naa: d for d in luns}
     m = copy.deepcopy(manifest)
     m.logical_units = [lu for lu in m.logical_units if lu.naa.hex in by_naa]
@@ -802,12 +841,18 @@ def failover_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str,
     m.targets = [t for t in m.targets if t.iqn in used or None in used]
     if not m.targets:
         m.targets = [Target(iqn=f"iqn.2024-01.io.esxdr:{safe_name(group_name)}")]
-    m.initiator_groups = []
     m = rewrite.set_portals(m, [Portal.parse(portal)])
-    if initiator:
-        m = rewrite.allow_initiators(m, [initiator] if isinstance(initiator, str) else list(initiator),
-                                     group=f"{FAILOVER_ACL_GROUP}-{safe_name(group_name)}")
-    return m.validate()
+    group = f"{FAILOVER_ACL_GROUP}-{safe_name(group_name)}"
+    if keep_acl:
+        m = rewrite.allow_initiators(m, admitted, group=group)
+        for t in m.targets:
+            if group not in t.acl:
+                t.acl.append(group)
+        # The hosts' own group first: the present step logs in as the first member it finds, and
+        # that must be an initiator name, not one of production's networks.
+        m.initiator_groups.sort(key=lambda g: g.name != group)
+        return m.validate()
+    return _only(m, admitted, group).validate()
 
 
 def failover_networks(vms, host: HostView | None) -> dict[str, str]:
@@ -882,6 +927,7 @@ class FailoverInputs:
     manifest_origin: str = ""
     kind: str = "failover"  # failover | failback
     dr_mount_base: str | None = None  # as DrillInputs.dr_mount_base
+    initiators: tuple[str, ...] = ()  # as DrillInputs.initiators
 
 
 def plan_failover(inp: FailoverInputs) -> Runbook:
@@ -979,9 +1025,11 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
                               "discards": list(pr.discards) if pr else [], "release": list(pr.held) if pr else [],
                               "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None,
                               "mountpoint": lun.mountpoint if lun else None}))
-    initiators = [h.iqn for h in host.hosts if h.iqn] if host else []
+    initiators = list(dict.fromkeys([*(h.iqn for h in host.hosts if h.iqn), *inp.initiators])) if host else \
+        list(inp.initiators)
     initiator = ", ".join(initiators) or None
-    m = failover_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiators)
+    m = failover_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiators,
+                          keep_acl=inp.kind == "failback")
     from esxdr.targets.manifest import manifest_to_dict
 
     rb.steps.append(Step("present", "present",

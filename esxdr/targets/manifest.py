@@ -18,6 +18,7 @@ Validation errors always name the offending field, e.g.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -33,7 +34,18 @@ BACKING_KINDS = ("zvol", "file", "block")
 AUTH_MODES = ("none", "chap", "mutual-chap")
 
 _HEX = re.compile(r"^[0-9a-f]+$")
-_IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[^\s]+|eui\.[0-9a-fA-F]{16}|naa\.[0-9a-fA-F]{16,32})$")
+# iSCSI names in the three forms of RFC 3720 3.2.6.3. The characters are the ASCII part of RFC 3722's
+# profile (letters, digits, '-', '.', ':'); upper case is accepted because stringprep folds it. These
+# names reach tgtadm/stmfadm argv and generated config files, so nothing else may pass.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_IQN = re.compile(rf"^iqn\.\d{{4}}-(?:0[1-9]|1[0-2])\.{_LABEL}(?:\.{_LABEL})*(?::[a-z0-9.:-]*[a-z0-9])?$", re.I)
+_EUI = re.compile(r"^eui\.[0-9a-f]{16}$", re.I)
+_NAA_NAME = re.compile(r"^naa\.(?:[0-9a-f]{16}|[0-9a-f]{32})$", re.I)
+ISCSI_NAME_MAX = 223  # bytes, RFC 3720 3.2.6.1
+# Stack-local names (initiator groups, TPG names, iscsitgt target names, tgt tids): they become argv
+# words and config keys, so no spaces, no leading '-' and nothing a shell or config parser reads.
+_LOCAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,254}$")
+_SECRET_REF = re.compile(r"^(?:env:[A-Za-z_][A-Za-z0-9_]*|file:/[^\x00]*|secrets:[A-Za-z0-9_.:@+-]+|[A-Za-z0-9_.@+-]+)$")
 
 
 # --------------------------------------------------------------------------- NAA
@@ -103,6 +115,108 @@ def naa_problem(s: Any) -> str | None:
     else:
         return f"NAA {s!r} has type {t}; only NAA types 2, 3, 5 and 6 exist"
     return None
+
+
+# --------------------------------------------------------------------------- names and paths
+def iscsi_name_problem(name: Any) -> str | None:
+    """Why ``name`` is not an iSCSI name (iqn./eui./naa. form of RFC 3720), or None."""
+    if not isinstance(name, str) or not name:
+        return f"{name!r} is not an iSCSI name (iqn.YYYY-MM.reversed.domain[:id], eui.<16 hex> or naa.<hex>)"
+    if len(name.encode()) > ISCSI_NAME_MAX:
+        return f"{name[:40]!r}… is {len(name.encode())} bytes long; an iSCSI name has at most {ISCSI_NAME_MAX}"
+    if _IQN.match(name) or _EUI.match(name) or _NAA_NAME.match(name):
+        return None
+    return f"{name!r} is not an iSCSI name (iqn.YYYY-MM.reversed.domain[:id], eui.<16 hex> or naa.<hex>)"
+
+
+def acl_member_problem(member: Any) -> str | None:
+    """An ACL member is an initiator's iSCSI name or, for tgt, an IP address or network.
+
+    tgt's keyword ``ALL`` (and any other word) is refused: esxdr never lets a manifest admit
+    every initiator; the DR side names the initiators it admits."""
+    if isinstance(member, str) and member.upper() == "ALL":
+        return "'ALL' would admit every initiator; name the initiators (IQNs) or networks instead"
+    if isinstance(member, str) and member[:4].lower() in ("iqn.", "eui.", "naa."):
+        return iscsi_name_problem(member)
+    try:
+        ipaddress.ip_network(member, strict=False)
+    except (TypeError, ValueError):
+        return f"{member!r} is neither an initiator's iSCSI name nor an IP address or network"
+    return None
+
+
+def _text_problem(value: str, limit: int = 255) -> str | None:
+    """Free text (aliases) ends up in generated config files: one printable line, bounded."""
+    if len(value) > limit or not value.isprintable():
+        return f"{value[:40]!r} must be one line of at most {limit} printable characters"
+    return None
+
+
+def _scsi_field_ok(value: str, limit: int) -> bool:
+    # SCSI INQUIRY/VPD fields are printable ASCII. ',' and '=' are refused as well because tgt takes
+    # these values in one `--params k=v,k=v` word: a comma in a product id would set another key.
+    return len(value) <= limit and all(0x20 <= ord(c) < 0x7F for c in value) and "," not in value \
+        and "=" not in value
+
+
+ZVOL_DIRS = ("/dev/zvol/", "/dev/zvol/rdsk/", "/dev/zvol/dsk/")  # Linux/FreeBSD, illumos raw, illumos block
+
+
+def dataset_problem(name: Any) -> str | None:
+    from esxdr.site.values import Invalid, check_zfs_name
+
+    try:
+        check_zfs_name(name if isinstance(name, str) else "")
+    except Invalid as e:
+        return e.message
+    return None
+
+
+def backing_problem(b: Backing) -> tuple[str, str] | None:
+    """(field, why) when a backing store is not a plain absolute path, or None.
+
+    Backing paths become tgtadm's ``-b`` and stmfadm's data file: refuse what could point
+    anywhere but where it says (``..``, ``.``, ``//``), control characters and NUL, and zvol paths
+    that are not the zvol of the dataset the LU names."""
+    path = b.path
+    if not path:
+        return "path", "empty"
+    if not path.isprintable():
+        return "path", f"{path!r} contains a control character or NUL"
+    if not path.startswith("/"):
+        return "path", f"{path!r} is not an absolute path"
+    parts = path.split("/")[1:]
+    if ".." in parts:
+        return "path", f"{path!r} leaves its dataset ('..' is not allowed in a backing path)"
+    if "." in parts or "" in parts:
+        return "path", f"{path!r} is not a normalised path ('.', '//' or a trailing '/')"
+    if b.dataset is not None:
+        problem = dataset_problem(b.dataset)
+        if problem:
+            return "dataset", problem
+    if b.kind == "zvol":
+        if not path.startswith(ZVOL_DIRS[0]):
+            return "path", f"{path!r} is not a zvol device (/dev/zvol/…)"
+        if b.dataset and path not in {d + b.dataset for d in ZVOL_DIRS}:
+            return "path", f"{path!r} is not the zvol of its dataset {b.dataset} (/dev/zvol/{b.dataset})"
+    return None
+
+
+def relative_file(path: str, dataset: str) -> str:
+    """The LUN file's name inside the filesystem of ``dataset``, from its production path.
+
+    Production's mount point is not known on DR: the part after ``/<dataset>/`` is taken, else the
+    last component. It must be exactly one plain name (no '/', not '.'/'..', no NUL, no leading '-'),
+    so that the DR path ``<DR mount>/<name>`` cannot leave the DR dataset. Raises ValueError naming
+    the cause otherwise."""
+    marker = f"/{dataset}/"
+    rel = path.split(marker, 1)[1] if marker in path else path.rsplit("/", 1)[-1]
+    if "/" in rel or rel in ("", ".", ".."):
+        raise ValueError(f"{path!r} leaves its dataset {dataset} (the LUN file must be one name directly in "
+                         f"the dataset's mount, not {rel!r})")
+    if "\x00" in rel or not rel.isprintable() or rel.startswith("-"):
+        raise ValueError(f"{path!r}: the LUN file name {rel!r} has a control character or a leading '-'")
+    return rel
 
 
 # --------------------------------------------------------------------------- value types
@@ -282,14 +396,38 @@ def validate_manifest(m: Manifest) -> list[str]:
     for i, g in enumerate(m.initiator_groups):
         if not g.name:
             p.append(f"initiator_groups[{i}].name: empty")
+        elif not _LOCAL_NAME.match(g.name):
+            p.append(f"initiator_groups[{i}].name: {g.name!r} must be letters, digits and _ . : @ + - "
+                     "(not starting with '-')")
         if g.name in group_names:
             p.append(f"initiator_groups[{i}].name: duplicate group {g.name!r}")
         group_names.add(g.name)
+        for j, member in enumerate(g.members):
+            problem = acl_member_problem(member)
+            if problem:
+                p.append(f"initiator_groups[{i}].members[{j}]: {problem}")
+        if g.chap_user is not None and not _LOCAL_NAME.match(g.chap_user):
+            p.append(f"initiator_groups[{i}].chap_user: {g.chap_user!r} must be letters, digits and _ . : @ + -")
+        if g.secret_ref is not None and not _SECRET_REF.match(g.secret_ref):
+            p.append(f"initiator_groups[{i}].secret_ref: {g.secret_ref!r} is not env:NAME, file:/path or "
+                     "secrets:KEY")
     iqns = set()
     for i, t in enumerate(m.targets):
         where = f"targets[{i}]"
-        if not _IQN.match(t.iqn or ""):
-            p.append(f"{where}.iqn: {t.iqn!r} is not an iSCSI name (iqn.YYYY-MM.reversed.domain[:id])")
+        problem = iscsi_name_problem(t.iqn)
+        if problem:
+            p.append(f"{where}.iqn: {problem}")
+        for name, value in (("alias", t.alias),):
+            if value is not None and _text_problem(value):
+                p.append(f"{where}.{name}: {_text_problem(value)}")
+        if t.name is not None and not _LOCAL_NAME.match(t.name):
+            p.append(f"{where}.name: {t.name!r} must be letters, digits and _ . : @ + - (not starting with '-')")
+        for name, value in (("user", t.auth.user), ("mutual_user", t.auth.mutual_user)):
+            if value is not None and not _LOCAL_NAME.match(value):
+                p.append(f"{where}.auth.{name}: {value!r} must be letters, digits and _ . : @ + -")
+        for name, value in (("secret_ref", t.auth.secret_ref), ("mutual_secret_ref", t.auth.mutual_secret_ref)):
+            if value is not None and not _SECRET_REF.match(value):
+                p.append(f"{where}.auth.{name}: {value!r} is not env:NAME, file:/path or secrets:KEY")
         if t.iqn in iqns:
             p.append(f"{where}.iqn: duplicate target {t.iqn!r}")
         iqns.add(t.iqn)
@@ -304,9 +442,15 @@ def validate_manifest(m: Manifest) -> list[str]:
             tags.add(tpg.tag)
             if not 1 <= tpg.tag <= 65535:
                 p.append(f"{where}.tpgs[{j}].tag: {tpg.tag} is outside 1..65535")
+            if tpg.name is not None and not _LOCAL_NAME.match(tpg.name):
+                p.append(f"{where}.tpgs[{j}].name: {tpg.name!r} must be letters, digits and _ . : @ + -")
             for k, portal in enumerate(tpg.portals):
                 if not 0 < portal.port < 65536:
                     p.append(f"{where}.tpgs[{j}].portals[{k}].port: {portal.port} is not a TCP port")
+                if not portal.address or not re.match(r"^[A-Za-z0-9.:%_-]+$", portal.address) \
+                        or portal.address.startswith("-"):
+                    p.append(f"{where}.tpgs[{j}].portals[{k}].address: {portal.address!r} is not a host name "
+                             "or an IP address")
         for j, gname in enumerate(t.acl):
             if gname not in group_names:
                 p.append(f"{where}.acl[{j}]: no initiator group named {gname!r}")
@@ -321,19 +465,22 @@ def validate_manifest(m: Manifest) -> list[str]:
         naas.setdefault(u.naa.hex, i)
         if u.backing.kind not in BACKING_KINDS:
             p.append(f"{where}.backing.kind: {u.backing.kind!r} is not one of {', '.join(BACKING_KINDS)}")
-        if not u.backing.path:
-            p.append(f"{where}.backing.path: empty")
+        bad = backing_problem(u.backing)
+        if bad:
+            p.append(f"{where}.backing.{bad[0]}: {bad[1]}")
+        if u.alias is not None and _text_problem(u.alias):
+            p.append(f"{where}.alias: {_text_problem(u.alias)}")
         if u.block_size not in (512, 1024, 2048, 4096):
             p.append(f"{where}.block_size: {u.block_size} is not 512, 1024, 2048 or 4096")
         if u.size_bytes < 0 or (u.size_bytes and u.size_bytes % u.block_size):
             p.append(f"{where}.size_bytes: {u.size_bytes} is not a multiple of the block size {u.block_size}")
         for name, value, limit in (("vendor_id", u.vendor_id, 8), ("product_id", u.product_id, 16),
                                    ("revision", u.revision, 4)):
-            if value is not None and (len(value) > limit or not value.isprintable()):
+            if value is not None and not _scsi_field_ok(value, limit):
                 p.append(f"{where}.{name}: {value!r} must be at most {limit} printable ASCII characters "
-                         "(SCSI INQUIRY field)")
-        if u.serial is not None and (not u.serial or len(u.serial) > 254 or not u.serial.isprintable()):
-            p.append(f"{where}.serial: {u.serial!r} must be 1..254 printable characters")
+                         "without ',' or '=' (SCSI INQUIRY field)")
+        if u.serial is not None and (not u.serial or not _scsi_field_ok(u.serial, 254)):
+            p.append(f"{where}.serial: {u.serial!r} must be 1..254 printable ASCII characters without ',' or '='")
         for j, v in enumerate(u.views):
             if not 0 <= v.lun <= 16383:
                 p.append(f"{where}.views[{j}].lun: {v.lun} is outside 0..16383")

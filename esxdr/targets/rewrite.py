@@ -119,9 +119,11 @@ def set_portals(m: Manifest, portals: list[Portal], tag: int | None = None) -> M
 def allow_initiators(m: Manifest, iqns: list[str], group: str = "esxdr-dr") -> Manifest:
     """Let the DR ESXi hosts log in and see every LU.
 
-    Targets with an ACL get the DR group added (an empty ACL already admits
-    everyone and stays empty). LUs presented only to specific host groups get
-    a view for the DR group with the same LUN number.
+    Every target gets the DR group in its ACL, also a target whose ACL was empty
+    (on production: everyone): on DR an empty ACL would stay open to every
+    initiator, and esxdr presents only to the initiators named here. LUs
+    presented only to specific host groups get a view for the DR group with the
+    same LUN number.
     """
     if not iqns:
         return m
@@ -137,7 +139,7 @@ def allow_initiators(m: Manifest, iqns: list[str], group: str = "esxdr-dr") -> M
         if iqn not in g.members:
             g.members.append(iqn)
     for t in m.targets:
-        if t.acl and group not in t.acl:
+        if group not in t.acl:
             t.acl.append(group)
     for lu in m.logical_units:
         if lu.views and all(v.initiator_group for v in lu.views):

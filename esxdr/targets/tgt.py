@@ -384,6 +384,28 @@ def _acl_members(manifest: Manifest, t: Target) -> tuple[list[str], list[str]]:
     return addresses, names
 
 
+def _admitted(manifest: Manifest, t: Target) -> tuple[list[str], list[str]]:
+    """(addresses, initiator names) a live target admits; refused when there are none.
+
+    tgt treats a target without ACL entries as closed and ``ALL`` as open to every initiator;
+    esxdr binds neither ``ALL`` nor an empty list: a target it applies admits the initiators the
+    manifest names, deduplicated (tgtadm refuses a rule bound twice)."""
+    addresses: list[str] = []
+    names: list[str] = []
+    for gname in t.acl:
+        g = manifest.group(gname)
+        for member in g.members if g else []:  # "ALL" as a member is refused by the manifest's validation
+            bucket = names if _NAME_ACL.match(member) else addresses
+            if member not in bucket:
+                bucket.append(member)
+    if not addresses and not names:
+        raise ManifestError(f"{t.iqn}: the target's ACL admits no initiator, and esxdr never presents a target to "
+                            "every initiator (tgt's ALL); nothing was changed",
+                            hint="name the initiators that may log in: --allow-initiator IQN (repeatable), "
+                                 "or an initiator group in targets[].acl")
+    return addresses, names
+
+
 # --------------------------------------------------------------------------- live
 class Tgtadm:
     """argv builder for one tgtd instance (selected by its control port)."""
@@ -507,8 +529,8 @@ def plan(manifest: Manifest, observed: list[TgtTarget], secrets: Secrets | None,
                 cmds.append(Command(adm("--op", "update", "--mode", "logicalunit", "--tid", tid, "--lun", str(n),
                                         "--params", lu_params(lu)),
                                     f"{lu.naa.esxi_name}: set identity (scsi_id = NAA, serial, vendor, product)"))
-        # ACL
-        addresses, names = _acl_members(manifest, t)
+        # ACL: explicit, never empty, never ALL (an "ALL" bound before is unbound below)
+        addresses, names = _admitted(manifest, t)
         for a in addresses:
             if a not in cur.acl:
                 cmds.append(Command(adm("--op", "bind", "--mode", "target", "--tid", tid, "-I", a),

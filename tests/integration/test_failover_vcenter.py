@@ -51,7 +51,10 @@ def cluster_vms(dl) -> list[dict]:
 def served(dl, server: str) -> set[str]:
     from esxdr.failover import probe_served
 
-    seen, _ = probe_served(load_site(dl.site).storage[server].target.portal, ["iqn.1998-01.com.vmware:esx-dr"])
+    # The DR presentation admits only the cluster's hosts (an explicit ACL, never every initiator), so
+    # look as one of them; production's lab ACL admits the loopback network, esx-dr included.
+    seen, _ = probe_served(load_site(dl.site).storage[server].target.portal,
+                           ["iqn.1998-01.com.vmware:esx-dr", "iqn.1998-01.com.vmware:esx-a"])
     return set(seen)
 
 

@@ -186,7 +186,8 @@ def test_host_must_be_prepared(host, error):
 
 
 def test_without_vsphere_only_storage_steps():
-    plan = rb.plan_test_start(inputs(host=None))
+    # Without a DR host the initiators to admit must be named (an empty ACL would admit everyone).
+    plan = rb.plan_test_start(inputs(host=None, initiators=(DR_IQN,)))
     assert [s.kind for s in plan.steps][-1] == "present"
     assert any("vsphere_dr" in n for n in plan.notes)
 

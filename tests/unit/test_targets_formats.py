@@ -14,6 +14,7 @@ from esxdr.targets.base import Secrets
 from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View
 
 CORPUS = Path(__file__).parent / "target_corpus"
+DR_IQN = "iqn.1998-01.com.vmware:esxi-dr"
 
 
 def files(stack: str) -> list[str]:
@@ -383,6 +384,7 @@ def test_tgt_plan_fresh_and_idempotent():
     from esxdr.targets import rewrite
 
     m = rewrite.set_chap(read_native("comstar", files("comstar")), "dr", "secrets:dr")
+    m = rewrite.allow_initiators(m, [DR_IQN])  # tgt refuses a target that would admit every initiator
     m.logical_units = [lu for lu in m.logical_units if lu.views and not any(v.initiator_group for v in lu.views)]
     cmds, notes = tgt.plan(m, [], None, control_port=1234)
     argv = [c.argv for c in cmds]
@@ -393,7 +395,7 @@ def test_tgt_plan_fresh_and_idempotent():
     pl = tgt.place(m)
     shown = []
     for t in m.targets:
-        tt = tgt.TgtTarget(pl.tids[t.iqn], t.iqn, acl=["ALL"])
+        tt = tgt.TgtTarget(pl.tids[t.iqn], t.iqn, acl=[DR_IQN])
         for n, lu in pl.luns[t.iqn]:
             tt.luns[n] = tgt.TgtLu(n, lu.naa.hex, lu.serial or "", lu.backing.path, lu.block_size, 0, lu.read_only)
         shown.append(tt)
