@@ -208,7 +208,11 @@ def parse_storage(dev: Any) -> tuple[bool, ObservedIscsi | None, dict[str, Obser
             if not iqn:
                 continue
             for lun in t.lun or ():
-                targets.setdefault(lun.scsiLun, []).append(iqn)
+                # One topology target per (portal, IQN): a LUN seen through two portals of one
+                # target is listed under both, but is reached through one target.
+                seen = targets.setdefault(lun.scsiLun, [])
+                if iqn not in seen:
+                    seen.append(iqn)
     paths: dict[str, list[tuple[str, str]]] = {}
     mp = dev.multipathInfo
     for lun in (mp.lun or ()) if mp else ():
