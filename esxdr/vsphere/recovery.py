@@ -278,9 +278,13 @@ def remove_vswitch(session: Session, host: HostState, name: str) -> None:
 
 
 def cancel_question(session: Session, vm: Any, question_id: str) -> None:
-    """Answer a pending question with Cancel (a killed power-on left it; cleanup powers off)."""
-    with session.errors(f"cancelling the question of VM {vm._moId}"):
-        vm.AnswerVM(question_id, "0")
+    """Answer a pending moved-or-copied question with Cancel (a killed power-on left it; cleanup
+    powers off): by the choice labelled button.uuid.cancel, after reading again what the question
+    asks (``question_id`` is only what was last observed). Any other question is not answered:
+    ConflictError with its text (:func:`esxdr.vsphere.vms.cancel_pending`)."""
+    from esxdr.vsphere.vms import cancel_pending
+
+    cancel_pending(session, vm)
 
 
 def shutdown_vms(session: Session, vms: list[tuple[Any, bool]], *,

@@ -188,6 +188,24 @@ def answer_question(session: Session, vm: Any, question: Any, answer: str) -> st
     return key
 
 
+def cancel_pending(session: Session, vm: Any) -> str | None:
+    """Cancel the power-on a killed run left waiting at the moved-or-copied question (cleanup then
+    powers the VM off), with the choice labelled ``button.uuid.cancel``. The question is read
+    again (one RetrievePropertiesEx) and judged by what it asks: any other question is left for
+    the operator (ConflictError with its text). Returns the id of the question cancelled, or None
+    when none is pending."""
+    from esxdr.vsphere.inventory import retrieve
+
+    spec = PC.FilterSpec(objectSet=[PC.ObjectSpec(obj=vm, skip=False)],
+                         propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["runtime.question"])])
+    q = next((read_question(p.val) for oc in retrieve(session, spec) for p in oc.propSet
+              if p.name == "runtime.question"), None)
+    if q is None:
+        return None
+    answer_question(session, vm, q, "cancel")
+    return q.id
+
+
 def power_on(session: Session, vms: list[Any], *, uuid_answer: str = "moved", timeout: float = 300) -> dict[str, str]:
     """Power on a batch and answer ``msg.uuid.altered`` on the way, without waiting for the
     guests (:func:`boot` without heartbeats). Returns moid → question answered."""

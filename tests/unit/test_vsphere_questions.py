@@ -136,6 +136,13 @@ class FakeHost:
                                 filterSet=[PC.FilterUpdate(filter=PC.Filter("filter-1", self), objectSet=objs)])
         if name == "DestroyPropertyFilter":
             return None
+        if name == "RetrievePropertiesEx":
+            spec = args[0][0]
+            paths = {p.type: list(p.pathSet) for p in spec.propSet}
+            return PC.RetrieveResult(objects=[
+                PC.ObjectContent(obj=o.obj, propSet=[vmodl.DynamicProperty(name=path, val=self._value(o.obj, path))
+                                                     for path in paths[type(o.obj)]])
+                for o in spec.objectSet])
         raise AssertionError(f"unexpected call {name}")
 
     def _value(self, obj: Any, path: str) -> Any:
@@ -256,3 +263,27 @@ def test_read_question_keeps_what_the_host_said():
     assert [vv.uuid_answer_key(q, a, "vm-1") for a in ("cancel", "moved", "copied")] == ["0", "1", "2"]
     with pytest.raises(ValueError):
         vv.uuid_answer_key(q, "maybe", "vm-1")
+
+
+def test_cleanup_cancels_a_pending_uuid_question_by_its_cancel_label_and_nothing_else():
+    """The drill cleanup cancels the power-on a killed run left waiting: the choice labelled
+    button.uuid.cancel (here not key 0), read again before answering; a lock-lost question is
+    left for the operator with its text."""
+    from esxdr.vsphere.recovery import cancel_question
+
+    host = FakeHost()
+    shuffled = [("2", "button.uuid.movedTheVM", "I Moved It"), ("9", "button.uuid.cancel", "Cancel"),
+                ("0", "button.uuid.copiedTheVM", "I Copied It")]
+    stuck = host.add(FakeVm("vm-1", question=uuid_question("_vmx1", shuffled), task="task-0"))
+    host.tasks["task-0"] = "running"
+    s = session_on(host)
+    cancel_question(s, stuck, "_vmx1")
+    assert host.answers == [("vm-1", "_vmx1", "9")] and host.tasks["task-0"] == "error"
+    assert vv.cancel_pending(s, stuck) is None  # nothing pending any more: nothing sent
+    assert len(host.answers) == 1
+
+    lock = question("_vmx1", ["msg.hbacommon.locklost"], LOCK_TEXT, [("0", "button.ok", "OK")])
+    other = host.add(FakeVm("vm-2", question=lock))
+    with pytest.raises(ConflictError) as e:
+        cancel_question(s, other, "_vmx1")
+    assert len(host.answers) == 1 and "has been lost" in e.value.message
