@@ -1,13 +1,104 @@
-"""esxdr keys authorized-line: the DR service account's authorized_keys line."""
+"""esxdr keys authorized-line: the DR service account's authorized_keys line, and its zfs rights."""
 
 from __future__ import annotations
 
+import ipaddress
+import shlex
 from pathlib import Path
 
 import click
 
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.errors import UsageError
+
+# What the DR account may do by `zfs allow`, on the serve prefix only, for push replication:
+# receive the streams, create the DR root, hold the newest common snapshot, set esxdr's user
+# properties and seal replicas (readonly=on canmount=noauto). Nothing that removes or rewinds:
+# no destroy, rollback or release, so even a shell as this account (serve bypassed) cannot
+# empty DR. `mount` cannot be left out: the kernel checks receive, create AND mount for every
+# receive (zfs_secpolicy_recv) and create and mount for create (zfs_secpolicy_create_clone), as
+# zfs-allow(8) says ("receive: Must also have the mount and create ability"). It mounts nothing
+# for this account on Linux, where only root may mount (`zfs mount` refuses non-root before
+# mount(2)), nor on FreeBSD while vfs.usermount stays 0 (the default). Streams are sent without
+# -p, so no property permission is needed to receive them (received properties would each need
+# their own). Drills clone and destroy, failover promotes: both run on the DR box with its own
+# privileges, not through this account.
+DR_DELEGATION = ("create", "mount", "receive", "hold", "userprop", "readonly", "canmount")
+
+# Key types OpenSSH writes into a .pub file; anything else there is not a public key line.
+_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+              "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+def _safe_word(value: str, what: str) -> str:
+    """A word for the forced command: any printable text (it is shell-quoted), but no control
+    characters: authorized_keys is one line per key, and a newline or a NUL there would cut it."""
+    if not value:
+        raise UsageError(f"{what} is empty")
+    bad = sorted({c for c in value if ord(c) < 0x20 or ord(c) == 0x7F})
+    if bad:
+        raise UsageError(f"{what} {value!r} contains control characters ({', '.join(map(repr, bad))}), "
+                         "which an authorized_keys line cannot carry")
+    return value
+
+
+def _command_option(argv: list[str]) -> str:
+    """``command="…"`` for authorized_keys: sshd hands the text to the account's shell, so each word
+    is shell-quoted; sshd's own reading takes only ``\\"`` as an escape (a backslash before any other
+    character stays a backslash), so escaping each double quote is all its syntax needs."""
+    return 'command="' + shlex.join(argv).replace('"', '\\"') + '"'
+
+
+def _from_addresses(values: list[str], origin: str) -> list[str]:
+    """IP addresses or CIDR networks for ``from=``. sshd compares host names only with UseDNS on
+    (off by default), so a name there would quietly never match: names are refused, as are
+    patterns and negations, whose meaning is easy to get wrong."""
+    out: list[str] = []
+    for v in values:
+        v = v.strip()
+        try:
+            text = str(ipaddress.ip_network(v, strict=True)) if "/" in v else str(ipaddress.ip_address(v))
+        except ValueError:
+            raise UsageError(f"{origin}: {v!r} is not an IP address or network",
+                             hint="from= needs the IP address(es) production connects from, "
+                                  "e.g. --from 192.0.2.10 or --from 192.0.2.0/28") from None
+        if text not in out:
+            out.append(text)
+    if not out:
+        raise UsageError(f"{origin}: no address given")
+    return out
+
+
+def _production_addresses(site, srv) -> list[str]:
+    sources = sorted({g.source for g in site.protection_groups.values() if g.destination == srv.name})
+    addresses: list[str] = []
+    for name in sources:
+        prod = site.storage.get(name)
+        address = prod.address if prod is not None else None
+        where = f"storage.{name}"
+        if not address:
+            raise UsageError(f"the address {name} connects to {srv.name} from is unknown: {where} has no address"
+                             + (" (local: true)" if prod is not None and prod.local else ""),
+                             hint="give it: --from ADDRESS[,ADDRESS…], the IP address(es) the DR box sees "
+                                  "production's SSH connections come from")
+        try:
+            addresses += _from_addresses([address], f"{where}.address")
+        except UsageError:
+            raise UsageError(f"{where}.address is the host name {address!r}; sshd matches from= against the "
+                             "client's IP address (unless UseDNS is on)",
+                             hint="give its IP address(es): --from ADDRESS[,ADDRESS…]") from None
+    return list(dict.fromkeys(addresses))
+
+
+def _public_key(path: Path) -> str:
+    try:
+        lines = [x.strip() for x in path.read_text().splitlines() if x.strip() and not x.startswith("#")]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read public key {path}: {getattr(e, 'strerror', None) or e}") from e
+    if len(lines) != 1 or lines[0].split()[0] not in _KEY_TYPES or len(lines[0].split()) < 2:
+        raise UsageError(f"{path} is not one OpenSSH public key line (TYPE BASE64 [COMMENT])",
+                         hint=f"ssh-keygen -y -f {path.with_suffix('')} > {path}")
+    return lines[0]
 
 
 @click.group()
@@ -18,15 +109,27 @@ def keys() -> None:
 @keys.command("authorized-line", epilog="""\b
 Examples:
   esxdr keys authorized-line --site site.yaml >> ~esxdr/.ssh/authorized_keys   (on the DR box)
+  esxdr keys authorized-line --from 192.0.2.10      production connects from this address
+  esxdr keys authorized-line --log /var/log/esxdr-serve.log
   esxdr keys authorized-line --sudo        for zfs builds without `zfs allow` (zfs-fuse, old Solaris)
+
+The lines after the key line are comments (authorized_keys ignores them): the zfs rights to
+give the account on the DR box, on the serve prefix only.
 """)
 @click.option("--server", help="The DR storage server (default: the only one with role dr).")
 @click.option("--sudo", is_flag=True, help="Run zfs through `sudo -n` (pair with a sudoers rule for zfs only).")
 @click.option("--esxdr-path", default="esxdr", show_default=True, help="Path of esxdr on the DR box.")
+@click.option("--from", "from_", metavar="ADDRESS[,ADDRESS…]",
+              help="IP addresses or networks production connects from "
+                   "(default: the address of each production server replicating here).")
+@click.option("--log", "log", default="syslog", show_default=True, metavar="FILE|syslog",
+              help="Where esxdr serve logs each request run and refused: syslog, or an absolute file "
+                   "the account can append to.")
 @json_option
 @site_option
 @pass_ctx
-def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: str) -> None:
+def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: str, from_: str | None,
+                    log: str) -> None:
     """Print the line that pins `esxdr serve` as the forced command, under the DR dataset prefix."""
     site = ctx.site()
     dr = [s for s in site.storage.values() if s.role == "dr"]
@@ -42,9 +145,54 @@ def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: st
         raise UsageError(f"no protection group replicates to {srv.name}")
     if not srv.key:
         raise UsageError(f"storage.{srv.name}.key is not set; it names the private key esxdr uses")
-    pub = Path(srv.key + ".pub")
+    if not srv.user:
+        raise UsageError(f"storage.{srv.name}.user is not set; it names the DR service account")
+    _safe_word(esxdr_path, "--esxdr-path")
+    if esxdr_path.startswith("-"):
+        raise UsageError(f"--esxdr-path {esxdr_path!r} starts with '-'",
+                         hint="give the command's name or absolute path, e.g. /usr/local/bin/esxdr")
+    if log != "syslog" and not log.startswith("/"):
+        raise UsageError(f"--log takes an absolute file or 'syslog', not {log!r}")
+    _safe_word(log, "--log")
+    addresses = _from_addresses(from_.split(","), "--from") if from_ is not None \
+        else _production_addresses(site, srv)
+    pub = _public_key_path(srv.key)
+    key = _public_key(pub)
+
+    argv = [esxdr_path, "serve", *(["--sudo"] if sudo else [])]
+    for p in prefixes:
+        argv += ["--allow-prefix", p]
+    argv += ["--log", log]
+    line = f'restrict,from="{",".join(addresses)}",{_command_option(argv)} {key}'
+    setup = _dr_setup(srv.name, srv.user, prefixes, sudo)
+    ctx.emit({"server": srv.name, "prefixes": prefixes, "from": addresses, "log": log, "line": line,
+              "sudo": sudo, "dr_setup": [c.strip() for c in setup if not c.startswith("#")]},
+             "\n".join([line, *(f"# {c}" if not c.startswith("#") else c for c in setup)]))
+
+
+def _public_key_path(key: str) -> Path:
+    pub = Path(key + ".pub")
     if not pub.exists():
-        raise UsageError(f"public key {pub} not found", hint=f"ssh-keygen -y -f {srv.key} > {pub}")
-    opts = " ".join(f"--allow-prefix {p}" for p in prefixes)
-    line = f'command="{esxdr_path} serve{" --sudo" if sudo else ""} {opts}",restrict {pub.read_text().strip()}'
-    ctx.emit({"server": srv.name, "prefixes": prefixes, "line": line}, line)
+        raise UsageError(f"public key {pub} not found", hint=f"ssh-keygen -y -f {key} > {pub}")
+    return pub
+
+
+def _dr_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> list[str]:
+    """The commands for the DR box (lines without '#') with the comments that explain them."""
+    if sudo:
+        return [f"# On {server}: zfs runs as root through sudo, so esxdr serve is the only guard. sudoers:",
+                f"  {user} ALL=(root) NOPASSWD: /usr/sbin/zfs"]
+    perms = ",".join(DR_DELEGATION)
+    out = [f"# On {server}, as root: zfs rights for {user} on {', '.join(prefixes)} only, never on the pool:"]
+    for p in prefixes:
+        out += [f"  zfs create -p {shlex.quote(p)}", f"  zfs allow -u {shlex.quote(user)} {perms} {shlex.quote(p)}"]
+    out += ["# No destroy, rollback or release: this key cannot remove anything on DR. mount is required by",
+            "# the kernel for receive and create; on Linux only root mounts (FreeBSD: keep vfs.usermount=0).",
+            "# Drills (clone, destroy, release) and failover get no rights here: run them on the DR box,",
+            "# from a site file where this server is local: true.",
+            # True of the engine as it is: until DR retention runs on the DR box (issue #14), a
+            # replication releases its previous hold and prunes DR through this account.
+            "# Replication still releases its previous DR hold and prunes DR snapshots through this key:",
+            "# without release,destroy those steps fail (permission denied). Adding them keeps them",
+            "# working, but then a stolen key can remove DR snapshots."]
+    return out

@@ -7,7 +7,7 @@ import click
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, epilog="""\b
 Example authorized_keys line on the DR box (print yours with `esxdr keys authorized-line`):
-  command="esxdr serve --allow-prefix rp1/iscsi",restrict ssh-ed25519 AAAA... esxdr@ss1
+  restrict,from="192.0.2.10",command="esxdr serve --allow-prefix rp1/iscsi --log syslog" ssh-ed25519 AAAA... esxdr@ss1
 """)
 @click.pass_context
 def serve(ctx: click.Context) -> None:

@@ -73,6 +73,10 @@ def test_schedule_and_keys(group_factory, tmp_path):
     assert "Environment=TZ=Europe/Berlin" in service
     assert g.esxdr("schedule", "render").returncode == 2
 
+    # the lab's production is local: true (no address), so the line needs the address it connects from
     r = g.esxdr("keys", "authorized-line", "--sudo")
+    assert r.returncode == 2 and "--from ADDRESS" in r.stderr
+    r = g.esxdr("keys", "authorized-line", "--sudo", "--from", "127.0.0.1")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f'command="esxdr serve --sudo --allow-prefix {g.dr_pool}",restrict ssh-ed25519 ')
+    assert r.stdout.startswith(f'restrict,from="127.0.0.1",command="esxdr serve --sudo --allow-prefix {g.dr_pool} '
+                               '--log syslog" ssh-ed25519 ')
