@@ -303,7 +303,8 @@ def commands(manifest: Manifest, secrets: Secrets | None = None, existing: Manif
                                 f"{lu.naa.esxi_name}: block size"))
         cmds += by_naa.get(lu.naa.esxi_name, [])
     for t in manifest.targets:
-        tpg = f"/iscsi/{t.iqn}/tpg{(t.tpgs[0].tag if t.tpgs else 1)}"
+        tag = t.tpgs[0].tag if t.tpgs else 1
+        tpg = f"/iscsi/{t.iqn}/tpg{tag}"
         if t.iqn not in have_targets:
             cmds.append(Command(["targetcli", f"/iscsi create {t.iqn}"], f"target {t.iqn}"))
             if t.tpgs and t.tpgs[0].portals:
@@ -326,8 +327,14 @@ def commands(manifest: Manifest, secrets: Secrets | None = None, existing: Manif
                                     f"allow {iqn}"))
                 if g and g.chap_user:
                     secret = secrets.resolve(g.secret_ref, f"initiator {iqn}") if secrets else f"<{g.secret_ref}>"
-                    cmds.append(Command(["targetcli", f"{tpg}/acls/{iqn} set auth userid={g.chap_user} "
-                                                      f"password={secret}"], f"CHAP for {iqn}"))
+                    cmds.append(Command(["targetcli", f"{tpg}/acls/{iqn} set auth userid={g.chap_user}"],
+                                        f"CHAP user for {iqn}"))
+                    # The secret goes to the ACL's configfs attribute on stdin: on targetcli's argv it
+                    # would be in /proc/PID/cmdline for every local user (issue #14). saveconfig reads
+                    # it back from configfs like everything else.
+                    auth = f"/sys/kernel/config/target/iscsi/{t.iqn}/tpgt_{tag}/acls/{iqn}/auth/password"
+                    cmds.append(Command(["sh", "-c", 'cat > "$1"', "sh", auth],
+                                        f"CHAP secret for {iqn} (on stdin)", input=secret))
     cmds.append(Command(["targetcli", "saveconfig"], "persist (company_id/vendor/product are re-applied by esxdr)"))
     return cmds
 
@@ -400,7 +407,9 @@ def script(manifest: Manifest, secrets: Secrets | None = None) -> str:
         reason = c.reason
         if c.argv == ["targetcli", "saveconfig"]:
             reason = "persist (without the identity above: see the top of this script)"
-        lines += [f"# {reason}", shlex.join(c.argv)]
+        # printf is the shell's builtin: the script's stdin data never becomes a process's argv
+        feed = f"printf %s {shlex.quote(c.input)} | " if c.input is not None else ""
+        lines += [f"# {reason}", feed + shlex.join(c.argv)]
     return "\n".join(lines) + "\n"
 
 
@@ -451,5 +460,5 @@ def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secr
     cmds = commands(manifest, secrets, existing)
     if not dry_run:
         for c in cmds:
-            transport.run(c.argv)
+            transport.run(c.argv, input=c.input)
     return ApplyResult(STACK, cmds, dry_run, serial_notes(manifest))

@@ -210,3 +210,68 @@ def test_short_values_are_not_registered(registry):
     register_secret("")
     assert registry == set()
     assert mask("it's") == "it's"
+
+
+# --------------------------------------------------------------------------- CHAP secrets off argv (LIO)
+def _lio_manifest_with_chap():
+    from esxdr.targets import read_native
+
+    m = read_native("lio", sorted(str(p) for p in (CORPUS / "lio").iterdir()))
+    t = m.targets[0]
+    # the corpus's esx02 ACL has CHAP already; give esx01 the same account, so both are set
+    for g in m.initiator_groups:
+        g.chap_user, g.secret_ref = "esx", "secrets:esx"
+    members = [iqn for g in m.initiator_groups if g.name in t.acl for iqn in g.members]
+    assert len(members) == 2
+    return m, t, members
+
+
+def test_lio_chap_secret_goes_to_configfs_on_stdin_never_on_argv(registry):
+    from esxdr.targets import lio
+
+    m, t, members = _lio_manifest_with_chap()
+    secret = "lio-chap-s3cret'x"
+    cmds = lio.commands(m, Secrets({"esx": secret}))
+    assert not [c.argv for c in cmds if any(secret in a for a in c.argv)]
+    fed = [c for c in cmds if c.input is not None]
+    tag = t.tpgs[0].tag if t.tpgs else 1
+    assert [(c.argv, c.input) for c in fed] == [
+        (["sh", "-c", 'cat > "$1"', "sh", f"/sys/kernel/config/target/iscsi/{t.iqn}/tpgt_{tag}/acls/{iqn}/auth/password"],
+         secret) for iqn in members]
+    # the user id still goes through targetcli, before its secret
+    for iqn in members:
+        user = next(i for i, c in enumerate(cmds) if c.argv == ["targetcli", f"/iscsi/{t.iqn}/tpg{tag}/acls/{iqn} "
+                                                                   "set auth userid=esx"])
+        assert cmds[user + 1].input == secret
+    # what a dry run prints masks it
+    assert all(secret not in c.display() and "lio-chap" not in c.display() for c in cmds)
+
+
+def test_lio_apply_hands_the_secret_to_the_transport_as_input(registry):
+    from esxdr.targets import lio
+
+    m, _, members = _lio_manifest_with_chap()
+    secret = "lio-chap-s3cret-2"
+    seen: list[tuple[list[str], str | None]] = []
+
+    class Recorder:
+        name = "dr"
+
+        def run(self, argv, *, input=None, check=True, timeout=300):
+            seen.append((argv, input))
+            return base.CommandResult(argv, 0, "", "", 0.0)
+
+    lio.apply(Recorder(), m, secrets=Secrets({"esx": secret}), check_backing=False, company_id_settable=True)
+    assert not [a for a, _ in seen if any(secret in x for x in a)]
+    assert [i for _, i in seen if i is not None] == [secret] * len(members)
+
+
+def test_lio_script_feeds_the_secret_through_the_shell_builtin(registry):
+    from esxdr.targets import lio
+
+    m, _, members = _lio_manifest_with_chap()
+    text = lio.script(m, Secrets({"esx": "lio chap 's3cret'"}))
+    fed = [x for x in text.splitlines() if x.startswith("printf %s ")]
+    assert len(fed) == len(members)
+    assert all(x.startswith("printf %s 'lio chap '\"'\"'s3cret'\"'\"'' | sh -c ") for x in fed)
+    assert not [x for x in text.splitlines() if x.startswith("targetcli") and "password" in x]
