@@ -70,7 +70,8 @@ def target_transport(server):  # StorageServer -> Transport
     return for_server(server)
 
 
-def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None) -> tuple[Manifest, str]:
+def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None, *,
+                     pin_first_use: bool = True) -> tuple[Manifest, str]:
     """The production identities of the group's LUNs, and where they came from. Precedence:
 
     1. ``--manifest FILE`` (the user said so; its LUN files must still lie inside their datasets);
@@ -78,8 +79,9 @@ def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None) -> t
        the one replication shipped to the DR root (``esxdr:manifest.*``): a shipped manifest is
        untrusted input (production's key can write it), so it is validated field by field, pinned
        the first time it is used here, and a later change of identity or paths is refused until
-       ``esxdr target accept`` (:func:`esxdr.shipping.trusted`). A shipped manifest that fails
-       validation is refused, never skipped for a weaker source;
+       ``esxdr target accept`` (:func:`esxdr.shipping.trusted`; ``pin_first_use=False`` for read-only
+       commands that may run off the DR box). A shipped manifest that fails validation is refused,
+       never skipped for a weaker source;
     3. the production manifest named in the lab's state (``lab.json`` beside the site file);
     4. the site file's ``datasets[].naa`` with the LUN file convention ``<mountpoint>/lun.img``
        (product ids unknown: a volume whose header names another product id will not mount as-is).
@@ -100,7 +102,7 @@ def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None) -> t
             raise ManifestError(e.message, hint=shipping.refusal_hint(site.state_dir, group.name)) from None
     if shipped is not None and not shipped.logical_units:
         shipped = None
-    found = shipping.trusted(site.state_dir, group, shipped)
+    found = shipping.trusted(site.state_dir, group, shipped, pin_first_use=pin_first_use)
     if found is not None:
         return found
     lab = Path(site.path).parent / "lab.json"

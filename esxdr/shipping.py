@@ -319,10 +319,12 @@ def changes(pinned: dict[str, Any], shipped: dict[str, Any]) -> list[dict[str, A
     return out
 
 
-def trusted(state_dir: str, group, shipped: Manifest | None) -> tuple[Manifest, str] | None:
+def trusted(state_dir: str, group, shipped: Manifest | None, *,
+            pin_first_use: bool = True) -> tuple[Manifest, str] | None:
     """The manifest DR may present for ``group``, and where it came from; None without pin or shipment.
 
-    No pin yet and a shipped manifest: it is pinned now (trust on first use). A pin: it is what DR
+    No pin yet and a shipped manifest: it is pinned now (trust on first use), unless
+    ``pin_first_use`` is off (a read-only command that may run off the DR box). A pin: it is what DR
     presents; a shipped manifest whose identity differs is refused (ConflictError naming each change
     and the accept command) until ``esxdr target accept`` takes it."""
     pinned = load_pin(state_dir, group)
@@ -330,6 +332,8 @@ def trusted(state_dir: str, group, shipped: Manifest | None) -> tuple[Manifest, 
     if pinned is None:
         if shipped is None:
             return None
+        if not pin_first_use:
+            return shipped, f"shipped with the replica ({group.dr_root} esxdr:manifest.*), validated, not pinned"
         save_pin(state_dir, group.name, shipped)
         return shipped, (f"shipped with the replica ({group.dr_root} esxdr:manifest.*), pinned on first use "
                          f"in {path}")

@@ -70,7 +70,8 @@ def discover(ctx: Context, group: str | None, manifest_path: str | None, write: 
         except EsxdrError:
             dr = None
     try:
-        manifest, origin = resolve_manifest(site, g, dr_zfs, manifest_path)
+        # read-only, often run off the DR box: validate the shipped manifest, take no pin here
+        manifest, origin = resolve_manifest(site, g, dr_zfs, manifest_path, pin_first_use=False)
     finally:
         if dr is not None:
             dr.transport.close()

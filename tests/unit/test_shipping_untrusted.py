@@ -398,3 +398,14 @@ def test_an_explicit_manifest_is_checked_for_paths_but_may_name_file_secrets(tmp
     save(m, bad)
     with pytest.raises(ManifestError, match="leaves its dataset"):
         resolve_manifest(site(tmp_path), group(), None, str(bad))
+
+
+def test_a_read_only_caller_validates_but_takes_no_pin(tmp_path):
+    """`esxdr plan discover` often runs off the DR box: it must not pin there, but still refuses a forgery."""
+    s, g = site(tmp_path), group()
+    m, origin = resolve_manifest(s, g, FakeZfs(shipping.encode(manifest())[1]), pin_first_use=False)
+    assert "not pinned" in origin and [lu.naa.hex for lu in m.logical_units] == NAAS
+    assert not shipping.pin_path(s.state_dir, "core").exists()
+    with pytest.raises(ManifestError, match="leaves its dataset"):
+        resolve_manifest(s, g, FakeZfs(forge(shipped_dict(backing_path="/mnt/sp1/iscsi/lun0/../x"))),
+                         pin_first_use=False)
