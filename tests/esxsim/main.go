@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -42,14 +43,51 @@ type Config struct {
 	Password       string
 	TLS            bool
 	HeartbeatDelay time.Duration
-	MountRegistry  string
-	Location       string
+	// RescanDelay is how long RescanAllHba and RescanHba hold the call open before they
+	// answer: a real host answers a rescan when its scan is over (Profiles).
+	RescanDelay   time.Duration
+	Profile       string // the -profile these delays came from (before -heartbeat-delay/-rescan-delay)
+	MountRegistry string
+	Location      string
 
 	// vCenter mode: a Datacenter with one cluster holding one HostSystem per name.
 	VCenter bool
 	Hosts   []string
 	Cluster string
 	DRS     bool
+}
+
+// Timing is how long the slow things of a host take.
+type Timing struct {
+	HeartbeatDelay time.Duration // power-on to guestHeartbeatStatus green
+	RescanDelay    time.Duration // a rescan call held open before it answers
+}
+
+// Profiles: "lab" keeps the tests fast; "realistic" is a real host's pace, deterministic.
+// On real hardware a guest's heartbeat turns green when VMware Tools start in the booted
+// guest, 45 to 120 s after power-on (BIOS/UEFI POST, the OS boot, then the tools service),
+// and a software iSCSI rescan holds its synchronous call for as long as discovery, logins and
+// the LUN scan take: tens of seconds on a small host, minutes on a large one. Both values of
+// "realistic" are longer than the 30 s a client socket might wait for an ordinary call.
+var Profiles = map[string]Timing{
+	"lab":       {HeartbeatDelay: time.Second, RescanDelay: 0},
+	"realistic": {HeartbeatDelay: 45 * time.Second, RescanDelay: 35 * time.Second},
+}
+
+func profileNames() string {
+	names := make([]string, 0, len(Profiles))
+	for n := range Profiles {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }
 
 func main() {
@@ -60,13 +98,26 @@ func main() {
 	flag.StringVar(&cfg.IQN, "iqn", "", "software iSCSI initiator name (default iqn.1998-01.com.vmware:<hostname>)")
 	flag.StringVar(&cfg.Username, "username", "root", "login user name (password from env ESXSIM_PASSWORD, default esxsim)")
 	flag.BoolVar(&cfg.TLS, "tls", false, "serve https with a self-signed certificate kept in the data dir")
-	flag.DurationVar(&cfg.HeartbeatDelay, "heartbeat-delay", time.Second, "time from power-on to guest heartbeat green")
+	profile := flag.String("profile", envOr("ESXSIM_PROFILE", "lab"), "timing profile: lab (fast) or realistic (as real hosts: heartbeat 45s after power-on, rescans 35s); env ESXSIM_PROFILE")
+	heartbeat := flag.Duration("heartbeat-delay", -1, "time from power-on to guest heartbeat green (default: the profile's)")
+	rescan := flag.Duration("rescan-delay", -1, "how long RescanAllHba/RescanHba hold the call before answering (default: the profile's)")
 	flag.StringVar(&cfg.MountRegistry, "mount-registry", "", "directory shared by esxsim processes to detect double mounts (default $TMPDIR/esxsim-mounts)")
 	vcenter := flag.Bool("vcenter", false, "serve a vCenter (apiType VirtualCenter) with a cluster of -hosts instead of one ESXi host")
 	hosts := flag.String("hosts", "", "vCenter mode: comma-separated host names of the cluster (each gets iqn.1998-01.com.vmware:<name>)")
 	flag.StringVar(&cfg.Cluster, "cluster", "cluster0", "vCenter mode: cluster name")
 	flag.BoolVar(&cfg.DRS, "drs", true, "vCenter mode: DRS enabled on the cluster (places VMs registered without a host)")
 	flag.Parse()
+	t, ok := Profiles[*profile]
+	if !ok {
+		log.Fatalf("-profile %s: unknown; choose one of %s", *profile, profileNames())
+	}
+	cfg.Profile, cfg.HeartbeatDelay, cfg.RescanDelay = *profile, t.HeartbeatDelay, t.RescanDelay
+	if *heartbeat >= 0 {
+		cfg.HeartbeatDelay = *heartbeat
+	}
+	if *rescan >= 0 {
+		cfg.RescanDelay = *rescan
+	}
 	cfg.VCenter = *vcenter
 	for _, h := range strings.Split(*hosts, ",") {
 		if h = strings.TrimSpace(h); h != "" {
@@ -127,6 +178,10 @@ type StartInfo struct {
 	IQN        string `json:"iqn"`
 	Username   string `json:"username"`
 	PID        int    `json:"pid"`
+	// The timing in effect (-profile, -heartbeat-delay, -rescan-delay), in seconds.
+	Profile         string  `json:"profile"`
+	HeartbeatDelayS float64 `json:"heartbeat_delay_s"`
+	RescanDelayS    float64 `json:"rescan_delay_s"`
 	// vCenter mode only
 	APIType string     `json:"api_type"`
 	Hosts   []HostInfo `json:"hosts,omitempty"`
@@ -233,6 +288,10 @@ func Start(cfg Config) (*Server, *StartInfo, error) {
 		Username:   cfg.Username,
 		PID:        os.Getpid(),
 		APIType:    "HostAgent",
+
+		Profile:         cfg.Profile,
+		HeartbeatDelayS: cfg.HeartbeatDelay.Seconds(),
+		RescanDelayS:    cfg.RescanDelay.Seconds(),
 	}
 	if cfg.VCenter {
 		info.APIType = "VirtualCenter"
@@ -247,6 +306,7 @@ func Start(cfg Config) (*Server, *StartInfo, error) {
 	} else {
 		log.Printf("serving %s as %s (initiator %s)", info.URL, cfg.Hostname, cfg.IQN)
 	}
+	log.Printf("timing (profile %s): guest heartbeat %v after power-on, rescans held %v", cfg.Profile, cfg.HeartbeatDelay, cfg.RescanDelay)
 	return &Server{http: hs, ln: ln, sim: world}, info, nil
 }
 

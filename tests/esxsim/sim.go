@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
@@ -52,6 +53,12 @@ func NewSim(cfg Config) (*Sim, error) {
 	m.Autostart = false
 	if err := m.Create(); err != nil {
 		return nil, err
+	}
+	// A rescan is synchronous on a real host: the call is answered when the scan is over.
+	// The simulator's own per-method delay holds the call before the handler runs, outside
+	// the storage system's lock, so property reads and waits go on meanwhile, as on a host.
+	if ms := int(cfg.RescanDelay / time.Millisecond); ms > 0 {
+		m.DelayConfig.MethodDelay = map[string]int{"RescanAllHba": ms, "RescanHba": ms}
 	}
 	s := &Sim{cfg: cfg, model: m, svc: m.Service, vcenter: cfg.VCenter, byRef: map[string]*Host{}}
 	s.dc = simulator.Map.Any("Datacenter").(*simulator.Datacenter)
