@@ -722,7 +722,7 @@ def _s_rescan(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
 
 def _s_verify(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     from esxdr.plan.host import ExpectedLun
-    from esxdr.vsphere.storage import raise_for, verify_storage
+    from esxdr.vsphere.storage import VERIFY_TIMEOUT_S, raise_for, verify_storage
 
     exp = [ExpectedLun(naa=e["naa"], target=e.get("target"), datastore=e.get("datastore"),
                        vmfs_uuid=None if step.params.get("resolve") else e.get("vmfs_uuid"))
@@ -734,13 +734,15 @@ def _s_verify(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
         from esxdr.vsphere.storage import VerifyResult
 
         names = list(d.members) if d.members else list(step.params["hosts"])
-        multi, _rescans, _done = verify_hosts(d._vsphere(), names, exp, timeout=30,
+        # A real rescan takes from seconds to minutes: the deadline allows a few (and always one).
+        multi, _rescans, _done = verify_hosts(d._vsphere(), names, exp, timeout=VERIFY_TIMEOUT_S,
                                               resolve=step.params.get("resolve"))
         for r in multi.reports:
             raise_for(VerifyResult(report=r))
         res = VerifyResult(report=multi.reports[0])
     else:
-        res = verify_storage(d._vsphere(), d.g.vsphere_dr, exp, timeout=30, resolve=step.params.get("resolve"))
+        res = verify_storage(d._vsphere(), d.g.vsphere_dr, exp, timeout=VERIFY_TIMEOUT_S,
+                             resolve=step.params.get("resolve"))
         raise_for(res)
     by_naa = {e["naa"]: e for e in step.params["expected"]}
     h = d._verified = d._host()  # with the VMs: register goes on from this read

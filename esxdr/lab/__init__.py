@@ -64,6 +64,7 @@ class LabConfig:
     group: str = "core"
     with_tgt: bool = True
     with_esxsim: bool = True
+    esxsim_profile: str | None = None  # "realistic": a real host's pace; None: ESXSIM_PROFILE or "lab"
 
 
 @dataclass
@@ -233,7 +234,7 @@ class Lab:
             datadir.mkdir(exist_ok=True)
             p = esxsim.start(host, addr, free_port(addr), str(datadir),
                              iqn=f"iqn.1998-01.com.vmware:{host}", password="esxsim",
-                             log_path=str(self.dir / f"esxsim-{host}.log"))
+                             log_path=str(self.dir / f"esxsim-{host}.log"), profile=self.cfg.esxsim_profile)
             state["esxsim"][site] = {"pid": p.pid, "url": p.url, "username": p.username, "password": p.password,
                                      "host": host, "thumbprint": getattr(p, "thumbprint", None)}
             say(f"esxsim {host} at {p.url}")

@@ -8,6 +8,12 @@ which we send to a log file. The password travels in the environment, never in a
 ``start(..., vcenter_hosts=["esx-a", "esx-b"], drs=True)`` serves a vCenter named
 ``name`` with one cluster of those hosts, each with its own software iSCSI initiator
 (``iqn.1998-01.com.vmware:<host>``).
+
+``start(..., profile="realistic")`` runs it at a real host's pace: guest heartbeats 45 s after
+power-on and rescans that hold their call 35 s (esxsim ``-profile``; ``heartbeat_delay`` and
+``rescan_delay`` override either value). Without ``profile`` esxsim takes ``ESXSIM_PROFILE``
+from the environment, else the fast ``lab`` profile: ``ESXSIM_PROFILE=realistic`` runs a whole
+test suite at that pace.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 
 DEFAULT_USERNAME = "root"
 READY_TIMEOUT_S = 20.0
+PROFILES = ("lab", "realistic")  # esxsim -profile: tests/esxsim/main.go Profiles
 
 
 class EsxsimError(RuntimeError):
@@ -71,6 +78,9 @@ class EsxsimProcess:
     hosts: list[dict] = field(default_factory=list)  # vCenter mode: [{"name", "moid", "iqn"}]
     cluster: str = ""
     drs: bool | None = None
+    profile: str = "lab"
+    heartbeat_delay: float = 1.0  # seconds from power-on to a green guest heartbeat, as esxsim reports it
+    rescan_delay: float = 0.0  # seconds a rescan call is held, as esxsim reports it
 
     @property
     def vcenter(self) -> bool:
@@ -119,7 +129,7 @@ def start(
     datadir: Path | str,
     iqn: str | None = None,
     password: str = "esxsim",
-    heartbeat_delay: float = 1.0,
+    heartbeat_delay: float | None = None,
     log_path: Path | str | None = None,
     username: str = DEFAULT_USERNAME,
     tls: bool = False,
@@ -130,16 +140,23 @@ def start(
     drs: bool = True,
     cluster: str = "cluster0",
     dell_idrac: bool = False,
+    profile: str | None = None,
+    rescan_delay: float | None = None,
 ) -> EsxsimProcess:
     """Start esxsim serving host `name` on listen_host:port and wait for its SOAP port.
 
     With ``vcenter_hosts`` it serves a vCenter named `name` instead: one cluster (``cluster``,
     DRS on or off) of those hosts; ``iqn`` is then ignored (each host has its own).
+    ``profile``: esxsim's timing (``lab``, or ``realistic`` for a real host's pace; None: esxsim's
+    own default, ``ESXSIM_PROFILE`` or ``lab``); an explicit
+    ``heartbeat_delay`` / ``rescan_delay`` (seconds) overrides the profile's value.
     ``dell_idrac``: every host also has a Dell iDRAC USB NIC (vusb0, vmk1 at 169.254.0.2 on
     the hidden "iDRAC Network"), as real Dell hosts report it (esxsim -dell-idrac).
     """
     if not listen_host.startswith("127."):
         raise EsxsimError(f"esxsim listens on 127.0.0.0/8 only, not {listen_host}")
+    if profile is not None and profile not in PROFILES:
+        raise EsxsimError(f"esxsim profile {profile!r}: choose one of {', '.join(PROFILES)}")
     if vcenter_hosts is not None and (not vcenter_hosts or len(set(vcenter_hosts)) != len(vcenter_hosts)):
         raise EsxsimError(f"vcenter_hosts must name at least one host, each once: {vcenter_hosts!r}")
     exe = Path(binary) if binary else build()
@@ -159,9 +176,13 @@ def start(
         str(data),
         "-username",
         username,
-        "-heartbeat-delay",
-        f"{heartbeat_delay}s",
     ]
+    if profile is not None:
+        cmd += ["-profile", profile]
+    if heartbeat_delay is not None:
+        cmd += ["-heartbeat-delay", f"{heartbeat_delay}s"]
+    if rescan_delay is not None:
+        cmd += ["-rescan-delay", f"{rescan_delay}s"]
     if vcenter_hosts:
         cmd += ["-vcenter", "-hosts", ",".join(vcenter_hosts), "-cluster", cluster, f"-drs={str(drs).lower()}"]
     else:
@@ -228,6 +249,9 @@ def start(
         hosts=list(info.get("hosts") or []),
         cluster=info.get("cluster", ""),
         drs=info.get("drs"),
+        profile=info.get("profile") or profile or "lab",
+        heartbeat_delay=float(info.get("heartbeat_delay_s", heartbeat_delay if heartbeat_delay is not None else 1.0)),
+        rescan_delay=float(info.get("rescan_delay_s", rescan_delay or 0.0)),
     )
 
 
