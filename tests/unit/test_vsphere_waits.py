@@ -166,7 +166,8 @@ def test_a_wait_still_ends_at_its_own_deadline(host):
     started = time.monotonic()
     with pytest.raises(WaitTimeout, match="timed out after 2s waiting for a stuck task"):
         wait_task(session, vim.Task("task-1", session.stub), timeout=2, what="a stuck task")
-    assert time.monotonic() - started < 2 + SOCKET_S  # the last long poll is cut to what is left
+    # The last long poll is cut to what is left (rounded up to a whole second), plus slack for a busy machine.
+    assert time.monotonic() - started < 2 + 1 + 1
 
 
 def dr_host(iscsi: ObservedIscsi | None) -> HostState:
