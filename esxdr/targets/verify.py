@@ -8,7 +8,10 @@ LU missing" next to "unexpected LU".
 
 The VMFS prediction follows ESXi's rule: a volume whose LVM header names the
 device it sits on mounts as-is; any other stored device id makes it an
-unresolved snapshot that needs a resignature or force-mount.
+unresolved snapshot that needs a resignature or force-mount. A volume spanning
+several LUNs needs every extent: the headers of all LUs (of every target) are
+grouped by LVM UUID, and a missing extent fails each extent found, naming the
+missing device (docs/vmfs.md).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from esxdr import vmfs
 from esxdr.errors import EsxdrError
 from esxdr.targets.manifest import LogicalUnit, Manifest
 from esxdr.targets.probe import Chap, LunIdentity, Session
+from esxdr.vmfs import VmfsHeader
 
 MOUNT = "will mount as-is"
 SNAPSHOT = "will show as snapshot"
 NO_VMFS = "no VMFS volume"
+INCOMPLETE = "will not mount: an extent is missing"
 
 
 @dataclass
@@ -35,10 +40,12 @@ class LuCheck:
     wire: LunIdentity | None = None
     vmfs: dict | None = None
     prediction: str | None = None
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a failure
+    header: VmfsHeader | None = field(default=None, repr=False, compare=False)  # (``vmfs`` is the dict)
 
     def to_dict(self) -> dict:
         return {"naa": self.naa, "target": self.target, "lun": self.lun, "ok": self.ok,
-                "problems": self.problems, "prediction": self.prediction, "vmfs": self.vmfs,
+                "problems": self.problems, "notes": self.notes, "prediction": self.prediction, "vmfs": self.vmfs,
                 "wire": self.wire.to_dict() if self.wire else None}
 
 
@@ -69,6 +76,7 @@ class VerifyReport:
             lun = "-" if c.lun is None else str(c.lun)
             lines.append(f"{mark} naa.{c.naa}  {c.target} LUN {lun}  {c.prediction or ''}".rstrip())
             lines += [f"       {p}" for p in c.problems]
+            lines += [f"       note: {n}" for n in c.notes]
         for u in self.unexpected:
             lines.append(f"FAIL unexpected LU {u['esxi_name']} on {u['target']} LUN {u['lun']} "
                          "(not in the manifest)")
@@ -100,20 +108,62 @@ def compare(lu: LogicalUnit, wire: LunIdentity) -> list[str]:
     return problems
 
 
-def predict(session: Session, lun: int, wire: LunIdentity) -> tuple[str, dict | None, str | None]:
-    """(prediction, header dict, problem) from the VMFS header read over READ(10)."""
+def read_lun_header(session: Session, lun: int, wire: LunIdentity) -> tuple[VmfsHeader | None, str | None]:
+    """The VMFS/LVM header of a LUN read over READ(10), or the reason it could not be read (None
+    for a LUN that simply holds no VMFS)."""
     try:
-        h = vmfs.read_header(session.reader(lun, wire.block_size), wire.size_bytes, wire.block_size,
-                             source=f"LUN {lun}")
+        return vmfs.read_header(session.reader(lun, wire.block_size), wire.size_bytes, wire.block_size,
+                                source=f"LUN {lun}"), None
     except EsxdrError as e:
-        if "no VMFS LVM header" in e.message:
-            return NO_VMFS, None, None
-        return NO_VMFS, None, e.message
+        return None, (None if "no VMFS LVM header" in e.message else e.message)
+
+
+def _predict_one(h: VmfsHeader | None, read_problem: str | None,
+                 wire: LunIdentity) -> tuple[str, dict | None, str | None]:
+    """(prediction, header dict, problem) for one LUN on its own."""
+    if h is None:
+        return NO_VMFS, None, read_problem
+    if h.problem:  # an LVM head without its VMFS descriptor
+        return NO_VMFS, h.to_dict(), h.problem
     if wire.naa and vmfs.matches(h, wire.naa, wire.product):
         return MOUNT, h.to_dict(), None
-    return SNAPSHOT, h.to_dict(), (f"VMFS volume {h.label!r} ({h.uuid}) stores device id {h.disk_id.id!r}, "
-                                   f"the LUN presents {vmfs.expected_device_id(wire.naa or '', wire.product)!r}: "
+    what = f"VMFS volume {h.label!r} ({h.uuid})" if h.has_fs else f"LVM extent of volume {h.lvm.lvm_uuid}"
+    presents = vmfs.show_device_id(vmfs.expected_device_id(wire.naa or "", wire.product))
+    return SNAPSHOT, h.to_dict(), (f"{what} stores device id {h.disk_id.id!r}, the LUN presents {presents!r}: "
                                    "ESXi will list it as an unresolved snapshot")
+
+
+def predict(session: Session, lun: int, wire: LunIdentity) -> tuple[str, dict | None, str | None]:
+    """(prediction, header dict, problem) from the VMFS header read over READ(10)."""
+    return _predict_one(*read_lun_header(session, lun, wire), wire)
+
+
+def _spanned(checks: list[LuCheck]) -> None:
+    """Volumes over several LUs: every extent must be served, and one snapshot extent makes the
+    whole volume a snapshot. Runs over the checks of all targets (extents may sit on any)."""
+    found = [(c.naa, c.header) for c in checks if c.header is not None]
+    by_naa = {c.naa: c for c in checks if c.header is not None}
+    for v in vmfs.group_volumes(found):
+        if v.num_devices <= 1 and len(v.extents) == 1:
+            continue
+        missing = v.missing()
+        snapshot = [naa for naa, _ in v.extents if by_naa[naa].prediction == SNAPSHOT]
+        for naa, _ in v.extents:
+            c = by_naa[naa]
+            if c.vmfs is not None:
+                c.vmfs["volume"] = {"lvm_uuid": v.lvm_uuid, "uuid": v.uuid, "label": v.label,
+                                    "devices": v.num_devices, "ordinal": v.ordinal(naa), "missing": missing}
+            if missing:
+                c.prediction = INCOMPLETE
+                c.problems.append(v.describe_missing())
+            elif snapshot:
+                c.prediction = SNAPSHOT
+                if naa not in snapshot:
+                    c.problems.append(f"extent {v.ordinal(naa)} of VMFS volume {v.label!r} ({v.uuid}): the volume "
+                                      f"shows as a snapshot because of {', '.join('naa.' + n for n in snapshot)}")
+            elif c.prediction == MOUNT:
+                c.notes.append(f"extent {v.ordinal(naa)} of {v.num_devices} of VMFS volume {v.label!r} ({v.uuid})")
+            c.ok = not c.problems
 
 
 def verify(manifest: Manifest, address: str, port: int = 3260, *, initiator: str,
@@ -153,9 +203,16 @@ def verify(manifest: Manifest, address: str, port: int = 3260, *, initiator: str
                 n, ident = got
                 check = LuCheck(lu.naa.hex, t.iqn, n, True, compare(lu, ident), wire=ident)
                 if read_vmfs and ident.size_bytes:
-                    check.prediction, check.vmfs, problem = predict(session, n, ident)
+                    check.header, read_problem = read_lun_header(session, n, ident)
+                    check.prediction, check.vmfs, problem = _predict_one(check.header, read_problem, ident)
                     if problem:
                         check.problems.append(problem)
+                    if check.header is not None and vmfs.lun_differs(check.header, n):
+                        check.notes.append(
+                            f"the LVM header records LUN {check.header.disk_id.lun}; this LU is LUN {n} here. ESXi's "
+                            "disk id includes the LUN number and a LUN presented under another number has been "
+                            f"reported to show as a snapshot (docs/vmfs.md): present it as LUN "
+                            f"{check.header.disk_id.lun} if ESXi lists its volume as unresolved")
                 check.ok = not check.problems
                 report.checks.append(check)
             for naa, (n, ident) in seen.items():
@@ -169,4 +226,6 @@ def verify(manifest: Manifest, address: str, port: int = 3260, *, initiator: str
         finally:
             session.close()
             report.round_trips += session.round_trips
+    if read_vmfs:
+        _spanned(report.checks)
     return report
