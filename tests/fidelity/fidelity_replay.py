@@ -178,6 +178,7 @@ class _ReplayTransport(SoapStubAdapter):
     recorded_session: str = SESSION_CASSETTE
     unrecorded: set[str]
     calls: list[str]
+    synthetic: dict[str, Any]
     _views: dict[str, tuple[Any, ...]]
 
     def InvokeMethod(self, mo: Any, info: Any, args: Any, outerStub: Any = None) -> Any:  # noqa: N802 - pyVmomi's name
@@ -198,6 +199,9 @@ class _ReplayTransport(SoapStubAdapter):
             return view
         if name == "RetrievePropertiesEx":
             return self._retrieve(args[0], stub)
+        if name in self.synthetic:
+            # Only a test that exercises a parser for its field reads (not for values) sets these.
+            return self.synthetic[name](*args)
         raise ReplayMiss(f"the recorded data hold no answer to {name} (esxdr called it on {mo})")
 
     # -- the property collector
@@ -278,6 +282,7 @@ class ReplayStub(CountingStub, _ReplayTransport):
         super().__init__(host="recorded-vcenter", port=443, version=API_VERSION)
         self.unrecorded = set()
         self.calls = []
+        self.synthetic = {}  # method -> answer built by a test; never recorded data
         self._views = {}
 
 

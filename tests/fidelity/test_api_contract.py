@@ -656,6 +656,74 @@ def parser_reads() -> _Reads:
     return reads
 
 
+@pytest.fixture(scope="module")
+def shape_reads() -> _Reads:
+    """The parsers of shapes the recordings lack (software iSCSI, unresolved volumes, port bindings,
+    a VM question), fed objects built here with pyVmomi's types: for the fields they READ, checked
+    below against the metadata. The values are made up and asserted nowhere."""
+    from fidelity_replay import session
+
+    from esxdr.vsphere import inventory, vms
+
+    hba = vim.host.InternetScsiHba(
+        key="key-vim.host.InternetScsiHba-vmhba65", device="vmhba65", iScsiName="iqn.1998-01.com.vmware:dr",
+        isSoftwareBased=True,
+        authenticationProperties=vim.host.InternetScsiHba.AuthenticationProperties(chapAuthEnabled=True,
+                                                                                     chapName="dr"),
+        configuredSendTarget=[vim.host.InternetScsiHba.SendTarget(address="10.20.0.5", port=3260)],
+        configuredStaticTarget=[vim.host.InternetScsiHba.StaticTarget(
+            address="10.20.0.5", port=3260, iScsiName="iqn.2010-09.org.example:t1", discoveryMethod="sendTargetMethod")])
+    lun = vim.host.ScsiDisk(key="key-vim.host.ScsiDisk-0200", uuid="0200", canonicalName="naa.600144f0aa",
+                            vendor="SUN", model="COMSTAR", serialNumber="", capacity=vim.host.DiskDimensions.Lba(
+                                block=2048, blockSize=512))
+    dev = vim.host.StorageDeviceInfo(
+        hostBusAdapter=[hba], scsiLun=[lun], softwareInternetScsiEnabled=True,
+        scsiTopology=vim.host.ScsiTopology(adapter=[vim.host.ScsiTopology.Interface(
+            key="i", adapter=hba.key, target=[vim.host.ScsiTopology.Target(
+                key="t", target=0, transport=vim.host.InternetScsiTargetTransport(iScsiName="iqn.2010-09.org.example:t1"),
+                lun=[vim.host.ScsiTopology.Lun(key="l", lun=1, scsiLun=lun.key)])])]),
+        multipathInfo=vim.host.MultipathInfo(lun=[vim.host.MultipathInfo.LogicalUnit(
+            key="m", id="0200", lun=lun.key, path=[vim.host.MultipathInfo.Path(
+                key="p", name="vmhba65:C0:T0:L1", adapter=hba.key, lun="m")])]))
+    question = vim.vm.QuestionInfo(
+        id="_vmx1", text="moved or copied?", message=[vim.vm.Message(id="msg.uuid.altered", text="moved?")],
+        choice=vim.option.ChoiceOption(choiceInfo=[vim.ElementDescription(key="1", label="button.uuid.movedTheVM",
+                                                                          summary="I Moved It")]))
+    unresolved = vim.host.UnresolvedVmfsVolume(
+        vmfsUuid="5b7ee5c9-4e8f1921-93b3-90b11c51ac73", vmfsLabel="DS1",
+        extent=[vim.host.UnresolvedVmfsExtent(
+            device=vim.host.ScsiDisk.Partition(diskName="naa.600144f0aa", partition=1),
+            devicePath="/vmfs/devices/disks/naa.600144f0aa:1", vmfsUuid="5b7ee5c9-4e8f1921-93b3-90b11c51ac73",
+            isHeadExtent=True, ordinal=0, reason="diskIdMismatch")],
+        resolveStatus=vim.host.UnresolvedVmfsVolume.ResolveStatus(resolvable=True, multipleCopies=False))
+    s = session()
+    s.stub.synthetic = {"QueryUnresolvedVmfsVolumes": lambda: [unresolved],
+                        "QueryBoundVnics": lambda *_: [vim.host.IscsiManager.IscsiPortInfo(vnicDevice="vmk2")]}
+    with _Reads() as reads:
+        enabled, iscsi, luns = inventory.parse_storage(dev)
+        host = inventory.read_host(s, "10.0.0.5", with_vms=False)
+        from dataclasses import replace
+
+        inventory.unresolved_volumes(s, host)
+        inventory.with_bindings(s, replace(host, iscsi=iscsi, refs={**host.refs}))
+        vms.read_question(question)
+    s.close()
+    assert luns["naa.600144f0aa"].targets == ("iqn.2010-09.org.example:t1",)  # the objects reached the parser
+    return reads
+
+
+def test_the_parsers_of_unrecorded_shapes_read_only_fields_of_the_minimum_api(shape_reads):
+    assert shape_reads.missing == set()
+    seen = shape_reads.read
+    assert {("vim.vm.Message", "id"), ("vim.ElementDescription", "label"), ("vim.host.InternetScsiHba", "iScsiName"),
+            ("vim.host.UnresolvedVmfsVolume.ResolveStatus", "multipleCopies"),
+            ("vim.host.IscsiManager.IscsiPortInfo", "vnicDevice")} <= seen
+    newer = [f"{t}.{f} appeared in vSphere {release(vtype(t)._GetPropertyInfo(f).version)}"
+             for t, f in sorted(seen) if not supported(vtype(t)._GetPropertyInfo(f).version)
+             and f"{t}.{f}" not in NEWER_ALLOWED]
+    assert not newer, "\n".join(newer)
+
+
 def test_the_parsers_read_only_fields_that_exist(parser_reads):
     # getattr(obj, "name", None) hides a misspelt field as None; on real data it shows here.
     assert parser_reads.missing == set()
