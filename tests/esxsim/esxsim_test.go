@@ -85,7 +85,7 @@ func TestVmfsGPTHeadersAndDirectory(t *testing.T) {
 	if !out.HasGPT || out.PartStart != 0x100000 || out.Label != "prod-ds1" || out.UUIDString() != "5f1e2d3c-4b5a6978-8796-000c29aabbcc" {
 		t.Fatalf("got %+v", out)
 	}
-	if out.Disk.ID != naa+"VIRTUA" || out.Disk.Model != "VIRTUAL-DISK" || out.Disk.Vendor != "IET" {
+	if out.Disk.ID != DeviceIDFor(naa, "VIRTUAL-DISK") || out.Disk.Len != 22 || out.Disk.Model != "VIRTUAL-DISK" || out.Disk.Vendor != "IET" {
 		t.Fatalf("disk id %+v", out.Disk)
 	}
 	if !out.MatchesLun(naa, "VIRTUAL-DISK") || out.MatchesLun(naa, "LIO-ORG") || out.MatchesLun("600144f0c0ffee0000000000000000aa", "VIRTUAL-DISK") {

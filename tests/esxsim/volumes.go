@@ -3,6 +3,12 @@ package main
 // VMFS volumes: mount when the stored device id matches the LUN, otherwise list as
 // unresolved; resignature, force-mount, create, unmount. Datastore files live in a
 // working directory and are synced to the LUN's esxsim directory area.
+//
+// A volume may span several LUNs. It mounts when every extent is there (as many as its
+// volume table says, physical extents following each other from the head) and every
+// extent's device id matches its LUN. An incomplete volume is not mounted: an event names
+// the missing device; it is listed as unresolved only when an extent is a copy too (then
+// with incompleteExtents and not resolvable).
 
 import (
 	"crypto/rand"
@@ -29,7 +35,8 @@ import (
 type Volume struct {
 	UUID         string
 	Label        string
-	Lun          *Lun
+	Lun          *Lun   // the head extent
+	Extents      []*Lun // every extent, head first (ordinal order)
 	Info         VmfsInfo
 	DS           *simulator.Datastore
 	ForceMounted bool
@@ -61,17 +68,38 @@ func vmfsMajor(info *VmfsInfo) int32 {
 	return 6
 }
 
+func (v *Volume) extents() []*Lun {
+	if len(v.Extents) == 0 {
+		return []*Lun{v.Lun}
+	}
+	return v.Extents
+}
+
+func (v *Volume) capacity() int64 {
+	var c int64
+	for _, l := range v.extents() {
+		if l.Vmfs != nil {
+			c += volumeCapacity(l, l.Vmfs)
+		}
+	}
+	return c
+}
+
 func (w *Host) hostVmfsVolume(v *Volume) *types.HostVmfsVolume {
 	major := vmfsMajor(&v.Info)
 	version := "6.82"
 	if major == 5 {
 		version = "5.81"
 	}
+	var ext []types.HostScsiDiskPartition
+	for _, l := range v.extents() {
+		ext = append(ext, types.HostScsiDiskPartition{DiskName: l.Canonical, Partition: 1})
+	}
 	hv := &types.HostVmfsVolume{
-		HostFileSystemVolume: types.HostFileSystemVolume{Type: "VMFS", Name: v.Label, Capacity: volumeCapacity(v.Lun, &v.Info)},
+		HostFileSystemVolume: types.HostFileSystemVolume{Type: "VMFS", Name: v.Label, Capacity: v.capacity()},
 		BlockSizeMb:          1, BlockSize: 1024, UnmapGranularity: 1024, UnmapPriority: "low",
 		MaxBlocks: 63963136, MajorVersion: major, Version: version, Uuid: v.UUID,
-		Extent:         []types.HostScsiDiskPartition{{DiskName: v.Lun.Canonical, Partition: 1}},
+		Extent:         ext,
 		VmfsUpgradable: false, Ssd: types.NewBool(false), Local: types.NewBool(false), ScsiDiskType: "native512",
 	}
 	if v.ForceMounted {
@@ -122,10 +150,74 @@ func (w *Host) refreshVmfsHeaders() {
 	}
 }
 
+// extentsOf lists the LUNs holding extents of the logical volume key, in physical extent order
+// (the head first). Called with w.mu held.
+func (w *Host) extentsOf(key string) []*Lun {
+	var out []*Lun
+	for _, l := range w.luns {
+		if l.Vmfs != nil && l.Vmfs.HasVT && l.Vmfs.LvmKey() == key {
+			out = append(out, l)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Vmfs.FirstPE != out[j].Vmfs.FirstPE {
+			return out[i].Vmfs.FirstPE < out[j].Vmfs.FirstPE
+		}
+		return out[i].Canonical < out[j].Canonical
+	})
+	return out
+}
+
+// spanOf gives the extents of the volume whose head is l (just l for a single-LUN volume) and
+// what is missing for it to be complete ("" when complete). Called with w.mu held.
+func (w *Host) spanOf(l *Lun) ([]*Lun, string) {
+	if l.Vmfs == nil || !l.Vmfs.HasVT || l.Vmfs.NumDevices <= 1 {
+		return []*Lun{l}, ""
+	}
+	ext := w.extentsOf(l.Vmfs.LvmKey())
+	next := uint64(0)
+	for _, e := range ext {
+		if e.Vmfs.FirstPE != next {
+			break
+		}
+		next = e.Vmfs.LastPE + 1
+	}
+	if len(ext) >= int(l.Vmfs.NumDevices) && next > 0 && ext[0] == l {
+		return ext, ""
+	}
+	have := map[string]bool{}
+	for _, e := range ext {
+		have[strings.TrimPrefix(e.Canonical, "naa.")] = true
+	}
+	var missing []string
+	for i, n := range l.Vmfs.DeviceNames {
+		naa := strings.TrimPrefix(strings.SplitN(n, ":", 2)[0], "naa.")
+		if !have[naa] {
+			missing = append(missing, fmt.Sprintf("extent %d on naa.%s", i, naa))
+		}
+	}
+	if len(missing) == 0 {
+		missing = append(missing, fmt.Sprintf("%d of its %d extents", int(l.Vmfs.NumDevices)-len(ext), l.Vmfs.NumDevices))
+	}
+	return ext, strings.Join(missing, ", ")
+}
+
+func matchesAll(ext []*Lun) bool {
+	for _, e := range ext {
+		if !e.Vmfs.MatchesLun(e.NAA, e.Ident.Product) {
+			return false
+		}
+	}
+	return true
+}
+
+var announcedIncomplete = map[string]bool{}
+
 // vmfsRescan mounts matching volumes and drops volumes whose LUN is gone.
 func (w *Host) vmfsRescan() {
 	w.mu.Lock()
-	var toMount []*Lun
+	var toMount [][]*Lun
+	var incomplete []string
 	names := make([]string, 0, len(w.luns))
 	for n := range w.luns {
 		names = append(names, n)
@@ -133,13 +225,27 @@ func (w *Host) vmfsRescan() {
 	sort.Strings(names)
 	for _, n := range names {
 		l := w.luns[n]
-		if l.Vmfs == nil || !l.Vmfs.MatchesLun(l.NAA, l.Ident.Product) {
+		if l.Vmfs == nil || !l.Vmfs.HasFS {
+			continue // no VMFS, or an extent that is not the head: it mounts with its head
+		}
+		ext, missing := w.spanOf(l)
+		if missing != "" {
+			if !announcedIncomplete[l.Vmfs.LvmKey()] {
+				announcedIncomplete[l.Vmfs.LvmKey()] = true
+				incomplete = append(incomplete, fmt.Sprintf("VMFS volume %s (%s) on %s is missing %s: not mounted",
+					l.Vmfs.Label, l.Vmfs.UUIDString(), l.Canonical, missing))
+			}
+			continue
+		}
+		delete(announcedIncomplete, l.Vmfs.LvmKey())
+		if !matchesAll(ext) {
 			continue
 		}
 		u := l.Vmfs.UUIDString()
 		if v, ok := w.volumes[u]; ok {
 			if v.Lun.Canonical == l.Canonical {
 				v.Lun = l
+				v.Extents = ext
 				if v.Inaccessible {
 					v.Inaccessible = false
 					w.setAccessible(v, true)
@@ -150,16 +256,27 @@ func (w *Host) vmfsRescan() {
 		if w.unmountedByUser()[u] {
 			continue
 		}
-		toMount = append(toMount, l)
+		toMount = append(toMount, ext)
 	}
 	var gone []*Volume
 	for _, v := range w.volumes {
-		l, ok := w.luns[v.Lun.Canonical]
-		if !ok || l.Vmfs == nil || l.Vmfs.UUIDString() != v.UUID {
+		head, ok := w.luns[v.Lun.Canonical]
+		if !ok || head.Vmfs == nil || head.Vmfs.UUIDString() != v.UUID {
 			gone = append(gone, v)
+			continue
+		}
+		for _, e := range v.extents()[1:] { // an extent gone takes the volume with it
+			l, ok := w.luns[e.Canonical]
+			if !ok || l.Vmfs == nil || l.Vmfs.LvmKey() != head.Vmfs.LvmKey() {
+				gone = append(gone, v)
+				break
+			}
 		}
 	}
 	w.mu.Unlock()
+	for _, m := range incomplete {
+		w.postEvent(m, true)
+	}
 
 	for _, v := range gone {
 		if len(v.DS.Vm) > 0 {
@@ -173,9 +290,9 @@ func (w *Host) vmfsRescan() {
 		w.postEvent(fmt.Sprintf("datastore %s (%s) removed: LUN %s is gone", v.Label, v.UUID, v.Lun.Canonical), true)
 		w.dropVolume(v)
 	}
-	for _, l := range toMount {
-		if _, f := w.mountVolume(l, false); f != nil {
-			log.Printf("mount %s: %s", l.Canonical, faultText(f))
+	for _, ext := range toMount {
+		if _, f := w.mountVolume(ext, false); f != nil {
+			log.Printf("mount %s: %s", ext[0].Canonical, faultText(f))
 		}
 	}
 	w.refreshMountInfo()
@@ -199,8 +316,9 @@ func (w *Host) setAccessible(v *Volume, ok bool) {
 	})
 }
 
-// mountVolume creates the datastore for a volume on l and loads its files.
-func (w *Host) mountVolume(l *Lun, force bool) (*Volume, types.BaseMethodFault) {
+// mountVolume creates the datastore for a volume on its extents (the head first) and loads its files.
+func (w *Host) mountVolume(ext []*Lun, force bool) (*Volume, types.BaseMethodFault) {
+	l := ext[0]
 	info := *l.Vmfs
 	u := info.UUIDString()
 	w.mu.Lock()
@@ -209,7 +327,7 @@ func (w *Host) mountVolume(l *Lun, force bool) (*Volume, types.BaseMethodFault) 
 		return nil, withMsg(&types.AlreadyExists{Name: u}, "a VMFS volume with UUID "+u+" is already mounted")
 	}
 	w.mu.Unlock()
-	v := &Volume{UUID: u, Label: info.Label, Lun: l, Info: info, ForceMounted: force}
+	v := &Volume{UUID: u, Label: info.Label, Lun: l, Extents: ext, Info: info, ForceMounted: force}
 
 	d, err := w.openLun(l)
 	if err != nil {
@@ -279,7 +397,7 @@ func (w *Host) createDatastoreEntity(v *Volume) {
 		v.DS = ds
 		return
 	}
-	capacity := volumeCapacity(v.Lun, &v.Info)
+	capacity := v.capacity()
 	free := capacity - 0x1600000 - dirSize(v.Dir())
 	now := time.Now()
 	ds := &simulator.Datastore{}
@@ -431,53 +549,77 @@ func (w *Host) unmountVolume(u string, forceMountedOnly bool, _ bool) types.Base
 func (w *Host) remountVolume(u string) types.BaseMethodFault {
 	w.mu.Lock()
 	_, mounted := w.volumes[u]
-	var lun *Lun
+	var ext []*Lun
+	missing := ""
 	for _, l := range w.luns {
-		if l.Vmfs != nil && l.Vmfs.UUIDString() == u && l.Vmfs.MatchesLun(l.NAA, l.Ident.Product) {
-			lun = l
+		if l.Vmfs != nil && l.Vmfs.HasFS && l.Vmfs.UUIDString() == u {
+			if e, m := w.spanOf(l); matchesAll(e) {
+				ext, missing = e, m
+			}
 		}
 	}
 	w.mu.Unlock()
 	if mounted {
 		return withMsg(&types.InvalidState{}, "VMFS volume "+u+" is already mounted")
 	}
-	if lun == nil {
+	if ext == nil {
 		return withMsg(&types.NotFound{}, "no VMFS volume with UUID "+u+" on any LUN")
 	}
+	if missing != "" {
+		return withMsg(&types.NotFound{}, "VMFS volume "+u+" is missing "+missing)
+	}
 	delete(userUnmounted, u)
-	_, f := w.mountVolume(lun, false)
+	_, f := w.mountVolume(ext, false)
 	return f
 }
 
-// unresolvedVolumes lists VMFS volumes whose stored device id does not match their LUN.
+// unresolvedVolumes lists VMFS volumes whose stored device id does not match their LUN. A
+// spanned volume is listed when one of its extents does not match; without all its extents it
+// is listed with incompleteExtents and is not resolvable.
 func (w *Host) unresolvedVolumes() []types.HostUnresolvedVmfsVolume {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	groups := map[string][]*Lun{}
 	var order []string
 	for _, l := range w.luns {
-		if l.Vmfs == nil || l.Vmfs.MatchesLun(l.NAA, l.Ident.Product) {
+		if l.Vmfs == nil {
 			continue
 		}
-		u := l.Vmfs.UUIDString()
-		if v, ok := w.volumes[u]; ok && v.Lun.Canonical == l.Canonical {
-			continue // force-mounted from this LUN
+		key := ""
+		if l.Vmfs.HasVT && l.Vmfs.NumDevices > 1 {
+			key = "lvm:" + l.Vmfs.LvmKey() // every extent, matching or not: the volume is judged whole
+		} else {
+			if !l.Vmfs.HasFS || l.Vmfs.MatchesLun(l.NAA, l.Ident.Product) {
+				continue
+			}
+			u := l.Vmfs.UUIDString()
+			if v, ok := w.volumes[u]; ok && v.Lun.Canonical == l.Canonical {
+				continue // force-mounted from this LUN
+			}
+			key = "uuid:" + u
 		}
-		if _, ok := groups[u]; !ok {
-			order = append(order, u)
+		if _, ok := groups[key]; !ok {
+			order = append(order, key)
 		}
-		groups[u] = append(groups[u], l)
+		groups[key] = append(groups[key], l)
 	}
 	sort.Strings(order)
 	var out []types.HostUnresolvedVmfsVolume
-	for _, u := range order {
-		ls := groups[u]
+	for _, key := range order {
+		ls := groups[key]
+		if strings.HasPrefix(key, "lvm:") {
+			if vol, ok := w.unresolvedSpan(ls); ok {
+				out = append(out, vol)
+			}
+			continue
+		}
+		u := strings.TrimPrefix(key, "uuid:")
 		sort.Slice(ls, func(i, j int) bool { return ls[i].Canonical < ls[j].Canonical })
 		_, mounted := w.volumes[u]
 		// another LUN carrying the same UUID with a matching id counts as a copy too
 		copies := len(ls) > 1 || mounted
 		for _, o := range w.luns {
-			if o.Vmfs != nil && o.Vmfs.UUIDString() == u && o.Vmfs.MatchesLun(o.NAA, o.Ident.Product) {
+			if o.Vmfs != nil && o.Vmfs.HasFS && o.Vmfs.UUIDString() == u && o.Vmfs.MatchesLun(o.NAA, o.Ident.Product) {
 				copies = true
 			}
 		}
@@ -501,9 +643,51 @@ func (w *Host) unresolvedVolumes() []types.HostUnresolvedVmfsVolume {
 			vol.TotalBlocks = blocks
 		}
 		out = append(out, vol)
-		_ = ls
 	}
 	return out
+}
+
+// unresolvedSpan describes a spanned volume as unresolved, if it is: an extent is a copy.
+// Called with w.mu held.
+func (w *Host) unresolvedSpan(ls []*Lun) (types.HostUnresolvedVmfsVolume, bool) {
+	sort.Slice(ls, func(i, j int) bool { return ls[i].Vmfs.FirstPE < ls[j].Vmfs.FirstPE })
+	var head *Lun
+	for _, l := range ls {
+		if l.Vmfs.HasFS {
+			head = l
+			break
+		}
+	}
+	if matchesAll(ls) {
+		return types.HostUnresolvedVmfsVolume{}, false // it mounts, or waits for its missing extents
+	}
+	missing := "the head extent"
+	u, label := formatVmfsUUID(ls[0].Vmfs.LvmUUID), ""
+	if head != nil {
+		if v, ok := w.volumes[head.Vmfs.UUIDString()]; ok && v.Lun.Canonical == head.Canonical {
+			return types.HostUnresolvedVmfsVolume{}, false // force-mounted from these LUNs
+		}
+		_, missing = w.spanOf(head)
+		u, label = head.Vmfs.UUIDString(), head.Vmfs.Label
+	}
+	vol := types.HostUnresolvedVmfsVolume{
+		VmfsLabel: label, VmfsUuid: u,
+		ResolveStatus: types.HostUnresolvedVmfsVolumeResolveStatus{
+			Resolvable: missing == "", IncompleteExtents: types.NewBool(missing != ""), MultipleCopies: types.NewBool(false),
+		},
+	}
+	var start int32
+	for i, l := range ls {
+		blocks := int32(volumeCapacity(l, l.Vmfs) >> 20)
+		vol.Extent = append(vol.Extent, types.HostUnresolvedVmfsExtent{
+			Device:     types.HostScsiDiskPartition{DiskName: l.Canonical, Partition: 1},
+			DevicePath: l.DevicePath() + ":1", VmfsUuid: u, IsHeadExtent: l == head, Ordinal: int32(i),
+			StartBlock: start, EndBlock: start + blocks - 1, Reason: "diskIdMismatch",
+		})
+		start += blocks
+	}
+	vol.TotalBlocks = start
+	return vol, true
 }
 
 func (w *Host) lunsForPaths(paths []string) ([]*Lun, types.BaseMethodFault) {
@@ -533,7 +717,10 @@ func (w *Host) resolveVolumes(specs []types.HostUnresolvedVmfsResolutionSpec) []
 			switch spec.UuidResolution {
 			case "forceMount":
 				var v *Volume
-				v, f = w.mountVolume(luns[0], true)
+				var ext []*Lun
+				if ext, f = w.forceMountExtents(luns); f == nil {
+					v, f = w.mountVolume(ext, true)
+				}
 				if f == nil {
 					res.Vmfs = w.hostVmfsVolume(v)
 				}
@@ -555,6 +742,27 @@ func (w *Host) resolveVolumes(specs []types.HostUnresolvedVmfsResolutionSpec) []
 	return out
 }
 
+// forceMountExtents orders the extents given for a force mount, head first, and refuses an
+// incomplete volume.
+func (w *Host) forceMountExtents(luns []*Lun) ([]*Lun, types.BaseMethodFault) {
+	if len(luns) == 1 && (!luns[0].Vmfs.HasVT || luns[0].Vmfs.NumDevices <= 1) {
+		return luns, nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, l := range luns {
+		if l.Vmfs.HasFS {
+			ext, missing := w.spanOf(l)
+			if missing != "" {
+				return nil, withMsg(&types.InvalidArgument{InvalidProperty: "extentDevicePath"},
+					"VMFS volume "+l.Vmfs.UUIDString()+" is missing "+missing+": it cannot be mounted")
+			}
+			return ext, nil
+		}
+	}
+	return nil, withMsg(&types.InvalidArgument{InvalidProperty: "extentDevicePath"}, "none of the extents given holds the VMFS volume's head")
+}
+
 func (w *Host) diskIDFor(l *Lun) DiskID {
 	return DiskID{
 		Type: 3, Lun: l.LunID, DevType: 0, ScsiLevel: l.Ident.ScsiLevel,
@@ -572,30 +780,63 @@ func (w *Host) hostMAC() string {
 	return w.netsys.NetworkInfo.Pnic[0].Mac
 }
 
-// resignature writes a new UUID, this LUN's device id and a snap- label, then mounts.
+// resignature writes a new UUID, each extent's own device id and a snap- label, then mounts.
+// A spanned volume is resignatured whole: every extent must be there.
 func (w *Host) resignature(l *Lun) (*Volume, types.BaseMethodFault) {
-	info := *l.Vmfs
-	old := info.UUIDString()
-	info.UUID = newVmfsUUID(w.hostMAC())
-	info.Disk = w.diskIDFor(l)
-	info.Label = "snap-" + randHex(8) + "-" + info.Label
-	if len(info.Label) > 127 {
-		info.Label = info.Label[:127]
-	}
-	d, err := w.openLun(l)
-	if err != nil {
-		return nil, withMsg(&types.HostConfigFault{}, fmt.Sprintf("cannot open LUN %s: %v", l.Canonical, err))
-	}
-	err = WriteHeaders(d, &info)
-	d.s.Close()
-	if err != nil {
-		return nil, withMsg(&types.HostConfigFault{}, fmt.Sprintf("writing VMFS header to %s: %v", l.Canonical, err))
-	}
 	w.mu.Lock()
-	l.Vmfs = &info
+	ext, missing := []*Lun{l}, ""
+	if l.Vmfs.HasVT && l.Vmfs.NumDevices > 1 {
+		ext, missing = nil, "the head extent"
+		for _, e := range w.extentsOf(l.Vmfs.LvmKey()) {
+			if e.Vmfs.HasFS {
+				ext, missing = w.spanOf(e)
+				break
+			}
+		}
+	}
 	w.mu.Unlock()
-	w.postEvent(fmt.Sprintf("VMFS volume %s on %s resignatured: %s -> %s", info.Label, l.Canonical, old, info.UUIDString()), false)
-	v, f := w.mountVolume(l, false)
+	if missing != "" {
+		return nil, withMsg(&types.InvalidArgument{InvalidProperty: "extentDevicePath"},
+			"VMFS volume on "+l.Canonical+" is missing "+missing+": resignature needs every extent")
+	}
+	head := ext[0]
+	old := head.Vmfs.UUIDString()
+	newUUID := newVmfsUUID(w.hostMAC())
+	var lvmUUID [16]byte
+	_, _ = rand.Read(lvmUUID[:])
+	label := "snap-" + randHex(8) + "-" + head.Vmfs.Label
+	if len(label) > 127 {
+		label = label[:127]
+	}
+	var names []string
+	for _, e := range ext {
+		names = append(names, e.Canonical+":1")
+	}
+	for i, e := range ext {
+		info := *e.Vmfs
+		info.Disk = w.diskIDFor(e)
+		info.HasVT, info.LvmUUID = true, lvmUUID
+		if i == 0 {
+			info.UUID, info.Label = newUUID, label
+			if len(ext) > 1 {
+				info.DeviceNames = names
+			}
+		}
+		d, err := w.openLun(e)
+		if err != nil {
+			return nil, withMsg(&types.HostConfigFault{}, fmt.Sprintf("cannot open LUN %s: %v", e.Canonical, err))
+		}
+		err = WriteHeaders(d, &info)
+		d.s.Close()
+		if err != nil {
+			return nil, withMsg(&types.HostConfigFault{}, fmt.Sprintf("writing VMFS header to %s: %v", e.Canonical, err))
+		}
+		w.mu.Lock()
+		e.Vmfs = &info
+		w.mu.Unlock()
+	}
+	w.postEvent(fmt.Sprintf("VMFS volume %s on %s resignatured: %s -> %s", label, head.Canonical, old, formatVmfsUUID(newUUID)), false)
+	v, f := w.mountVolume(ext, false)
 	if f != nil {
 		return nil, f
 	}
@@ -643,12 +884,16 @@ func (w *Host) createVmfs(l *Lun, name string, major int32) (*Volume, types.Base
 	info := &VmfsInfo{
 		PartStart: first * int64(d.bs), HasGPT: true, LvmMajor: uint32(major), Disk: w.diskIDFor(l),
 		DataOffset: defaultDataOffset, FsMajor: 24, UUID: newVmfsUUID(w.hostMAC()), Label: name,
+		HasFS: true, DeviceNames: []string{l.Canonical + ":1"},
 	}
 	if major == 5 {
 		info.FsMajor = 14
 	}
 	if err := WriteHeaders(d, info); err != nil {
 		return nil, withMsg(&types.HostConfigFault{}, fmt.Sprintf("writing VMFS header to %s: %v", l.Canonical, err))
+	}
+	if err := WriteFilesystem(d, info); err != nil {
+		return nil, withMsg(&types.HostConfigFault{}, fmt.Sprintf("writing VMFS metadata to %s: %v", l.Canonical, err))
 	}
 	if err := ClearDirectory(d, info); err != nil {
 		return nil, withMsg(&types.HostConfigFault{}, err.Error())
@@ -657,7 +902,7 @@ func (w *Host) createVmfs(l *Lun, name string, major int32) (*Volume, types.Base
 	l.Vmfs = info
 	w.mu.Unlock()
 	d.s.Close()
-	return w.mountVolume(l, false)
+	return w.mountVolume([]*Lun{l}, false)
 }
 
 // buildDirectory collects a volume's working files.
@@ -756,7 +1001,7 @@ func (w *Host) SyncAll() {
 
 func (w *Host) refreshFreeSpace(vols []*Volume) {
 	for _, v := range vols {
-		free := volumeCapacity(v.Lun, &v.Info) - 0x1600000 - dirSize(v.Dir())
+		free := v.capacity() - 0x1600000 - dirSize(v.Dir())
 		if v.DS.Summary.FreeSpace != free {
 			simulator.Map.WithLock(v.DS, func() {
 				v.DS.Summary.FreeSpace = free
@@ -787,7 +1032,7 @@ func (w *Host) registerMount(v *Volume) {
 		return
 	}
 	rec := mountRecord{Host: w.cfg.Hostname, PID: os.Getpid(), UUID: v.UUID, Label: v.Label,
-		Device: v.Lun.Canonical, DeviceID: v.Lun.DeviceID(), Forced: v.ForceMounted}
+		Device: v.Lun.Canonical, DeviceID: PrintableDeviceID(v.Lun.DeviceID()), Forced: v.ForceMounted}
 	b, _ := json.Marshal(rec)
 	_ = ioutil.WriteFile(w.mountRecordPath(v.UUID), b, 0644)
 	files, _ := filepath.Glob(filepath.Join(w.cfg.MountRegistry, v.UUID+"@*.json"))
