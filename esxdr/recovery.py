@@ -631,6 +631,7 @@ def _s_clone(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _s_present(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr import vmfs
     from esxdr.targets import tgt
     from esxdr.targets.manifest import manifest_from_dict
     from esxdr.targets.probe import Session
@@ -644,17 +645,28 @@ def _s_present(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
     initiator = next((g.members[0] for g in m.initiator_groups if g.members), DEFAULT_INITIATOR)
     portal = d.server.target  # type: ignore[union-attr]
     seen: dict[str, str] = {}
+    headers: list = []  # (naa, VMFS header) of each LU presented
     for target in m.targets:
         with Session(portal.portal_address, portal.portal_port, target=target.iqn, initiator=initiator) as s:
             for n in s.report_luns():
                 ident = s.identify(n)
                 if ident.device_type == 0 and ident.naa:
                     seen[ident.naa] = f"{ident.vendor}/{ident.product}"
+                    h = vmfs.try_read_header(s.reader(n, ident.block_size), ident.size_bytes, ident.block_size,
+                                             source=f"naa.{ident.naa}") if ident.size_bytes else None
+                    if h is not None:
+                        headers.append((ident.naa, h))
     want = [lu["naa"] for lu in step.params["luns"]]
     missing = [n for n in want if n not in seen]
     if missing:
         raise ConflictError(f"the DR target does not serve {', '.join('naa.' + n for n in missing)} after the import",
                             hint="look at the tgtd log; esxdr target verify shows what it serves")
+    # A datastore spanning LUNs mounts only with every extent: refuse before ESXi is asked (docs/vmfs.md).
+    spans = vmfs.incomplete(headers)
+    if spans:
+        raise ConflictError("; ".join(spans),
+                            hint=f"put the dataset of every LUN of that datastore in protection group {d.g.name} "
+                                 "(esxdr vmfs inspect on the LUNs shows their extents)")
     return [f"naa.{n} on the wire ({seen[n]})" for n in want]
 
 

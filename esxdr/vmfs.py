@@ -530,6 +530,19 @@ def group_volumes(found: list[tuple[str, VmfsHeader]]) -> list[Volume]:
     return out
 
 
+def try_read_header(read_at: ReadAt, size: int, block_size: int = 512, source: str = "device") -> VmfsHeader | None:
+    """:func:`read_header`, or None for a LUN without an LVM header (blank, or not VMFS)."""
+    try:
+        return read_header(read_at, size, block_size, source)
+    except UsageError:
+        return None
+
+
+def incomplete(found: list[tuple[str, VmfsHeader]]) -> list[str]:
+    """One sentence per volume among ``found`` that misses an extent (an empty list: all whole)."""
+    return [v.describe_missing() for v in group_volumes(found) if v.missing()]
+
+
 # --------------------------------------------------------------------------- writing (lab)
 def _gpt(total_sectors: int, bs: int, disk_guid: bytes, part_guid: bytes) -> tuple[bytes, bytes, int, int]:
     """Protective MBR + primary GPT, and the backup GPT, with one VMFS partition from LBA 2048."""
