@@ -55,6 +55,7 @@ def _up_down_twice(cfg: LabConfig, before: set[str], d: str) -> None:
         assert len(g.luns) == 2 and all(lu.naa.startswith("naa.600144f0") for lu in g.luns.values())
         assert len(g.vms) == 4
         if _round == 0:
+            check_debugvmfs6_reads_the_seeded_luns(lab, g)
             check_replication_ships_identities(lab, g)
         state = lab.state()
         procs = [state["sshd"]["pid"], *(t["pid"] for t in state["tgtd"].values()),
@@ -71,6 +72,34 @@ def _up_down_twice(cfg: LabConfig, before: set[str], d: str) -> None:
             pwd.getpwnam(cfg.account)
         assert not Path(d).exists()
         assert not Path(f"/etc/sudoers.d/{cfg.account}").exists()
+
+
+def check_debugvmfs6_reads_the_seeded_luns(lab, g) -> None:
+    """debugvmfs6 (Debian vmfs6-tools), a VMFS reader no one here wrote, opens every volume esxsim
+    created on the lab's production LUNs and prints the UUID and label the site file records.
+    It reads a partition, not a GPT LUN: it gets the partition, as `losetup -o` would give it."""
+    import re
+    import shutil
+
+    from esxdr import vmfs
+
+    tool = shutil.which("debugvmfs6") or "/usr/sbin/debugvmfs6"
+    assert Path(tool).exists(), "debugvmfs6 is missing: scripts/setup installs vmfs6-tools"
+    for spec in g.luns.values():
+        mountpoint = subprocess.run(["zfs", "get", "-H", "-o", "value", "mountpoint", spec.dataset],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+        image = Path(mountpoint) / "lun.img"
+        h = vmfs.inspect(image)
+        part = Path(lab.cfg.dir) / "partition.img"
+        size = image.stat().st_size - h.partition_offset - 34 * 512
+        with open(image, "rb") as src, open(part, "wb") as dst:
+            src.seek(h.partition_offset)
+            dst.write(src.read(size))
+        r = subprocess.run([tool, str(part), "show"], capture_output=True, text=True, timeout=60)
+        part.unlink()
+        assert r.returncode == 0, f"debugvmfs6 on {image}: {r.stderr}"
+        shown = {m[1].strip(): m[2].strip() for m in re.finditer(r"^\s*([^:\n]+):\s*(.*)$", r.stdout, re.M)}
+        assert (shown["UUID"], shown["Label"]) == (spec.vmfs_uuid, spec.datastore), (image, shown)
 
 
 def check_replication_ships_identities(lab, g) -> None:
