@@ -274,6 +274,19 @@ class Engine:
             src_obs = src.zfs.observe([g.source_root])
         if opts.take_snapshot:
             name = snapshot_name(g.name, now)
+            if opts.now is None and any(name == s.name for d in src_obs.values() for s in d.snapshots):
+                # a run that ended within this second took the name already: names are per second
+                time.sleep(1.05 - now.microsecond / 1e6)
+                now = datetime.now(UTC)
+                name = snapshot_name(g.name, now)
+            # A run that will be refused takes no snapshot: the conflicts do not depend on it, and a
+            # refused run's snapshot would only be one more for retention (and the operator's next
+            # run, the one the hint names, would find its name taken within the same second).
+            _, refused = plan_group(g, {ds: _with_new_snapshot(d, name, int(now.timestamp()))
+                                        if ds in g.datasets else d for ds, d in src_obs.items()},
+                                    dst_obs, rollback_dr=opts.rollback_dr)
+            if refused:
+                raise _combine(refused)
             result.snapshot = name
             opts.say(f"{g.name}: snapshot {g.source_root}@{name} ({len(g.datasets)} datasets, atomic)")
             if not opts.dry_run:
