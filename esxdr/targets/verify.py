@@ -141,7 +141,8 @@ def predict(session: Session, lun: int, wire: LunIdentity) -> tuple[str, dict | 
 def _spanned(checks: list[LuCheck]) -> None:
     """Volumes over several LUs: every extent must be served, and one snapshot extent makes the
     whole volume a snapshot. Runs over the checks of all targets (extents may sit on any)."""
-    found = [(c.naa, c.header) for c in checks if c.header is not None]
+    # One LU presented by several targets (or twice) is one extent, not two.
+    found = list({c.naa: (c.naa, c.header) for c in checks if c.header is not None}.values())
     by_naa = {c.naa: c for c in checks if c.header is not None}
     for v in vmfs.group_volumes(found):
         if v.num_devices <= 1 and len(v.extents) == 1:

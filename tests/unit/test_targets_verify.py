@@ -238,3 +238,18 @@ def test_verify_notes_a_lun_number_other_than_the_recorded_one(serve, tmp_path):
     (c,) = r.checks
     assert c.ok and c.prediction == verify_mod.MOUNT  # a note, not a failure: see docs/vmfs.md
     assert "records LUN 0; this LU is LUN 1 here" in c.notes[0] and "note: the LVM header" in r.text()
+
+
+def test_verify_one_lu_on_two_targets_is_one_extent(serve, tmp_path):
+    # COMSTAR views often present one LU through two targets: its header is one volume's only
+    # extent, seen twice, not a volume over two LUs with one missing.
+    a = _image(tmp_path, "a.img")
+    vmfs.write_vmfs(a, uuid=vmfs.new_uuid(), label="ds-a", naa=NAA_A, product_id="COMSTAR", lun=1)
+    serve(_sized(_wire(1, NAA_A), a), images={1: a})
+    other = "iqn.2010-09.org.example:dr2"
+    lu = _lu(NAA_A, 1)
+    lu.views = [View(lun=1, target=IQN), View(lun=1, target=other)]
+    r = verify(Manifest(targets=[Target(iqn=IQN), Target(iqn=other)], logical_units=[lu]), "127.0.0.2",
+               initiator=INITIATOR)
+    assert [c.prediction for c in r.checks] == [verify_mod.MOUNT, verify_mod.MOUNT], r.text()
+    assert r.ok, r.text()
