@@ -279,29 +279,25 @@ class Engine:
                 time.sleep(1.05 - now.microsecond / 1e6)
                 now = datetime.now(UTC)
                 name = snapshot_name(g.name, now)
-            # A run that will be refused takes no snapshot: the conflicts do not depend on it, and a
-            # refused run's snapshot would only be one more for retention (and the operator's next
-            # run, the one the hint names, would find its name taken within the same second).
-            _, refused = plan_group(g, {ds: _with_new_snapshot(d, name, int(now.timestamp()))
-                                        if ds in g.datasets else d for ds, d in src_obs.items()},
-                                    dst_obs, rollback_dr=opts.rollback_dr)
-            if refused:
-                raise _combine(refused)
+            # Planned with the snapshot it is about to take, so that a run that will be refused takes
+            # none: a refused run's snapshot would only be one more for retention, and the run its
+            # hint names would find the name taken within the same second.
+            observed = src_obs
+            src_obs = {ds: _with_new_snapshot(d, name, int(now.timestamp())) if ds in g.datasets else d
+                       for ds, d in src_obs.items()}
+        plans, conflicts = plan_group(g, src_obs, dst_obs, rollback_dr=opts.rollback_dr)
+        if conflicts:
+            raise _combine(conflicts)
+        if opts.take_snapshot:
             result.snapshot = name
             opts.say(f"{g.name}: snapshot {g.source_root}@{name} ({len(g.datasets)} datasets, atomic)")
             if not opts.dry_run:
                 checkpoint("before-snapshot")
                 with self._consistency() as consistency:
-                    take_snapshot(g, src, src_obs, name, props={"esxdr:consistency": consistency.level})
+                    take_snapshot(g, src, observed, name, props={"esxdr:consistency": consistency.level})
                 result.consistency = consistency.to_dict()
                 self._level = consistency.level
                 checkpoint("after-snapshot")
-            for ds in g.datasets:
-                if ds in src_obs:
-                    src_obs[ds] = _with_new_snapshot(src_obs[ds], name, int(now.timestamp()))
-        plans, conflicts = plan_group(g, src_obs, dst_obs, rollback_dr=opts.rollback_dr)
-        if conflicts:
-            raise _combine(conflicts)
         if not plans or all(isinstance(a, UpToDate) for _, _, acts in plans for a in acts):
             newest = plans[0][2][0].snapshot.name if plans and plans[0][2] else None  # type: ignore[attr-defined]
             result.snapshot = result.snapshot or newest
