@@ -11,22 +11,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vsphere_fixtures import ESXDR, naa_for, run_esxdr, start_lab, vmfs_uuid_for
+from vsphere_fixtures import ESXDR, esxdr_on, naa_for, start_lab, vmfs_uuid_for
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi")
-pytest_plugins = ["conftest_esxsim"]
-
-
-@pytest.fixture
-def lab(esxsim_binary, tmp_path):
-    lab = start_lab(tmp_path / "lab", binary=esxsim_binary)
-    yield lab
-    lab.stop()
-
-
-def esxdr(lab, *args, check=None):
-    return run_esxdr(lab.site, lab.esx.password, *args, check=check)
+pytest_plugins = ["conftest_esxsim", "vsphere_fixtures"]  # the latter gives the `lab` fixture
+esxdr = esxdr_on
 
 
 def test_plan_apply_from_empty_then_second_plan_is_empty(lab):

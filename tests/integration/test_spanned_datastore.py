@@ -11,27 +11,17 @@ import json
 
 import pytest
 from conftest_esxsim import make_lun_file
-from vsphere_fixtures import PRODUCT, TARGET_IQN, naa_for, run_esxdr, start_lab, vmfs_uuid_for
+from vsphere_fixtures import PRODUCT, TARGET_IQN, esxdr_on, naa_for, vmfs_uuid_for
 
 from esxdr import vmfs
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi")
-pytest_plugins = ["conftest_esxsim"]
+pytest_plugins = ["conftest_esxsim", "vsphere_fixtures"]  # the latter gives the `lab` fixture
+esxdr = esxdr_on
 
 DR_INITIATOR = "iqn.1998-01.com.vmware:esx-dr"  # esxsim's esx-dr
 MOUNTS = "will mount as-is"
-
-
-@pytest.fixture
-def lab(esxsim_binary, tmp_path):
-    lab = start_lab(tmp_path / "lab", binary=esxsim_binary)
-    yield lab
-    lab.stop()
-
-
-def esxdr(lab, *args, check=None):
-    return run_esxdr(lab.site, lab.esx.password, *args, check=check)
 
 
 def verify_json(lab, manifest, check):

@@ -10,8 +10,11 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 for p in (str(ROOT), str(Path(__file__).resolve().parent)):
@@ -39,6 +42,19 @@ def run_esxdr(site, password: str, *args: str, check: int | None = None, env_nam
     if check is not None:
         assert p.returncode == check, p.stdout + p.stderr
     return p
+
+
+def esxdr_on(lab: DrLab, *args: str, check: int | None = None) -> subprocess.CompletedProcess:
+    """The esxdr CLI on a DR lab's own site file (see start_lab)."""
+    return run_esxdr(lab.site, lab.esx.password, *args, check=check)
+
+
+@pytest.fixture
+def lab(esxsim_binary: Path, tmp_path: Path) -> Iterator[DrLab]:
+    """A DR lab (tgtd + esxsim as esx-dr) for modules that list this file in pytest_plugins."""
+    lab = start_lab(tmp_path / "lab", binary=esxsim_binary)
+    yield lab
+    lab.stop()
 
 
 def naa_for(i: int) -> str:
