@@ -58,16 +58,30 @@ from esxdr.replication import failover_marker
 
 
 # --------------------------------------------------------------------------- where it runs
-def on_dr_box(site, server_name: str):  # Site -> Site
-    """The site as seen from the DR box: ``server_name`` is local (its own zfs, its own tgtadm)."""
+def on_dr_box(site, server_name: str, *, what: str = "failover", refused: str = "promote replicas",
+              dataset: str | None = None):  # Site -> Site
+    """The site as seen from the DR box: ``server_name`` is local (its own zfs, its own tgtadm).
+
+    A loopback address counts as this machine only where ``dataset``'s pool is here too: a port
+    forwarded to a VM (the OpenZFS lane) is also 127.0.0.1, and its pools are not this machine's."""
     from esxdr.vsphere.session import is_loopback
 
     server = site.storage_server(server_name)
     if server.local:
         return site
-    if not (server.address and is_loopback(server.address)):
-        raise UsageError(f"failover acts on {server_name} with its own privileges, and esxdr reaches it through "
-                         f"{server.user or 'an account'}@{server.address} (esxdr serve may not promote replicas)",
+    here = bool(server.address and is_loopback(server.address))
+    if here and dataset:
+        import subprocess
+
+        pool = dataset.split("/", 1)[0]
+        try:
+            here = subprocess.run(["zfs", "list", "-H", "-o", "name", pool], capture_output=True,
+                                  timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            here = False
+    if not here:
+        raise UsageError(f"{what} acts on {server_name} with its own privileges, and esxdr reaches it through "
+                         f"{server.user or 'an account'}@{server.address} (esxdr serve may not {refused})",
                          hint=f"run esxdr on {server_name} itself, with a site file in which storage.{server_name} "
                               "has local: true")
     storage = {**site.storage, server_name: dataclasses.replace(server, local=True, zfs_command=("zfs",))}

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from esxdr.errors import ConflictError, EsxdrError, ReplicationConflict, TransientError, UsageError
+from esxdr.errors import (
+    CommandFailed,
+    ConflictError,
+    EsxdrError,
+    ReplicationConflict,
+    TransientError,
+    UsageError,
+)
 from esxdr.faults import checkpoint
 from esxdr.lock import GroupLock
 from esxdr.model import Capabilities, Dataset, Snapshot
@@ -67,6 +74,9 @@ class Side:
     caps: Capabilities
     local: bool
     address: str | None = None
+    # Reached through `esxdr serve` (the site names its serve_prefix): the account there may not
+    # release, destroy or roll back, so this side's retention and rollbacks run on the box itself.
+    guarded: bool = False
 
 
 def open_side(site, server_name: str, *, prewarm: bool = False) -> Side:
@@ -79,7 +89,21 @@ def open_side(site, server_name: str, *, prewarm: bool = False) -> Side:
     zfs_cmd = tuple(server.zfs_command) if server.local else ("zfs",)
     caps = detect(transport, zfs_cmd, server.zfs, os.path.join(site.state_dir, "hosts"))
     return Side(name=server_name, transport=transport, zfs=Zfs(transport, caps, zfs_cmd), caps=caps,
-                local=server.local, address=server.address)
+                local=server.local, address=server.address,
+                guarded=bool(server.serve_prefix) and not server.local)
+
+
+def dr_side_site(site, group, what: str, refused: str):  # (Site, ProtectionGroup, …) -> Site
+    """The site as the DR box sees it, for what only DR may do to its replicas (roll back, prune).
+
+    A DR reached through `esxdr serve` refuses those through the replication key; esxdr then has
+    to run on the DR box (or, in the lab, beside it on a loopback address)."""
+    server = site.storage_server(group.destination)
+    if not server.serve_prefix or server.local:
+        return site
+    from esxdr.failover import on_dr_box
+
+    return on_dr_box(site, group.destination, what=what, refused=refused, dataset=group.dr_root)
 
 
 @dataclass
@@ -207,6 +231,10 @@ class Engine:
         if group_name not in site.protection_groups:
             known = ", ".join(sorted(site.protection_groups)) or "none"
             raise UsageError(f"no protection group {group_name!r} in {site.path}", hint=f"known groups: {known}")
+        if opts.rollback_dr:
+            # Rolling DR back destroys DR snapshots and data: DR does that itself, never the key.
+            site = dr_side_site(site, site.protection_groups[group_name], "--rollback-dr",
+                                "roll back, release or destroy on DR")
         self.site = site
         self.group = site.protection_groups[group_name]
         self.opts = opts
@@ -215,6 +243,7 @@ class Engine:
         self._kinds: dict[str, str] = {}
         self._own_mountpoint: set[str] = set()  # replicas that mount somewhere (see _seal_replica)
         self._level: str | None = None
+        self._dst_obs: dict[str, Dataset] = {}
 
     def close(self) -> None:
         for s in (self.src, self.dst):
@@ -262,6 +291,7 @@ class Engine:
             return self.dst.zfs.observe([g.dr_root])
 
         src_obs, dst_obs = both(source_side, dr_side)
+        self._dst_obs = dst_obs
         src, dst = self.src, self.dst
         assert src is not None and dst is not None
         from esxdr.zfs.compat import preflight
@@ -287,6 +317,11 @@ class Engine:
                        for ds, d in src_obs.items()}
         plans, conflicts = plan_group(g, src_obs, dst_obs, rollback_dr=opts.rollback_dr)
         if conflicts:
+            if dst.guarded:
+                for c in conflicts:
+                    if c.hint and "--rollback-dr" in c.hint:
+                        c.hint += (f" (on the DR box: {dst.name} is behind esxdr serve, which takes no rollback "
+                                   "through the replication key)")
             raise _combine(conflicts)
         if opts.take_snapshot:
             result.snapshot = name
@@ -399,8 +434,23 @@ class Engine:
         src, dst = self.src, self.dst
         assert src and dst
         if isinstance(action, RollbackDr):
-            dst.zfs.rollback(action.to.full_name, destroy_newer=True)
+            self._release_own_holds([f"{r.dest}@{n.lstrip('@')}" for n in action.discards])
+            try:
+                dst.zfs.rollback(action.to.full_name, destroy_newer=True)
+            except (TransientError, CommandFailed) as e:
+                # Busy after esxdr's own holds are gone: another tag's hold or a clone (a drill) keeps
+                # a snapshot it would destroy. Waiting does not change that.
+                hint = (f"a hold of another tag or a clone keeps one of {', '.join(action.discards)} (see "
+                        f"`zfs holds` and `zfs list -t all -o name,origin` on {dst.name}); release or remove it, "
+                        "then run again")
+                raise ReplicationConflict("held", f"{r.dest}: rolling back to @{action.to.name} failed: {e.message}",
+                                          hint=hint, evidence={"dataset": r.dest, "to": action.to.name,
+                                                               "discards": list(action.discards)}) from e
             return 0
+        if isinstance(action, SendFull) and action.force and r.dest in self._dst_obs:
+            # A full stream replaces a dataset only where it has no snapshots, on every stack:
+            # re-seeding destroys the unrelated DR dataset first (the operator's --rollback-dr).
+            self._reseed_destroy(r.dest)
         if isinstance(action, SendFull | SendIncremental | Resume):
             if isinstance(action, SendFull):
                 send = src.zfs.send_argv(None, action.source.full_name, False)
@@ -431,6 +481,33 @@ class Engine:
                                    mounted=r.dest in self._own_mountpoint)
             return res.bytes
         raise AssertionError(f"unknown action {action!r}")
+
+    def _release_own_holds(self, snapshots: list[str]) -> None:
+        """Release replication's own hold, and only it, from DR snapshots about to be destroyed.
+
+        One call each: a snapshot that does not carry the tag fails alone (check=False)."""
+        assert self.dst
+        held = {s.full_name for ds in self._dst_obs.values() for s in ds.snapshots if s.held}
+        for name in snapshots:
+            if name in held:
+                self.dst.zfs.release(hold_tag(self.group.name), [name])
+
+    def _reseed_destroy(self, dest: str) -> None:
+        """--rollback-dr onto a DR dataset that shares no snapshot with production: no stack receives
+        a full stream over a dataset with snapshots, so it is destroyed first (with DR's privileges)."""
+        assert self.dst
+        below = sorted(n for n in self._dst_obs if n.startswith(dest + "/"))
+        if below:
+            raise ConflictError(f"{dest} on {self.dst.name} has datasets below it ({', '.join(below)}); "
+                                "a full stream cannot replace it", hint="move or destroy them on DR first")
+        self._release_own_holds([s.full_name for s in self._dst_obs[dest].snapshots])
+        try:
+            self.dst.zfs.destroy_replica(dest)
+        except (TransientError, CommandFailed) as e:
+            raise ConflictError(f"{dest}: destroying it for the full stream failed: {e.message}",
+                                hint="a hold of another tag or a clone (a drill) keeps it; release or remove "
+                                     "that, then run again") from e
+        self._dst_obs.pop(dest, None)
 
     # -- application consistency ---------------------------------------------------------
     def _consistency(self):
@@ -606,7 +683,8 @@ class Engine:
         level = (self._level or "crash")
 
         def dr_side() -> None:
-            move(dst, new_dst, old_dst)
+            # A guarded DR keeps replication's holds until the DR box prunes (the key may not release).
+            move(dst, new_dst, [] if dst.guarded else old_dst)
             if level != "crash" and new_dst:
                 # send without -p carries no user properties; DR must know the level even when
                 # production is gone (drills and failover report it). Crash is the default.
@@ -648,10 +726,12 @@ class Engine:
         g = self.group
         out: dict[str, list[str]] = {}
         tz = g.schedule.timezone if g.schedule else "UTC"
-        for side, obs, rules, mapping in (
-            (self.src, src_obs, g.retention.source, {ds: g.dr_dataset(ds) for ds in g.datasets}),
-            (self.dst, dst_obs, g.retention.destination, {g.dr_dataset(ds): ds for ds in g.datasets}),
-        ):
+        sides = [(self.src, src_obs, g.retention.source, {ds: g.dr_dataset(ds) for ds in g.datasets})]
+        if not self.dst.guarded:
+            # A guarded DR prunes itself, on its own schedule (`esxdr prune --side dr` on the DR box):
+            # the replication key cannot shorten the DR retention window.
+            sides.append((self.dst, dst_obs, g.retention.destination, {g.dr_dataset(ds): ds for ds in g.datasets}))
+        for side, obs, rules, mapping in sides:
             other = dst_obs if side is self.src else src_obs
             doomed: list[str] = []
             for name, ds in sorted(obs.items()):
@@ -671,7 +751,7 @@ class Engine:
             out[side.name] = doomed
 
         def destroy(side: Side) -> None:
-            doomed = out[side.name]
+            doomed = out.get(side.name, [])
             if doomed and not dry_run:
                 self.opts.say(f"{g.name}: prune {len(doomed)} snapshot(s) on {side.name}")
                 side.zfs.destroy_snapshots(doomed[:1])
@@ -715,6 +795,53 @@ def prune_decisions(ds: Dataset, rules, group: str, protected: frozenset[int], p
     rule_map = {k: getattr(rules, k) for k in ("hourly", "daily", "weekly", "monthly", "yearly")}
     return decide(ds.snapshots, rule_map, last=max(1, rules.last), prefix=esxdr_prefix(group),
                   protected_guids=protected, prune_foreign=prune_foreign, timezone=tz)
+
+
+@dataclass
+class DrPrune:
+    """What `esxdr prune --side dr` decided and did on the DR box."""
+    decisions: list[Decision]
+    destroyed: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)  # snapshot -> why it could not be destroyed
+
+
+def prune_dr_side(site, group, *, dry_run: bool) -> DrPrune:
+    """DR retention, run on the DR box with its own privileges, from DR's view alone.
+
+    Production may be gone or hostile, so nothing is asked of it: each replica keeps its newest
+    snapshot (the base of the next incremental, which production holds too) and whatever the DR
+    rules keep. Replication's own hold (and only it) is released from what is destroyed; a
+    snapshot kept by another hold or by a clone (a drill) stays, and is reported.
+    """
+    dst = open_side(site, group.destination)
+    try:
+        obs = dst.zfs.observe([group.dr_root])
+        tz = group.schedule.timezone if group.schedule else "UTC"
+        out = DrPrune(decisions=[])
+        doomed: list[Snapshot] = []
+        for name, ds in sorted(obs.items()):
+            if not ds.snapshots:
+                continue
+            newest = max(ds.snapshots, key=lambda x: x.createtxg)
+            protected = frozenset({newest.guid}) if name in group.dr_datasets else frozenset()
+            decisions = prune_decisions(ds, group.retention.destination, group.name, protected,
+                                        group.retention.prune_foreign, tz)
+            out.decisions += decisions
+            doomed += [d.snapshot for d in decisions if not d.keep]
+        if dry_run:
+            return out
+        tag = hold_tag(group.name)
+        for snap in doomed:
+            if snap.held:
+                dst.zfs.release(tag, [snap.full_name])
+            try:
+                dst.zfs.destroy_snapshots([snap.full_name])
+                out.destroyed.append(snap.full_name)
+            except (TransientError, CommandFailed) as e:
+                out.kept[snap.full_name] = e.message
+        return out
+    finally:
+        dst.transport.close()
 
 
 def _combine(conflicts: list) -> ReplicationConflict:

@@ -91,6 +91,22 @@ def _flags(args: list[str], allowed: str) -> list[str]:
     return rest
 
 
+def _check_token(token: str, prefixes: list[str]) -> None:
+    """``send -t``: libzfs finds the snapshot to send by the token's toguid, so a token is only as
+    good as what it names. Its toname must be a snapshot under the prefix; main() then checks that
+    this snapshot exists and carries the token's toguid."""
+    from esxdr.sendstream import BadStream, decode_token
+
+    try:
+        fields = decode_token(token)
+    except BadStream as e:
+        raise Refused(str(e)) from e
+    toname, toguid = fields.get("toname"), fields.get("toguid")
+    if not isinstance(toname, str) or not isinstance(toguid, int):
+        raise Refused("the resume token names no snapshot (toname, toguid)")
+    _need_dataset(toname, prefixes, snapshot=True)
+
+
 def check_zfs(args: list[str], prefixes: list[str]) -> None:
     """Refuse any zfs invocation esxdr does not make."""
     if not args:
@@ -125,13 +141,17 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
     if verb in ("receive", "recv"):
         # No -A: aborting a resumable receive deletes its partial state, and esxdr never asks
         # for it (a stale token is resumed or superseded by a new stream, never thrown away).
+        # -F is checked by main() against the stream's first record and the replica's snapshots.
         rest = _flags(rest, "uFsv")
         if len(rest) != 1:
             raise Refused("receive takes exactly one dataset")
         _need_dataset(rest[0], prefixes, snapshot=False)
         return
     if verb == "send":
-        if rest[:1] == ["-t"] and len(rest) == 2 and re.match(r"^[0-9a-f\-]+$", rest[1]):
+        if rest[:1] == ["-t"]:
+            if len(rest) != 2:
+                raise Refused("send -t takes one resume token")
+            _check_token(rest[1], prefixes)
             return
         i = 0
         while i < len(rest) and rest[i].startswith("-"):
@@ -162,18 +182,19 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
             _need_dataset(s, prefixes, snapshot=True)
         return
     if verb == "destroy":
-        rest = _flags(rest, "d")
+        rest = _flags(rest, "")
         if len(rest) != 1:
-            raise Refused("destroy takes exactly one snapshot or test clone")
+            raise Refused("destroy takes exactly one drill clone or bookmark")
         if "#" in rest[0]:
             _need_bookmark(rest[0], prefixes)  # destroys only the bookmark, never data
             return
         if "@" not in rest[0] and _is_test_clone(rest[0]):
             _need_dataset(rest[0], prefixes, snapshot=False)
             return
-        # Otherwise snapshots only (ds@a or ds@a,b,c): replicas are never destroyed remotely.
-        _need_dataset(rest[0].replace(",", "_"), prefixes, snapshot=True)
-        return
+        # No snapshot, ever: the DR retention window is kept by the DR box itself
+        # (`esxdr prune --side dr` there), so this key cannot shorten it.
+        raise Refused(f"zfs destroy of {rest[0]!r} is not allowed: only drill clones (esxdr-test…) and "
+                      "esxdr's bookmarks; DR snapshots are pruned on the DR box")
     if verb == "clone":
         i = 0
         while i < len(rest) and rest[i] == "-o":
@@ -200,6 +221,12 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
         rest = _flags(rest, "")
         if len(rest) < 2 or not HOLD_TAG_RE.match(rest[0]):
             raise Refused(f"{verb} takes an esxdr tag and snapshots")
+        # A released hold is the first half of a destroy. Only a drill's own hold (esxdr-test-…)
+        # is released through this key; replication's (esxdr_…) is released by the DR box when
+        # it prunes, and no snapshot is destroyed through this key anyway.
+        if verb == "release" and not rest[0].startswith("esxdr-test"):
+            raise Refused(f"release of {rest[0]!r} is not allowed: only a drill's hold (esxdr-test-…); "
+                          "the DR box releases replication's holds when it prunes")
         for snap in rest[1:]:
             _need_dataset(snap, prefixes, snapshot=True)
         return
@@ -214,11 +241,7 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
             raise Refused("a bookmark must be made in its snapshot's dataset")
         return
     if verb == "rollback":
-        rest = _flags(rest, "r")
-        if len(rest) != 1:
-            raise Refused("rollback takes one snapshot")
-        _need_dataset(rest[0], prefixes, snapshot=True)
-        return
+        raise Refused("zfs rollback is not allowed: `esxdr replicate --rollback-dr` runs on the DR box")
     if verb == "set":
         # set prop=value [prop=value ...] dataset [dataset ...]
         props = [a for a in rest if "=" in a and "@" not in a.split("=", 1)[0]]
@@ -469,24 +492,210 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(json.dumps(capabilities(zfs)) + "\n")
         return 0
     assert isinstance(parsed, list)
+    argv = next(st for st in parsed if st[0] == "zfs")
     try:
         _check_clone_mountpoint(parsed, zfs)
+        if argv[1] == "send" and argv[2:3] == ["-t"]:
+            _check_token_snapshot(argv[3], zfs)
+        if argv[1] == "create":
+            _check_create_mounts(argv, zfs, sudo)
+        if argv[1] in ("receive", "recv"):
+            return _receive(parsed, zfs, logs, command)
     except Refused as e:
         _log(logs, f"REFUSED {command!r}: {e}", refused=True)
         sys.stderr.write(f"esxdr serve: refused: {e}\n")
         return 126
     _log(logs, f"run {command!r}")
-    argvs = [(zfs + s[1:]) if s[0] == "zfs" else s for s in parsed]
+    argvs = [(zfs + st[1:]) if st[0] == "zfs" else st for st in parsed]
     if len(argvs) == 1:
         os.execvp(argvs[0][0], argvs[0])
+    procs = _start(argvs, stdin=None)
+    rcs = [p.wait() for p in procs]
+    return next((rc for rc in reversed(rcs) if rc), 0)
+
+
+def _start(argvs: list[list[str]], stdin, last_stdout=None) -> list[subprocess.Popen]:
+    """Start a pipeline, each stage's stdout the next one's stdin."""
     procs: list[subprocess.Popen] = []
-    prev = None
+    prev = stdin
     for i, stage in enumerate(argvs):
-        p = subprocess.Popen(stage, stdin=prev if prev is not None else None,
-                             stdout=subprocess.PIPE if i < len(argvs) - 1 else None)
-        if prev is not None:
+        p = subprocess.Popen(stage, stdin=prev, stdout=subprocess.PIPE if i < len(argvs) - 1 else last_stdout)
+        if prev is not None and prev is not stdin:
             prev.close()
         prev = p.stdout
         procs.append(p)
-    rcs = [p.wait() for p in procs]
-    return next((rc for rc in reversed(rcs) if rc), 0)
+    return procs
+
+
+# -- what zfs would do, read before it does it ---------------------------------------------------
+
+def _zfs_get(zfs: list[str], props: str, dataset: str, *, recursive: bool = False) -> list[list[str]] | None:
+    """``zfs get`` rows (name, property, value); None when the dataset does not exist."""
+    out = subprocess.run([*zfs, "get", "-Hp", *(["-r"] if recursive else []), "-o", "name,property,value",
+                          props, dataset], capture_output=True, text=True)
+    if out.returncode != 0:
+        if "does not exist" in out.stderr or "no such" in out.stderr.lower():
+            return None
+        raise Refused(f"cannot read {dataset!r} on DR: {out.stderr.strip()[:200]}")
+    return [line.split("\t") for line in out.stdout.splitlines() if line.count("\t") == 2]
+
+
+def _mountpoint_of_new(zfs: list[str], dataset: str) -> tuple[str, str]:
+    """(ancestor, its mountpoint): the nearest existing ancestor, whose mountpoint a new dataset inherits."""
+    parts = dataset.split("/")
+    for n in range(len(parts) - 1, 0, -1):
+        parent = "/".join(parts[:n])
+        rows = _zfs_get(zfs, "mountpoint", parent)
+        if rows:
+            return parent, rows[0][2]
+    raise Refused(f"no ancestor of {dataset!r} exists on DR")
+
+
+NO_MOUNT = ("none", "legacy")  # zfs mounts neither by itself (legacy: only an fstab or mount -t zfs)
+
+
+def _check_create_mounts(argv: list[str], zfs: list[str], sudo: bool) -> None:
+    """``zfs create`` mounts what it creates. Here it may only where it mounts nothing: with
+    mountpoint=none or canmount=off/noauto given, or under an ancestor that mounts nowhere. Without
+    --sudo zfs runs as this account, which the kernel does not let mount (docs/security.md)."""
+    opts = {argv[i + 1] for i in range(len(argv) - 1) if argv[i] == "-o"}
+    if not sudo or opts & {"mountpoint=none", "canmount=off", "canmount=noauto"}:
+        return
+    parent, mp = _mountpoint_of_new(zfs, argv[-1])
+    if mp not in NO_MOUNT:
+        raise Refused(f"create {argv[-1]!r} would mount it at {parent}'s mountpoint ({mp}); "
+                      "only with -o mountpoint=none or canmount=noauto, or under a dataset that mounts nowhere")
+
+
+def _check_token_snapshot(token: str, zfs: list[str]) -> None:
+    """The token's toname (under the prefix, checked by parse) must be the snapshot its toguid is:
+    libzfs resolves the guid, possibly to a snapshot anywhere in the pool."""
+    from esxdr.sendstream import decode_token
+
+    fields = decode_token(token)
+    toname, toguid = str(fields["toname"]), fields["toguid"]
+    rows = _zfs_get(zfs, "guid", toname)
+    if not rows or rows[0][2] != str(toguid):
+        raise Refused(f"the resume token's guid {toguid} is not that of {toname!r}")
+
+
+def _replica_state(zfs: list[str], dataset: str) -> tuple[bool, str | None, list[tuple[int, int, str]]]:
+    """(exists, its mountpoint, its snapshots as (createtxg, guid, name) oldest first)."""
+    rows = _zfs_get(zfs, "guid,createtxg,mountpoint", dataset, recursive=True)
+    if rows is None:
+        return False, None, []
+    mountpoint = next((v for n, p, v in rows if n == dataset and p == "mountpoint"), None)
+    snaps: dict[str, dict[str, str]] = {}
+    for name, prop, value in rows:
+        if name.startswith(dataset + "@"):
+            snaps.setdefault(name, {})[prop] = value
+    listed = [(int(v["createtxg"]), int(v["guid"]), n) for n, v in snaps.items()
+              if v.get("createtxg", "").isdigit() and v.get("guid", "").isdigit()]
+    return True, mountpoint, sorted(listed)
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _check_stream(flags: str, dataset: str, begin, exists: bool, snaps: list[tuple[int, int, str]]) -> None:
+    """What a stream may do to ``dataset``: never bring properties or a tree, and with -F never
+    lose a snapshot. -F rolls the dataset back to the stream's base and, for a full stream,
+    replaces it whole; both are allowed only where that loses nothing: an incremental from the
+    replica's newest snapshot (only unsnapshotted writes go), or a full stream into a new dataset."""
+    if begin.compound:
+        raise Refused(f"the stream for {dataset!r} carries properties or a dataset tree (zfs send -p/-R); "
+                      "esxdr sends neither")
+    if "F" not in flags:
+        return
+    if begin.full:
+        if exists:
+            raise Refused(f"receive -F of a full stream would replace {dataset!r}, which exists on DR "
+                          "(re-seeding is `esxdr replicate --rollback-dr` on the DR box)")
+        return
+    if not exists or not snaps:
+        return  # zfs refuses an incremental into nothing by itself
+    newest = snaps[-1]
+    if newest[1] != begin.fromguid:
+        base = next((n for _, g, n in snaps if g == begin.fromguid), None)
+        raise Refused(f"receive -F would roll {dataset!r} back past its newest snapshot {newest[2]!r}: the stream "
+                      + (f"starts at {base!r}" if base else f"starts at guid {begin.fromguid}, not a snapshot of it")
+                      + " (rolling DR back is `esxdr replicate --rollback-dr` on the DR box)")
+
+
+def _relay(src: int, dst: int) -> None:
+    """Copy until EOF; splice(2) where the kernel can (no copy through Python), else read/write."""
+    try:
+        while os.splice(src, dst, 1 << 20):
+            pass
+        return
+    except BrokenPipeError:
+        return
+    except OSError as e:
+        if e.errno not in (22, 38):  # EINVAL, ENOSYS: this pair of files cannot be spliced
+            raise
+    while chunk := os.read(src, 1 << 20):
+        try:
+            _write_all(dst, chunk)
+        except BrokenPipeError:
+            return
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _receive(stages: list[list[str]], zfs: list[str], logs: list[str], command: str) -> int:
+    """A receive runs only after serve has read the stream's first record and checked it against
+    the replica: serve sits between the last stage before zfs (or its own stdin) and zfs."""
+    from esxdr.sendstream import BEGIN_BYTES, BadStream, parse_begin
+
+    argv = stages[-1]
+    dataset = argv[-1]
+    flags = "".join(a[1:] for a in argv[2:-1])
+    exists, mountpoint, snaps = _replica_state(zfs, dataset)
+    if "u" not in flags:
+        # Without -u (pool v23 has none) zfs mounts what it receives where it inherits: only
+        # under a DR root that mounts nowhere (mountpoint=none) does it mount nothing.
+        where, mp = (dataset, mountpoint or "") if exists else _mountpoint_of_new(zfs, dataset)
+        if mp not in NO_MOUNT:
+            raise Refused(f"receive into {dataset!r} would mount it at {mp} ({where}'s mountpoint); "
+                          "set mountpoint=none on the DR root, or receive with -u")
+    before = _start([*stages[:-1]], stdin=None, last_stdout=subprocess.PIPE) if len(stages) > 1 else []
+    src = before[-1].stdout.fileno() if before and before[-1].stdout else sys.stdin.fileno()
+    head = _read_exactly(src, BEGIN_BYTES)
+    try:
+        try:
+            begin = parse_begin(head)
+        except BadStream as e:
+            raise Refused(f"the stream for {dataset!r}: {e}") from e
+        _check_stream(flags, dataset, begin, exists, snaps)
+    except Refused:
+        for p in before:
+            p.kill()
+            p.wait()
+        raise
+    _log(logs, f"run {command!r}")
+    zfs_proc = subprocess.Popen(zfs + argv[1:], stdin=subprocess.PIPE)
+    assert zfs_proc.stdin is not None
+    try:
+        _write_all(zfs_proc.stdin.fileno(), head)
+        _relay(src, zfs_proc.stdin.fileno())
+    except BrokenPipeError:
+        pass  # zfs stopped reading: its exit status says why
+    finally:
+        zfs_proc.stdin.close()
+    rc = zfs_proc.wait()
+    if rc:
+        for p in before:
+            p.kill()
+    rcs = [p.wait() for p in before]
+    return rc or next((r for r in reversed(rcs) if r), 0)

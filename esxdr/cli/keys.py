@@ -190,9 +190,6 @@ def _dr_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> list[s
             "# the kernel for receive and create; on Linux only root mounts (FreeBSD: keep vfs.usermount=0).",
             "# Drills (clone, destroy, release) and failover get no rights here: run them on the DR box,",
             "# from a site file where this server is local: true.",
-            # True of the engine as it is: until DR retention runs on the DR box (issue #14), a
-            # replication releases its previous hold and prunes DR through this account.
-            "# Replication still releases its previous DR hold and prunes DR snapshots through this key:",
-            "# without release,destroy those steps fail (permission denied). Adding them keeps them",
-            "# working, but then a stolen key can remove DR snapshots."]
+            "# DR retention runs there too: replication through this key keeps its DR holds, and the DR",
+            "# box prunes with `esxdr prune GROUP --side dr` (schedule: `esxdr schedule render --side dr`)."]
     return out

@@ -30,7 +30,8 @@ Examples:
 @click.argument("group", required=False)
 @click.option("--dry-run", is_flag=True, help="Describe the plan; change nothing.")
 @click.option("--rollback-dr", is_flag=True,
-              help="Allow destroying DR-side changes or DR-only snapshots to resolve a conflict.")
+              help="Allow destroying DR-side changes or DR-only snapshots to resolve a conflict. With DR behind "
+                   "esxdr serve this runs with DR's own privileges: on the DR box.")
 @click.option("--no-snapshot", is_flag=True, help="Do not take a new snapshot; send what exists.")
 @click.option("--no-prune", is_flag=True, help="Skip retention after replicating.")
 @json_option
@@ -115,58 +116,105 @@ def snapshots(ctx: Context, group: str | None) -> None:
 
 @click.command(epilog="""\b
 Examples:
-  esxdr prune --dry-run     every snapshot with keep/destroy and the reason
+  esxdr prune --dry-run              every snapshot with keep/destroy and the reason
   esxdr prune core
+  esxdr prune core --side dr         on the DR box: DR's own retention (DR behind esxdr serve)
 """)
 @click.argument("group", required=False)
+@click.option("--side", type=click.Choice(["both", "source", "dr"]), default="both", show_default=True,
+              help="Which side to prune. A DR behind esxdr serve is pruned only on the DR box itself.")
 @click.option("--dry-run", is_flag=True, help="Show the decisions; destroy nothing.")
 @json_option
 @site_option
 @pass_ctx
-def prune(ctx: Context, group: str | None, dry_run: bool) -> None:
-    """Apply the retention rules of each side (only esxdr's snapshots, never the common one)."""
+def prune(ctx: Context, group: str | None, side: str, dry_run: bool) -> None:
+    """Apply the retention rules of each side (only esxdr's snapshots, never the common one).
+
+    A DR reached through esxdr serve (its storage server has serve_prefix) refuses release and
+    destroy through the replication key, so that a compromised production box cannot shorten
+    the DR retention window. Its retention runs on the DR box: `esxdr prune GROUP --side dr`
+    there, from DR's view alone (each replica keeps its newest snapshot, the next base).
+    """
     from esxdr.lock import GroupLock
-    from esxdr.plan.replication import common_snapshot
-    from esxdr.replication import open_side, prune_decisions
+    from esxdr.replication import dr_side_site, prune_dr_side
 
     site = ctx.site()
-    data = []
-    lines = []
+    data: list[dict] = []
+    lines: list[str] = []
     for name in _groups(ctx, group):
         g = site.protection_groups[name]
+        dr = site.storage_server(g.destination)
+        guarded = bool(dr.serve_prefix) and not dr.local
         lock = GroupLock(site.state_dir, name)
         if not dry_run:
             lock.__enter__()
         try:
-            src, dst = open_side(site, g.source), open_side(site, g.destination)
-            s_obs, d_obs = src.zfs.observe([g.source_root]), dst.zfs.observe([g.dr_root])
-            for side, obs, other, rules, to_other in (
-                (src, s_obs, d_obs, g.retention.source, g.dr_dataset),
-                (dst, d_obs, s_obs, g.retention.destination, g.source_dataset),
-            ):
-                doomed = []
-                for dsname, ds in sorted(obs.items()):
-                    try:
-                        partner = other.get(to_other(dsname))
-                    except (ValueError, KeyError):
-                        partner = None
-                    pair = common_snapshot(ds, partner) if partner else None
-                    protected = frozenset({pair[0].guid}) if pair else frozenset(s.guid for s in ds.snapshots) \
-                        if dsname in g.datasets else frozenset()
-                    for dec in prune_decisions(ds, rules, name, protected, g.retention.prune_foreign,
-                                               g.schedule.timezone):
-                        data.append({"group": name, "side": side.name, **dec.to_dict()})
-                        if not dec.keep:
-                            doomed.append(dec.snapshot.full_name)
-                        if ctx.verbosity > 0 or not dec.keep:
-                            lines.append(f"{side.name}: {'keep   ' if dec.keep else 'destroy'} "
-                                         f"{dec.snapshot.full_name}  ({'; '.join(dec.reasons)})")
-                if doomed and not dry_run:
-                    side.zfs.destroy_snapshots(doomed)
-                lines.append(f"{side.name}: {len(doomed)} snapshot(s) {'to prune' if dry_run else 'pruned'}")
-            src.transport.close()
-            dst.transport.close()
+            if side != "dr":
+                _prune_through(site, g, name, ("source",) if guarded or side == "source" else ("source", "dr"),
+                               dry_run, ctx.verbosity, data, lines)
+            if side != "source" and guarded:
+                try:
+                    dsite = dr_side_site(site, g, "esxdr prune --side dr", "release or destroy DR snapshots")
+                except UsageError:
+                    if side == "dr":
+                        raise
+                    lines.append(f"{g.destination}: pruned on the DR box itself (esxdr prune {name} --side dr there)")
+                    continue
+                res = prune_dr_side(dsite, g, dry_run=dry_run)
+                for dec in res.decisions:
+                    entry = {"group": name, "side": g.destination, **dec.to_dict()}
+                    if dec.snapshot.full_name in res.kept:
+                        entry["kept_because"] = res.kept[dec.snapshot.full_name]
+                    data.append(entry)
+                    if ctx.verbosity > 0 or not dec.keep:
+                        lines.append(f"{g.destination}: {'keep   ' if dec.keep else 'destroy'} "
+                                     f"{dec.snapshot.full_name}  ({'; '.join(dec.reasons)})")
+                for snap, why in res.kept.items():
+                    lines.append(f"{g.destination}: kept {snap}: {why}")
+                doomed = sum(1 for d in res.decisions if not d.keep)
+                lines.append(f"{g.destination}: {doomed if dry_run else len(res.destroyed)} snapshot(s) "
+                             f"{'to prune' if dry_run else 'pruned'}")
         finally:
             if not dry_run:
                 lock.__exit__(None, None, None)
     ctx.emit(data, "\n".join(lines))
+
+
+def _prune_through(site, g, name: str, which: tuple[str, ...], dry_run: bool, verbosity: int,
+                   data: list[dict], lines: list[str]) -> None:
+    """Prune the named sides as the site reaches them, each protecting the snapshot it shares with the other."""
+    from esxdr.plan.replication import common_snapshot
+    from esxdr.replication import open_side, prune_decisions
+
+    src, dst = open_side(site, g.source), open_side(site, g.destination)
+    try:
+        s_obs, d_obs = src.zfs.observe([g.source_root]), dst.zfs.observe([g.dr_root])
+        for side, obs, other, rules, to_other in (
+            (src, s_obs, d_obs, g.retention.source, g.dr_dataset),
+            (dst, d_obs, s_obs, g.retention.destination, g.source_dataset),
+        ):
+            if ("source" if side is src else "dr") not in which:
+                continue
+            doomed = []
+            for dsname, ds in sorted(obs.items()):
+                try:
+                    partner = other.get(to_other(dsname))
+                except (ValueError, KeyError):
+                    partner = None
+                pair = common_snapshot(ds, partner) if partner else None
+                protected = frozenset({pair[0].guid}) if pair else frozenset(s.guid for s in ds.snapshots) \
+                    if dsname in g.datasets else frozenset()
+                for dec in prune_decisions(ds, rules, name, protected, g.retention.prune_foreign,
+                                           g.schedule.timezone):
+                    data.append({"group": name, "side": side.name, **dec.to_dict()})
+                    if not dec.keep:
+                        doomed.append(dec.snapshot.full_name)
+                    if verbosity > 0 or not dec.keep:
+                        lines.append(f"{side.name}: {'keep   ' if dec.keep else 'destroy'} "
+                                     f"{dec.snapshot.full_name}  ({'; '.join(dec.reasons)})")
+            if doomed and not dry_run:
+                side.zfs.destroy_snapshots(doomed)
+            lines.append(f"{side.name}: {len(doomed)} snapshot(s) {'to prune' if dry_run else 'pruned'}")
+    finally:
+        src.transport.close()
+        dst.transport.close()

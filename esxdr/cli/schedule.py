@@ -59,14 +59,17 @@ def on_calendar(cron: str, timezone: str) -> str:
             f"{_sd_field(hour) if hour != '*' else '*'}:{_sd_field(minute) if minute != '*' else '*'}:00 {timezone}")
 
 
-def _jobs(site, groups: list[str]) -> list[dict]:
+def _jobs(site, groups: list[str], side: str = "source") -> list[dict]:
     jobs = []
     for name in groups:
         g = site.protection_groups[name]
         cron = cron_of(g.schedule)
         describe = f"every {g.schedule.every_seconds}s" if g.schedule.every_seconds else f"cron {cron}"
+        # DR's own retention (DR behind esxdr serve) runs on the DR box, on the replication's schedule
+        command = f"prune {name} --side dr" if side == "dr" else f"replicate {name}"
         jobs.append({"group": name, "cron": cron, "describe": f"{describe} ({g.schedule.timezone})",
-                     "on_calendar": on_calendar(cron, g.schedule.timezone), "timezone": g.schedule.timezone})
+                     "on_calendar": on_calendar(cron, g.schedule.timezone), "timezone": g.schedule.timezone,
+                     "command": command})
     return jobs
 
 
@@ -79,16 +82,19 @@ def schedule() -> None:
 Examples:
   esxdr schedule render --cron > /etc/cron.d/esxdr
   esxdr schedule render --systemd --out /etc/systemd/system && systemctl daemon-reload
+  esxdr schedule render --cron --side dr > /etc/cron.d/esxdr-dr     on the DR box: its own retention
 """)
 @click.option("--cron", "kind", flag_value="cron", help="One /etc/cron.d file.")
 @click.option("--systemd", "kind", flag_value="systemd", help="A .service and .timer per group.")
 @click.option("--group", "group", help="Only this protection group.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write files here instead of stdout.")
 @click.option("--user", default="root", show_default=True, help="cron: the user the job runs as.")
+@click.option("--side", type=click.Choice(["source", "dr"]), default="source", show_default=True,
+              help="source: replication, on production. dr: DR's own retention (`prune --side dr`), on the DR box.")
 @json_option
 @site_option
 @pass_ctx
-def render(ctx: Context, kind: str | None, group: str | None, out_dir: str | None, user: str) -> None:
+def render(ctx: Context, kind: str | None, group: str | None, out_dir: str | None, user: str, side: str) -> None:
     """Print cron or systemd units with TZ and PATH set explicitly (the classic cron pitfalls)."""
     from esxdr.cli.replicate import _groups
 
@@ -96,10 +102,12 @@ def render(ctx: Context, kind: str | None, group: str | None, out_dir: str | Non
         raise UsageError("say which: --cron or --systemd")
     site = ctx.site()
     groups = _groups(ctx, group)
-    jobs = _jobs(site, groups)
+    jobs = _jobs(site, groups, side)
     esxdr_bin = shutil.which("esxdr") or f"{sys.executable} -m esxdr"
     common = {"path": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "site": site.path,
-              "esxdr": esxdr_bin}
+              "esxdr": esxdr_bin, "what": "DR retention" if side == "dr" else "replication",
+              "side_flag": " --side dr" if side == "dr" else "", "log_suffix": "-dr-prune" if side == "dr" else ""}
+    unit = "prune-dr" if side == "dr" else "replicate"
     e = env()
     files: dict[str, str] = {}
     if kind == "cron":
@@ -107,13 +115,13 @@ def render(ctx: Context, kind: str | None, group: str | None, out_dir: str | Non
         if len(tzs) > 1:
             raise UsageError("cron files carry one timezone; these groups use several: " + ", ".join(sorted(tzs)),
                              hint="render per group with --group, or use --systemd")
-        files["esxdr"] = e.get_template("cron.j2").render(
+        files["esxdr-dr" if side == "dr" else "esxdr"] = e.get_template("cron.j2").render(
             **common, jobs=jobs, timezone=jobs[0]["timezone"], user=user, log_dir=f"{site.state_dir}/logs")
     else:
         for j in jobs:
-            files[f"esxdr-replicate-{j['group']}.service"] = e.get_template("systemd.service.j2").render(
+            files[f"esxdr-{unit}-{j['group']}.service"] = e.get_template("systemd.service.j2").render(
                 **common, job=j, timezone=j["timezone"])
-            files[f"esxdr-replicate-{j['group']}.timer"] = e.get_template("systemd.timer.j2").render(**common, job=j)
+            files[f"esxdr-{unit}-{j['group']}.timer"] = e.get_template("systemd.timer.j2").render(**common, job=j)
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         for name, text in files.items():

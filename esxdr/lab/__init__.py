@@ -154,7 +154,7 @@ class Lab:
         if lib.exists():
             shutil.rmtree(lib)
         (lib / "esxdr").mkdir(parents=True)
-        for name in ("__init__.py", "__main__.py", "serve.py"):
+        for name in ("__init__.py", "__main__.py", "serve.py", "sendstream.py"):
             shutil.copy2(src / name, lib / "esxdr" / name)
         launcher = self.dir / "bin" / "esxdr"
         launcher.parent.mkdir(exist_ok=True)

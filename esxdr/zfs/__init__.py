@@ -227,6 +227,11 @@ class Zfs:
         """Destroy a clone made by esxdr (never anything else: the caller checks `origin`)."""
         self.run("destroy", dataset, dataset=dataset)
 
+    def destroy_replica(self, dataset: str) -> None:
+        """A DR dataset and its snapshots (never its children: the caller checks there are none).
+        Only with DR's own privileges, for --rollback-dr's re-seed; esxdr serve refuses it."""
+        self.run("destroy", "-r", dataset, dataset=dataset)
+
     def inherit(self, dataset: str, prop: str) -> None:
         self.run("inherit", prop, dataset, dataset=dataset)
 

@@ -41,8 +41,10 @@ def dr_sha(g, ds) -> str:
         return sha(g.lun_file(ds, "dr"))
 
 
-def assert_consistent(g) -> None:
-    """DR data equals source, newest snapshot common, holds only on it, nothing stray."""
+def assert_consistent(g, *, dr_pruned: bool = False) -> None:
+    """DR data equals source, newest snapshot common and held, nothing stray. Production's hold is
+    only on the newest; DR (behind esxdr serve) keeps replication's holds until it prunes itself
+    (`esxdr prune --side dr`), after which it too holds only the newest."""
     src, dst = snaps(g.source_root), snaps(g.dr_root)
     for ds in g.datasets:
         assert sha(g.lun_file(ds)) == dr_sha(g, ds), ds
@@ -55,7 +57,10 @@ def assert_consistent(g) -> None:
         held_src = [x for x in src[ds] if not x.endswith(":0")]
         held_dst = [x for x in d_entries if not x.endswith(":0")]
         assert [h.split(":")[0] for h in held_src] == [s_names[-1]], held_src
-        assert [h.split(":")[0] for h in held_dst] == [d_names[-1]], held_dst
+        if dr_pruned:
+            assert [h.split(":")[0] for h in held_dst] == [d_names[-1]], held_dst
+        else:
+            assert held_dst and held_dst[-1].split(":")[0] == d_names[-1], held_dst
         assert sealed(g.dr_root + ds[len(g.source_root):]), ds
 
 
@@ -109,6 +114,16 @@ def test_full_then_incremental_then_noop(group_factory):
     assert noop["bytes"] == 0
     assert noop["commands"] == {"ss1": 1, "ss2": 1}
     assert all(a["kind"] == "up-to-date" for d in noop["datasets"] for a in d["actions"])
+    # Production pruned its superseded snapshot; DR, behind esxdr serve, was not pruned through the
+    # key: it keeps both, held, until it prunes itself (here beside it: the lab's DR is this machine).
+    assert "ss2" not in noop["pruned"]
+    dr = g.dr_root + g.datasets[1][len(g.source_root):]
+    assert [x.split(":")[0] for x in snaps(g.dr_root)[dr]] == [first["snapshot"], second["snapshot"]]
+    r = g.esxdr("--json", "prune", g.name, "--side", "dr")
+    assert r.returncode == 0, r.stderr
+    assert sorted(d["snapshot"] for d in json.loads(r.stdout) if not d["keep"]) == \
+        sorted(f"{g.dr_root}{ds[len(g.source_root):]}@{first['snapshot']}" for ds in g.datasets)
+    assert_consistent(g, dr_pruned=True)
 
 
 def test_dry_run_changes_nothing(group_factory):

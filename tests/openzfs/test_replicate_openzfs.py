@@ -18,14 +18,16 @@ pytestmark = pytest.mark.openzfs
 
 
 def assert_consistent(g) -> None:
-    """Same bytes on DR, newest snapshot common, our hold only on it on both sides."""
+    """Same bytes on DR, newest snapshot common and held on both sides. Production's hold is only on
+    it; DR, behind esxdr serve, keeps replication's holds until the DR box prunes (the key may not
+    release), so there the newest is held, among others."""
     src, dst = g.snapshots(g.source_root), g.snapshots(g.dr_root)
     for ds in g.datasets:
         assert g.sha(ds) == g.sha(ds, "dr"), ds
         s, d = src[ds], dst[g.dr(ds)]
         assert s[-1][0] == d[-1][0], (s, d)
         assert [n for n, refs in s if refs] == [s[-1][0]], s
-        assert [n for n, refs in d if refs] == [d[-1][0]], d
+        assert d[-1][1], d
         holds = g.lane.out(["zfs", "holds", "-H", f"{ds}@{s[-1][0]}"]).split()
         assert f"esxdr_{g.name}" in holds
 
@@ -56,11 +58,16 @@ def test_zvols_full_incremental_noop_through_delegated_account(group_factory, la
     assert second["bytes"] < first["bytes"] / 2
     assert_consistent(g)
 
-    # The first run after the incremental prunes the superseded snapshot (its hold was released
-    # by the incremental run, which still counted it); after that a no-op is one call per side.
+    # The first run after the incremental prunes the superseded snapshot on production only (its
+    # hold was released by the incremental run, which still counted it). DR is behind esxdr serve:
+    # nothing there is released or destroyed through the key, the first snapshot stays, held.
     r = g.esxdr("--json", "replicate", g.name, "--no-snapshot")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["pruned"]["ss2"] == [f"{g.dr(ds)}@{first['snapshot']}" for ds in g.datasets]
+    pruned = json.loads(r.stdout)["pruned"]
+    assert pruned["ss1"] == [f"{ds}@{first['snapshot']}" for ds in g.datasets] and "ss2" not in pruned
+    dst = g.snapshots(g.dr_root)
+    assert all([n for n, _ in dst[g.dr(ds)]] == [first["snapshot"], second["snapshot"]] for ds in g.datasets), dst
+    assert all(refs for ds in g.datasets for _, refs in dst[g.dr(ds)]), dst
     r = g.esxdr("--json", "replicate", g.name, "--no-snapshot")
     assert r.returncode == 0, r.stderr
     noop = json.loads(r.stdout)
@@ -199,8 +206,17 @@ def test_dr_writes_are_detected_by_written(group_factory, lane):
     assert err["kind"] == "modified"
     # The planner saw it from `written` before any stream (not from receive's error).
     assert err["evidence"]["written"] == written
-    assert dr in r.stderr and "--rollback-dr" in r.stderr
-    r = g.esxdr("--json", "replicate", g.name, "--rollback-dr")
+    assert dr in r.stderr and "--rollback-dr" in r.stderr and "on the DR box" in r.stderr
+    # DR is behind esxdr serve and this is not the DR box (127.0.0.1 is a port forwarded to the
+    # guest): the rollback is refused here, before anything changes, and not tried through the key.
+    r = g.esxdr("replicate", g.name, "--rollback-dr")
+    assert r.returncode == 2, r.stderr
+    assert "--rollback-dr acts on ss2 with its own privileges" in r.stderr
+    assert int(g.get("written", dr)) == written
+    # On the DR box, with its own privileges (here: root on the guest), the writes are discarded;
+    # then replication through the key goes on.
+    lane.run(f"zfs rollback {dr}@{g.snapshots(g.dr_root)[dr][-1][0]} && zfs set readonly=on {dr}")
+    r = g.esxdr("--json", "replicate", g.name)
     assert r.returncode == 0, r.stderr
     assert g.sha(ds) == g.sha(ds, "dr")
 

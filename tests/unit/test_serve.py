@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from resume_tokens import TOKEN_P1_FULL, TOKEN_P1_INCREMENTAL, TOKEN_RPOOL_RAW
 
 from esxdr.serve import Refused, main, parse
 
 PREFIX = ["rp1/iscsi"]
+
 
 # Each allowed command with the exact pipeline parse() hands to main(): one argv per stage, the zfs
 # stage still starting with "zfs" (main() swaps in `sudo -n zfs` when asked). Written out by hand: a
@@ -18,6 +20,7 @@ ALLOWED = [
      [["zfs", "receive", "rp1/iscsi/lun0"]]),
     ("zfs receive -u -s rp1/iscsi/lun0",
      [["zfs", "receive", "-u", "-s", "rp1/iscsi/lun0"]]),
+    # -F passes parse(); main() lets it through only for an incremental from the newest snapshot
     ("zfs receive -F rp1/iscsi/lun0",
      [["zfs", "receive", "-F", "rp1/iscsi/lun0"]]),
     ("zstd -dc | zfs receive rp1/iscsi/lun0",
@@ -28,18 +31,11 @@ ALLOWED = [
      [["zfs", "send", "-I", "rp1/iscsi/lun0@a", "rp1/iscsi/lun0@b"]]),
     ("zfs send rp1/iscsi/lun0@b | zstd -c -1 -q",
      [["zfs", "send", "rp1/iscsi/lun0@b"], ["zstd", "-c", "-1", "-q"]]),
-    ("zfs send -t 1-e604ea4bf-e0",
-     [["zfs", "send", "-t", "1-e604ea4bf-e0"]]),
     ("zfs hold esxdr_core rp1/iscsi/lun0@a rp1/iscsi/lun1@a",
      [["zfs", "hold", "esxdr_core", "rp1/iscsi/lun0@a", "rp1/iscsi/lun1@a"]]),
-    ("zfs release esxdr_core rp1/iscsi/lun0@a",
-     [["zfs", "release", "esxdr_core", "rp1/iscsi/lun0@a"]]),
-    ("zfs destroy rp1/iscsi/lun0@a",
-     [["zfs", "destroy", "rp1/iscsi/lun0@a"]]),
-    ("zfs destroy rp1/iscsi/lun0@a,b,c",
-     [["zfs", "destroy", "rp1/iscsi/lun0@a,b,c"]]),
-    ("zfs rollback -r rp1/iscsi/lun0@a",
-     [["zfs", "rollback", "-r", "rp1/iscsi/lun0@a"]]),
+    # a drill's own hold (esxdr-test-<group>) is released at its clean-up
+    ("zfs release esxdr-test-core rp1/iscsi/lun0@a",
+     [["zfs", "release", "esxdr-test-core", "rp1/iscsi/lun0@a"]]),
     ("zfs set readonly=on canmount=noauto rp1/iscsi/lun0",
      [["zfs", "set", "readonly=on", "canmount=noauto", "rp1/iscsi/lun0"]]),
     ("zfs set esxdr:consistency=application rp1/iscsi/lun0@a rp1/iscsi/lun1@a",
@@ -102,10 +98,35 @@ HOSTILE = [
     # other datasets; path tricks
     ("zfs receive rp1/other/lun0", "dataset 'rp1/other/lun0' is not under the allowed prefix rp1/iscsi"),
     ("zfs receive rp1/iscsi/../../sp1", "dataset 'rp1/iscsi/../../sp1' is not under the allowed prefix rp1/iscsi"),
-    # whole datasets are never destroyed; no recursive destroy; nothing outside the prefix
-    ("zfs destroy rp1/iscsi/lun0", "'rp1/iscsi/lun0' is not a snapshot"),
+    # nothing on DR is destroyed, released or rolled back through this key but drills' own things
+    ("zfs destroy rp1/iscsi/lun0", "zfs destroy of 'rp1/iscsi/lun0' is not allowed"),
     ("zfs destroy -r rp1/iscsi@a", "flag -r is not allowed here"),
-    ("zfs destroy sp1/iscsi/lun0@a", "dataset 'sp1/iscsi/lun0@a' is not under the allowed prefix rp1/iscsi"),
+    ("zfs destroy -d rp1/iscsi/lun0@a,b,c", "flag -d is not allowed here"),
+    ("zfs destroy rp1/iscsi/lun0@a", "zfs destroy of 'rp1/iscsi/lun0@a' is not allowed"),
+    ("zfs destroy rp1/iscsi/lun0@a,b,c", "zfs destroy of 'rp1/iscsi/lun0@a,b,c' is not allowed"),
+    ("zfs destroy rp1/iscsi/lun0@esxdr_core_20260101T000000Z", "is not allowed: only drill clones"),
+    ("zfs destroy rp1/iscsi/esxdr-test-core@a", "zfs destroy of 'rp1/iscsi/esxdr-test-core@a' is not allowed"),
+    ("zfs destroy sp1/iscsi/lun0@a", "zfs destroy of 'sp1/iscsi/lun0@a' is not allowed"),
+    ("zfs release esxdr_core rp1/iscsi/lun0@a", "release of 'esxdr_core' is not allowed"),
+    ("zfs release esxdr_core rp1/iscsi/lun0@a rp1/iscsi/lun1@a", "release of 'esxdr_core' is not allowed"),
+    ("zfs release esxdr rp1/iscsi/lun0@a", "release of 'esxdr' is not allowed"),
+    ("zfs release -r esxdr-test-core rp1/iscsi@a", "flag -r is not allowed here"),
+    ("zfs release other-tag rp1/iscsi/lun0@a", "release takes an esxdr tag and snapshots"),
+    ("zfs rollback -r rp1/iscsi/lun0@a", "zfs rollback is not allowed"),
+    ("zfs rollback rp1/iscsi/lun0@a", "zfs rollback is not allowed"),
+    ("zfs rollback -rRf rp1/iscsi/lun0@a", "zfs rollback is not allowed"),
+    # a resume token is read: it must be a real token, naming a snapshot under the prefix
+    ("zfs send -t 1-e604ea4bf-e0", "not a version-1 resume token"),
+    ("zfs send -t deadbeef", "not a version-1 resume token"),
+    (f"zfs send -t {TOKEN_P1_FULL}", "dataset 'p1/test with space@b' is not under the allowed prefix rp1/iscsi"),
+    (f"zfs send -t {TOKEN_RPOOL_RAW}",
+     "dataset 'rpool/home/cs@manual_20190808_091825_UTC' is not under the allowed prefix rp1/iscsi"),
+    # the zrepl suite's corrupted token: its tail changed, the checksum no longer matches
+    ("zfs send -t 1-bf31b879a-b8-789c636064000310a500c4ec50360710e72765a5269740f80cd8e4d3d28a534b18e00024cf8624"
+     "9f5459925acc802a8facbf243fbd3433858161f5ddb9ab1ae7c7466a20c97382e5f312735319180af2f3730cf58166953824c2cc"
+     "0200cd12345", "the resume token is corrupt"),
+    (f"zfs send -t {TOKEN_P1_FULL} rp1/iscsi/lun0@a", "send -t takes one resume token"),
+    ("zfs send -t", "send -t takes one resume token"),
     # shell metacharacters
     ("zfs receive rp1/iscsi/lun0; rm -rf /", "shell metacharacters are not allowed"),
     ("zfs receive rp1/iscsi/lun0 && reboot", "shell metacharacters are not allowed"),
@@ -303,3 +324,24 @@ def test_log_without_a_value_is_a_usage_error(monkeypatch, capsys):
     monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "zfs version")
     assert main(["--allow-prefix", "rp1/iscsi", "--log"]) == 2
     assert "--log takes an absolute file or 'syslog', not ''" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("token", "expected"), [
+    (TOKEN_P1_FULL, {"toguid": 0xAE88E6B9ACA2D4D6, "toname": "p1/test with space@b"}),
+    (TOKEN_P1_INCREMENTAL, {"toguid": 0xAE88E6B9ACA2D4D6, "fromguid": 0x4AEC265DF1E3DB0F,
+                            "toname": "p1/test with space@b"}),
+    (TOKEN_RPOOL_RAW, {"toguid": 0x95D6358451844F3C, "toname": "rpool/home/cs@manual_20190808_091825_UTC"}),
+])
+def test_real_resume_tokens_decode_as_zfs_decodes_them(token, expected):
+    from esxdr.sendstream import decode_token
+
+    fields = decode_token(token)
+    assert {k: fields.get(k) for k in expected} == expected
+    assert ("fromguid" in fields) == ("fromguid" in expected)
+
+
+def test_a_token_under_the_prefix_is_accepted_by_parse():
+    assert parse(f"zfs send -t {TOKEN_RPOOL_RAW}", ["rpool/home"]) == [["zfs", "send", "-t", TOKEN_RPOOL_RAW]]
+    # a name with a space is no dataset esxdr replicates: refused like any other odd name
+    with pytest.raises(Refused, match="is not under the allowed prefix"):
+        parse(f"zfs send -t {TOKEN_P1_FULL}", ["p1"])
