@@ -468,9 +468,15 @@ class Engine:
             bar = Progress(label, total, enabled=self.opts.progress, on_bytes=_mid_stream_checkpoint)
             recv = dst.zfs.recv_argv(r.dest, force=force)
             inflight: list[Path] = []
-            res = run_stream(src.transport, send, dst.transport, recv, compress=compression,
-                             mbuffer=self._mbuffer(src, dst), progress=bar, bwlimit=self.group.bandwidth_limit,
-                             dataset=r.dest, on_start=lambda procs: inflight.append(self._note_send(procs[0], r)))
+            try:
+                res = run_stream(src.transport, send, dst.transport, recv, compress=compression,
+                                 mbuffer=self._mbuffer(src, dst), progress=bar, bwlimit=self.group.bandwidth_limit,
+                                 dataset=r.dest,
+                                 on_start=lambda procs: inflight.append(self._note_send(procs[0], r)))
+            except EsxdrError:
+                # What crossed the wire before the cut counts too: a resumed stream sends only the rest.
+                r.bytes += bar.done
+                raise
             for p in inflight:
                 p.unlink(missing_ok=True)
             bar.finish()

@@ -698,4 +698,12 @@ def _receive(stages: list[list[str]], zfs: list[str], logs: list[str], command: 
         for p in before:
             p.kill()
     rcs = [p.wait() for p in before]
+    if rc < 0:
+        # zfs was killed: die of the same signal, as an exec'd zfs would have, so that ssh on the
+        # other end reports a cut stream (255), which esxdr retries, not an ordinary failure.
+        import signal
+
+        if -rc != signal.SIGKILL:
+            signal.signal(-rc, signal.SIG_DFL)
+        os.kill(os.getpid(), -rc)
     return rc or next((r for r in reversed(rcs) if r), 0)

@@ -210,6 +210,35 @@ def test_ssh_killed_mid_stream_is_retried(group_factory):
     assert_consistent(g)
 
 
+def test_dr_receive_killed_mid_stream_is_retried_and_counted(group_factory):
+    """zfs receive killed on DR (behind esxdr serve): serve dies of the same signal, ssh reports a
+    cut stream, the run retries it; the bytes reported include what crossed before the cut."""
+    g = group_factory(1, extra="    bandwidth_limit: 4M\n")
+    g.write(g.datasets[0], 16 << 20)
+    dr = g.dr_root + "/lun0"
+    proc = subprocess.Popen([ESXDR, "--site", str(g.site), "--json", "replicate", g.name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = False
+    seen = None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not killed:
+        time.sleep(0.25)
+        out = subprocess.run(["pgrep", "-f", f"^zfs receive .*{dr}$"], capture_output=True, text=True).stdout
+        seen = seen or (time.monotonic() if out.split() else None)
+        if seen and time.monotonic() - seen > 1.5:  # some 6 MiB through at 4 MiB/s
+            for pid in out.split():
+                os.kill(int(pid), signal.SIGKILL)
+                killed = True
+    out, err = proc.communicate(timeout=180)
+    assert killed, "never saw the DR zfs receive"
+    assert proc.returncode == 0, err
+    assert "retry 1/" in err
+    result = json.loads(out)
+    assert result["datasets"][0]["retries"] >= 1
+    assert result["bytes"] > (16 << 20) + (2 << 20)  # the whole stream, and what went before the cut
+    assert_consistent(g)
+
+
 def test_unknown_host_key_is_refused(group_factory):
     g = group_factory(1)
     text = g.site.read_text()

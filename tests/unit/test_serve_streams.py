@@ -66,6 +66,9 @@ FAKE_ZFS = textwrap.dedent('''\
         for r in rows:
             print("\\t".join(r) if "name,property,value" in args else r[2])
         sys.exit(0)
+    if args[0] in ("receive", "recv") and os.environ.get("FAKE_ZFS_KILLED"):
+        sys.stdin.buffer.read(1 << 16)
+        os.kill(os.getpid(), 9)
     data = sys.stdin.buffer.read() if args[0] in ("receive", "recv") else b""
     log({"argv": args, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
 ''')
@@ -167,6 +170,13 @@ def test_without_force_any_substream_is_zfs_business(dr):
 def test_big_endian_streams_are_read_too(dr):
     r = dr.serve(f"zfs receive -F {LUN}", stream(begin(fromguid=OLDER, order=">")))
     _refused(dr, r, "past its newest snapshot")
+
+
+def test_a_killed_receive_kills_serve_with_the_same_signal(dr):
+    """As an exec'd zfs would: sshd reports the signal, ssh exits 255, esxdr retries the cut stream."""
+    dr.env_extra = {"FAKE_ZFS_KILLED": "1"}
+    r = dr.serve(f"zfs receive -u {LUN}", stream(begin(fromguid=NEWEST)))
+    assert r.returncode == -9, r.stderr.decode()
 
 
 # -- what a stream may carry --------------------------------------------------------------------
