@@ -7,12 +7,16 @@ carries properties or a whole tree (``send -p``/``-R``); a resume token says whi
 
 Formats (OpenZFS ``sys/zfs_ioctl.h``, unchanged since the pool-v23 code zfs-fuse carries):
 
-- The stream begins with a ``dmu_replay_record``: ``drr_type`` (u32, 0 = BEGIN), ``drr_payloadlen``
-  (u32), then ``struct drr_begin``: ``drr_magic`` (u64, 0x2F5bacbac), ``drr_versioninfo`` (u64; its
-  low two bits are the header type, 1 = a single dataset's substream, 2 = a compound stream with an
-  nvlist of properties and snapshots), ``drr_creation_time`` (u64), ``drr_type`` (u32),
-  ``drr_flags`` (u32), ``drr_toguid`` (u64), ``drr_fromguid`` (u64, 0 for a full stream) and
-  ``drr_toname`` (256 bytes). Written in the sender's byte order; the magic tells which.
+- A stream is a series of 312-byte ``dmu_replay_record``s: ``drr_type`` (u32; 0 = BEGIN, 5 = END),
+  ``drr_payloadlen`` (u32), then for BEGIN ``struct drr_begin``: ``drr_magic`` (u64, 0x2F5bacbac),
+  ``drr_versioninfo`` (u64; its low two bits are the header type, 1 = one snapshot's substream,
+  2 = a compound stream), ``drr_creation_time`` (u64), ``drr_type`` (u32), ``drr_flags`` (u32),
+  ``drr_toguid`` (u64), ``drr_fromguid`` (u64, 0 for a full stream) and ``drr_toname`` (256 bytes).
+  Written in the sender's byte order; the magic tells which.
+- libzfs writes a compound stream for ``send -I`` (a series of snapshots), ``-R`` and ``-p``: a
+  BEGIN whose payload (``drr_payloadlen`` bytes) is an nvlist only for ``-R``/``-p`` (the tree,
+  properties; with ``receive -F`` the receiver then destroys what the tree lacks), an END record,
+  then one substream per snapshot, the first from the series' base.
 - A resume token is ``1-<checksum>-<length>-<hex>``: the hex is a zlib-compressed nvlist packed in
   native encoding (``fnvlist_pack``), the length is the packed size, and the checksum is the first
   fletcher-4 word of the compressed bytes (the sum of its 32-bit words).
@@ -25,8 +29,9 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = 0x2F5BACBAC
-BEGIN_BYTES = 312  # drr_type .. the end of drr_toname: all serve reads before zfs does
+BEGIN_BYTES = 312  # one dmu_replay_record
 SUBSTREAM, COMPOUND = 1, 2
+DRR_BEGIN, DRR_END = 0, 5
 
 
 class BadStream(ValueError):
@@ -39,6 +44,8 @@ class Begin:
     fromguid: int
     toname: str
     header_type: int
+    payload: int = 0  # drr_payloadlen: the bytes of nvlist after this record
+    order: str = "<"
 
     @property
     def full(self) -> bool:
@@ -63,7 +70,32 @@ def parse_begin(head: bytes) -> Begin:
     if drr_type != 0:
         raise BadStream(f"the stream's first record is of type {drr_type}, not BEGIN")
     name = head[56:56 + 256].split(b"\0", 1)[0].decode("utf-8", "replace")
-    return Begin(toguid=toguid, fromguid=fromguid, toname=name, header_type=versioninfo & 3)
+    return Begin(toguid=toguid, fromguid=fromguid, toname=name, header_type=versioninfo & 3, payload=_payload,
+                 order=order)
+
+
+def record_type(record: bytes, order: str) -> int:
+    if len(record) < BEGIN_BYTES:
+        raise BadStream(f"the stream ends after a partial record ({len(record)} bytes)")
+    return int(struct.unpack_from(order + "I", record, 0)[0])
+
+
+def read_head(read) -> tuple[bytes, Begin, Begin]:
+    """Read a stream's head with ``read(n)``: (the bytes read, its first BEGIN, the BEGIN of its
+    first substream). For a compound stream without payload (``send -I``) that is the record after
+    the compound header's END; a payload (``-R``/``-p``) is not read: the caller refuses it."""
+    head = read(BEGIN_BYTES)
+    first = parse_begin(head)
+    if not first.compound or first.payload:
+        return head, first, first
+    end = read(BEGIN_BYTES)
+    if record_type(end, first.order) != DRR_END:
+        raise BadStream("the compound stream's header is not followed by its END record")
+    sub = read(BEGIN_BYTES)
+    substream = parse_begin(sub)
+    if substream.compound:
+        raise BadStream("a compound stream inside a compound stream")
+    return head + end + sub, first, substream
 
 
 # -- resume tokens -------------------------------------------------------------------------------

@@ -604,12 +604,14 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return buf
 
 
-def _check_stream(flags: str, dataset: str, begin, exists: bool, snaps: list[tuple[int, int, str]]) -> None:
+def _check_stream(flags: str, dataset: str, first, begin, exists: bool, snaps: list[tuple[int, int, str]]) -> None:
     """What a stream may do to ``dataset``: never bring properties or a tree, and with -F never
     lose a snapshot. -F rolls the dataset back to the stream's base and, for a full stream,
     replaces it whole; both are allowed only where that loses nothing: an incremental from the
-    replica's newest snapshot (only unsnapshotted writes go), or a full stream into a new dataset."""
-    if begin.compound:
+    replica's newest snapshot (only unsnapshotted writes go), or a full stream into a new dataset.
+    ``first`` is the stream's first BEGIN, ``begin`` its first substream's (the same record but
+    for a `send -I` series)."""
+    if first.compound and first.payload:
         raise Refused(f"the stream for {dataset!r} carries properties or a dataset tree (zfs send -p/-R); "
                       "esxdr sends neither")
     if "F" not in flags:
@@ -656,7 +658,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def _receive(stages: list[list[str]], zfs: list[str], logs: list[str], command: str) -> int:
     """A receive runs only after serve has read the stream's first record and checked it against
     the replica: serve sits between the last stage before zfs (or its own stdin) and zfs."""
-    from esxdr.sendstream import BEGIN_BYTES, BadStream, parse_begin
+    from esxdr.sendstream import BadStream, read_head
 
     argv = stages[-1]
     dataset = argv[-1]
@@ -671,13 +673,12 @@ def _receive(stages: list[list[str]], zfs: list[str], logs: list[str], command: 
                           "set mountpoint=none on the DR root, or receive with -u")
     before = _start([*stages[:-1]], stdin=None, last_stdout=subprocess.PIPE) if len(stages) > 1 else []
     src = before[-1].stdout.fileno() if before and before[-1].stdout else sys.stdin.fileno()
-    head = _read_exactly(src, BEGIN_BYTES)
     try:
         try:
-            begin = parse_begin(head)
+            head, first, begin = read_head(lambda n: _read_exactly(src, n))
         except BadStream as e:
             raise Refused(f"the stream for {dataset!r}: {e}") from e
-        _check_stream(flags, dataset, begin, exists, snaps)
+        _check_stream(flags, dataset, first, begin, exists, snaps)
     except Refused:
         for p in before:
             p.kill()

@@ -69,6 +69,7 @@ def hostile(g) -> list[tuple[str, str, bytes]]:
     first, second, tag = f"{lun}@{g.first}", f"{lun}@{g.second}", f"esxdr_{g.name}"
     full = send(f"{src}@{g.second}")
     older_inc = send("-i", f"{src}@{g.first}", f"{src}@{g.second}")
+    older_series = send("-I", f"{src}@{g.first}", f"{src}@{g.second}")
     compound = send("-R", f"{src}@{g.second}")
     cases = [
         # destruction: holds, snapshots, datasets
@@ -88,6 +89,7 @@ def hostile(g) -> list[tuple[str, str, bytes]]:
         ("a full stream forced over a replica", f"zfs receive -F {lun}", full),
         ("a full stream forced over the DR root", f"zfs receive -F {g.dr_root}", full),
         ("an incremental from an older base, forced", f"zfs receive -F {lun}", older_inc),
+        ("a series (send -I) from an older base, forced", f"zfs receive -F {lun}", older_series),
         ("a compound stream (send -R) forced", f"zfs receive -F {lun}", compound),
         ("a compound stream into a new dataset", f"zfs receive {g.dr_root}/evil", compound),
         ("garbage forced over a replica", f"zfs receive -F {lun}", b"\0" * 4096),

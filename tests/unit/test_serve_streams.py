@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from resume_tokens import TOKEN_RPOOL_RAW
 
-from esxdr.sendstream import BEGIN_BYTES, COMPOUND, MAGIC, SUBSTREAM, BadStream, parse_begin
+from esxdr.sendstream import BEGIN_BYTES, COMPOUND, DRR_END, MAGIC, SUBSTREAM, BadStream, parse_begin
 
 ROOT = Path(__file__).resolve().parents[2]
 LUN = "rp1/iscsi/lun0"
@@ -30,11 +30,22 @@ NEWEST, OLDER = 0x1111_2222_3333_4444, 0x5555_6666_7777_8888
 
 
 def begin(*, fromguid: int = 0, toguid: int = 0x9999, header: int = SUBSTREAM, order: str = "<",
-          toname: str = "sp1/iscsi/lun0@esxdr_core_b") -> bytes:
+          toname: str = "sp1/iscsi/lun0@esxdr_core_b", payload: int = 0) -> bytes:
     """A BEGIN record: drr_type 0, payloadlen, magic, versioninfo, creation, objset type, flags,
     toguid, fromguid, toname[256]."""
-    head = struct.pack(order + "IIQQQIIQQ", 0, 0, MAGIC, header | (4 << 2), 1_700_000_000, 2, 0, toguid, fromguid)
+    head = struct.pack(order + "IIQQQIIQQ", 0, payload, MAGIC, header | (4 << 2), 1_700_000_000, 2, 0, toguid,
+                       fromguid)
     return head + toname.encode().ljust(256, b"\0")
+
+
+def end(order: str = "<") -> bytes:
+    return struct.pack(order + "II", DRR_END, 0) + b"\0" * (BEGIN_BYTES - 8)
+
+
+def series(fromguid: int, order: str = "<") -> bytes:
+    """The head of `zfs send -I base snap`: a compound BEGIN without payload, its END, then the
+    first substream (from the series' base)."""
+    return begin(header=COMPOUND, order=order) + end(order) + begin(fromguid=fromguid, order=order)
 
 
 def stream(head: bytes, body: int = 3 << 20) -> bytes:
@@ -182,9 +193,26 @@ def test_a_killed_receive_kills_serve_with_the_same_signal(dr):
 # -- what a stream may carry --------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags", ["", "-u ", "-F "])
-def test_a_compound_stream_is_refused(dr, flags):
-    r = dr.serve(f"zfs receive {flags}{LUN}", stream(begin(fromguid=NEWEST, header=COMPOUND)))
+def test_a_compound_stream_with_a_payload_is_refused(dr, flags):
+    nvlist = os.urandom(600)  # send -R/-p: the tree and properties, as a packed nvlist
+    r = dr.serve(f"zfs receive {flags}{LUN}", stream(begin(header=COMPOUND, payload=len(nvlist)) + nvlist))
     _refused(dr, r, "carries properties or a dataset tree (zfs send -p/-R)")
+
+
+def test_a_series_from_the_newest_snapshot_may_force(dr):
+    data = stream(series(NEWEST))  # zfs send -I: what esxdr sends by default
+    _accepted(dr, dr.serve(f"zfs receive -F {LUN}", data), data, ["receive", "-F", LUN])
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_a_series_from_an_older_snapshot_may_not_force(dr, order):
+    r = dr.serve(f"zfs receive -F {LUN}", stream(series(OLDER, order)))
+    _refused(dr, r, "past its newest snapshot")
+
+
+def test_a_compound_header_must_end_before_its_substreams(dr):
+    r = dr.serve(f"zfs receive -u {LUN}", stream(begin(header=COMPOUND)))
+    _refused(dr, r, "not followed by its END record")
 
 
 @pytest.mark.parametrize(("data", "reason"), [
