@@ -1,0 +1,60 @@
+"""What only the DR box may do, refused anywhere else before anything connects or changes; and the
+DR box's own retention schedule (`esxdr schedule render --side dr`)."""
+
+from __future__ import annotations
+
+import json
+
+from test_keys_authorized_line import _site
+
+from esxdr.cli.main import run
+
+
+def test_rollback_dr_runs_only_on_the_dr_box(tmp_path, capsys):
+    # ss2 sits behind esxdr serve at a routed address: not this machine, nothing is contacted
+    rc = run(["--site", str(_site(tmp_path)), "replicate", "core", "--rollback-dr"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "--rollback-dr acts on ss2 with its own privileges, and esxdr reaches it through esxdr@198.51.100.20" in err
+    assert "esxdr serve may not roll back, release or destroy on DR" in err
+    assert "run esxdr on ss2 itself" in err
+
+
+def test_dr_side_prune_runs_only_on_the_dr_box(tmp_path, capsys):
+    rc = run(["--site", str(_site(tmp_path)), "prune", "core", "--side", "dr", "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "esxdr prune --side dr acts on ss2 with its own privileges" in err
+
+
+SCHEDULED = "    schedule: {every: 1h, timezone: Europe/Zurich}\n"
+
+
+def test_dr_retention_schedule_cron(tmp_path, capsys):
+    site = _site(tmp_path, extra_groups=SCHEDULED)
+    assert run(["--site", str(site), "--json", "schedule", "render", "--cron", "--side", "dr"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert list(files) == ["esxdr-dr"]
+    text = files["esxdr-dr"]
+    assert "esxdr DR retention schedule" in text and "render --cron --side dr" in text
+    assert "CRON_TZ=Europe/Zurich" in text
+    job = [line for line in text.splitlines() if "prune core --side dr" in line]
+    assert len(job) == 1 and "core-dr-prune.log" in job[0] and " replicate " not in job[0]
+
+
+def test_dr_retention_schedule_systemd(tmp_path, capsys):
+    site = _site(tmp_path, extra_groups=SCHEDULED)
+    assert run(["--site", str(site), "--json", "schedule", "render", "--systemd", "--side", "dr"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert sorted(files) == ["esxdr-prune-dr-core.service", "esxdr-prune-dr-core.timer"]
+    exec_start = [line for line in files["esxdr-prune-dr-core.service"].splitlines() if line.startswith("ExecStart=")]
+    assert len(exec_start) == 1 and exec_start[0].endswith(" -q prune core --side dr")
+    assert "Description=esxdr DR retention timer for core" in files["esxdr-prune-dr-core.timer"]
+
+
+def test_the_replication_schedule_is_unchanged(tmp_path, capsys):
+    site = _site(tmp_path, extra_groups=SCHEDULED)
+    assert run(["--site", str(site), "--json", "schedule", "render", "--systemd"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert sorted(files) == ["esxdr-replicate-core.service", "esxdr-replicate-core.timer"]
+    assert "-q replicate core\n" in files["esxdr-replicate-core.service"]
