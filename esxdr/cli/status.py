@@ -46,6 +46,7 @@ def group_status(site, name: str, now: float) -> dict:
             last = {}
     return {
         "group": name,
+        "dr_retention": dr_retention(site, g, obs, now),
         "last_snapshot": worst.name if worst else None,
         "rpo_seconds": round(rpo, 1) if rpo is not None else None,
         "rpo_target_seconds": g.rpo_seconds,
@@ -54,6 +55,27 @@ def group_status(site, name: str, now: float) -> dict:
         "last_run": {"bytes": last.get("bytes"), "seconds": last.get("seconds"), "finished": last.get("finished")},
         "directions": directions,
     }
+
+
+def dr_retention(site, g, dr_obs: dict, now: float) -> dict:
+    """How many DR snapshots the destination rules would prune now, and who prunes them: a DR behind
+    esxdr serve prunes itself (`prune --side dr` on the DR box), so a count that only grows there
+    means that job is not running."""
+    from esxdr.replication import prune_decisions
+
+    dr = site.storage_server(g.destination)
+    tz = g.schedule.timezone if g.schedule else "UTC"
+    due = []
+    for name, ds in dr_obs.items():
+        if not ds.snapshots:
+            continue
+        newest = max(ds.snapshots, key=lambda x: x.createtxg)
+        protected = frozenset({newest.guid}) if name in g.dr_datasets else frozenset()
+        due += [d.snapshot for d in prune_decisions(ds, g.retention.destination, g.name, protected,
+                                                     g.retention.prune_foreign, tz) if not d.keep]
+    oldest = min((s.creation for s in due), default=None)
+    return {"pruned_by": "dr" if dr.serve_prefix and not dr.local else "replication", "due": len(due),
+            "oldest_due_seconds": round(now - oldest, 1) if oldest is not None else None}
 
 
 def stream_directions(site, g, dst, dr_obs) -> dict:
@@ -109,6 +131,9 @@ def prometheus_text(rows: list[dict], now: float) -> str:
     out += ["# HELP esxdr_last_run_bytes Bytes sent by the last replication run.",
             "# TYPE esxdr_last_run_bytes gauge"]
     out += [f'esxdr_last_run_bytes{{group="{r["group"]}"}} {r["last_run"]["bytes"] or 0}' for r in rows]
+    out += ["# HELP esxdr_dr_snapshots_due DR snapshots the destination retention rules would prune now.",
+            "# TYPE esxdr_dr_snapshots_due gauge"]
+    out += [f'esxdr_dr_snapshots_due{{group="{r["group"]}"}} {r["dr_retention"]["due"]}' for r in rows]
     out += ["# HELP esxdr_status_timestamp_seconds When this file was written.",
             "# TYPE esxdr_status_timestamp_seconds gauge", f"esxdr_status_timestamp_seconds {now:.0f}"]
     return "\n".join(out) + "\n"
@@ -145,6 +170,11 @@ def status(ctx: Context, group: str | None, prom_file: str | None) -> None:
             last = f", last run {human_bytes(lr['bytes'])} in {lr['seconds']}s" if lr.get("bytes") is not None else ""
             lines.append(f"{r['group']}: RPO {rpo} {flag} — @{r['last_snapshot'] or '-'}{last}")
             lines.append(f"  {directions_text(r['directions'])}")
+            ret = r["dr_retention"]
+            if ret["due"] and ret["pruned_by"] == "dr":
+                lines.append(f"  DR retention: {ret['due']} snapshot(s) due, the oldest made "
+                             f"{human_duration(ret['oldest_due_seconds'])} ago; DR prunes itself "
+                             f"(esxdr prune {r['group']} --side dr on the DR box)")
         return "\n".join(lines)
 
     ctx.emit(rows if group is None else rows[0], text)

@@ -28,6 +28,10 @@ def test_status_snapshots_noise_prune(group_factory, tmp_path):
     st = json.loads(r.stdout)
     assert st["ok"] and 0 <= st["rpo_seconds"] < 60 and st["last_snapshot"].startswith(f"esxdr_{g.name}_")
     assert f'esxdr_rpo_ok{{group="{g.name}"}} 1' in prom.read_text()
+    # both replications fall in the same hour: DR's first snapshots are due, and DR prunes them itself
+    assert st["dr_retention"]["pruned_by"] == "dr" and st["dr_retention"]["due"] == len(g.datasets)
+    assert f'esxdr_dr_snapshots_due{{group="{g.name}"}} {len(g.datasets)}' in prom.read_text()
+    assert "DR prunes itself" in g.esxdr("status", g.name).stdout
 
     r = g.esxdr("--json", "snapshots", g.name)
     rows = json.loads(r.stdout)
