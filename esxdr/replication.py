@@ -231,8 +231,9 @@ class Engine:
         if group_name not in site.protection_groups:
             known = ", ".join(sorted(site.protection_groups)) or "none"
             raise UsageError(f"no protection group {group_name!r} in {site.path}", hint=f"known groups: {known}")
-        if opts.rollback_dr:
+        if opts.rollback_dr and not opts.dry_run:
             # Rolling DR back destroys DR snapshots and data: DR does that itself, never the key.
+            # (A dry run only reads: it may plan through the key from anywhere.)
             site = dr_side_site(site, site.protection_groups[group_name], "--rollback-dr",
                                 "roll back, release or destroy on DR")
         self.site = site

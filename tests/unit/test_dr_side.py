@@ -20,6 +20,24 @@ def test_rollback_dr_runs_only_on_the_dr_box(tmp_path, capsys):
     assert "run esxdr on ss2 itself" in err
 
 
+def test_a_dry_run_of_rollback_dr_is_not_refused_for_where_it_runs(tmp_path, capsys, monkeypatch):
+    """It only reads, through the key like any dry run: the DR-box rule is not what stops it here."""
+    from esxdr import replication
+    from esxdr.errors import UsageError
+
+    opened: list[str] = []
+
+    def no_connection(site, name, **kw):
+        opened.append(name)
+        raise UsageError("stopped before connecting")
+
+    monkeypatch.setattr(replication, "open_side", no_connection)
+    rc = run(["--site", str(_site(tmp_path)), "replicate", "core", "--rollback-dr", "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stopped before connecting" in err and "with its own privileges" not in err
+    assert opened  # it went on to open the sides through the site file as it is
+
+
 def test_dr_side_prune_runs_only_on_the_dr_box(tmp_path, capsys):
     rc = run(["--site", str(_site(tmp_path)), "prune", "core", "--side", "dr", "--dry-run"])
     err = capsys.readouterr().err
