@@ -107,11 +107,17 @@ def _check_token(token: str, prefixes: list[str]) -> None:
     _need_dataset(toname, prefixes, snapshot=True)
 
 
-def check_zfs(args: list[str], prefixes: list[str]) -> None:
-    """Refuse any zfs invocation esxdr does not make."""
+NO_DRILLS = "drills run on the DR box itself here (esxdr serve --no-drills)"
+
+
+def check_zfs(args: list[str], prefixes: list[str], *, drills: bool = True) -> None:
+    """Refuse any zfs invocation esxdr does not make. Without ``drills``, also what only a drill
+    run through this key makes: clones, their mounts and their clean-up."""
     if not args:
         raise Refused("empty zfs command")
     verb, rest = args[0], args[1:]
+    if not drills and verb in ("clone", "mount", "release"):
+        raise Refused(f"zfs {verb}: {NO_DRILLS}")
     if verb == "version" and not rest:
         return
     if verb == "get":
@@ -189,6 +195,8 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
             _need_bookmark(rest[0], prefixes)  # destroys only the bookmark, never data
             return
         if "@" not in rest[0] and _is_test_clone(rest[0]):
+            if not drills:
+                raise Refused(f"zfs destroy of {rest[0]!r}: {NO_DRILLS}")
             _need_dataset(rest[0], prefixes, snapshot=False)
             return
         # No snapshot, ever: the DR retention window is kept by the DR box itself
@@ -260,6 +268,8 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
             # key that replicates into DR must not be able to take its copies live.
             if opens and not _is_test_clone(ds):
                 raise Refused(f"{' '.join(opens)} only on drill clones (esxdr-test…), not on {ds!r}")
+            if opens and not drills:
+                raise Refused(f"{' '.join(opens)}: {NO_DRILLS}")
         return
     if verb in ("mount", "unmount"):
         flags = rest
@@ -274,6 +284,8 @@ def check_zfs(args: list[str], prefixes: list[str]) -> None:
         # uses it (tgtd serving a failed-over LUN). Only a drill's own clean-up forces, on its clones.
         if forced and not _is_test_clone(rest[0]):
             raise Refused(f"unmount -f only on drill clones (esxdr-test…), not on {rest[0]!r}")
+        if forced and not drills:
+            raise Refused(f"unmount -f: {NO_DRILLS}")
         return
     if verb == "create":
         rest = _flags_and_options(rest, "p")
@@ -339,7 +351,7 @@ def check_stage(argv: list[str]) -> None:
             raise Refused(f"argument {a!r} is not allowed for {prog}")
 
 
-def parse(command: str, prefixes: list[str]) -> list[list[str]] | str:
+def parse(command: str, prefixes: list[str], *, drills: bool = True) -> list[list[str]] | str:
     """Validate a requested command; returns pipeline stages or the name of a built-in."""
     if not command.strip():
         raise Refused("no command (interactive logins are not allowed)")
@@ -369,7 +381,7 @@ def parse(command: str, prefixes: list[str]) -> list[list[str]] | str:
         raise Refused("each program may appear once in a pipeline")
     for s in stages:
         if s[0] == "zfs":
-            check_zfs(s[1:], prefixes)
+            check_zfs(s[1:], prefixes, drills=drills)
         else:
             check_stage(s)
     zfs_at = stages.index(zfs_stages[0])
@@ -443,11 +455,14 @@ def _log(logs: list[str], line: str, *, refused: bool = False) -> None:
             pass
 
 
-USAGE = """usage: esxdr serve --allow-prefix DATASET [--allow-prefix DATASET ...] [--sudo] [--log FILE|syslog ...]
+USAGE = """usage: esxdr serve --allow-prefix DATASET [--allow-prefix DATASET ...] [--sudo] [--no-drills]
+                   [--log FILE|syslog ...]
 
 Forced command for the DR service account (see `esxdr keys authorized-line`).
 Reads the requested command from SSH_ORIGINAL_COMMAND and runs it only if it is
 one of the zfs operations esxdr needs on a dataset under an allowed prefix.
+--no-drills also refuses what only a drill run through this key does (clone, mount,
+open and destroy its clones, release its hold): drills then run on the DR box itself.
 --log (repeatable) writes every request run and every one refused (REFUSED …) to an
 absolute FILE, or to syslog (facility auth) with the word syslog.
 """
@@ -456,6 +471,7 @@ absolute FILE, or to syslog (facility auth) with the word syslog.
 def main(argv: list[str]) -> int:
     prefixes: list[str] = []
     sudo = False
+    drills = True
     logs: list[str] = []
     it = iter(argv)
     for a in it:
@@ -463,6 +479,8 @@ def main(argv: list[str]) -> int:
             prefixes.append(next(it, "").rstrip("/"))
         elif a == "--sudo":
             sudo = True
+        elif a == "--no-drills":
+            drills = False
         elif a == "--log":
             dest = next(it, "")
             # absolute: the forced command's working directory is the account's home, which a
@@ -483,7 +501,7 @@ def main(argv: list[str]) -> int:
     command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
     zfs = ["sudo", "-n", "zfs"] if sudo else ["zfs"]
     try:
-        parsed = parse(command, prefixes)
+        parsed = parse(command, prefixes, drills=drills)
     except Refused as e:
         _log(logs, f"REFUSED {command!r}: {e}", refused=True)
         sys.stderr.write(f"esxdr serve: refused: {e}\n")

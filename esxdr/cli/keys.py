@@ -112,6 +112,7 @@ Examples:
   esxdr keys authorized-line --from 192.0.2.10      production connects from this address
   esxdr keys authorized-line --log /var/log/esxdr-serve.log
   esxdr keys authorized-line --sudo        for zfs builds without `zfs allow` (zfs-fuse, old Solaris)
+  esxdr keys authorized-line --drills      production also runs drills through this key
 
 The lines after the key line are comments (authorized_keys ignores them): the zfs rights to
 give the account on the DR box, on the serve prefix only.
@@ -122,6 +123,9 @@ give the account on the DR box, on the serve prefix only.
 @click.option("--from", "from_", metavar="ADDRESS[,ADDRESS…]",
               help="IP addresses or networks production connects from "
                    "(default: the address of each production server replicating here).")
+@click.option("--drills", is_flag=True,
+              help="Let drills run through this key (clone, mount and destroy drill clones on DR). Without it "
+                   "serve gets --no-drills and drills run on the DR box itself.")
 @click.option("--log", "log", default="syslog", show_default=True, metavar="FILE|syslog",
               help="Where esxdr serve logs each request run and refused: syslog, or an absolute file "
                    "the account can append to.")
@@ -129,7 +133,7 @@ give the account on the DR box, on the serve prefix only.
 @site_option
 @pass_ctx
 def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: str, from_: str | None,
-                    log: str) -> None:
+                    drills: bool, log: str) -> None:
     """Print the line that pins `esxdr serve` as the forced command, under the DR dataset prefix."""
     site = ctx.site()
     dr = [s for s in site.storage.values() if s.role == "dr"]
@@ -159,14 +163,14 @@ def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: st
     pub = _public_key_path(srv.key)
     key = _public_key(pub)
 
-    argv = [esxdr_path, "serve", *(["--sudo"] if sudo else [])]
+    argv = [esxdr_path, "serve", *(["--sudo"] if sudo else []), *([] if drills else ["--no-drills"])]
     for p in prefixes:
         argv += ["--allow-prefix", p]
     argv += ["--log", log]
     line = f'restrict,from="{",".join(addresses)}",{_command_option(argv)} {key}'
     setup = _dr_setup(srv.name, srv.user, prefixes, sudo)
     ctx.emit({"server": srv.name, "prefixes": prefixes, "from": addresses, "log": log, "line": line,
-              "sudo": sudo, "dr_setup": [c.strip() for c in setup if not c.startswith("#")]},
+              "sudo": sudo, "drills": drills, "dr_setup": [c.strip() for c in setup if not c.startswith("#")]},
              "\n".join([line, *(f"# {c}" if not c.startswith("#") else c for c in setup)]))
 
 

@@ -103,10 +103,11 @@ class Lane:
         self.run(["zpool", "create", "-f", "-o", "ashift=12", "-O", "compression=off", "-O", "mountpoint=/" + name,
                   name, disk])
 
-    def dr_account(self, user: str, prefix: str, pubkey: str, log: str = "/var/log/esxdr-serve.log") -> str:
+    def dr_account(self, user: str, prefix: str, pubkey: str, log: str = "/var/log/esxdr-serve.log",
+                   permissions: str = DR_PERMISSIONS, on: str | None = None) -> str:
         """The DR service account: forced `esxdr serve`, zfs rights by `zfs allow`, no sudo.
 
-        Returns the authorized_keys line installed.
+        The rights go on ``on`` (default: the prefix's pool). Returns the authorized_keys line installed.
         """
         line = f'command="/usr/local/bin/esxdr serve --allow-prefix {prefix} --log {log}",restrict {pubkey.strip()}'
         script = f"""set -e
@@ -117,7 +118,7 @@ mkdir -p "$home/.ssh"
 printf '%s\\n' {shlex.quote(line)} > "$home/.ssh/authorized_keys"
 chown -R {user}: "$home/.ssh"; chmod 700 "$home/.ssh"; chmod 600 "$home/.ssh/authorized_keys"
 touch {log}; chmod 666 {log}
-zfs allow -u {user} {DR_PERMISSIONS} {prefix.split('/')[0]}
+zfs allow -u {user} {permissions} {on or prefix.split('/')[0]}
 """
         self.run(script)
         return line

@@ -82,5 +82,5 @@ def test_schedule_and_keys(group_factory, tmp_path):
     assert r.returncode == 2 and "--from ADDRESS" in r.stderr
     r = g.esxdr("keys", "authorized-line", "--sudo", "--from", "127.0.0.1")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f'restrict,from="127.0.0.1",command="esxdr serve --sudo --allow-prefix {g.dr_pool} '
+    assert r.stdout.startswith(f'restrict,from="127.0.0.1",command="esxdr serve --sudo --no-drills --allow-prefix {g.dr_pool} '
                                '--log syslog" ssh-ed25519 ')

@@ -61,7 +61,7 @@ def test_the_line_and_the_delegation(tmp_path, capsys):
     rc, out, err = _line(capsys, "--site", str(_site(tmp_path)))
     assert rc == 0, err
     assert out.splitlines() == [
-        'restrict,from="192.0.2.10",command="esxdr serve --allow-prefix rp1/iscsi --log syslog" ' + PUB,
+        'restrict,from="192.0.2.10",command="esxdr serve --no-drills --allow-prefix rp1/iscsi --log syslog" ' + PUB,
         "# On ss2, as root: zfs rights for esxdr on rp1/iscsi only, never on the pool:",
         "#   zfs create -p rp1/iscsi",
         "#   zfs allow -u esxdr create,mount,receive,hold,userprop,readonly,canmount rp1/iscsi",
@@ -191,7 +191,7 @@ def test_the_forced_command_survives_sshd_and_the_shell(tmp_path, capsys, path):
     opts, key = _sshd_options(out.splitlines()[0])
     assert key == PUB and set(opts) == {"restrict", "from", "command"} and opts["from"] == "192.0.2.10"
     # sshd gives the command to `$SHELL -c`: a POSIX shell splits it back into exactly these words
-    assert shlex.split(opts["command"]) == [path, "serve", "--allow-prefix", "rp1/iscsi",
+    assert shlex.split(opts["command"]) == [path, "serve", "--no-drills", "--allow-prefix", "rp1/iscsi",
                                             "--log", "/var/log/my serve.log"]
 
 
@@ -240,7 +240,7 @@ def test_a_log_file_and_sudo(tmp_path, capsys):
     rc, out, err = _line(capsys, "--site", str(_site(tmp_path)), "--sudo", "--log", "/var/log/esxdr-serve.log")
     assert rc == 0, err
     assert out.splitlines() == [
-        'restrict,from="192.0.2.10",command="esxdr serve --sudo --allow-prefix rp1/iscsi '
+        'restrict,from="192.0.2.10",command="esxdr serve --sudo --no-drills --allow-prefix rp1/iscsi '
         '--log /var/log/esxdr-serve.log" ' + PUB,
         "# On ss2: zfs runs as root through sudo, so esxdr serve is the only guard. sudoers:",
         "#   esxdr ALL=(root) NOPASSWD: /usr/sbin/zfs",
@@ -280,3 +280,25 @@ def test_serve_accepts_the_command_the_line_pins(tmp_path, capsys, monkeypatch):
 def test_a_public_key_file_that_is_not_one_key_is_refused(tmp_path, capsys, pub, words):
     rc, out, err = _line(capsys, "--site", str(_site(tmp_path, pub=pub)))
     assert rc == 2 and out == "" and words in err and "ssh-keygen -y -f" in err
+
+
+def test_drills_through_the_key_only_when_asked(tmp_path, capsys):
+    """Without --drills the line pins serve --no-drills: a stolen key cannot clone, mount or open
+    DR data; drills then run on the DR box. --drills (the lab's way) leaves them to the key."""
+    from esxdr.serve import Refused, parse
+
+    rc, out, err = _line(capsys, "--site", str(_site(tmp_path)), "--json")
+    assert rc == 0, err
+    assert json.loads(out)["drills"] is False and "--no-drills" in json.loads(out)["line"]
+    rc, out, err = _line(capsys, "--site", str(_site(tmp_path)), "--drills")
+    assert rc == 0 and "--no-drills" not in out.splitlines()[0]
+    clone = "rp1/iscsi/esxdr-test-core/lun0"
+    for command in (f"zfs clone rp1/iscsi/lun0@a {clone}", f"zfs mount {clone}", f"zfs unmount -f {clone}",
+                    f"zfs destroy {clone}", "zfs release esxdr-test-core rp1/iscsi/lun0@a",
+                    f"zfs set readonly=off canmount=on {clone}"):
+        parse(command, ["rp1/iscsi"])  # allowed by default (drills through the key)...
+        with pytest.raises(Refused, match="drills run on the DR box itself here"):
+            parse(command, ["rp1/iscsi"], drills=False)  # ...and refused under --no-drills
+    # replication itself is untouched by --no-drills
+    assert parse("zfs receive -u rp1/iscsi/lun0", ["rp1/iscsi"], drills=False) == \
+        [["zfs", "receive", "-u", "rp1/iscsi/lun0"]]
