@@ -280,3 +280,46 @@ def test_delegation_not_root(group_factory, lane, dr_account):
     assert r.returncode == 126
     r = lane.run("id", user=dr_account["user"], key=dr_account["key"], check=False)
     assert r.returncode == 126
+
+
+def test_the_documented_delegation_alone_is_enough(group_factory, lane, tmp_path):
+    """A DR account with exactly the rights `esxdr keys authorized-line` prints, on the prefix only
+    (no destroy, rollback or release): full, incremental and no-op replications all succeed, since
+    nothing is released or destroyed on DR through the key; DR keeps every snapshot, held."""
+    from esxdr.cli.keys import DR_DELEGATION
+    from esxdr.lab.openzfs import keygen
+
+    user, prefix = "esxdr-narrow", "ozdr/narrow"
+    keys = tmp_path / "narrow-key"
+    keys.mkdir(mode=0o700)
+    pub = keygen(keys / "id_ed25519", "esxdr@narrow")
+    lane.run(f"zfs create -p {prefix}")
+    lane.dr_account(user, prefix, pub, permissions=",".join(DR_DELEGATION), on=prefix)
+    assert "destroy" not in lane.out(f"zfs allow {prefix}") and "release" not in lane.out(f"zfs allow {prefix}")
+    g = group_factory(2)
+    old_root = g.dr_root
+    g.dr_root = f"{prefix}/{g.name}"
+    site = g.site.read_text().replace(f"dr_root: {old_root}", f"dr_root: {g.dr_root}")
+    site = site.replace("user: esxdr-dr", f"user: {user}").replace(f"serve_prefix: {old_root.split('/')[0]}\n",
+                                                                    f"serve_prefix: {prefix}\n")
+    key_line = next(line for line in site.splitlines() if line.strip().startswith("key:") and "drkey" in line)
+    site = site.replace(key_line, key_line.split("key:")[0] + f"key: {keys / 'id_ed25519'}")
+    g.site.write_text(site)
+    try:
+        snaps = []
+        for i in range(2):
+            for ds in g.datasets:
+                g.write(ds, 1 << 20, offset=i << 20)
+            r = g.esxdr("--json", "replicate", g.name)
+            assert r.returncode == 0, r.stderr
+            snaps.append(json.loads(r.stdout)["snapshot"])
+            assert_consistent(g)
+        r = g.esxdr("--json", "replicate", g.name, "--no-snapshot")
+        assert r.returncode == 0, r.stderr
+        assert "ss2" not in json.loads(r.stdout)["pruned"]
+        dst = g.snapshots(g.dr_root)
+        assert all([(n, refs > 0) for n, refs in dst[g.dr(ds)]] == [(s, True) for s in snaps] for ds in g.datasets), dst
+        log = lane.out("cat /var/log/esxdr-serve.log")
+        assert "REFUSED" not in "".join(line for line in log.splitlines() if g.name in line)
+    finally:
+        lane.run(f"zfs destroy -r {g.dr_root}; zfs unallow -u {user} {prefix}; true", check=False)
