@@ -9,6 +9,7 @@ only describes it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -824,6 +825,23 @@ def prune_dr_side(site, group, *, dry_run: bool) -> DrPrune:
     try:
         obs = dst.zfs.observe([group.dr_root])
         tz = group.schedule.timezone if group.schedule else "UTC"
+        tag = hold_tag(group.name)
+        # Replication holds every snapshot it sends to a DR behind serve; only the newest needs it
+        # (the next base). Its hold moves there now, one release per snapshot (one without the tag
+        # fails alone), so that what still holds a snapshot afterwards is someone else's: a drill's,
+        # an admin's. Which tags a snapshot carries is not asked: zfs-fuse has no `zfs holds`. A
+        # dry run assumes replication's hold on each held snapshot.
+        older = [s for name, ds in obs.items() if name in group.dr_datasets
+                 for s in ds.snapshots if s.held and s is not max(ds.snapshots, key=lambda x: x.createtxg)]
+        if dry_run:
+            moved = {s.full_name for s in older}
+            obs = {name: dataclasses.replace(ds, snapshots=[
+                dataclasses.replace(s, userrefs=(s.userrefs or 0) - 1) if s.full_name in moved else s
+                for s in ds.snapshots]) for name, ds in obs.items()}
+        elif older:
+            for snap in older:
+                dst.zfs.release(tag, [snap.full_name])
+            obs = dst.zfs.observe([group.dr_root])
         out = DrPrune(decisions=[])
         doomed: list[Snapshot] = []
         for name, ds in sorted(obs.items()):
@@ -837,10 +855,7 @@ def prune_dr_side(site, group, *, dry_run: bool) -> DrPrune:
             doomed += [d.snapshot for d in decisions if not d.keep]
         if dry_run:
             return out
-        tag = hold_tag(group.name)
         for snap in doomed:
-            if snap.held:
-                dst.zfs.release(tag, [snap.full_name])
             try:
                 dst.zfs.destroy_snapshots([snap.full_name])
                 out.destroyed.append(snap.full_name)

@@ -99,6 +99,9 @@ def relay(src_fd: int, dst_fd: int, progress: Callable[[int], None] | None = Non
     return total
 
 
+KILLED_BY_SIGNAL = {128 + 1, 128 + 2, 128 + 9, 128 + 13, 128 + 15}  # HUP, INT, KILL, PIPE, TERM
+
+
 def run_stream(src: Transport, send_argv: list[str], dst: Transport, recv_argv: list[str], *,
                compress: str | None = None, mbuffer: bool = False, progress: Callable[[int], None] | None = None,
                bwlimit: int | None = None, dataset: str | None = None,
@@ -166,7 +169,10 @@ def run_stream(src: Transport, send_argv: list[str], dst: Transport, recv_argv: 
         order = [receiver, sender] + ([compressor] if compressor else [])
         failures.sort(key=lambda f: order.index(f[0]) if f[0] in order else 99)
         proc, err = failures[0]
-        if proc.returncode is not None and proc.returncode < 0 or proc.returncode == 255:
+        # Killed, by a signal to us or (128+N, reported by the remote login shell between sshd and
+        # esxdr serve) to the other side's zfs: a cut stream, worth a retry like a dropped connection.
+        if proc.returncode is not None and proc.returncode < 0 or proc.returncode == 255 \
+                or proc.returncode in KILLED_BY_SIGNAL:
             raise TransientError(f"stream into {dataset or '?'} cut: `{_argv_text(proc)}` "
                                  f"ended with {proc.returncode}: {err.strip()[:300]}")
         side = dst if proc is receiver else src
