@@ -813,6 +813,20 @@ class DrPrune:
     kept: dict[str, str] = field(default_factory=dict)  # snapshot -> why it could not be destroyed
 
 
+def dr_decisions(group, dr_obs: dict[str, Dataset], tz: str) -> list[Decision]:
+    """The destination rules applied to DR from its view alone: each replica keeps its newest
+    snapshot, the base of the next incremental (production holds it too)."""
+    out: list[Decision] = []
+    for name, ds in sorted(dr_obs.items()):
+        if not ds.snapshots:
+            continue
+        newest = max(ds.snapshots, key=lambda x: x.createtxg)
+        protected = frozenset({newest.guid}) if name in group.dr_datasets else frozenset()
+        out += prune_decisions(ds, group.retention.destination, group.name, protected,
+                               group.retention.prune_foreign, tz)
+    return out
+
+
 def prune_dr_side(site, group, *, dry_run: bool) -> DrPrune:
     """DR retention, run on the DR box with its own privileges, from DR's view alone.
 
@@ -842,17 +856,8 @@ def prune_dr_side(site, group, *, dry_run: bool) -> DrPrune:
             for snap in older:
                 dst.zfs.release(tag, [snap.full_name])
             obs = dst.zfs.observe([group.dr_root])
-        out = DrPrune(decisions=[])
-        doomed: list[Snapshot] = []
-        for name, ds in sorted(obs.items()):
-            if not ds.snapshots:
-                continue
-            newest = max(ds.snapshots, key=lambda x: x.createtxg)
-            protected = frozenset({newest.guid}) if name in group.dr_datasets else frozenset()
-            decisions = prune_decisions(ds, group.retention.destination, group.name, protected,
-                                        group.retention.prune_foreign, tz)
-            out.decisions += decisions
-            doomed += [d.snapshot for d in decisions if not d.keep]
+        out = DrPrune(decisions=dr_decisions(group, obs, tz))
+        doomed = [d.snapshot for d in out.decisions if not d.keep]
         if dry_run:
             return out
         for snap in doomed:

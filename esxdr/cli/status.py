@@ -62,23 +62,17 @@ def dr_retention(site, g, dr_obs: dict, now: float) -> dict:
     """How many DR snapshots the destination rules would prune now, and who prunes them: a DR behind
     esxdr serve prunes itself (`prune --side dr` on the DR box), so a count that only grows there
     means that job is not running."""
-    from esxdr.replication import prune_decisions
+    from esxdr.replication import dr_decisions
 
     dr = site.storage_server(g.destination)
     pruned_by = "dr" if dr.serve_prefix and not dr.local else "replication"
     tz = g.schedule.timezone if g.schedule else "UTC"
-    due = []
-    for name, ds in dr_obs.items():
-        if not ds.snapshots:
-            continue
-        newest = max(ds.snapshots, key=lambda x: x.createtxg)
-        protected = frozenset({newest.guid}) if name in g.dr_datasets else frozenset()
-        if pruned_by == "dr":
-            # there replication holds every snapshot it sent, and the DR prune releases that hold:
-            # counted as due unless something else holds it (which tag is not visible from here)
-            ds = dataclasses.replace(ds, snapshots=[dataclasses.replace(s, userrefs=0) for s in ds.snapshots])
-        due += [d.snapshot for d in prune_decisions(ds, g.retention.destination, g.name, protected,
-                                                     g.retention.prune_foreign, tz) if not d.keep]
+    if pruned_by == "dr":
+        # there replication holds every snapshot it sent, and the DR prune releases that hold:
+        # counted as due unless something else holds it (which tag is not visible from here)
+        dr_obs = {n: dataclasses.replace(ds, snapshots=[dataclasses.replace(s, userrefs=0) for s in ds.snapshots])
+                  for n, ds in dr_obs.items()}
+    due = [d.snapshot for d in dr_decisions(g, dr_obs, tz) if not d.keep]
     oldest = min((s.creation for s in due), default=None)
     return {"pruned_by": pruned_by, "due": len(due),
             "oldest_due_seconds": round(now - oldest, 1) if oldest is not None else None}

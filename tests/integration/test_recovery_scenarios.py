@@ -50,6 +50,14 @@ def replicate(g, *args: str) -> subprocess.CompletedProcess:
     return g.esxdr("--json", "replicate", g.name, *args)
 
 
+def replicated_twice(g, ds: str) -> str:
+    """Two ordinary replications of the group; the newest snapshot's name."""
+    for i in range(2):
+        g.write(ds, 1 << 20, offset=i << 20)
+        assert replicate(g).returncode == 0
+    return snapshots(ds)[-1]
+
+
 def refused_then_resolved(g, kind: str) -> dict:
     dr_before = {d: snapshots(g.dr_root + d[len(g.source_root):]) for d in g.datasets}
     r = replicate(g)
@@ -73,10 +81,7 @@ def test_lost_newest_common_snapshot(group_factory):
     """Production loses its newest snapshot, the one DR holds (still with esxdr's hold): DR-only now."""
     g = group_factory(1)
     ds = g.datasets[0]
-    for i in range(2):
-        g.write(ds, 1 << 20, offset=i << 20)
-        assert replicate(g).returncode == 0
-    newest = snapshots(ds)[-1]
+    newest = replicated_twice(g, ds)
     drop_on_production(g, ds, [newest])
     g.write(ds, 1 << 20, offset=2 << 20)
     done = refused_then_resolved(g, "diverged")
@@ -114,10 +119,7 @@ def test_a_drill_hold_stops_the_rollback_as_a_conflict_not_a_retry(group_factory
     """Another tag's hold on what --rollback-dr would destroy: exit 3 (held), at once, DR unchanged."""
     g = group_factory(1)
     ds = g.datasets[0]
-    for i in range(2):
-        g.write(ds, 1 << 20, offset=i << 20)
-        assert replicate(g).returncode == 0
-    newest = snapshots(ds)[-1]
+    newest = replicated_twice(g, ds)
     dr = g.dr_root + ds[len(g.source_root):]
     zfs("hold", f"esxdr-test-{g.name}", f"{dr}@{newest}")
     drop_on_production(g, ds, [newest])
