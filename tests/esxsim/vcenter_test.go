@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -169,4 +171,63 @@ func TestVCenterRegisterWithoutHostNeedsDRS(t *testing.T) {
 
 func methodsUpdateSoftwareIscsi(ctx context.Context, c *govmomi.Client, req *types.UpdateSoftwareInternetScsiEnabled) (*types.UpdateSoftwareInternetScsiEnabledResponse, error) {
 	return methods.UpdateSoftwareInternetScsiEnabled(ctx, c.Client, req)
+}
+
+// Under vCenter the hosts of one process share one working copy per VMFS volume, as ESXi
+// hosts share one file system. A second host that mounts the volume joins that copy: it
+// neither reads the LUN again nor rewrites the files, so the first host's view of the
+// datastore never loses a file while the second one mounts. (Before, the second mount
+// emptied and reloaded the shared copy, and a datastore search by the first host in that
+// window found no VMs.) The LUN's portal here accepts no login: a reload would fail.
+func TestSecondHostJoinsTheSharedCopyWithoutReloading(t *testing.T) {
+	dir := t.TempDir()
+	wd, _ := os.Getwd()
+	if err := os.Chdir(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = os.Chdir(wd) }()
+	sim, err := NewSim(Config{Listen: "127.0.0.1:18443", Hostname: "vc-join", DataDir: dir, Username: "root", Password: "pw",
+		MountRegistry: t.TempDir(), VCenter: true, Hosts: []string{"esx-a", "esx-b"}, Cluster: "cl-join"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := sim.hosts[0], sim.hosts[1]
+	u, _ := parseVmfsUUID("5f1e2d3c-4b5a6978-8796-000c29aabb01")
+	info := VmfsInfo{LvmMajor: 6, DataOffset: defaultDataOffset, FsMajor: 24, UUID: u, Label: "ds-shared", HasFS: true,
+		Disk: DiskID{Type: 3, Lun: 1, Model: "COMSTAR", ID: DeviceIDFor(naaA, "COMSTAR")}}
+	lun := &Lun{Canonical: "naa." + naaA, NAA: naaA, Vmfs: &info, Portal: "127.0.0.1:1", Target: "iqn.none:none",
+		Ident: LunIdentity{Product: "COMSTAR", BlockSize: 512, Blocks: 96 << 11}}
+
+	// host A's mount, as loadVolumeFiles leaves it: the working copy holds a VM's files
+	va := &Volume{UUID: info.UUIDString(), Label: info.Label, Lun: lun, Extents: []*Lun{lun}, Info: info}
+	vmx := filepath.Join(va.Dir(), "app0a", "app0a.vmx")
+	if err := os.MkdirAll(filepath.Dir(vmx), 0700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(vmx, []byte("displayName = \"app0a\"\n"), 0600); err != nil {
+		t.Fatal(err)
+	}
+	va.lastHash = a.dirHash(va)
+	a.createDatastoreEntity(va)
+	a.volumes[va.UUID] = va
+	before, _ := os.Stat(vmx)
+
+	vb, f := b.mountVolume([]*Lun{lun}, false)
+	if f != nil {
+		t.Fatalf("host B could not join the volume host A mounts: %s", faultText(f))
+	}
+	after, err := os.Stat(vmx)
+	if err != nil || !os.SameFile(before, after) {
+		t.Fatalf("host B's mount replaced the shared files (%v)", err)
+	}
+	if vb.DS != va.DS || len(va.DS.Host) != 2 || vb.lastHash != va.lastHash {
+		t.Fatalf("one datastore mounted by both hosts expected: %d mounts, same entity %v", len(va.DS.Host), vb.DS == va.DS)
+	}
+	a.mu.Lock()
+	delete(a.volumes, va.UUID) // its LUN accepts no login: nothing to sync at close
+	a.mu.Unlock()
+	b.mu.Lock()
+	delete(b.volumes, vb.UUID)
+	b.mu.Unlock()
+	sim.Close()
 }

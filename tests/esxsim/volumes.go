@@ -317,7 +317,14 @@ func (w *Host) setAccessible(v *Volume, ok bool) {
 }
 
 // mountVolume creates the datastore for a volume on its extents (the head first) and loads its files.
+//
+// Under vCenter the hosts of one esxsim process share one working copy per volume, as ESXi
+// hosts share one VMFS: a host that mounts a volume another host already mounts joins that
+// copy (which may be newer than the LUN) and never reloads it, so mounting on one host
+// cannot make files vanish, even for a moment, from another host's view of the datastore.
 func (w *Host) mountVolume(ext []*Lun, force bool) (*Volume, types.BaseMethodFault) {
+	mountMu.Lock() // one mount at a time per process: the check for a shared copy and its load are one step
+	defer mountMu.Unlock()
 	l := ext[0]
 	info := *l.Vmfs
 	u := info.UUIDString()
@@ -329,18 +336,48 @@ func (w *Host) mountVolume(ext []*Lun, force bool) (*Volume, types.BaseMethodFau
 	w.mu.Unlock()
 	v := &Volume{UUID: u, Label: info.Label, Lun: l, Extents: ext, Info: info, ForceMounted: force}
 
-	d, err := w.openLun(l)
-	if err != nil {
-		return nil, withMsg(&types.HostConfigFault{}, fmt.Sprintf("cannot open LUN %s: %v", l.Canonical, err))
+	if _, shared := simulator.Map.Get(types.ManagedObjectReference{Type: "Datastore", Value: u}).(*simulator.Datastore); shared {
+		syncMu.Lock()
+		v.lastHash = w.dirHash(v)
+		syncMu.Unlock()
+	} else if f := w.loadVolumeFiles(v); f != nil {
+		return nil, f
 	}
-	dir, err := ReadDirectory(d, &info)
+
+	w.createDatastoreEntity(v)
+	w.mu.Lock()
+	w.volumes[u] = v
+	w.mu.Unlock()
+	w.registerMount(v)
+	mode := "mounted"
+	if force {
+		mode = "force-mounted"
+	}
+	w.postEvent(fmt.Sprintf("VMFS volume %s (%s) %s from %s", v.Label, u, mode, l.Canonical), false)
+	w.refreshMountInfo()
+	return v, nil
+}
+
+// mountMu serialises mounts in this process (the vCenter hosts share working copies).
+var mountMu sync.Mutex
+
+// loadVolumeFiles replaces the volume's working copy with the files of its LUN's directory.
+// SyncAll waits meanwhile: a half-loaded copy is never written back to the LUN.
+func (w *Host) loadVolumeFiles(v *Volume) types.BaseMethodFault {
+	d, err := w.openLun(v.Lun)
+	if err != nil {
+		return withMsg(&types.HostConfigFault{}, fmt.Sprintf("cannot open LUN %s: %v", v.Lun.Canonical, err))
+	}
+	dir, err := ReadDirectory(d, &v.Info)
 	d.s.Close()
 	if err != nil {
-		return nil, withMsg(&types.HostConfigFault{}, fmt.Sprintf("cannot read datastore %s on %s: %v", info.Label, l.Canonical, err))
+		return withMsg(&types.HostConfigFault{}, fmt.Sprintf("cannot read datastore %s on %s: %v", v.Label, v.Lun.Canonical, err))
 	}
+	syncMu.Lock()
+	defer syncMu.Unlock()
 	_ = os.RemoveAll(v.Dir())
 	if err := os.MkdirAll(v.Dir(), 0700); err != nil {
-		return nil, withMsg(&types.HostConfigFault{}, err.Error())
+		return withMsg(&types.HostConfigFault{}, err.Error())
 	}
 	for _, dd := range dir.Dirs {
 		if safeRel(dd) {
@@ -361,19 +398,7 @@ func (w *Host) mountVolume(ext []*Lun, force bool) (*Volume, types.BaseMethodFau
 	}
 	v.generation = dir.Generation
 	v.lastHash = w.dirHash(v)
-
-	w.createDatastoreEntity(v)
-	w.mu.Lock()
-	w.volumes[u] = v
-	w.mu.Unlock()
-	w.registerMount(v)
-	mode := "mounted"
-	if force {
-		mode = "force-mounted"
-	}
-	w.postEvent(fmt.Sprintf("VMFS volume %s (%s) %s from %s", v.Label, u, mode, l.Canonical), false)
-	w.refreshMountInfo()
-	return v, nil
+	return nil
 }
 
 func safeRel(p string) bool {
