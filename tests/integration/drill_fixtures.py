@@ -108,6 +108,12 @@ def make_drill_lab(tag: str, *, vcenter: bool = False, drs: bool = True):  # a g
     finally:
         if dl is not None and dl.vc is not None:
             dl.vc.stop()
+        keep = os.environ.get("ESXDR_KEEP_LAB_LOGS")
+        if keep:  # a flake's evidence (esxsim, tgtd and serve logs) outlives the lab (scripts/soak)
+            into = Path(keep) / Path(d).name
+            into.mkdir(parents=True, exist_ok=True)
+            for f in Path(d).glob("*.log"):
+                shutil.copy(f, into)
         lab.down()
         shutil.rmtree(d, ignore_errors=True)
 
