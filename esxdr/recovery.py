@@ -802,7 +802,12 @@ def _s_register(d: Drill, step: rb.Step, rec: RunRecord) -> list[str]:
         found = {n: known[n] for n in wanted}
     lacking = [n for n in wanted if n not in found]
     if lacking:
-        raise ConflictError(f"VM(s) {', '.join(lacking)} not found on the drill datastores {', '.join(stores)}",
+        # What each datastore held, so that the message tells a wrong site file from a volume
+        # that came up empty or not at all.
+        held = {ds: sorted(n for n, p in found.items() if rb._vmx_datastore(p) == ds) for ds in stores}
+        seen = "; ".join(f"{ds}: " + ("not mounted" if ds not in h.datastores else
+                                       (", ".join(held[ds]) if held[ds] else "no .vmx")) for ds in stores)
+        raise ConflictError(f"VM(s) {', '.join(lacking)} not found on the drill datastores ({seen})",
                             hint="check protection_groups.*.vms in the site file against the datastores' contents")
     registered = {rb.norm_vmx(v.vmx_path): n for n, v in h.vms.items()}
     todo = [n for n in wanted if rb.norm_vmx(found[n]) not in registered]

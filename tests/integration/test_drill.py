@@ -182,6 +182,34 @@ def test_callouts_post_runs_after_a_failure_and_a_failing_pre_stops(drill_lab, t
     assert esx_dr(dl) == before
 
 
+def test_a_vm_missing_from_the_datastores_is_named_with_what_each_held(drill_lab):
+    """The site file lists a VM that no datastore holds: the drill stops at register (exit 3) and
+    says what each datastore held, so a wrong site file is told from a volume that came up empty."""
+    from pathlib import Path
+
+    dl = drill_lab
+    before = esx_dr(dl)
+    p = Path(dl.site)
+    text = p.read_text()
+    vms = text.index("    vms:\n")
+    networks = text[text.index("        networks: ", vms):].split("\n", 1)[0]  # as the other VMs map theirs
+    ghost = f"      ghost:\n        priority: 1\n{networks}\n"
+    p.write_text(text.replace("    vms:\n", "    vms:\n" + ghost, 1))
+    try:
+        r = dl.esxdr("test", "start", "core")
+        assert r.returncode == 3, r.stderr
+        held: dict[str, list[str]] = {}
+        for vm in dl.seed["vms"]:
+            held.setdefault(vm["datastore"], []).append(vm["name"])
+        seen = "; ".join(f"{ds}: {', '.join(sorted(held.get(ds, [])))}" for ds in sorted(dl.seed["datastores"]))
+        assert f"VM(s) ghost not found on the drill datastores ({seen})" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    finally:
+        p.write_text(text)
+    dl.ok("test", "cleanup", "core")
+    assert esx_dr(dl) == before
+
+
 def test_plan_discover_maps_production(drill_lab, tmp_path):
     """`esxdr plan discover` on the lab's production: datasets ↔ NAAs ↔ datastores ↔ VMs with one
     property read, stubs where the site file says nothing, YAML that merges into a valid site file."""
