@@ -29,6 +29,7 @@ PROP_ASSIGN_RE = re.compile(r"^(readonly=(on|off)|canmount=(on|off|noauto)|mount
 CLONE_MOUNTPOINT_RE = re.compile(r"^mountpoint=(/[A-Za-z0-9_.:\-/]*)$")
 PROP_LIST_RE = re.compile(r"^[a-z0-9_:,@.\-]+$")
 HOLD_TAG_RE = re.compile(r"^esxdr[A-Za-z0-9_.\-]*$")
+REPLICATION_TAG_RE = re.compile(r"^esxdr_[A-Za-z0-9_.\-]+$")
 
 
 class Refused(Exception):
@@ -110,13 +111,27 @@ def _check_token(token: str, prefixes: list[str]) -> None:
 NO_DRILLS = "drills run on the DR box itself here (esxdr serve --no-drills)"
 
 
-def check_zfs(args: list[str], prefixes: list[str], *, drills: bool = True) -> None:
+SEND_ONLY = "this key only reads and sends (esxdr serve --send-only: production's side of pull mode)"
+# What DR's pull needs from production: read, send, and keep its replication cursor (a hold with
+# esxdr's replication tag on the snapshot DR pulled last, so that production's own retention keeps
+# the base of the next incremental). Nothing that writes data, removes a snapshot or rewinds.
+SEND_ONLY_VERBS = ("version", "get", "send", "hold", "release")
+
+
+def check_zfs(args: list[str], prefixes: list[str], *, drills: bool = True, send_only: bool = False) -> None:
     """Refuse any zfs invocation esxdr does not make. Without ``drills``, also what only a drill
-    run through this key makes: clones, their mounts and their clean-up."""
+    run through this key makes: clones, their mounts and their clean-up. With ``send_only``
+    (production's forced command in pull mode), only what DR's pull needs."""
     if not args:
         raise Refused("empty zfs command")
     verb, rest = args[0], args[1:]
-    if not drills and verb in ("clone", "mount", "release"):
+    if send_only:
+        if verb not in SEND_ONLY_VERBS:
+            raise Refused(f"zfs {verb}: {SEND_ONLY}")
+        if verb in ("hold", "release") and not REPLICATION_TAG_RE.match(next((a for a in rest if a[:1] != "-"), "")):
+            # Only replication's cursor (esxdr_<group>); never a drill's hold, never another tag.
+            raise Refused(f"zfs {verb}: only esxdr's replication tag (esxdr_<group>) and snapshots; {SEND_ONLY}")
+    if not drills and not send_only and verb in ("clone", "mount", "release"):
         raise Refused(f"zfs {verb}: {NO_DRILLS}")
     if verb == "version" and not rest:
         return
@@ -232,7 +247,7 @@ def check_zfs(args: list[str], prefixes: list[str], *, drills: bool = True) -> N
         # A released hold is the first half of a destroy. Only a drill's own hold (esxdr-test-…)
         # is released through this key; replication's (esxdr_…) is released by the DR box when
         # it prunes, and no snapshot is destroyed through this key anyway.
-        if verb == "release" and not rest[0].startswith("esxdr-test"):
+        if verb == "release" and not rest[0].startswith("esxdr-test") and not send_only:
             raise Refused(f"release of {rest[0]!r} is not allowed: only a drill's hold (esxdr-test-…); "
                           "the DR box releases replication's holds when it prunes")
         for snap in rest[1:]:
@@ -351,7 +366,7 @@ def check_stage(argv: list[str]) -> None:
             raise Refused(f"argument {a!r} is not allowed for {prog}")
 
 
-def parse(command: str, prefixes: list[str], *, drills: bool = True) -> list[list[str]] | str:
+def parse(command: str, prefixes: list[str], *, drills: bool = True, send_only: bool = False) -> list[list[str]] | str:
     """Validate a requested command; returns pipeline stages or the name of a built-in."""
     if not command.strip():
         raise Refused("no command (interactive logins are not allowed)")
@@ -381,7 +396,7 @@ def parse(command: str, prefixes: list[str], *, drills: bool = True) -> list[lis
         raise Refused("each program may appear once in a pipeline")
     for s in stages:
         if s[0] == "zfs":
-            check_zfs(s[1:], prefixes, drills=drills)
+            check_zfs(s[1:], prefixes, drills=drills, send_only=send_only)
         else:
             check_stage(s)
     zfs_at = stages.index(zfs_stages[0])
@@ -455,14 +470,18 @@ def _log(logs: list[str], line: str, *, refused: bool = False) -> None:
             pass
 
 
-USAGE = """usage: esxdr serve --allow-prefix DATASET [--allow-prefix DATASET ...] [--sudo] [--no-drills]
-                   [--log FILE|syslog ...]
+USAGE = """usage: esxdr serve --allow-prefix DATASET [--allow-prefix DATASET ...] [--sudo]
+                   [--no-drills | --send-only] [--log FILE|syslog ...]
 
-Forced command for the DR service account (see `esxdr keys authorized-line`).
+Forced command for the DR service account (see `esxdr keys authorized-line`), or,
+with --send-only, for the account DR pulls from on production (pull mode).
 Reads the requested command from SSH_ORIGINAL_COMMAND and runs it only if it is
 one of the zfs operations esxdr needs on a dataset under an allowed prefix.
 --no-drills also refuses what only a drill run through this key does (clone, mount,
 open and destroy its clones, release its hold): drills then run on the DR box itself.
+--send-only allows only what a pull needs: get, send, and replication's cursor
+(hold and release of esxdr_<group>). No receive, snapshot, destroy, rollback, set,
+bookmark, clone or mount.
 --log (repeatable) writes every request run and every one refused (REFUSED …) to an
 absolute FILE, or to syslog (facility auth) with the word syslog.
 """
@@ -472,6 +491,7 @@ def main(argv: list[str]) -> int:
     prefixes: list[str] = []
     sudo = False
     drills = True
+    send_only = False
     logs: list[str] = []
     it = iter(argv)
     for a in it:
@@ -481,6 +501,8 @@ def main(argv: list[str]) -> int:
             sudo = True
         elif a == "--no-drills":
             drills = False
+        elif a == "--send-only":
+            send_only = True
         elif a == "--log":
             dest = next(it, "")
             # absolute: the forced command's working directory is the account's home, which a
@@ -501,7 +523,7 @@ def main(argv: list[str]) -> int:
     command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
     zfs = ["sudo", "-n", "zfs"] if sudo else ["zfs"]
     try:
-        parsed = parse(command, prefixes, drills=drills)
+        parsed = parse(command, prefixes, drills=drills, send_only=send_only)
     except Refused as e:
         _log(logs, f"REFUSED {command!r}: {e}", refused=True)
         sys.stderr.write(f"esxdr serve: refused: {e}\n")

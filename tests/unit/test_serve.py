@@ -345,3 +345,67 @@ def test_a_token_under_the_prefix_is_accepted_by_parse():
     # a name with a space is no dataset esxdr replicates: refused like any other odd name
     with pytest.raises(Refused, match="is not under the allowed prefix"):
         parse(f"zfs send -t {TOKEN_P1_FULL}", ["p1"])
+
+
+# --send-only: production's forced command in pull mode (DR pulls). What DR's pull runs, with the
+# exact pipeline, and what a leaked DR key could try on production, each with the rule that stops it.
+SOURCE = ["sp1/iscsi"]
+SEND_ONLY_ALLOWED = [
+    ("zfs get -rHp -o name,property,value type,guid,createtxg sp1/iscsi",
+     [["zfs", "get", "-rHp", "-o", "name,property,value", "type,guid,createtxg", "sp1/iscsi"]]),
+    ("zfs send -I sp1/iscsi/lun0@a sp1/iscsi/lun0@b",
+     [["zfs", "send", "-I", "sp1/iscsi/lun0@a", "sp1/iscsi/lun0@b"]]),
+    ("zfs send -w -i sp1/iscsi/lun0#esxdr_core_a sp1/iscsi/lun0@b | zstd -c -1 -q",
+     [["zfs", "send", "-w", "-i", "sp1/iscsi/lun0#esxdr_core_a", "sp1/iscsi/lun0@b"], ["zstd", "-c", "-1", "-q"]]),
+    ("zfs hold esxdr_core sp1/iscsi/lun0@b sp1/iscsi/lun1@b",
+     [["zfs", "hold", "esxdr_core", "sp1/iscsi/lun0@b", "sp1/iscsi/lun1@b"]]),
+    ("zfs release esxdr_core sp1/iscsi/lun0@a",
+     [["zfs", "release", "esxdr_core", "sp1/iscsi/lun0@a"]]),
+    ("esxdr-capabilities", "capabilities"),
+]
+SEND_ONLY_HOSTILE = [
+    ("zfs receive -F sp1/iscsi/lun0", "zfs receive: this key only reads and sends"),
+    ("zstd -dc | zfs receive -u sp1/iscsi/lun0", "zfs receive: this key only reads and sends"),
+    ("zfs snapshot -r sp1/iscsi@x", "zfs snapshot: this key only reads and sends"),
+    ("zfs destroy sp1/iscsi/lun0@a", "zfs destroy: this key only reads and sends"),
+    ("zfs destroy -r sp1/iscsi", "zfs destroy: this key only reads and sends"),
+    ("zfs destroy sp1/iscsi/esxdr-test-core", "zfs destroy: this key only reads and sends"),
+    ("zfs destroy sp1/iscsi/lun0#esxdr_core_a", "zfs destroy: this key only reads and sends"),
+    ("zfs bookmark sp1/iscsi/lun0@b sp1/iscsi/lun0#esxdr_core_b", "zfs bookmark: this key only reads and sends"),
+    ("zfs rollback -r sp1/iscsi/lun0@a", "zfs rollback: this key only reads and sends"),
+    ("zfs set readonly=on sp1/iscsi/lun0", "zfs set: this key only reads and sends"),
+    ("zfs set esxdr:manifest.0=x sp1/iscsi", "zfs set: this key only reads and sends"),
+    ("zfs clone sp1/iscsi/lun0@a sp1/iscsi/esxdr-test-core/lun0", "zfs clone: this key only reads and sends"),
+    ("zfs mount sp1/iscsi/esxdr-test-core/lun0", "zfs mount: this key only reads and sends"),
+    ("zfs unmount -f sp1/iscsi/lun0", "zfs unmount: this key only reads and sends"),
+    ("zfs create sp1/iscsi/x", "zfs create: this key only reads and sends"),
+    ("zfs inherit mountpoint sp1/iscsi", "zfs inherit: this key only reads and sends"),
+    ("zfs release esxdr-test-core sp1/iscsi/lun0@a", "only esxdr's replication tag (esxdr_<group>)"),
+    ("zfs hold keep sp1/iscsi/lun0@a", "only esxdr's replication tag (esxdr_<group>)"),
+    ("zfs release esxdr sp1/iscsi/lun0@a", "only esxdr's replication tag (esxdr_<group>)"),
+    ("zfs hold -r esxdr_core sp1/iscsi@a", "flag -r is not allowed"),
+    ("zfs release esxdr_core rp1/iscsi/lun0@a", "not under the allowed prefix"),
+    ("zfs send -R sp1/iscsi@a", "flag -R is not allowed for send"),
+    ("zfs send sp2/secret@a", "not under the allowed prefix"),
+    ("zfs send sp1/iscsi/../../sp2/secret@a", ".."),
+]
+
+
+@pytest.mark.parametrize(("command", "expected"), SEND_ONLY_ALLOWED, ids=[_id(c) for c, _ in SEND_ONLY_ALLOWED])
+def test_send_only_allows_what_a_pull_runs(command: str, expected: list[list[str]] | str) -> None:
+    assert parse(command, SOURCE, send_only=True) == expected
+
+
+@pytest.mark.parametrize(("command", "reason"), SEND_ONLY_HOSTILE, ids=[_id(c) for c, _ in SEND_ONLY_HOSTILE])
+def test_send_only_refuses_what_writes_removes_or_rewinds(command: str, reason: str) -> None:
+    with pytest.raises(Refused) as refused:
+        parse(command, SOURCE, send_only=True)
+    assert reason in str(refused.value)
+
+
+def test_send_only_refusal_exits_126_through_main(monkeypatch, tmp_path, capsys):
+    log = tmp_path / "serve.log"
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", "zfs snapshot -r sp1/iscsi@evil")
+    assert main(["--send-only", "--allow-prefix", "sp1/iscsi", "--log", str(log)]) == 126
+    assert "refused: zfs snapshot: this key only reads and sends" in capsys.readouterr().err
+    assert "REFUSED 'zfs snapshot -r sp1/iscsi@evil'" in log.read_text()
