@@ -24,6 +24,10 @@ from esxdr.errors import UsageError
 # their own). Drills clone and destroy, failover promotes: both run on the DR box with its own
 # privileges, not through this account.
 DR_DELEGATION = ("create", "mount", "receive", "hold", "userprop", "readonly", "canmount")
+# Pull mode: what production's account lends DR (serve --send-only), on the source root only:
+# send, and replication's cursor (the hold DR keeps on the snapshot it pulled last). zfs get needs
+# no right. No destroy, snapshot, receive or rollback: a leaked DR key reads, and removes nothing.
+SOURCE_DELEGATION = ("send", "hold", "release")
 
 # Key types OpenSSH writes into a .pub file; anything else there is not a public key line.
 _KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
@@ -69,8 +73,13 @@ def _from_addresses(values: list[str], origin: str) -> list[str]:
     return out
 
 
-def _production_addresses(site, srv) -> list[str]:
-    sources = sorted({g.source for g in site.protection_groups.values() if g.destination == srv.name})
+def _production_addresses(site, srv, *, pull: bool = False) -> list[str]:
+    """The addresses the key's owner connects from: production's in push mode; in pull mode
+    (``srv`` is production) the DR servers' that pull from it."""
+    if pull:
+        sources = sorted({g.destination for g in site.protection_groups.values() if g.source == srv.name})
+    else:
+        sources = sorted({g.source for g in site.protection_groups.values() if g.destination == srv.name})
     addresses: list[str] = []
     for name in sources:
         prod = site.storage.get(name)
@@ -113,9 +122,11 @@ Examples:
   esxdr keys authorized-line --log /var/log/esxdr-serve.log
   esxdr keys authorized-line --sudo        for zfs builds without `zfs allow` (zfs-fuse, old Solaris)
   esxdr keys authorized-line --drills      production also runs drills through this key
+  esxdr keys authorized-line --pull --from 198.51.100.20 --site dr-site.yaml
+                                           pull mode: the line for production's account
 
 The lines after the key line are comments (authorized_keys ignores them): the zfs rights to
-give the account on the DR box, on the serve prefix only.
+give the account, on the serve prefix only.
 """)
 @click.option("--server", help="The DR storage server (default: the only one with role dr).")
 @click.option("--sudo", is_flag=True, help="Run zfs through `sudo -n` (pair with a sudoers rule for zfs only).")
@@ -126,6 +137,9 @@ give the account on the DR box, on the serve prefix only.
 @click.option("--drills", is_flag=True,
               help="Let drills run through this key (clone, mount and destroy drill clones on DR). Without it "
                    "serve gets --no-drills and drills run on the DR box itself.")
+@click.option("--pull", is_flag=True,
+              help="Pull mode, with DR's site file: the line for the account DR pulls from on production "
+                   "(esxdr serve --send-only on the group's source root; from= the DR box's address).")
 @click.option("--log", "log", default="syslog", show_default=True, metavar="FILE|syslog",
               help="Where esxdr serve logs each request run and refused: syslog, or an absolute file "
                    "the account can append to.")
@@ -133,24 +147,34 @@ give the account on the DR box, on the serve prefix only.
 @site_option
 @pass_ctx
 def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: str, from_: str | None,
-                    drills: bool, log: str) -> None:
-    """Print the line that pins `esxdr serve` as the forced command, under the DR dataset prefix."""
+                    drills: bool, pull: bool, log: str) -> None:
+    """Print the line that pins `esxdr serve` as the forced command, under the DR dataset prefix
+    (with --pull: production's line, under the source root, send-only)."""
     site = ctx.site()
-    dr = [s for s in site.storage.values() if s.role == "dr"]
+    role = "production" if pull else "dr"
+    candidates = [s for s in site.storage.values() if s.role == role and not (pull and s.local)]
     if server:
-        dr = [s for s in dr if s.name == server]
-    if len(dr) != 1:
-        raise UsageError("name the DR storage server with --server", hint=", ".join(s.name for s in dr) or None)
-    srv = dr[0]
-    prefixes = sorted({g.dr_root for g in site.protection_groups.values() if g.destination == srv.name})
+        candidates = [s for s in candidates if s.name == server]
+    if len(candidates) != 1:
+        raise UsageError(f"name the {role} storage server with --server"
+                         + (" (pull mode reads production through its account: it is not local: true)" if pull else ""),
+                         hint=", ".join(s.name for s in candidates) or None)
+    srv = candidates[0]
+    if pull:
+        prefixes = sorted({g.source_root for g in site.protection_groups.values() if g.source == srv.name})
+    else:
+        prefixes = sorted({g.dr_root for g in site.protection_groups.values() if g.destination == srv.name})
     if srv.serve_prefix:
         prefixes = [srv.serve_prefix]
     if not prefixes:
-        raise UsageError(f"no protection group replicates to {srv.name}")
+        raise UsageError(f"no protection group replicates {'from' if pull else 'to'} {srv.name}")
+    if pull and drills:
+        raise UsageError("--drills is for the DR account; production's pull account only reads and sends")
+    account = "the account DR pulls from" if pull else "the DR service account"
     if not srv.key:
         raise UsageError(f"storage.{srv.name}.key is not set; it names the private key esxdr uses")
     if not srv.user:
-        raise UsageError(f"storage.{srv.name}.user is not set; it names the DR service account")
+        raise UsageError(f"storage.{srv.name}.user is not set; it names {account}")
     _safe_word(esxdr_path, "--esxdr-path")
     if esxdr_path.startswith("-"):
         raise UsageError(f"--esxdr-path {esxdr_path!r} starts with '-'",
@@ -159,18 +183,20 @@ def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: st
         raise UsageError(f"--log takes an absolute file or 'syslog', not {log!r}")
     _safe_word(log, "--log")
     addresses = _from_addresses(from_.split(","), "--from") if from_ is not None \
-        else _production_addresses(site, srv)
+        else _production_addresses(site, srv, pull=pull)
     pub = _public_key_path(srv.key)
     key = _public_key(pub)
 
-    argv = [esxdr_path, "serve", *(["--sudo"] if sudo else []), *([] if drills else ["--no-drills"])]
+    mode = ["--send-only"] if pull else ([] if drills else ["--no-drills"])
+    argv = [esxdr_path, "serve", *(["--sudo"] if sudo else []), *mode]
     for p in prefixes:
         argv += ["--allow-prefix", p]
     argv += ["--log", log]
     line = f'restrict,from="{",".join(addresses)}",{_command_option(argv)} {key}'
-    setup = _dr_setup(srv.name, srv.user, prefixes, sudo)
-    ctx.emit({"server": srv.name, "prefixes": prefixes, "from": addresses, "log": log, "line": line,
-              "sudo": sudo, "drills": drills, "dr_setup": [c.strip() for c in setup if not c.startswith("#")]},
+    setup = _source_setup(srv.name, srv.user, prefixes, sudo) if pull else _dr_setup(srv.name, srv.user, prefixes, sudo)
+    ctx.emit({"server": srv.name, "mode": "pull" if pull else "push", "prefixes": prefixes, "from": addresses,
+              "log": log, "line": line, "sudo": sudo, "drills": drills and not pull,
+              "dr_setup" if not pull else "production_setup": [c.strip() for c in setup if not c.startswith("#")]},
              "\n".join([line, *(f"# {c}" if not c.startswith("#") else c for c in setup)]))
 
 
@@ -179,6 +205,21 @@ def _public_key_path(key: str) -> Path:
     if not pub.exists():
         raise UsageError(f"public key {pub} not found", hint=f"ssh-keygen -y -f {key} > {pub}")
     return pub
+
+
+def _source_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> list[str]:
+    """Pull mode: the commands for the production box, with the comments that explain them."""
+    if sudo:
+        return [f"# On {server}: zfs runs as root through sudo, so esxdr serve --send-only is the only guard. "
+                "sudoers:", f"  {user} ALL=(root) NOPASSWD: /usr/sbin/zfs"]
+    perms = ",".join(SOURCE_DELEGATION)
+    out = [f"# On {server}, as root: zfs rights for {user} on {', '.join(prefixes)} only, never on the pool:"]
+    out += [f"  zfs allow -u {shlex.quote(user)} {perms} {shlex.quote(p)}" for p in prefixes]
+    out += ["# Send, and the hold DR keeps on the snapshot it pulled last (production's retention keeps it).",
+            "# No destroy, snapshot, receive or rollback: a leaked DR key reads production, and removes nothing.",
+            f"# Production snapshots and prunes itself: `esxdr replicate GROUP --snapshot-only` on {server}, on a",
+            "# schedule; it also publishes the target manifest that DR copies with each pull."]
+    return out
 
 
 def _dr_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> list[str]:

@@ -302,3 +302,74 @@ def test_drills_through_the_key_only_when_asked(tmp_path, capsys):
     # replication itself is untouched by --no-drills
     assert parse("zfs receive -u rp1/iscsi/lun0", ["rp1/iscsi"], drills=False) == \
         [["zfs", "receive", "-u", "rp1/iscsi/lun0"]]
+
+
+def _dr_view_site(tmp_path: Path, *, dr: str = "    local: true\n", production: str | None = None) -> Path:
+    """The site as the DR box sees it (pull mode): production behind its send-only account
+    (``production``: other lines for ss1, the key's included)."""
+    keys = tmp_path / "keys"
+    keys.mkdir(exist_ok=True)
+    key = keys / "pull_ed25519"
+    key.write_text("not read by this command\n")
+    key.chmod(0o600)
+    (keys / "pull_ed25519.pub").write_text(PUB + "\n")
+    ss1 = production if production is not None else \
+        f"    address: 192.0.2.10\n    user: esxdr-src\n    key: {key}\n    host_key: {HOST_KEY}\n    serve_prefix: sp1/iscsi\n"
+    site = tmp_path / "dr-site.yaml"
+    site.write_text(f"""version: 1
+name: t
+storage:
+  ss1:
+    role: production
+{ss1}  ss2:
+    role: dr
+{dr}protection_groups:
+  core:
+    source: ss1
+    destination: ss2
+    source_root: sp1/iscsi
+    dr_root: rp1/iscsi
+    datasets: [lun0]
+    retention: "48h 30d"
+    rpo: 4h
+""")
+    return site
+
+
+def test_pull_mode_line_for_production_is_send_only(tmp_path, capsys):
+    rc, out, err = _line(capsys, "--site", str(_dr_view_site(tmp_path)), "--pull", "--from", "198.51.100.20")
+    assert rc == 0, err
+    assert out.splitlines() == [
+        'restrict,from="198.51.100.20",command="esxdr serve --send-only --allow-prefix sp1/iscsi --log syslog" '
+        + PUB,
+        "# On ss1, as root: zfs rights for esxdr-src on sp1/iscsi only, never on the pool:",
+        "#   zfs allow -u esxdr-src send,hold,release sp1/iscsi",
+        "# Send, and the hold DR keeps on the snapshot it pulled last (production's retention keeps it).",
+        "# No destroy, snapshot, receive or rollback: a leaked DR key reads production, and removes nothing.",
+        "# Production snapshots and prunes itself: `esxdr replicate GROUP --snapshot-only` on ss1, on a",
+        "# schedule; it also publishes the target manifest that DR copies with each pull.",
+    ]
+    rc, out, _ = _line(capsys, "--site", str(_dr_view_site(tmp_path)), "--pull", "--from", "198.51.100.20",
+                       "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["mode"] == "pull" and d["production_setup"] == [
+        "zfs allow -u esxdr-src send,hold,release sp1/iscsi"]
+
+
+def test_pull_mode_needs_the_dr_address_when_dr_is_this_box(tmp_path, capsys):
+    rc, _, err = _line(capsys, "--site", str(_dr_view_site(tmp_path)), "--pull")
+    assert rc == 2 and "storage.ss2 has no address (local: true)" in err and "--from" in err
+    dr = f"    address: 198.51.100.21\n    user: x\n    key: {tmp_path / 'keys' / 'pull_ed25519'}\n" \
+         f"    host_key: {HOST_KEY}\n"
+    rc, out, err = _line(capsys, "--site", str(_dr_view_site(tmp_path, dr=dr)), "--pull", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["from"] == ["198.51.100.21"]
+
+
+def test_pull_mode_refuses_drills_and_a_local_production(tmp_path, capsys):
+    site = _dr_view_site(tmp_path)
+    rc, _, err = _line(capsys, "--site", str(site), "--pull", "--from", "198.51.100.20", "--drills")
+    assert rc == 2 and "--drills is for the DR account" in err
+    rc, _, err = _line(capsys, "--site", str(_site(tmp_path, prod="    local: true\n")), "--pull", "--from",
+                       "198.51.100.20")
+    assert rc == 2 and "name the production storage server with --server" in err
