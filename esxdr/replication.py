@@ -82,6 +82,11 @@ class Side:
 
 def open_side(site, server_name: str, *, prewarm: bool = False) -> Side:
     server = site.storage[server_name]
+    if server.pulls:
+        raise UsageError(f"{server_name} pulls from production (pulls: true): esxdr on this box holds no key to it "
+                         "and never connects there",
+                         hint=f"here: esxdr replicate GROUP --snapshot-only; on {server_name}, with its own site file: "
+                              "esxdr replicate GROUP --pull (and status, prune --side dr, drills, failover)")
     transport = for_server(server, site.state_dir)
     if prewarm and hasattr(transport, "prewarm"):
         # with a remembered host key the stream's SSH master authenticates beside paramiko's
@@ -92,6 +97,27 @@ def open_side(site, server_name: str, *, prewarm: bool = False) -> Side:
     return Side(name=server_name, transport=transport, zfs=Zfs(transport, caps, zfs_cmd), caps=caps,
                 local=server.local, address=server.address,
                 guarded=bool(server.serve_prefix) and not server.local)
+
+
+def pull_site(site, group):  # (Site, ProtectionGroup) -> Site
+    """The site for a pull: production reached through its send-only account, DR on this box.
+
+    Pull mode is zrepl's answer to an untrusted source: production holds no key to DR at all."""
+    src = site.storage_server(group.source)
+    if src.local or not src.serve_prefix:
+        why = "local: true here" if src.local else "not behind esxdr serve (no serve_prefix)"
+        raise UsageError(f"--pull reads {group.source} through its send-only account, but storage.{group.source} is "
+                         f"{why}",
+                         hint=f"run --pull on the DR box, with a site file in which storage.{group.source} has "
+                              f"address, user, key and serve_prefix: {group.source_root} (its account runs esxdr "
+                              "serve --send-only: esxdr keys authorized-line GROUP --pull prints the line)")
+    dst = site.storage_server(group.destination)
+    if dst.local:
+        return site
+    from esxdr.failover import on_dr_box
+
+    return on_dr_box(site, group.destination, what="--pull", refused="run a pull: DR pulls from where it is",
+                     dataset=group.dr_root)
 
 
 def dr_side_site(site, group, what: str, refused: str):  # (Site, ProtectionGroup, …) -> Site
@@ -135,6 +161,7 @@ class GroupResult:
     remote_commands: dict[str, int] = field(default_factory=dict)
     manifest: str | None = None  # sha of the target manifest on DR
     consistency: dict | None = None  # how the snapshot was taken (crash / application / mixed)
+    mode: str = "push"  # push | pull (on DR, from production's send-only account) | snapshot-only (production)
 
     @property
     def bytes(self) -> int:
@@ -144,7 +171,7 @@ class GroupResult:
         return {"group": self.group, "snapshot": self.snapshot, "dry_run": self.dry_run,
                 "bytes": self.bytes, "seconds": round(self.seconds, 3), "compression": self.compression,
                 "datasets": [d.to_dict() for d in self.datasets], "pruned": self.pruned, "manifest": self.manifest,
-                "consistency": self.consistency,
+                "consistency": self.consistency, "mode": self.mode,
                 "commands": self.remote_commands}
 
 
@@ -160,6 +187,10 @@ class Options:
     say: Callable[[str], None] = lambda s: None
     now: datetime | None = None
     failed_over: bool = False  # reprotect/failback replicate DR → production while the marker exists
+    # Pull mode: this run is on the DR box and reads production through `esxdr serve --send-only`;
+    # production takes its own snapshots (snapshot_only, on production) and prunes itself.
+    pull: bool = False
+    snapshot_only: bool = False
 
 
 def _pick_compression(group, src: Side, dst: Side) -> str | None:
@@ -172,9 +203,12 @@ def _pick_compression(group, src: Side, dst: Side) -> str | None:
             raise UsageError(f"compression {mode} requested but not available on both {src.name} and {dst.name}",
                              hint=f"install {mode} on both hosts or set compression: auto")
         return mode
-    # auto: compress only when the stream really crosses a network.
-    loopback = dst.local or (dst.address or "").startswith("127.") or dst.address in ("localhost", "::1")
-    return None if loopback or not common else common[0]
+    # auto: compress only when the stream really crosses a network (either side may be the remote
+    # one: DR's in push mode, production's in pull mode).
+    def here(side: Side) -> bool:
+        return side.local or (side.address or "").startswith("127.") or side.address in ("localhost", "::1")
+
+    return None if (here(src) and here(dst)) or not common else common[0]
 
 
 def _group_datasets(group, observed: dict[str, Dataset]) -> list[str]:
@@ -227,11 +261,19 @@ def plan_group(group, src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset], 
     return plans, conflicts
 
 
+def _target(action: Action) -> Snapshot | None:
+    """The snapshot an action leaves DR at: an incremental's target, a full stream's source."""
+    return action.target if isinstance(action, SendIncremental) else getattr(action, "source", None)
+
+
 class Engine:
     def __init__(self, site, group_name: str, opts: Options):
         if group_name not in site.protection_groups:
             known = ", ".join(sorted(site.protection_groups)) or "none"
             raise UsageError(f"no protection group {group_name!r} in {site.path}", hint=f"known groups: {known}")
+        if opts.pull:
+            site = pull_site(site, site.protection_groups[group_name])
+            opts = dataclasses.replace(opts, take_snapshot=False)  # production snapshots itself
         if opts.rollback_dr and not opts.dry_run:
             # Rolling DR back destroys DR snapshots and data: DR does that itself, never the key.
             # (A dry run only reads: it may plan through the key from anywhere.)
@@ -272,17 +314,21 @@ class Engine:
         if self.src and self.dst:
             result.remote_commands = {self.src.name: self.src.transport.stats.commands,
                                       self.dst.name: self.dst.transport.stats.commands}
-        if not self.opts.dry_run:
+        if not self.opts.dry_run and not self.opts.snapshot_only:  # a snapshot alone replicated nothing
             checkpoint("before-record")
             record_run(self.site.state_dir, result)
         return result
 
     def _run(self) -> GroupResult:
         g, opts = self.group, self.opts
+        if opts.snapshot_only:
+            return self._snapshot_only()
         # Each side opens and observes in its own thread: capability probes, the SSH handshake
         # (and the import of paramiko it needs) overlap the other side's `zfs get`.
         def source_side() -> dict[str, Dataset]:
-            self.src = open_side(self.site, g.source)
+            self.src = open_side(self.site, g.source, prewarm=opts.pull and not opts.dry_run)
+            if opts.pull and not opts.dry_run and hasattr(self.src.transport, "prewarm"):
+                self.src.transport.prewarm()  # a pull's stream comes from production over SSH
             return self.src.zfs.observe([g.source_root])
 
         def dr_side() -> dict[str, Dataset]:
@@ -299,7 +345,7 @@ class Engine:
         from esxdr.zfs.compat import preflight
 
         preflight(self.site, g, src, dst, src_obs)  # bookmarks and stream directions, before anything changes
-        result = GroupResult(group=g.name, snapshot=None, dry_run=opts.dry_run)
+        result = GroupResult(group=g.name, snapshot=None, dry_run=opts.dry_run, mode="pull" if opts.pull else "push")
         result.compression = _pick_compression(g, src, dst)
         now = opts.now or datetime.now(UTC)
         if not opts.dry_run and src.local and self._release_leaked_send_holds(src_obs):
@@ -338,6 +384,10 @@ class Engine:
         if not plans or all(isinstance(a, UpToDate) for _, _, acts in plans for a in acts):
             newest = plans[0][2][0].snapshot.name if plans and plans[0][2] else None  # type: ignore[attr-defined]
             result.snapshot = result.snapshot or newest
+        elif not result.snapshot:
+            # No snapshot taken (--no-snapshot, a pull): the run brings DR to the newest one it sends.
+            result.snapshot = next((t.name for _, _, acts in plans if acts
+                                    for t in [_target(acts[-1])] if t is not None), None)
         sending = any(not isinstance(a, UpToDate) for _, _, acts in plans for a in acts)
         # No receive may mount a replica. OpenZFS receives with -u. Pool-v23 receive has no -u and
         # mounts what it receives where the DR root's mountpoint says, which is how zfs-fuse hung
@@ -534,9 +584,53 @@ class Engine:
     def _ship_manifest(self, dst_obs: dict[str, Dataset]) -> str | None:
         """Capture the production target for this group and store it on DR when it changed."""
         from esxdr import shipping
-        from esxdr.targets import backend
 
         assert self.src and self.dst
+        if self.src.guarded:
+            return self._copy_published_manifest(dst_obs)
+        captured = self._capture_manifest()
+        if captured is None:
+            if self.site.storage[self.group.source].target is not None:
+                self.opts.say(f"{self.group.name}: the production target presents none of the group's datasets; "
+                              "no manifest shipped")
+            return None
+        sha, props, count = captured
+        root = dst_obs.get(self.group.dr_root)
+        if root is not None and root.props.get(shipping.SHA_PROP) == sha:
+            return sha
+        self.opts.say(f"{self.group.name}: ship the target manifest ({count} LUs) to {self.group.dr_root}")
+        self.dst.zfs.set_props(self.group.dr_root, props)
+        return sha
+
+    def _copy_published_manifest(self, dst_obs: dict[str, Dataset]) -> str | None:
+        """Pull mode: DR cannot read production's target stack through a send-only key. Production
+        publishes the manifest on its source root (`esxdr replicate --snapshot-only`); DR reads it
+        with `zfs get`, validates it as the untrusted input it is, and stores it on the DR root.
+        The pin on DR (`esxdr target accept`) still decides whether a failover presents it."""
+        from esxdr import shipping
+
+        assert self.src and self.dst
+        g = self.group
+        m = shipping.read(self.src.zfs, g.source_root, g)  # raises ManifestError when forged
+        if m is None:
+            self.opts.say(f"{g.name}: production published no target manifest on {g.source_root} "
+                          f"(esxdr replicate {g.name} --snapshot-only publishes it); none shipped")
+            return None
+        sha, props = shipping.encode(m)
+        root = dst_obs.get(g.dr_root)
+        if root is not None and root.props.get(shipping.SHA_PROP) == sha:
+            return sha
+        self.opts.say(f"{g.name}: copy the target manifest production published ({len(m.logical_units)} LUs) to "
+                      f"{g.dr_root}")
+        self.dst.zfs.set_props(g.dr_root, props)
+        return sha
+
+    def _capture_manifest(self) -> tuple[str, dict[str, str], int] | None:
+        """The production target's manifest for this group, encoded: (sha, properties, LUs)."""
+        from esxdr import shipping
+        from esxdr.targets import backend
+
+        assert self.src
         server = self.site.storage[self.group.source]
         if server.target is None:
             return None
@@ -548,17 +642,65 @@ class Engine:
         m = shipping.for_group(backend(stack).observe(self.src.transport, **kwargs), list(self.group.datasets))
         m.source.host = server.name
         if not m.logical_units:
-            self.opts.say(f"{self.group.name}: the production target presents none of the group's datasets; "
-                          "no manifest shipped")
             return None
         sha, props = shipping.encode(m)
-        root = dst_obs.get(self.group.dr_root)
-        if root is not None and root.props.get(shipping.SHA_PROP) == sha:
-            return sha
-        self.opts.say(f"{self.group.name}: ship the target manifest ({len(m.logical_units)} LUs) to "
-                      f"{self.group.dr_root}")
-        self.dst.zfs.set_props(self.group.dr_root, props)
-        return sha
+        return sha, props, len(m.logical_units)
+
+    # -- pull mode, production's half -------------------------------------------------
+    def _snapshot_only(self) -> GroupResult:
+        """On production, in pull mode: the group's atomic (and consistent) snapshot, the target
+        manifest published on the source root for DR to read, and production's own retention.
+        Nothing reaches DR: DR pulls (`esxdr replicate GROUP --pull` there)."""
+        g, opts = self.group, self.opts
+        self.src = src = open_side(self.site, g.source)
+        if src.guarded:
+            raise UsageError(f"--snapshot-only runs on production itself, and {g.source} is reached here through "
+                             "its send-only account", hint="run it on production, with production's site file")
+        src_obs = src.zfs.observe([g.source_root])
+        now = opts.now or datetime.now(UTC)
+        name = snapshot_name(g.name, now)
+        if opts.now is None and any(name == s.name for d in src_obs.values() for s in d.snapshots):
+            time.sleep(1.05 - now.microsecond / 1e6)
+            name = snapshot_name(g.name, datetime.now(UTC))
+        missing = [d for d in g.datasets if d not in src_obs]
+        if missing:
+            raise UsageError(f"protection group {g.name}: source dataset {missing[0]} does not exist",
+                             hint="fix protection_groups in the site file (esxdr site validate)")
+        result = GroupResult(group=g.name, snapshot=name, dry_run=opts.dry_run, mode="snapshot-only")
+        opts.say(f"{g.name}: snapshot {g.source_root}@{name} ({len(g.datasets)} datasets, atomic)")
+        if not opts.dry_run:
+            with self._consistency() as consistency:
+                take_snapshot(g, src, src_obs, name, props={"esxdr:consistency": consistency.level})
+            result.consistency = consistency.to_dict()
+        captured = self._capture_manifest()
+        root = src_obs.get(g.source_root)
+        if captured is None:
+            opts.say(f"{g.name}: no production target presents the group's datasets; no manifest published")
+        else:
+            from esxdr import shipping
+
+            sha, props, count = captured
+            result.manifest = sha
+            if root is None or root.props.get(shipping.SHA_PROP) != sha:
+                opts.say(f"{g.name}: publish the target manifest ({count} LUs) on {g.source_root} for DR to pull")
+                if not opts.dry_run:
+                    src.zfs.set_props(g.source_root, props)
+        if opts.prune:
+            # Production's own retention, without a view of DR: the snapshot DR pulled last carries
+            # DR's hold (esxdr_<group>, placed through the send-only account) and is kept for it.
+            tz = g.schedule.timezone if g.schedule else "UTC"
+            doomed = []
+            for ds_name in g.datasets:
+                ds = src_obs[ds_name]
+                if ds.snapshots:
+                    doomed += [d.snapshot.full_name for d in prune_decisions(ds, g.retention.source, g.name,
+                                                                             frozenset(), g.retention.prune_foreign,
+                                                                             tz) if not d.keep]
+            result.pruned = {src.name: doomed}
+            if doomed and not opts.dry_run:
+                opts.say(f"{g.name}: prune {len(doomed)} snapshot(s) on {src.name}")
+                src.zfs.destroy_snapshots(doomed)
+        return result
 
     # -- pool-v23 send holds ------------------------------------------------------------
     # A pool-v23 `zfs send -I` takes temporary user holds (".send-<pid>-0") on the range it
@@ -663,8 +805,7 @@ class Engine:
         tag = hold_tag(self.group.name)
         new_src, new_dst, old_src, old_dst = [], [], [], []
         for r in work:
-            last = r.actions[-1]
-            target = last.target if isinstance(last, SendIncremental) else getattr(last, "source", None)
+            target = _target(r.actions[-1])
             if target is None:
                 continue
             new_src.append(target.full_name)
@@ -707,14 +848,15 @@ class Engine:
         warns (like a hold, it is a safeguard, the replica is already complete).
         """
         assert self.src
-        if not getattr(self.group, "bookmarks", False) or not self.src.caps.bookmarks:
+        if not getattr(self.group, "bookmarks", False) or not self.src.caps.bookmarks or self.src.guarded:
+            # A pull's cursor on production is the hold DR keeps there: the send-only account makes
+            # no bookmarks (they are a push-mode safeguard, kept by production itself).
             return
         from esxdr.errors import CommandFailed
 
         prefix = esxdr_prefix(self.group.name)
         for r in work:
-            last = r.actions[-1]
-            target = last.target if isinstance(last, SendIncremental) else getattr(last, "source", None)
+            target = _target(r.actions[-1])
             if target is None:
                 continue
             known = {b.name for b in src_obs[r.source].bookmarks}
@@ -734,7 +876,10 @@ class Engine:
         g = self.group
         out: dict[str, list[str]] = {}
         tz = g.schedule.timezone if g.schedule else "UTC"
-        sides = [(self.src, src_obs, g.retention.source, {ds: g.dr_dataset(ds) for ds in g.datasets})]
+        sides = []
+        if not self.src.guarded:
+            # A guarded production (pull mode) prunes itself: `esxdr replicate --snapshot-only` there.
+            sides.append((self.src, src_obs, g.retention.source, {ds: g.dr_dataset(ds) for ds in g.datasets}))
         if not self.dst.guarded:
             # A guarded DR prunes itself, on its own schedule (`esxdr prune --side dr` on the DR box):
             # the replication key cannot shorten the DR retention window.
@@ -893,11 +1038,17 @@ def record_run(state_dir: str, result: GroupResult) -> None:
 
 def summary_text(result: GroupResult) -> str:
     lines = []
-    verb = "would replicate" if result.dry_run else "replicated"
-    moved = [d for d in result.datasets if any(not isinstance(a, UpToDate) for a in d.actions)]
-    lines.append(f"{result.group}: {verb} {len(moved)} of {len(result.datasets)} datasets"
-                 + (f" to @{result.snapshot}" if result.snapshot else "")
-                 + ("" if result.dry_run else f", {human_bytes(result.bytes)} in {result.seconds:.1f}s"))
+    if result.mode == "snapshot-only":
+        lines.append(f"{result.group}: {'would take' if result.dry_run else 'took'} @{result.snapshot}"
+                     + (", target manifest published" if result.manifest else "")
+                     + f"; DR pulls it (esxdr replicate {result.group} --pull on the DR box)")
+    verb = "would pull" if result.dry_run and result.mode == "pull" else "pulled" if result.mode == "pull" else \
+        "would replicate" if result.dry_run else "replicated"
+    if result.mode != "snapshot-only":
+        moved = [d for d in result.datasets if any(not isinstance(a, UpToDate) for a in d.actions)]
+        lines.append(f"{result.group}: {verb} {len(moved)} of {len(result.datasets)} datasets"
+                     + (f" to @{result.snapshot}" if result.snapshot else "")
+                     + ("" if result.dry_run else f", {human_bytes(result.bytes)} in {result.seconds:.1f}s"))
     for side, snaps in result.pruned.items():
         if snaps:
             lines.append(f"{result.group}: {'would prune' if result.dry_run else 'pruned'} {len(snaps)} "

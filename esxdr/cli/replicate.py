@@ -26,6 +26,11 @@ Examples:
   esxdr replicate core                snapshot, send, hold, prune
   esxdr replicate --no-snapshot       only send snapshots that already exist
   esxdr replicate core --rollback-dr  accept losing DR-side changes after a conflict
+
+\b
+Pull mode (production holds no key to DR):
+  esxdr replicate core --snapshot-only   on production: snapshot, publish the manifest, prune
+  esxdr replicate core --pull            on DR: fetch production's new snapshots
 """)
 @click.argument("group", required=False)
 @click.option("--dry-run", is_flag=True, help="Describe the plan; change nothing.")
@@ -34,11 +39,17 @@ Examples:
                    "esxdr serve this runs with DR's own privileges: on the DR box.")
 @click.option("--no-snapshot", is_flag=True, help="Do not take a new snapshot; send what exists.")
 @click.option("--no-prune", is_flag=True, help="Skip retention after replicating.")
+@click.option("--pull", is_flag=True,
+              help="Run on the DR box: read production through its `esxdr serve --send-only` account and receive "
+                   "here. Production takes its own snapshots (--snapshot-only) and prunes itself.")
+@click.option("--snapshot-only", is_flag=True,
+              help="Pull mode, on production: take the group's snapshot, publish the target manifest for DR, "
+                   "prune production. Sends nothing.")
 @json_option
 @site_option
 @pass_ctx
 def replicate(ctx: Context, group: str | None, dry_run: bool, rollback_dr: bool, no_snapshot: bool,
-              no_prune: bool) -> None:
+              no_prune: bool, pull: bool, snapshot_only: bool) -> None:
     """Snapshot a protection group atomically and send it to the DR side.
 
     The stream path is chosen per dataset by snapshot guid: a full stream for a
@@ -48,10 +59,19 @@ def replicate(ctx: Context, group: str | None, dry_run: bool, rollback_dr: bool,
     """
     from esxdr.replication import Engine, Options, summary_text
 
+    if snapshot_only and (pull or no_snapshot or rollback_dr):
+        other = "--pull" if pull else "--no-snapshot" if no_snapshot else "--rollback-dr"
+        raise UsageError(f"--snapshot-only and {other} do not go together",
+                         hint="--snapshot-only runs on production and sends nothing; --pull and --rollback-dr "
+                              "run on the DR box")
+    if pull and no_snapshot:
+        raise UsageError("--pull never takes a snapshot: --no-snapshot is implied",
+                         hint=f"esxdr replicate {group or 'GROUP'} --pull")
     results = []
     for name in _groups(ctx, group):
         opts = Options(dry_run=dry_run, rollback_dr=rollback_dr, take_snapshot=not no_snapshot,
-                       prune=not no_prune, progress=ctx.verbosity >= 0 and not ctx.json, say=ctx.info)
+                       prune=not no_prune, progress=ctx.verbosity >= 0 and not ctx.json, say=ctx.info,
+                       pull=pull, snapshot_only=snapshot_only)
         results.append(Engine(ctx.site(), name, opts).run())
     ctx.emit([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(),
              "\n".join(summary_text(r) for r in results))

@@ -59,14 +59,27 @@ def on_calendar(cron: str, timezone: str) -> str:
             f"{_sd_field(hour) if hour != '*' else '*'}:{_sd_field(minute) if minute != '*' else '*'}:00 {timezone}")
 
 
+# Per --side: the esxdr command each job runs, what the file says it is, the unit and cron file
+# names and the log suffix. Push mode: source (production) and dr (DR's own retention). Pull mode:
+# snapshot (production snapshots and prunes itself) and pull (the DR box fetches).
+SIDES = {
+    "source": ("replicate {group}", "replication", "replicate", "esxdr", ""),
+    "dr": ("prune {group} --side dr", "DR retention", "prune-dr", "esxdr-dr", "-dr-prune"),
+    "snapshot": ("replicate {group} --snapshot-only", "snapshots (pull mode)", "snapshot", "esxdr-snapshot",
+                 "-snapshot"),
+    "pull": ("replicate {group} --pull", "pull replication", "pull", "esxdr-pull", "-pull"),
+}
+
+
 def _jobs(site, groups: list[str], side: str = "source") -> list[dict]:
     jobs = []
     for name in groups:
         g = site.protection_groups[name]
         cron = cron_of(g.schedule)
         describe = f"every {g.schedule.every_seconds}s" if g.schedule.every_seconds else f"cron {cron}"
-        # DR's own retention (DR behind esxdr serve) runs on the DR box, on the replication's schedule
-        command = f"prune {name} --side dr" if side == "dr" else f"replicate {name}"
+        # DR's own retention (DR behind esxdr serve) runs on the DR box, on the replication's schedule;
+        # so do both halves of pull mode
+        command = SIDES[side][0].format(group=name)
         jobs.append({"group": name, "cron": cron, "describe": f"{describe} ({g.schedule.timezone})",
                      "on_calendar": on_calendar(cron, g.schedule.timezone), "timezone": g.schedule.timezone,
                      "command": command})
@@ -83,14 +96,18 @@ Examples:
   esxdr schedule render --cron > /etc/cron.d/esxdr
   esxdr schedule render --systemd --out /etc/systemd/system && systemctl daemon-reload
   esxdr schedule render --cron --side dr > /etc/cron.d/esxdr-dr     on the DR box: its own retention
+  esxdr schedule render --cron --side snapshot      pull mode, on production: snapshots and retention
+  esxdr schedule render --cron --side pull --site dr-site.yaml      pull mode, on the DR box
 """)
 @click.option("--cron", "kind", flag_value="cron", help="One /etc/cron.d file.")
 @click.option("--systemd", "kind", flag_value="systemd", help="A .service and .timer per group.")
 @click.option("--group", "group", help="Only this protection group.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Write files here instead of stdout.")
 @click.option("--user", default="root", show_default=True, help="cron: the user the job runs as.")
-@click.option("--side", type=click.Choice(["source", "dr"]), default="source", show_default=True,
-              help="source: replication, on production. dr: DR's own retention (`prune --side dr`), on the DR box.")
+@click.option("--side", type=click.Choice(list(SIDES)), default="source", show_default=True,
+              help="source: replication, on production. dr: DR's own retention (`prune --side dr`), on the DR box. "
+                   "Pull mode: snapshot (`replicate --snapshot-only`, on production), pull (`replicate --pull`, "
+                   "on the DR box).")
 @json_option
 @site_option
 @pass_ctx
@@ -104,10 +121,10 @@ def render(ctx: Context, kind: str | None, group: str | None, out_dir: str | Non
     groups = _groups(ctx, group)
     jobs = _jobs(site, groups, side)
     esxdr_bin = shutil.which("esxdr") or f"{sys.executable} -m esxdr"
+    _command, what, unit, cron_file, log_suffix = SIDES[side]
     common = {"path": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "site": site.path,
-              "esxdr": esxdr_bin, "what": "DR retention" if side == "dr" else "replication",
-              "side_flag": " --side dr" if side == "dr" else "", "log_suffix": "-dr-prune" if side == "dr" else ""}
-    unit = "prune-dr" if side == "dr" else "replicate"
+              "esxdr": esxdr_bin, "what": what, "side_flag": "" if side == "source" else f" --side {side}",
+              "log_suffix": log_suffix}
     e = env()
     files: dict[str, str] = {}
     if kind == "cron":
@@ -115,7 +132,7 @@ def render(ctx: Context, kind: str | None, group: str | None, out_dir: str | Non
         if len(tzs) > 1:
             raise UsageError("cron files carry one timezone; these groups use several: " + ", ".join(sorted(tzs)),
                              hint="render per group with --group, or use --systemd")
-        files["esxdr-dr" if side == "dr" else "esxdr"] = e.get_template("cron.j2").render(
+        files[cron_file] = e.get_template("cron.j2").render(
             **common, jobs=jobs, timezone=jobs[0]["timezone"], user=user, log_dir=f"{site.state_dir}/logs")
     else:
         for j in jobs:

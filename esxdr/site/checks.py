@@ -95,7 +95,7 @@ class CrossChecks:
     def group(self, g: ProtectionGroup) -> None:
         r = self.r
         gp = join("protection_groups", g.name)
-        self.ref(join(gp, "source"), g.source, self.storage, self.storage_names, "storage server", "production")
+        src = self.ref(join(gp, "source"), g.source, self.storage, self.storage_names, "storage server", "production")
         dst = self.ref(join(gp, "destination"), g.destination, self.storage, self.storage_names, "storage server",
                        "dr")
         if g.source and g.source == g.destination:
@@ -104,6 +104,11 @@ class CrossChecks:
                 not v.zfs_under(g.dr_root, dst.serve_prefix):
             r.fail(join(gp, "dr_root"), f"{g.dr_root} is outside {dst.name}'s serve_prefix {dst.serve_prefix}",
                    f"esxdr serve on {dst.name} would refuse it; put dr_root under {dst.serve_prefix}")
+        if isinstance(src, StorageServer) and src.serve_prefix and g.source_root and \
+                not v.zfs_under(g.source_root, src.serve_prefix):
+            # pull mode: production's send-only serve allows only its prefix
+            r.fail(join(gp, "source_root"), f"{g.source_root} is outside {src.name}'s serve_prefix {src.serve_prefix}",
+                   f"esxdr serve --send-only on {src.name} would refuse it; put source_root under {src.serve_prefix}")
         self.ref(join(gp, "vsphere_production"), g.vsphere_production, self.vsphere, self.vsphere_names,
                  "vsphere endpoint", "production")
         dr_ep = self.ref(join(gp, "vsphere_dr"), g.vsphere_dr, self.vsphere, self.vsphere_names,

@@ -63,7 +63,7 @@ CONSISTENCY = ("crash", "application")
 
 SITE_KEYS = ("version", "name", "state_dir", "storage", "vsphere", "protection_groups", "dr_network")
 STORAGE_KEYS = ("role", "local", "address", "port", "user", "key", "host_key", "known_hosts", "zfs",
-                "zfs_command", "serve_prefix", "stream_ciphers", "target")
+                "zfs_command", "serve_prefix", "stream_ciphers", "target", "pulls")
 TARGET_KEYS = ("stack", "portal", "control_port", "iqn_prefix")
 VSPHERE_KEYS = ("role", "kind", "url", "user", "password_env", "password_file", "thumbprint", "ca_file", "hosts")
 GROUP_KEYS = ("source", "destination", "source_root", "dr_root", "datasets", "incremental", "retention",
@@ -215,7 +215,19 @@ class _SiteBuilder:
             return None
         role = s.choice("role", ROLES, required=True)
         local = s.flag("local", default=False)
-        remote = local is False
+        pulls = s.flag("pulls", default=False)
+        if pulls:
+            # Production's view in pull mode: it holds no key to DR and never connects there.
+            if role != "dr" or local:
+                self.r.error(s.key_mark("pulls"), s.p("pulls"),
+                             "pulls: true is for a DR server in production's site file (the DR box pulls)",
+                             "remove it" + (" (a local server is this box)" if local else ""))
+            for k in ("user", "key", "host_key", "known_hosts"):
+                if k in s:
+                    self.r.error(s.key_mark(k), s.p(k), f"a DR server that pulls is never reached from here: "
+                                 f"production holds no {k.replace('_', ' ')} for it",
+                                 f"remove {k}: the DR box reaches production with its own key")
+        remote = local is False and not pulls
         address = s.text("address", required=remote, check=v.check_host,
                          hint="the server's address for SSH (or local: true when esxdr runs on it)")
         port = s.integer("port", default=22, lo=1, hi=65535)
@@ -241,7 +253,7 @@ class _SiteBuilder:
                              user=user, key=key, host_key=host_key, known_hosts=known_hosts,
                              zfs=zfs or "auto", zfs_command=zfs_command,  # type: ignore[arg-type]
                              serve_prefix=serve_prefix, stream_ciphers=stream_ciphers, target=target,
-                             line=where[0])
+                             pulls=bool(pulls), line=where[0])
 
     def target(self, node: yaml.Node, path: str, where: Mark, address: str | None) -> TargetConfig | None:
         t = self.r.mapping(node, path, TARGET_KEYS, where, "target settings")

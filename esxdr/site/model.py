@@ -73,6 +73,9 @@ class StorageServer:
     zfs: ZfsFlavour = "auto"
     zfs_command: tuple[str, ...] = ("zfs",)
     serve_prefix: str | None = None  # the --allow-prefix of the DR service account
+    # Pull mode, in production's site file: this DR server pulls from production, which holds no
+    # key to it and never connects (`esxdr replicate --snapshot-only` is production's half).
+    pulls: bool = False
     stream_ciphers: str = "auto"  # the data stream's ssh -c: auto | default | cipher,list
     target: TargetConfig | None = None
     line: int = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_keys_authorized_line import _site
 
 from esxdr.cli.main import run
@@ -76,3 +77,21 @@ def test_the_replication_schedule_is_unchanged(tmp_path, capsys):
     files = json.loads(capsys.readouterr().out)["files"]
     assert sorted(files) == ["esxdr-replicate-core.service", "esxdr-replicate-core.timer"]
     assert "-q replicate core\n" in files["esxdr-replicate-core.service"]
+
+
+@pytest.mark.parametrize(("side", "command", "unit", "cron_file", "log"), [
+    ("snapshot", "replicate core --snapshot-only", "snapshot", "esxdr-snapshot", "core-snapshot.log"),
+    ("pull", "replicate core --pull", "pull", "esxdr-pull", "core-pull.log"),
+])
+def test_pull_mode_schedules_each_half_where_it_runs(tmp_path, capsys, side, command, unit, cron_file, log):
+    site = _site(tmp_path, extra_groups=SCHEDULED)
+    assert run(["--site", str(site), "--json", "schedule", "render", "--cron", "--side", side]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert list(files) == [cron_file]
+    job = [line for line in files[cron_file].splitlines() if f" -q {command} >>" in line]
+    assert len(job) == 1 and job[0].endswith(f"/{log} 2>&1"), files[cron_file]
+    assert f"render --cron --side {side}" in files[cron_file]
+    assert run(["--site", str(site), "--json", "schedule", "render", "--systemd", "--side", side]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert sorted(files) == [f"esxdr-{unit}-core.service", f"esxdr-{unit}-core.timer"]
+    assert f"-q {command}\n" in files[f"esxdr-{unit}-core.service"]
