@@ -83,6 +83,17 @@ class Lab:
     def site_path(self) -> Path:
         return self.dir / "site.yaml"
 
+    @property
+    def dr_site_path(self) -> Path:
+        """The site as the DR box sees it, for pull mode: ss2 is here, ss1 is reached through
+        production's send-only account (`esxdr serve --send-only`) with DR's own key."""
+        return self.dir / "site-dr.yaml"
+
+    @property
+    def production_pull_site_path(self) -> Path:
+        """Production's own site in pull mode: ss2 pulls (`pulls: true`), no key or account for it."""
+        return self.dir / "site-production-pull.yaml"
+
     def state(self) -> dict:
         try:
             return json.loads(self.state_path.read_text())
@@ -191,16 +202,23 @@ class Lab:
         log.touch()
         os.chmod(log, 0o666)
         line = (f'command="{launcher} serve --sudo --allow-prefix {self.cfg.dr_pool} --log {log}",restrict {pub}')
-        (ak_dir / account).write_text(line + "\n")
+        # Pull mode: DR's own key, whose line on production runs serve --send-only. Production and
+        # DR share this machine (and this account) in the lab; each key gets its own forced command.
+        pull_pub = sshd_mod.keygen(str(keys / "pull_ed25519"), f"esxdr-pull@{self.cfg.dr_pool}")
+        pull_line = (f'command="{launcher} serve --sudo --send-only --allow-prefix {self.cfg.prod_pool}/iscsi '
+                     f'--log {log}",restrict {pull_pub}')
+        (ak_dir / account).write_text(line + "\n" + pull_line + "\n")
         os.chmod(ak_dir / account, 0o644)
         old = state.get("sshd")
         if old and _alive(old["pid"]):
+            old.update(pull_key=str(keys / "pull_ed25519"), pull_line=pull_line)  # a lab from before pull mode
             return
         port = free_port("127.0.0.1")
         s = sshd_mod.start(str(self.dir), "127.0.0.1", port, str(ak_dir))
         state["sshd"] = {"pid": s.pid, "address": "127.0.0.1", "port": port, "account": account,
                          "key": str(keys / "id_ed25519"), "host_key": sshd_mod.host_fingerprint(str(self.dir)),
-                         "authorized_line": line, "sudoers": sudoers}
+                         "authorized_line": line, "sudoers": sudoers,
+                         "pull_key": str(keys / "pull_ed25519"), "pull_line": pull_line}
         say(f"sshd 127.0.0.1:{port} (account {account}, forced command esxdr serve)")
 
     def _tgtds(self, state: dict, say) -> None:
@@ -346,6 +364,37 @@ class Lab:
             "    rpo: 2h",
         ]
         self.site_path.write_text("\n".join(lines) + "\n")
+        self.dr_site_path.write_text("\n".join(self._dr_view(lines, state)) + "\n")
+        self.production_pull_site_path.write_text("\n".join(self._production_pull_view(lines)) + "\n")
+
+    def _production_pull_view(self, lines: list[str]) -> list[str]:
+        """site.yaml's lines as production keeps them in pull mode: ss2 pulls and is given no key,
+        account or address (production never connects there); its target stays, for the record."""
+        start = lines.index("  ss2:")
+        end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
+        block = lines[start + 1:end]
+        target = [ln for ln in block if ln.startswith("      ") or ln == "    target:"]
+        out = lines[:start] + ["  ss2:", "    role: dr", "    pulls: true", *target] + lines[end:]
+        out[0] = "# Written by `esxdr lab up`: the embedded lab's production in pull mode (the DR box pulls)."
+        return out
+
+    def _dr_view(self, lines: list[str], state: dict) -> list[str]:
+        """site.yaml's lines as the DR box sees them (pull mode): its own state directory, ss2
+        local, ss1 behind production's send-only account, reached with DR's pull key."""
+        s, c = state["sshd"], self.cfg
+        start = lines.index("storage:")
+        end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(" "))
+        storage = lines[start:end]
+        ss2 = storage.index("  ss2:")
+        targets = {"ss1": [ln for ln in storage[1:ss2] if ln.startswith("      ") or ln == "    target:"],
+                   "ss2": [ln for ln in storage[ss2:] if ln.startswith("      ") or ln == "    target:"]}
+        view = ["storage:", "  ss1:", "    role: production", f"    address: {s['address']}", f"    port: {s['port']}",
+                f"    user: {s['account']}", f"    key: {s['pull_key']}", f"    host_key: {s['host_key']}",
+                "    zfs: auto", f"    serve_prefix: {c.prod_pool}/iscsi", *targets["ss1"],
+                "  ss2:", "    role: dr", "    local: true", "    zfs: auto", *targets["ss2"]]
+        out = [f"state_dir: {self.dir / 'state-dr'}" if ln.startswith("state_dir: ") else ln for ln in lines]
+        out[0] = "# Written by `esxdr lab up`: the embedded lab's site as its DR box sees it (pull mode)."
+        return out[:start] + view + out[end:]
 
     # -- status / down ---------------------------------------------------------------
     def status(self) -> dict:

@@ -24,15 +24,17 @@ class DrillLab:
     def __init__(self, lab: Lab):
         self.lab = lab
         self.site = str(lab.site_path)
+        self.dr_site = str(lab.dr_site_path)  # the DR box's view (pull mode)
         st = lab.state()
         self.dr_pool = st["pools"]["dr"]
         self.prod_pool = st["pools"]["production"]
         self.seed = st.get("seed", {})
         self.vc = None  # esxsim in vCenter mode, when the DR side is a cluster (use_vcenter)
 
-    def esxdr(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([ESXDR, "--site", self.site, *args], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})})
+    def esxdr(self, *args: str, env: dict | None = None, timeout: float = 120,
+              site: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([ESXDR, "--site", site or self.site, *args], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, **(env or {})})
 
     def ok(self, *args: str, **kw) -> subprocess.CompletedProcess:
         r = self.esxdr(*args, **kw)
@@ -84,7 +86,7 @@ class DrillLab:
 VCENTER_HOSTS = ["esx-a", "esx-b"]
 
 
-def make_drill_lab(tag: str, *, vcenter: bool = False, drs: bool = True):  # a generator
+def make_drill_lab(tag: str, *, vcenter: bool = False, drs: bool = True, replicate: bool = True):  # a generator
     """The drill lab; with ``vcenter`` the DR side is esxsim's vCenter mode (a cluster of
     esx-a and esx-b, DRS on or off) instead of the standalone esx-dr: the group's
     ``vsphere_dr`` then names a ``kind: vcenter`` endpoint, and both hosts are prepared
@@ -103,7 +105,8 @@ def make_drill_lab(tag: str, *, vcenter: bool = False, drs: bool = True):  # a g
             dl.ok("host", "apply", "vc-dr")
         else:
             dl.ok("host", "apply", "esx-dr")
-        dl.ok("replicate", "core")
+        if replicate:
+            dl.ok("replicate", "core")
         yield dl
     finally:
         if dl is not None and dl.vc is not None:
