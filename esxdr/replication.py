@@ -96,7 +96,7 @@ def open_side(site, server_name: str, *, prewarm: bool = False) -> Side:
     caps = detect(transport, zfs_cmd, server.zfs, os.path.join(site.state_dir, "hosts"))
     return Side(name=server_name, transport=transport, zfs=Zfs(transport, caps, zfs_cmd), caps=caps,
                 local=server.local, address=server.address,
-                guarded=bool(server.serve_prefix) and not server.local)
+                guarded=server.behind_serve)
 
 
 def pull_site(site, group):  # (Site, ProtectionGroup) -> Site
@@ -104,7 +104,7 @@ def pull_site(site, group):  # (Site, ProtectionGroup) -> Site
 
     Pull mode is zrepl's answer to an untrusted source: production holds no key to DR at all."""
     src = site.storage_server(group.source)
-    if src.local or not src.serve_prefix:
+    if not src.behind_serve:
         why = "local: true here" if src.local else "not behind esxdr serve (no serve_prefix)"
         raise UsageError(f"--pull reads {group.source} through its send-only account, but storage.{group.source} is "
                          f"{why}",
@@ -126,7 +126,7 @@ def dr_side_site(site, group, what: str, refused: str):  # (Site, ProtectionGrou
     A DR reached through `esxdr serve` refuses those through the replication key; esxdr then has
     to run on the DR box (or, in the lab, beside it on a loopback address)."""
     server = site.storage_server(group.destination)
-    if not server.serve_prefix or server.local:
+    if not server.behind_serve:
         return site
     from esxdr.failover import on_dr_box
 

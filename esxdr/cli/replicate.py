@@ -164,7 +164,7 @@ def prune(ctx: Context, group: str | None, side: str, dry_run: bool) -> None:
     for name in _groups(ctx, group):
         g = site.protection_groups[name]
         dr = site.storage_server(g.destination)
-        guarded = bool(dr.serve_prefix) and not dr.local
+        guarded = dr.behind_serve
         lock = GroupLock(site.state_dir, name)
         if not dry_run:
             lock.__enter__()

@@ -65,7 +65,7 @@ def dr_retention(site, g, dr_obs: dict, now: float) -> dict:
     from esxdr.replication import dr_decisions
 
     dr = site.storage_server(g.destination)
-    pruned_by = "dr" if dr.serve_prefix and not dr.local else "replication"
+    pruned_by = "dr" if dr.behind_serve else "replication"
     tz = g.schedule.timezone if g.schedule else "UTC"
     if pruned_by == "dr":
         # there replication holds every snapshot it sent, and the DR prune releases that hold:

@@ -80,6 +80,13 @@ class StorageServer:
     target: TargetConfig | None = None
     line: int = 0
 
+    @property
+    def behind_serve(self) -> bool:
+        """Reached through `esxdr serve` from here (a serve_prefix, and not this box): the account
+        there refuses what removes or rewinds (and, --send-only, what writes), so that work runs on
+        that box itself."""
+        return bool(self.serve_prefix) and not self.local
+
 
 @dataclass(frozen=True)
 class VsphereEndpoint:
