@@ -386,8 +386,13 @@ class Engine:
             result.snapshot = result.snapshot or newest
         elif not result.snapshot:
             # No snapshot taken (--no-snapshot, a pull): the run brings DR to the newest one it sends.
-            result.snapshot = next((t.name for _, _, acts in plans if acts
-                                    for t in [_target(acts[-1])] if t is not None), None)
+            targets = [t for _, _, acts in plans if acts for t in [_target(acts[-1])] if t is not None]
+            result.snapshot = targets[0].name if targets else None
+            if opts.pull:
+                # The level production recorded on the snapshot it took (--snapshot-only); DR gets it
+                # on its copies, as a push sets it, since a send without -p carries no properties.
+                levels = {t.prop("esxdr:consistency") for t in targets} - {None}
+                self._level = levels.pop() if len(levels) == 1 else ("mixed" if levels else None)
         sending = any(not isinstance(a, UpToDate) for _, _, acts in plans for a in acts)
         # No receive may mount a replica. OpenZFS receives with -u. Pool-v23 receive has no -u and
         # mounts what it receives where the DR root's mountpoint says, which is how zfs-fuse hung

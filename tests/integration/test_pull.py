@@ -102,6 +102,14 @@ def test_pull_replicates_with_production_holding_no_dr_key(pull_lab, tmp_path):
         assert dr[f"{lun}@{first}"] == prod[src_snap]  # the same snapshot, by guid
         assert holds(src_snap) == 1 and holds(f"{lun}@{first}") == 1  # the cursor, on each side
     assert zfs("get", "-Hp", "-o", "value", "esxdr:manifest-sha", dr_root).strip() == took["manifest"]
+    # The consistency level production recorded on its snapshot is on DR's copies too.
+    level = took["consistency"]["level"]
+    for lun in luns:
+        prod_level = zfs("get", "-Hp", "-o", "value", "esxdr:consistency",
+                         f"{src_root}/{lun.rsplit('/', 1)[1]}@{first}").strip()
+        assert prod_level == level
+        assert zfs("get", "-Hp", "-o", "value", "esxdr:consistency", f"{lun}@{first}").strip() == \
+            (level if level != "crash" else "-")  # crash is the default, never written
     # The DR box's status reads production through the same account: RPO from what it pulled.
     st = json.loads(dl.ok("--json", "status", "core", site=dl.dr_site).stdout)
     row = st[0] if isinstance(st, list) else st
