@@ -261,6 +261,19 @@ def plan_group(group, src_obs: dict[str, Dataset], dst_obs: dict[str, Dataset], 
     return plans, conflicts
 
 
+def _store_manifest(zfs: Zfs, dataset: str, observed: dict[str, Dataset], sha: str, props: dict[str, str],
+                    say: Callable[[str], None], saying: str, *, dry_run: bool = False) -> str:
+    """Set an encoded target manifest on ``dataset`` unless it already carries that one (by sha)."""
+    from esxdr import shipping
+
+    root = observed.get(dataset)
+    if root is None or root.props.get(shipping.SHA_PROP) != sha:
+        say(saying)
+        if not dry_run:
+            zfs.set_props(dataset, props)
+    return sha
+
+
 def _target(action: Action) -> Snapshot | None:
     """The snapshot an action leaves DR at: an incremental's target, a full stream's source."""
     return action.target if isinstance(action, SendIncremental) else getattr(action, "source", None)
@@ -347,16 +360,10 @@ class Engine:
         preflight(self.site, g, src, dst, src_obs)  # bookmarks and stream directions, before anything changes
         result = GroupResult(group=g.name, snapshot=None, dry_run=opts.dry_run, mode="pull" if opts.pull else "push")
         result.compression = _pick_compression(g, src, dst)
-        now = opts.now or datetime.now(UTC)
         if not opts.dry_run and src.local and self._release_leaked_send_holds(src_obs):
             src_obs = src.zfs.observe([g.source_root])
         if opts.take_snapshot:
-            name = snapshot_name(g.name, now)
-            if opts.now is None and any(name == s.name for d in src_obs.values() for s in d.snapshots):
-                # a run that ended within this second took the name already: names are per second
-                time.sleep(1.05 - now.microsecond / 1e6)
-                now = datetime.now(UTC)
-                name = snapshot_name(g.name, now)
+            name, now = self._new_snapshot_name(src_obs)
             # Planned with the snapshot it is about to take, so that a run that will be refused takes
             # none: a refused run's snapshot would only be one more for retention, and the run its
             # hint names would find the name taken within the same second.
@@ -588,8 +595,6 @@ class Engine:
     # -- the target manifest travels with the replica ----------------------------------
     def _ship_manifest(self, dst_obs: dict[str, Dataset]) -> str | None:
         """Capture the production target for this group and store it on DR when it changed."""
-        from esxdr import shipping
-
         assert self.src and self.dst
         if self.src.guarded:
             return self._copy_published_manifest(dst_obs)
@@ -600,12 +605,8 @@ class Engine:
                               "no manifest shipped")
             return None
         sha, props, count = captured
-        root = dst_obs.get(self.group.dr_root)
-        if root is not None and root.props.get(shipping.SHA_PROP) == sha:
-            return sha
-        self.opts.say(f"{self.group.name}: ship the target manifest ({count} LUs) to {self.group.dr_root}")
-        self.dst.zfs.set_props(self.group.dr_root, props)
-        return sha
+        return _store_manifest(self.dst.zfs, self.group.dr_root, dst_obs, sha, props, self.opts.say,
+                               f"{self.group.name}: ship the target manifest ({count} LUs) to {self.group.dr_root}")
 
     def _copy_published_manifest(self, dst_obs: dict[str, Dataset]) -> str | None:
         """Pull mode: DR cannot read production's target stack through a send-only key. Production
@@ -622,13 +623,9 @@ class Engine:
                           f"(esxdr replicate {g.name} --snapshot-only publishes it); none shipped")
             return None
         sha, props = shipping.encode(m)
-        root = dst_obs.get(g.dr_root)
-        if root is not None and root.props.get(shipping.SHA_PROP) == sha:
-            return sha
-        self.opts.say(f"{g.name}: copy the target manifest production published ({len(m.logical_units)} LUs) to "
-                      f"{g.dr_root}")
-        self.dst.zfs.set_props(g.dr_root, props)
-        return sha
+        return _store_manifest(self.dst.zfs, g.dr_root, dst_obs, sha, props, self.opts.say,
+                               f"{g.name}: copy the target manifest production published ({len(m.logical_units)} "
+                               f"LUs) to {g.dr_root}")
 
     def _capture_manifest(self) -> tuple[str, dict[str, str], int] | None:
         """The production target's manifest for this group, encoded: (sha, properties, LUs)."""
@@ -651,6 +648,17 @@ class Engine:
         sha, props = shipping.encode(m)
         return sha, props, len(m.logical_units)
 
+    def _new_snapshot_name(self, src_obs: dict[str, Dataset]) -> tuple[str, datetime]:
+        """The name of the snapshot this run takes, and its time."""
+        now = self.opts.now or datetime.now(UTC)
+        name = snapshot_name(self.group.name, now)
+        if self.opts.now is None and any(name == s.name for d in src_obs.values() for s in d.snapshots):
+            # a run that ended within this second took the name already: names are per second
+            time.sleep(1.05 - now.microsecond / 1e6)
+            now = datetime.now(UTC)
+            name = snapshot_name(self.group.name, now)
+        return name, now
+
     # -- pull mode, production's half -------------------------------------------------
     def _snapshot_only(self) -> GroupResult:
         """On production, in pull mode: the group's atomic (and consistent) snapshot, the target
@@ -662,11 +670,7 @@ class Engine:
             raise UsageError(f"--snapshot-only runs on production itself, and {g.source} is reached here through "
                              "its send-only account", hint="run it on production, with production's site file")
         src_obs = src.zfs.observe([g.source_root])
-        now = opts.now or datetime.now(UTC)
-        name = snapshot_name(g.name, now)
-        if opts.now is None and any(name == s.name for d in src_obs.values() for s in d.snapshots):
-            time.sleep(1.05 - now.microsecond / 1e6)
-            name = snapshot_name(g.name, datetime.now(UTC))
+        name, _ = self._new_snapshot_name(src_obs)
         missing = [d for d in g.datasets if d not in src_obs]
         if missing:
             raise UsageError(f"protection group {g.name}: source dataset {missing[0]} does not exist",
@@ -678,18 +682,14 @@ class Engine:
                 take_snapshot(g, src, src_obs, name, props={"esxdr:consistency": consistency.level})
             result.consistency = consistency.to_dict()
         captured = self._capture_manifest()
-        root = src_obs.get(g.source_root)
         if captured is None:
             opts.say(f"{g.name}: no production target presents the group's datasets; no manifest published")
         else:
-            from esxdr import shipping
-
             sha, props, count = captured
-            result.manifest = sha
-            if root is None or root.props.get(shipping.SHA_PROP) != sha:
-                opts.say(f"{g.name}: publish the target manifest ({count} LUs) on {g.source_root} for DR to pull")
-                if not opts.dry_run:
-                    src.zfs.set_props(g.source_root, props)
+            result.manifest = _store_manifest(
+                src.zfs, g.source_root, src_obs, sha, props, opts.say,
+                f"{g.name}: publish the target manifest ({count} LUs) on {g.source_root} for DR to pull",
+                dry_run=opts.dry_run)
         if opts.prune:
             # Production's own retention, without a view of DR: the snapshot DR pulled last carries
             # DR's hold (esxdr_<group>, placed through the send-only account) and is kept for it.
@@ -1047,9 +1047,9 @@ def summary_text(result: GroupResult) -> str:
         lines.append(f"{result.group}: {'would take' if result.dry_run else 'took'} @{result.snapshot}"
                      + (", target manifest published" if result.manifest else "")
                      + f"; DR pulls it (esxdr replicate {result.group} --pull on the DR box)")
-    verb = "would pull" if result.dry_run and result.mode == "pull" else "pulled" if result.mode == "pull" else \
-        "would replicate" if result.dry_run else "replicated"
-    if result.mode != "snapshot-only":
+    else:
+        verb = {("pull", True): "would pull", ("pull", False): "pulled", ("push", True): "would replicate",
+                ("push", False): "replicated"}[(result.mode, result.dry_run)]
         moved = [d for d in result.datasets if any(not isinstance(a, UpToDate) for a in d.actions)]
         lines.append(f"{result.group}: {verb} {len(moved)} of {len(result.datasets)} datasets"
                      + (f" to @{result.snapshot}" if result.snapshot else "")
