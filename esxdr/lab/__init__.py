@@ -67,6 +67,11 @@ class LabConfig:
     esxsim_profile: str | None = None  # "realistic": a real host's pace; None: ESXSIM_PROFILE or "lab"
 
 
+def _target_lines(server_block: list[str]) -> list[str]:
+    """The `target:` mapping of a storage server's lines in the lab's site file."""
+    return [ln for ln in server_block if ln == "    target:" or ln.startswith("      ")]
+
+
 @dataclass
 class Lab:
     cfg: LabConfig = field(default_factory=LabConfig)
@@ -372,9 +377,8 @@ class Lab:
         account or address (production never connects there); its target stays, for the record."""
         start = lines.index("  ss2:")
         end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
-        block = lines[start + 1:end]
-        target = [ln for ln in block if ln.startswith("      ") or ln == "    target:"]
-        out = lines[:start] + ["  ss2:", "    role: dr", "    pulls: true", *target] + lines[end:]
+        out = lines[:start] + ["  ss2:", "    role: dr", "    pulls: true", *_target_lines(lines[start + 1:end])] \
+            + lines[end:]
         out[0] = "# Written by `esxdr lab up`: the embedded lab's production in pull mode (the DR box pulls)."
         return out
 
@@ -386,8 +390,7 @@ class Lab:
         end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(" "))
         storage = lines[start:end]
         ss2 = storage.index("  ss2:")
-        targets = {"ss1": [ln for ln in storage[1:ss2] if ln.startswith("      ") or ln == "    target:"],
-                   "ss2": [ln for ln in storage[ss2:] if ln.startswith("      ") or ln == "    target:"]}
+        targets = {"ss1": _target_lines(storage[1:ss2]), "ss2": _target_lines(storage[ss2:])}
         view = ["storage:", "  ss1:", "    role: production", f"    address: {s['address']}", f"    port: {s['port']}",
                 f"    user: {s['account']}", f"    key: {s['pull_key']}", f"    host_key: {s['host_key']}",
                 "    zfs: auto", f"    serve_prefix: {c.prod_pool}/iscsi", *targets["ss1"],

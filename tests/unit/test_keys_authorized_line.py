@@ -16,14 +16,20 @@ PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMfwxHvQ8d1M1RnNx4NJeppHyR/NRDriQLgaK
 HOST_KEY = "SHA256:HYfOdYYK61d+0O8KfPYpweuLx8FB4tWQiemG1Yi2yOw"
 
 
-def _site(tmp_path: Path, *, prod: str = "    address: 192.0.2.10\n", extra_groups: str = "",
-          extra_storage: str = "", pub: str = PUB, dr_root: str = "rp1/iscsi") -> Path:
+def _key_pair(tmp_path: Path, name: str, pub: str) -> Path:
+    """A private key file (never read by this command) and its .pub under tmp_path/keys."""
     keys = tmp_path / "keys"
     keys.mkdir(exist_ok=True)
-    key = keys / "id_ed25519"
+    key = keys / name
     key.write_text("not read by this command\n")
     key.chmod(0o600)
-    (keys / "id_ed25519.pub").write_text(pub + "\n")
+    (keys / f"{name}.pub").write_text(pub + "\n")
+    return key
+
+
+def _site(tmp_path: Path, *, prod: str = "    address: 192.0.2.10\n", extra_groups: str = "",
+          extra_storage: str = "", pub: str = PUB, dr_root: str = "rp1/iscsi") -> Path:
+    key = _key_pair(tmp_path, "id_ed25519", pub)
     remote = f"    user: root\n    key: {key}\n    host_key: {HOST_KEY}\n" if "address:" in prod else ""
     site = tmp_path / "site.yaml"
     site.write_text(f"""version: 1
@@ -307,12 +313,7 @@ def test_drills_through_the_key_only_when_asked(tmp_path, capsys):
 def _dr_view_site(tmp_path: Path, *, dr: str = "    local: true\n", production: str | None = None) -> Path:
     """The site as the DR box sees it (pull mode): production behind its send-only account
     (``production``: other lines for ss1, the key's included)."""
-    keys = tmp_path / "keys"
-    keys.mkdir(exist_ok=True)
-    key = keys / "pull_ed25519"
-    key.write_text("not read by this command\n")
-    key.chmod(0o600)
-    (keys / "pull_ed25519.pub").write_text(PUB + "\n")
+    key = _key_pair(tmp_path, "pull_ed25519", PUB)
     ss1 = production if production is not None else \
         f"    address: 192.0.2.10\n    user: esxdr-src\n    key: {key}\n    host_key: {HOST_KEY}\n    serve_prefix: sp1/iscsi\n"
     site = tmp_path / "dr-site.yaml"

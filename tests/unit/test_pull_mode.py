@@ -88,27 +88,9 @@ def test_auto_compression_follows_the_network_in_either_direction(src, dst, expe
     assert _pick_compression(_Group(), src, dst) == expected
 
 
-def _production_view(tmp_path: Path, ss2: str):
-    p = tmp_path / "prod-site.yaml"
-    p.write_text(f"""version: 1
-name: t
-storage:
-  ss1:
-    role: production
-    local: true
-  ss2:
-    role: dr
-{ss2}protection_groups:
-  core:
-    source: ss1
-    destination: ss2
-    source_root: sp1/iscsi
-    dr_root: rp1/iscsi
-    datasets: [lun0]
-    retention: "48h 30d"
-    rpo: 4h
-""")
-    return p
+def _production_view(tmp_path: Path, ss2: str) -> Path:
+    """Production's own site file in pull mode: ss1 local, ss2 as given."""
+    return _dr_view_site(tmp_path, dr=ss2, production="    local: true\n")
 
 
 def test_productions_site_names_a_dr_that_pulls_without_any_key_to_it(tmp_path):
