@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -178,6 +180,10 @@ class Failover(Drill):
         self.journal = Journal(local.state_dir, g.name)
         self.journal.path = state_path(local.state_dir, g.name, self.kind)
         self.mode = "disaster"
+        # Pull mode: this box reaches production only through esxdr serve (a send-only account),
+        # which cannot stop production's VMs or remove its LUNs; production hands off first.
+        src = local.storage.get(g.source)
+        self.pull = not reverse and src is not None and src.behind_serve
 
     # -- where things are -------------------------------------------------------
     def _lock(self) -> GroupLock:
@@ -199,7 +205,46 @@ class Failover(Drill):
             group=self.g, manifest=manifest, dr_obs=dr_obs, mode=mode, point=point, force=force,
             host=self._view(h) if h else None, served=served, dr_portal=self.server.target.portal,  # type: ignore[union-attr]
             production_portal=prod.target.portal if prod and prod.target else None, manifest_origin=origin,
-            kind=self.kind, dr_mount_base=dr_mount_base(dst.zfs, self.g.dr_root, dr_obs)))
+            kind=self.kind, dr_mount_base=dr_mount_base(dst.zfs, self.g.dr_root, dr_obs),
+            pull=self.pull, handoff=self._handoff() if self.pull and mode == "planned" else None))
+
+    def _handoff(self) -> str | None:
+        """The final snapshot production published with its hand-off (``esxdr:handoff`` on the
+        source root), read through the send-only account. Production may be compromised: the value
+        must name one of the group's own snapshots, present on every source dataset."""
+        from esxdr.plan.retention import esxdr_prefix
+        from esxdr.replication import open_side
+
+        g = self.g
+        src = open_side(self.site, g.source)
+        try:
+            obs = src.zfs.observe([g.source_root])
+        finally:
+            src.transport.close()
+        root = obs.get(g.source_root)
+        value = root.props.get(rb.HANDOFF_PROP) if root else None
+        if not value:
+            return None
+        prefix = esxdr_prefix(g.name)
+        if not (value.startswith(prefix) and re.fullmatch(r"\d{8}T\d{6}Z", value[len(prefix):])):
+            raise ConflictError(f"{g.source_root}: {rb.HANDOFF_PROP}={value[:80]!r} is not a snapshot of {g.name}",
+                                hint="production's hand-off is damaged or forged: hand off again there (esxdr "
+                                     f"failover {g.name} --planned --hand-off), or recover DR's own snapshots "
+                                     "with --disaster")
+        missing = [ds for ds in g.datasets if ds not in obs or obs[ds].snapshot(value) is None]
+        if missing:
+            raise ConflictError(f"production's hand-off names @{value}, which {missing[0]} on {g.source} does not have",
+                                hint=f"hand off again on production (esxdr failover {g.name} --planned --hand-off), "
+                                     "or recover DR's own snapshots with --disaster")
+        newer = [f"{ds}@{x.name}" for ds in g.datasets for x in obs[ds].snapshots
+                 if x.createtxg > obs[ds].snapshot(value).createtxg]  # type: ignore[union-attr]
+        if newer:
+            # Something snapshotted production after it stopped its VMs and handed off: writes may
+            # have followed. A planned failover must lose nothing, so DR pulls nothing yet.
+            raise ConflictError(f"production has {', '.join(newer[:3])}, newer than its hand-off @{value}",
+                                hint="check production: were its VMs started again? If nothing was written, destroy "
+                                     "the newer snapshot(s) there and run this failover again")
+        return value
 
     def _home_manifest(self, manifest_path: str | None):
         """Failback presents production's own identities again: the manifest shipped with the
@@ -322,6 +367,76 @@ class Failover(Drill):
         self.say(f"{g.vsphere_dr}: {len(off)} stopped VM(s) unregistered, storage rescanned")
 
 
+class HandOff(Drill):
+    """``esxdr failover GROUP --planned --hand-off``, on production, in pull mode.
+
+    DR holds only a send-only key to production, so it cannot stop production's VMs, snapshot
+    them or remove production's LUNs. Production does those itself (the runbook of
+    :func:`esxdr.plan.runbook.plan_handoff`) and publishes the final snapshot on the source
+    root; DR's ``esxdr failover GROUP --planned`` then pulls exactly that snapshot and goes on
+    as in push mode. Resumable like a failover: a re-run continues where it stopped."""
+
+    fault_prefix = "hand-off"
+
+    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):
+        super().__init__(site, group_name, say=say)
+        g = self.g
+        if not site.storage_server(g.destination).pulls:
+            raise UsageError(f"--hand-off is production's half of a planned failover in pull mode, and "
+                             f"storage.{g.destination} does not pull (no pulls: true in {site.path})",
+                             hint=f"in push mode the DR box does all of it: esxdr failover {g.name} --planned, there")
+        if site.storage_server(g.source).behind_serve:
+            raise UsageError(f"--hand-off runs on production itself, and {g.source} is reached here through esxdr serve",
+                             hint="run it on production, with production's site file")
+        self.kind, self.mode = "hand-off", "planned"
+        self.journal.path = state_path(site.state_dir, g.name, "hand-off")
+
+    def _lock(self) -> GroupLock:
+        return GroupLock(self.site.state_dir, f"{self.g.name}.failover")
+
+    def plan(self) -> rb.Runbook:
+        from esxdr.replication import capture_manifest
+
+        server = self.site.storage_server(self.g.source)
+        t = target_transport(server)
+        try:
+            m = capture_manifest(self.site, self.g, t)
+        finally:
+            t.close()
+        return rb.plan_handoff(rb.HandOffInputs(group=self.g, naas=[lu.naa.hex for lu in m.logical_units] if m else [],
+                                                target=server.target.stack if server.target else None))
+
+    def run(self, dry_run: bool = False) -> FailoverRecord:
+        rec = FailoverRecord(kind=self.kind, group=self.g.name, site=self.site.name, started=time.time(),
+                             dry_run=dry_run, mode="planned")
+        self._guarded(rec, self.plan, lambda: self._run(rec), busy=f"a failover or hand-off of {self.g.name} is running",
+                      hint="wait for it, or stop it and run the same command again")
+        return rec
+
+    def _run(self, rec: FailoverRecord) -> None:
+        j = self.journal
+        prev = j.load()
+        if prev and prev.get("complete") and not failover_marker(self.site.state_dir, self.g.name).exists():
+            prev = None  # the group came home since (its marker is gone): this is a new hand-off
+            j.forget()
+        if prev:
+            rec.started, rec.resumed = prev["started"], True
+            self.say(f"{self.g.name} is handed off at @{prev.get('snapshot')}: nothing left to do" if prev.get("complete")
+                     else f"resuming the hand-off of {self.g.name} started "
+                          f"{datetime.fromtimestamp(prev['started'], UTC):%H:%M:%S}Z")
+        plan = self.plan()
+        rec.runbook = plan
+        if not prev:
+            j.data = {"kind": self.kind, "group": self.g.name, "mode": "planned", "started": rec.started,
+                      "snapshot": None, "snapshot_created": None, "steps": {}}
+            j.save()
+        self._walk(rec, plan, HANDOFF_STEPS)
+        j.data["complete"] = True
+        j.save()
+        rec.snapshot, rec.snapshot_created = j.data.get("snapshot"), j.data.get("snapshot_created")
+        rec.consistency = j.data.get("consistency")
+
+
 def _retry(fn, attempts: int = 10) -> None:
     """zfs-fuse reports "dataset is busy" for a moment after tgtd let go of a file."""
     for i in range(attempts):
@@ -360,6 +475,8 @@ def _f_shutdown(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
 def _f_replicate(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
     from esxdr.replication import Engine, Options
 
+    if step.params.get("pull"):
+        return _pull_handoff(d, step.params["handoff"])
     site = with_group(d.site, d.g)  # failback: the reversed view's source is the (local) DR box
     res = Engine(site, d.g.name, Options(take_snapshot=True, prune=False, progress=False, say=d.say,
                                          failed_over=d.reverse)).run()
@@ -370,6 +487,31 @@ def _f_replicate(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
     d.journal.data["snapshot_created"] = snap.creation if snap else time.time()
     d.journal.save()
     return [f"@{res.snapshot}: {len(res.datasets)} dataset(s), {res.bytes} bytes in {res.seconds:.1f}s"]
+
+
+def _pull_handoff(d: Failover, want: str) -> list[str]:
+    """Pull mode: bring DR to production's hand-off snapshot, and to nothing newer. The pull
+    brings the newest snapshot production has; if that is not the hand-off, production changed
+    after handing off, and a planned failover that would lose or invent writes is refused."""
+    from esxdr.replication import Engine, Options
+
+    res = Engine(d.site, d.g.name, Options(pull=True, take_snapshot=False, prune=False, progress=False,
+                                           say=d.say)).run()
+    obs = d._dr().zfs.observe([d.g.dr_root])
+    for ds in d.g.dr_datasets:
+        newest = obs[ds].newest if ds in obs else None
+        if newest is None or newest.name != want:
+            raise ConflictError(f"{ds}: the newest snapshot after the pull is "
+                                f"{'@' + newest.name if newest else 'none'}, not production's hand-off @{want}",
+                                hint="production changed after it handed off (a newer snapshot?): check production, "
+                                     f"hand off again there (esxdr failover {d.g.name} --planned --hand-off), then "
+                                     "run this failover again")
+    snap = obs[d.g.dr_datasets[0]].snapshot(want)
+    assert snap is not None
+    d.journal.data.update(snapshot=want, snapshot_created=snap.creation, consistency=snap.prop("esxdr:consistency"))
+    d.journal.save()
+    return [f"@{want}: {len(res.datasets)} dataset(s) pulled, {res.bytes} bytes in {res.seconds:.1f}s; "
+            "the newest snapshot of every DR dataset"]
 
 
 def _f_stop(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
@@ -471,6 +613,49 @@ FAILOVER_STEPS = {
     "shutdown": _f_shutdown, "replicate": _f_replicate, "stop-replication": _f_stop,
     "unpresent-production": _f_unpresent_production, "guard": _f_guard, "promote": _f_promote,
 }
+
+
+def _h_snapshot(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.replication import Engine, Options, open_side
+
+    res = Engine(d.site, d.g.name, Options(snapshot_only=True, prune=False, progress=False, say=d.say)).run()
+    side = open_side(d.site, d.g.source)
+    try:
+        obs = side.zfs.observe([d.g.datasets[0]]).get(d.g.datasets[0])
+    finally:
+        side.transport.close()
+    snap = obs.snapshot(res.snapshot) if obs and res.snapshot else None
+    d.journal.data.update(snapshot=res.snapshot, snapshot_created=snap.creation if snap else time.time(),
+                          consistency=(res.consistency or {}).get("level"))
+    d.journal.save()
+    return [f"@{res.snapshot}: {len(d.g.datasets)} dataset(s), atomic"
+            + (f"; target manifest published ({res.manifest})" if res.manifest else "")]
+
+
+def _h_publish(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
+    from esxdr.replication import open_side
+
+    snap = d.journal.data.get("snapshot")
+    if not snap:
+        raise ConflictError(f"{d.g.name}: no final snapshot recorded", hint="run the hand-off again")
+    side = open_side(d.site, d.g.source)
+    try:
+        side.zfs.set_props(d.g.source_root, {rb.HANDOFF_PROP: snap})
+    finally:
+        side.transport.close()
+    return [f"{d.g.source_root}: {rb.HANDOFF_PROP}={snap}",
+            f"now on the DR box: esxdr failover {d.g.name} --planned (it pulls @{snap})"]
+
+
+HANDOFF_STEPS: dict[str, Callable[..., list[str]]] = {
+    "shutdown": _f_shutdown, "snapshot": _h_snapshot, "stop-replication": _f_stop,
+    "unpresent-production": _f_unpresent_production, "publish-handoff": _h_publish,
+}
+
+
+def handoff_summary(rec: RunRecord) -> str:
+    return (f"{rec.group}: handed off at @{rec.snapshot} — production's VMs are stopped and its LUNs removed; "
+            f"now on the DR box: esxdr failover {rec.group} --planned — report: {rec.report_html}")
 
 
 def summary(rec: RunRecord) -> str:

@@ -99,6 +99,25 @@ def open_side(site, server_name: str, *, prewarm: bool = False) -> Side:
                 guarded=server.behind_serve)
 
 
+def capture_manifest(site, group, transport: Transport):  # -> Manifest | None
+    """What production's own target presents of this group now (None: no target, or none of its
+    datasets), read through ``transport`` on production."""
+    from esxdr import shipping
+    from esxdr.targets import backend
+
+    server = site.storage[group.source]
+    if server.target is None:
+        return None
+    stack = server.target.stack
+    kwargs: dict = {}
+    if stack == "tgt":
+        kwargs = {"control_port": server.target.control_port, "portal": server.target.portal,
+                  "initiator": "iqn.2024-01.io.esxdr:replicate"}
+    m = shipping.for_group(backend(stack).observe(transport, **kwargs), list(group.datasets))
+    m.source.host = server.name
+    return m if m.logical_units else None
+
+
 def pull_site(site, group):  # (Site, ProtectionGroup) -> Site
     """The site for a pull: production reached through its send-only account, DR on this box.
 
@@ -630,20 +649,10 @@ class Engine:
     def _capture_manifest(self) -> tuple[str, dict[str, str], int] | None:
         """The production target's manifest for this group, encoded: (sha, properties, LUs)."""
         from esxdr import shipping
-        from esxdr.targets import backend
 
         assert self.src
-        server = self.site.storage[self.group.source]
-        if server.target is None:
-            return None
-        stack = server.target.stack
-        kwargs: dict = {}
-        if stack == "tgt":
-            kwargs = {"control_port": server.target.control_port, "portal": server.target.portal,
-                      "initiator": "iqn.2024-01.io.esxdr:replicate"}
-        m = shipping.for_group(backend(stack).observe(self.src.transport, **kwargs), list(self.group.datasets))
-        m.source.host = server.name
-        if not m.logical_units:
+        m = capture_manifest(self.site, self.group, self.src.transport)
+        if m is None:
             return None
         sha, props = shipping.encode(m)
         return sha, props, len(m.logical_units)

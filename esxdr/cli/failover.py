@@ -25,7 +25,11 @@ Examples:
   esxdr failover core --planned             shut production down, final replication, switch to DR
   esxdr failover core --disaster            production is gone: recover the newest DR snapshot
   esxdr failover core --disaster --point esxdr_core_20261201T020000Z --force
-Run it on the DR box (the DR storage server is local: true there). Re-running after an
+  esxdr failover core --planned --hand-off  pull mode, ON PRODUCTION: stop the VMs, final
+                                            snapshot, remove the LUNs; then --planned on DR
+Run it on the DR box (the DR storage server is local: true there), except --hand-off. In
+pull mode (DR reaches production through a send-only account) a planned failover pulls the
+snapshot production handed off, and refuses until production has. Re-running after an
 interruption continues where it stopped. Exit 3: the split-brain guard found production
 still serving the LUNs (the message names the NAA and the portal).
 """)
@@ -37,18 +41,32 @@ still serving the LUNs (the message names the NAA and the portal).
 @click.option("--force", is_flag=True, help="Go on despite the split-brain guard / discard newer snapshots.")
 @click.option("--manifest", "manifest_path", metavar="FILE",
               help="Production target manifest (default: shipped with the replica).")
+@click.option("--hand-off", "hand_off", is_flag=True,
+              help="Pull mode, on production: its half of --planned (stop the VMs, final snapshot, remove the LUNs).")
 @click.option("--dry-run", is_flag=True, help="Print the runbook; change nothing.")
 @json_option
 @site_option
 @pass_ctx
 def failover(ctx: Context, group: str | None, mode: str | None, point: str, force: bool, manifest_path: str | None,
-             dry_run: bool) -> None:
+             hand_off: bool, dry_run: bool) -> None:
     """Bring the replicated datastores online on the DR host and boot the VMs by priority."""
     from esxdr.errors import UsageError
     from esxdr.failover import Failover
 
     if mode is None:
         raise UsageError("say which failover: --planned (production is up) or --disaster (it is gone)")
+    if hand_off:
+        from esxdr.failover import HandOff, handoff_summary
+
+        if mode != "planned" or force or manifest_path or point != "latest":
+            raise UsageError("--hand-off is production's half of a planned failover: pass --planned alone with it")
+        rec = HandOff(ctx.site(), group, say=ctx.info).run(dry_run=dry_run)
+        if dry_run:
+            assert rec.runbook is not None
+            ctx.emit(rec.to_dict(), f"{rec.group}: hand-off runbook\n{rec.runbook.render()}")
+        else:
+            ctx.emit(rec.to_dict(), handoff_summary(rec))
+        return
     f = Failover(ctx.site(), group, say=ctx.info)
     _emit_run(ctx, f.run(mode, point=point, force=force, dry_run=dry_run, manifest_path=manifest_path), dry_run)
 

@@ -928,6 +928,11 @@ class FailoverInputs:
     kind: str = "failover"  # failover | failback
     dr_mount_base: str | None = None  # as DrillInputs.dr_mount_base
     initiators: tuple[str, ...] = ()  # as DrillInputs.initiators
+    # Pull mode: DR reaches production through a send-only account, so a planned failover cannot
+    # stop production from DR. Production hands off first (esxdr failover --planned --hand-off);
+    # ``handoff`` is the final snapshot it published (None: not handed off).
+    pull: bool = False
+    handoff: str | None = None
 
 
 def plan_failover(inp: FailoverInputs) -> Runbook:
@@ -947,12 +952,20 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
     rb = Runbook(kind=inp.kind, group=g.name)
     rb.new_naa = False
     proms: list[Promotion] = []
+    handed_off = planned and inp.pull
     if planned:
         missing = [d for d in g.dr_datasets if d not in inp.dr_obs]
         if missing:
             raise UsageError(f"DR dataset(s) {', '.join(missing)} do not exist yet",
-                             hint="replicate first: esxdr replicate GROUP")
+                             hint="replicate first: esxdr replicate GROUP" + (" --pull" if inp.pull else ""))
         rb.snapshot = None  # named by the final replication
+        if handed_off:
+            if not inp.handoff:
+                raise ConflictError(f"production has not handed {g.name} off: DR reaches {g.source} through its "
+                                    "send-only account and cannot stop production's VMs or remove its LUNs",
+                                    hint=f"on production first: esxdr failover {g.name} --planned --hand-off; "
+                                         f"or, if production is gone: esxdr failover {g.name} --disaster")
+            rb.snapshot = inp.handoff  # the final snapshot production took with its VMs stopped
     else:
         p = choose_point(list(g.dr_datasets), inp.dr_obs, inp.point)
         rb.snapshot, rb.snapshot_created, rb.consistency = p.name, p.creation, p.consistency
@@ -988,7 +1001,17 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
                  + ("; --force: a refusal is only reported" if inp.force else ""),
                  {"portal": inp.production_portal, "naas": naas, "force": inp.force,
                   "initiator": host.iqn if host else None})
-    if planned:
+    if handed_off:
+        rb.steps.append(Step("replicate", "replicate",
+                             f"pull production's hand-off snapshot @{inp.handoff} ({g.source} → {g.destination})",
+                             "production stopped its VMs, took this final snapshot and removed its LUNs "
+                             "(esxdr failover --planned --hand-off there); the point recovered is this snapshot",
+                             {"pull": True, "handoff": inp.handoff}))
+        rb.steps.append(Step("stop-replication", "stop-replication", f"stop replication of {g.name}",
+                             "from now on the DR datasets are written; a scheduled pull must not overwrite them",
+                             {}))
+        rb.steps.append(guard)
+    elif planned:
         shut = max((v.shutdown_timeout_seconds for v in g.vms), default=300)
         rb.steps.append(Step("shutdown", "shutdown",
                              f"shut down {len(names) or 'the'} production VM(s) on {g.vsphere_production} "
@@ -1014,14 +1037,15 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
     for ds in g.dr_datasets:
         pr = next((x for x in proms if x.dataset == ds), None)
         lun = by_dr.get(ds)
-        at = f"@{pr.snapshot}" if pr else "the final snapshot"
+        at = f"@{pr.snapshot}" if pr else f"@{inp.handoff}" if handed_off else "the final snapshot"
         reason = ("the newest snapshot of the group on DR" if not planned and inp.point == "latest" else
+                  "production's hand-off snapshot" if handed_off else
                   "the snapshot the final replication sent" if planned else "the point chosen (--point)")
         if pr and pr.discards:
             reason += "; discards partial " + ", ".join("@" + n for n in pr.discards)
         rb.steps.append(Step(f"promote:{ds}", "promote", f"promote {ds} at {at}: writable, mounted",
                              f"rolled back to {reason}, so every LUN shows one consistent point",
-                             {"dataset": ds, "snapshot": pr.snapshot if pr else None,
+                             {"dataset": ds, "snapshot": pr.snapshot if pr else inp.handoff if handed_off else None,
                               "discards": list(pr.discards) if pr else [], "release": list(pr.held) if pr else [],
                               "mount": not (lun and lun.path.startswith("/dev/")), "path": lun.path if lun else None,
                               "mountpoint": lun.mountpoint if lun else None}))
@@ -1064,6 +1088,53 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
     _power_steps(rb, g, answer="moved")
     return rb
 
+
+
+HANDOFF_PROP = "esxdr:handoff"  # on production's source root: the final snapshot of a hand-off
+
+
+@dataclass
+class HandOffInputs:
+    group: Any  # esxdr.site.model.ProtectionGroup, as production's site file has it
+    naas: list[str]  # the group's LUNs on production's own target, observed now (hex)
+    target: str | None = None  # production's target stack; None: no target in the site file
+
+
+def plan_handoff(inp: HandOffInputs) -> Runbook:
+    return with_callouts(_plan_handoff(inp), inp.group)
+
+
+def _plan_handoff(inp: HandOffInputs) -> Runbook:
+    """Production's half of a planned failover in pull mode (``esxdr failover --planned --hand-off``,
+    on production). What DR does itself in push mode, production does here, because DR's send-only
+    key cannot: stop the VMs, take the final snapshot, stop taking snapshots, remove production's
+    presentation. Then it publishes the final snapshot's name on the source root; DR's planned
+    failover pulls exactly that snapshot and refuses without it."""
+    g = inp.group
+    rb = Runbook(kind="hand-off", group=g.name)
+    names = [v.name for v in g.vms]
+    shut = max((v.shutdown_timeout_seconds for v in g.vms), default=300)
+    rb.steps.append(Step("shutdown", "shutdown",
+                         f"shut down {len(names) or 'the'} production VM(s) on {g.vsphere_production} "
+                         f"(guest shutdown, power off after {shut}s)",
+                         "the final snapshot must hold what the guests wrote before they stopped",
+                         {"vms": names, "timeout": shut, "endpoint": g.vsphere_production}))
+    rb.steps.append(Step("snapshot", "snapshot", f"final snapshot of {g.name} on {g.source} (atomic), target "
+                         f"manifest published on {g.source_root}",
+                         "the VMs are down: this snapshot holds every write, and DR recovers it with RPO 0", {}))
+    rb.steps.append(Step("stop-replication", "stop-replication", f"stop taking snapshots of {g.name} on {g.source}",
+                         "the final snapshot stays the newest, and production's own retention cannot prune it "
+                         "before DR pulled it", {}))
+    rb.steps.append(Step("unpresent-production", "unpresent-production",
+                         f"remove production's presentation of {len(inp.naas)} LUN(s) from {g.source}",
+                         "only one site may serve the NAAs; DR's split-brain guard checks they are gone"
+                         + ("" if inp.target else " (no target in the site file: nothing to remove)"),
+                         {"naas": sorted(inp.naas)}))
+    rb.steps.append(Step("publish-handoff", "publish-handoff",
+                         f"publish the hand-off on {g.source_root} ({HANDOFF_PROP}=<final snapshot>)",
+                         f"DR's planned failover (esxdr failover {g.name} --planned, on the DR box) pulls exactly "
+                         "this snapshot, and refuses without it", {}))
+    return rb
 
 
 def _power_steps(rb: Runbook, g: Any, *, answer: str) -> None:

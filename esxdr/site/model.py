@@ -35,10 +35,12 @@ CALLOUT_STEP_KINDS = (
     "hold", "container", "clone", "present", "network", "rescan", "verify", "register", "nics", "power",
     # failover / failback
     "shutdown", "replicate", "stop-replication", "unpresent-production", "guard", "promote",
+    # production's hand-off (pull mode)
+    "snapshot", "publish-handoff",
     # test cleanup
     "poweroff", "unregister", "unpresent", "destroy", "uncontainer", "release",
 )
-CALLOUT_RUNS = ("test-start", "test-cleanup", "failover", "failback")
+CALLOUT_RUNS = ("test-start", "test-cleanup", "failover", "failback", "hand-off")
 
 
 @dataclass(frozen=True)

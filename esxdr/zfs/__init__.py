@@ -23,7 +23,7 @@ BASE_PROPS = ["type", "guid", "createtxg", "creation", "used", "referenced", "us
 OPENZFS_PROPS = ["written", "receive_resume_token"]
 # What OpenZFS prints when a non-root (delegated) create succeeded but could not mount.
 MOUNT_BY_ROOT_ONLY = "successfully created, but it may only be mounted by root"
-USER_PROPS = ["esxdr:group", "esxdr:consistency", "esxdr:source", "esxdr:manifest-sha"]
+USER_PROPS = ["esxdr:group", "esxdr:consistency", "esxdr:source", "esxdr:manifest-sha", "esxdr:handoff"]
 
 
 def parse_get(text: str, user_props: Iterable[str] = USER_PROPS) -> dict[str, Dataset]:

@@ -18,10 +18,10 @@ from esxdr.site.model import CALLOUT_STEP_KINDS, Callout
 
 
 def test_callout_step_kinds_are_the_runbooks_step_kinds():
-    from esxdr.failover import FAILOVER_STEPS
+    from esxdr.failover import FAILOVER_STEPS, HANDOFF_STEPS
     from esxdr.recovery import CLEANUP_STEPS
 
-    assert set(CALLOUT_STEP_KINDS) == set(FAILOVER_STEPS) | set(CLEANUP_STEPS)
+    assert set(CALLOUT_STEP_KINDS) == set(FAILOVER_STEPS) | set(CLEANUP_STEPS) | set(HANDOFF_STEPS)
 
 
 def test_callouts_attach_by_kind_and_by_id_in_site_order():
