@@ -160,7 +160,7 @@ class Failover(Drill):
     fault_prefix = "failover"
 
     def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None,
-                 reverse: bool = False):
+                 reverse: bool = False, pull: bool = False):
         if group_name is None:
             if len(site.protection_groups) != 1:
                 raise UsageError("name the protection group", hint="known: " + ", ".join(site.protection_groups))
@@ -169,10 +169,25 @@ class Failover(Drill):
         self.reverse = reverse
         self.kind = "failback" if reverse else "failover"
         view = rb.reversed_group(g) if reverse else g
-        # Both directions run on the DR box, where failover's journal and marker live: failback
-        # reaches production as the site file says (as planned failover does to unpresent it);
-        # the DR datasets it sends from and seals afterwards are local there.
-        local = on_dr_box(site, g.destination)
+        # Pull mode's way home runs on production: the site file reaches DR only through its
+        # send-only account, DR sealed its datasets when it handed back (esxdr failback --planned
+        # --hand-off there), and production pulls DR's final snapshot with its own privileges.
+        home_pull = reverse and pull
+        if pull and not reverse:
+            raise UsageError("--pull is for the way home (failback on production); a failover in pull mode "
+                             "follows from the site file")
+        if home_pull:
+            _need_send_only_dr(site, g, "failback --pull")
+            if site.storage_server(g.source).behind_serve:
+                raise UsageError(f"in pull mode, failback completes on production, and {g.source} is reached here "
+                                 "through esxdr serve", hint="run it on production, with a site file in which "
+                                 f"storage.{g.source} is local and storage.{g.destination} is DR's send-only account")
+            local = site
+        else:
+            # Otherwise both directions run on the DR box, where failover's journal and marker live:
+            # failback reaches production as the site file says (as planned failover does to unpresent
+            # it); the DR datasets it sends from and seals afterwards are local there.
+            local = on_dr_box(site, g.destination)
         super().__init__(local, group_name, say=say)
         self.g = view
         self.original = g
@@ -180,10 +195,10 @@ class Failover(Drill):
         self.journal = Journal(local.state_dir, g.name)
         self.journal.path = state_path(local.state_dir, g.name, self.kind)
         self.mode = "disaster"
-        # Pull mode: this box reaches production only through esxdr serve (a send-only account),
-        # which cannot stop production's VMs or remove its LUNs; production hands off first.
+        # Pull mode: this box reaches the other only through esxdr serve (a send-only account),
+        # which cannot stop its VMs or remove its LUNs; the other side hands off first.
         src = local.storage.get(g.source)
-        self.pull = not reverse and src is not None and src.behind_serve
+        self.pull = home_pull or (not reverse and src is not None and src.behind_serve)
 
     # -- where things are -------------------------------------------------------
     def _lock(self) -> GroupLock:
@@ -209,13 +224,14 @@ class Failover(Drill):
             pull=self.pull, handoff=self._handoff() if self.pull and mode == "planned" else None))
 
     def _handoff(self) -> str | None:
-        """The final snapshot production published with its hand-off (``esxdr:handoff`` on the
-        source root), read through the send-only account. Production may be compromised: the value
-        must name one of the group's own snapshots, present on every source dataset."""
+        """The final snapshot the other side published with its hand-off (``esxdr:handoff`` on its
+        root), read through the send-only account. That side may be compromised: the value must
+        name one of the group's own snapshots, present on every dataset, with nothing newer."""
         from esxdr.plan.retention import esxdr_prefix
         from esxdr.replication import open_side
 
         g = self.g
+        who, cmd = self._other_side()
         src = open_side(self.site, g.source)
         try:
             obs = src.zfs.observe([g.source_root])
@@ -225,26 +241,32 @@ class Failover(Drill):
         value = root.props.get(rb.HANDOFF_PROP) if root else None
         if not value:
             return None
+        again = f"hand off again on {who} ({cmd})"
         prefix = esxdr_prefix(g.name)
         if not (value.startswith(prefix) and re.fullmatch(r"\d{8}T\d{6}Z", value[len(prefix):])):
             raise ConflictError(f"{g.source_root}: {rb.HANDOFF_PROP}={value[:80]!r} is not a snapshot of {g.name}",
-                                hint="production's hand-off is damaged or forged: hand off again there (esxdr "
-                                     f"failover {g.name} --planned --hand-off), or recover DR's own snapshots "
-                                     "with --disaster")
+                                hint=f"{who}'s hand-off is damaged or forged: {again}"
+                                     + ("" if self.reverse else ", or recover DR's own snapshots with --disaster"))
         missing = [ds for ds in g.datasets if ds not in obs or obs[ds].snapshot(value) is None]
         if missing:
-            raise ConflictError(f"production's hand-off names @{value}, which {missing[0]} on {g.source} does not have",
-                                hint=f"hand off again on production (esxdr failover {g.name} --planned --hand-off), "
-                                     "or recover DR's own snapshots with --disaster")
+            raise ConflictError(f"{who}'s hand-off names @{value}, which {missing[0]} on {g.source} does not have",
+                                hint=again + ("" if self.reverse else ", or recover DR's own snapshots with --disaster"))
         newer = [f"{ds}@{x.name}" for ds in g.datasets for x in obs[ds].snapshots
                  if x.createtxg > obs[ds].snapshot(value).createtxg]  # type: ignore[union-attr]
         if newer:
-            # Something snapshotted production after it stopped its VMs and handed off: writes may
-            # have followed. A planned failover must lose nothing, so DR pulls nothing yet.
-            raise ConflictError(f"production has {', '.join(newer[:3])}, newer than its hand-off @{value}",
-                                hint="check production: were its VMs started again? If nothing was written, destroy "
-                                     "the newer snapshot(s) there and run this failover again")
+            # Something snapshotted that side after it stopped its VMs and handed off: writes may
+            # have followed. A planned move must lose nothing, so nothing is pulled yet.
+            raise ConflictError(f"{who} has {', '.join(newer[:3])}, newer than its hand-off @{value}",
+                                hint=f"check {who}: were its VMs started again? If nothing was written, destroy "
+                                     f"the newer snapshot(s) there and run this {self.kind} again")
         return value
+
+    def _other_side(self) -> tuple[str, str]:
+        """Who hands off to this run in pull mode, and the command it runs for that."""
+        g = self.original
+        if self.reverse:
+            return "the DR box", f"esxdr failback {g.name} --planned --hand-off"
+        return "production", f"esxdr failover {g.name} --planned --hand-off"
 
     def _home_manifest(self, manifest_path: str | None):
         """Failback presents production's own identities again: the manifest shipped with the
@@ -327,6 +349,9 @@ class Failover(Drill):
         from esxdr.replication import open_side
 
         g = self.original
+        if self.pull:
+            self._home_after_pull(rec)
+            return
         dst = open_side(self.site, g.destination)
         try:
             snap = self.journal.data.get("snapshot")
@@ -351,20 +376,44 @@ class Failover(Drill):
         self.say(f"{g.name}: DR datasets sealed at @{snap}; esxdr replicate {g.name} works again")
 
 
-    def _forget_on_dr_host(self, g) -> None:
-        """The DR host keeps the stopped VMs and the LUNs that went away: unregister the group's VMs
-        (only when powered off) and rescan, so the next drill starts from a clean host."""
-        from esxdr.vsphere import vms as vv
-        from esxdr.vsphere.recovery import read_dr, rescan_hosts
-        from esxdr.vsphere.session import connect
+    def _home_after_pull(self, rec: FailoverRecord) -> None:
+        """Pull mode, on production: DR sealed itself when it handed back, and its pull resumes
+        once it sees production home. Here only production's own traces of the round trip go:
+        its hand-off property, marker and journals."""
+        from esxdr.replication import open_side
 
-        names = {v.name for v in g.vms}
-        with connect(self.site.endpoint(g.vsphere_dr)) as s:
-            h, members = read_dr(s, self.site.endpoint(g.vsphere_dr))  # a vCenter: every host at once
-            off = [n for n, v in h.vms.items() if (not names or n in names) and v.power_state == "poweredOff"]
-            vv.unregister(s, [s.ref("VirtualMachine", h.vms[n].moid) for n in off])
-            rescan_hosts(s, list(members.values()) or [h])
-        self.say(f"{g.vsphere_dr}: {len(off)} stopped VM(s) unregistered, storage rescanned")
+        g = self.original
+        src = open_side(self.site, g.source)
+        try:
+            src.zfs.inherit(g.source_root, rb.HANDOFF_PROP)
+        finally:
+            src.transport.close()
+        failover_marker(self.site.state_dir, g.name).unlink(missing_ok=True)
+        for kind in ("hand-off", "reprotect", "failback"):
+            state_path(self.site.state_dir, g.name, kind).unlink(missing_ok=True)
+        snap = self.journal.data.get("snapshot")
+        rec.notes.append(f"{g.source}: home at @{snap}; esxdr replicate {g.name} --snapshot-only works again here, and "
+                         f"the DR box's pull resumes by itself")
+        self.say(f"{g.name}: home at @{snap}; snapshots resume here (--snapshot-only), DR's pull resumes by itself")
+
+    def _forget_on_dr_host(self, g) -> None:
+        forget_on_dr_host(self.site, g, self.say)
+
+
+def forget_on_dr_host(site, g, say: Say) -> None:
+    """The DR host keeps the stopped VMs and the LUNs that went away: unregister the group's VMs
+    (only when powered off) and rescan, so the next drill starts from a clean host."""
+    from esxdr.vsphere import vms as vv
+    from esxdr.vsphere.recovery import read_dr, rescan_hosts
+    from esxdr.vsphere.session import connect
+
+    names = {v.name for v in g.vms}
+    with connect(site.endpoint(g.vsphere_dr)) as s:
+        h, members = read_dr(s, site.endpoint(g.vsphere_dr))  # a vCenter: every host at once
+        off = [n for n, v in h.vms.items() if (not names or n in names) and v.power_state == "poweredOff"]
+        vv.unregister(s, [s.ref("VirtualMachine", h.vms[n].moid) for n in off])
+        rescan_hosts(s, list(members.values()) or [h])
+    say(f"{g.vsphere_dr}: {len(off)} stopped VM(s) unregistered, storage rescanned")
 
 
 class HandOff(Drill):
@@ -378,18 +427,34 @@ class HandOff(Drill):
 
     fault_prefix = "hand-off"
 
-    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):
+    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None, reverse: bool = False):
         super().__init__(site, group_name, say=say)
         g = self.g
-        if not site.storage_server(g.destination).pulls:
-            raise UsageError(f"--hand-off is production's half of a planned failover in pull mode, and "
-                             f"storage.{g.destination} does not pull (no pulls: true in {site.path})",
-                             hint=f"in push mode the DR box does all of it: esxdr failover {g.name} --planned, there")
-        if site.storage_server(g.source).behind_serve:
-            raise UsageError(f"--hand-off runs on production itself, and {g.source} is reached here through esxdr serve",
-                             hint="run it on production, with production's site file")
-        self.kind, self.mode = "hand-off", "planned"
-        self.journal.path = state_path(site.state_dir, g.name, "hand-off")
+        self.reverse = reverse
+        if reverse:
+            # The DR box hands back (esxdr failback --planned --hand-off): its half of the way home.
+            if not site.storage_server(g.source).behind_serve:
+                raise UsageError(f"--hand-off is the DR box's half of a failback in pull mode, and this site file "
+                                 f"reaches {g.source} with its own privileges (no serve_prefix)",
+                                 hint=f"in push mode the DR box does all of it: esxdr failback {g.name} --planned")
+            self.site = on_dr_box(site, g.destination, what="--hand-off", refused="seal DR's datasets")
+            if not failover_marker(self.site.state_dir, g.name).exists():
+                raise ConflictError(f"{g.name} is not failed over to {g.destination} (no marker in "
+                                    f"{failover_marker(self.site.state_dir, g.name).parent})",
+                                    hint=f"the failback hand-off follows esxdr failover {g.name}")
+            self.original, self.g = g, rb.reversed_group(g)
+        else:
+            if not site.storage_server(g.destination).pulls:
+                raise UsageError(f"--hand-off is production's half of a planned failover in pull mode, and "
+                                 f"storage.{g.destination} does not pull (no pulls: true in {site.path})",
+                                 hint=f"in push mode the DR box does all of it: esxdr failover {g.name} --planned, "
+                                      "there")
+            if site.storage_server(g.source).behind_serve:
+                raise UsageError(f"--hand-off runs on production itself, and {g.source} is reached here through "
+                                 "esxdr serve", hint="run it on production, with production's site file")
+            self.original = g
+        self.kind, self.mode = ("failback-hand-off" if reverse else "hand-off"), "planned"
+        self.journal.path = state_path(self.site.state_dir, g.name, self.kind)
 
     def _lock(self) -> GroupLock:
         return GroupLock(self.site.state_dir, f"{self.g.name}.failover")
@@ -404,7 +469,8 @@ class HandOff(Drill):
         finally:
             t.close()
         return rb.plan_handoff(rb.HandOffInputs(group=self.g, naas=[lu.naa.hex for lu in m.logical_units] if m else [],
-                                                target=server.target.stack if server.target else None))
+                                                target=server.target.stack if server.target else None,
+                                                reverse=self.reverse))
 
     def run(self, dry_run: bool = False) -> FailoverRecord:
         rec = FailoverRecord(kind=self.kind, group=self.g.name, site=self.site.name, started=time.time(),
@@ -416,7 +482,8 @@ class HandOff(Drill):
     def _run(self, rec: FailoverRecord) -> None:
         j = self.journal
         prev = j.load()
-        if prev and prev.get("complete") and not failover_marker(self.site.state_dir, self.g.name).exists():
+        if prev and prev.get("complete") and not self.reverse \
+                and not failover_marker(self.site.state_dir, self.g.name).exists():
             prev = None  # the group came home since (its marker is gone): this is a new hand-off
             j.forget()
         if prev:
@@ -490,22 +557,22 @@ def _f_replicate(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _pull_handoff(d: Failover, want: str) -> list[str]:
-    """Pull mode: bring DR to production's hand-off snapshot, and to nothing newer. The pull
-    brings the newest snapshot production has; if that is not the hand-off, production changed
-    after handing off, and a planned failover that would lose or invent writes is refused."""
+    """Pull mode: bring this side to the other's hand-off snapshot, and to nothing newer. The pull
+    brings the newest snapshot the other side has; if that is not the hand-off, it changed after
+    handing off, and a planned move that would lose or invent writes is refused."""
     from esxdr.replication import Engine, Options
 
-    res = Engine(d.site, d.g.name, Options(pull=True, take_snapshot=False, prune=False, progress=False,
-                                           say=d.say)).run()
+    res = Engine(with_group(d.site, d.g), d.g.name, Options(pull=True, take_snapshot=False, prune=False,
+                                                            progress=False, say=d.say, failed_over=d.reverse)).run()
     obs = d._dr().zfs.observe([d.g.dr_root])
     for ds in d.g.dr_datasets:
         newest = obs[ds].newest if ds in obs else None
         if newest is None or newest.name != want:
+            who, cmd = d._other_side()
             raise ConflictError(f"{ds}: the newest snapshot after the pull is "
-                                f"{'@' + newest.name if newest else 'none'}, not production's hand-off @{want}",
-                                hint="production changed after it handed off (a newer snapshot?): check production, "
-                                     f"hand off again there (esxdr failover {d.g.name} --planned --hand-off), then "
-                                     "run this failover again")
+                                f"{'@' + newest.name if newest else 'none'}, not {who}'s hand-off @{want}",
+                                hint=f"{who} changed after it handed off (a newer snapshot?): check it, hand off "
+                                     f"again there ({cmd}), then run this {d.kind} again")
     snap = obs[d.g.dr_datasets[0]].snapshot(want)
     assert snap is not None
     d.journal.data.update(snapshot=want, snapshot_created=snap.creation, consistency=snap.prop("esxdr:consistency"))
@@ -618,7 +685,9 @@ FAILOVER_STEPS = {
 def _h_snapshot(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
     from esxdr.replication import Engine, Options, open_side
 
-    res = Engine(d.site, d.g.name, Options(snapshot_only=True, prune=False, progress=False, say=d.say)).run()
+    # failback: the reversed view, past DR's own marker (DR has been live since the failover)
+    res = Engine(with_group(d.site, d.g), d.g.name, Options(snapshot_only=True, prune=False, progress=False,
+                                                            say=d.say, failed_over=d.reverse)).run()
     side = open_side(d.site, d.g.source)
     try:
         obs = side.zfs.observe([d.g.datasets[0]]).get(d.g.datasets[0])
@@ -643,17 +712,55 @@ def _h_publish(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
         side.zfs.set_props(d.g.source_root, {rb.HANDOFF_PROP: snap})
     finally:
         side.transport.close()
-    return [f"{d.g.source_root}: {rb.HANDOFF_PROP}={snap}",
-            f"now on the DR box: esxdr failover {d.g.name} --planned (it pulls @{snap})"]
+    nxt = (f"now on production: esxdr failback {d.g.name} --planned --pull" if d.reverse else
+           f"now on the DR box: esxdr failover {d.g.name} --planned")
+    return [f"{d.g.source_root}: {rb.HANDOFF_PROP}={snap}", f"{nxt} (it pulls @{snap})"]
+
+
+def _h_seal(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
+    """DR hands back: its datasets become replicas again at the final snapshot, the DR host
+    forgets the stopped VMs, and failover's journals go. The marker stays, naming the snapshot:
+    DR's pull refuses until production holds it as its live copy, and then removes the marker
+    itself (esxdr.replication.Engine)."""
+    from esxdr.replication import open_side
+
+    snap = d.journal.data.get("snapshot")
+    if not snap:
+        raise ConflictError(f"{d.g.name}: no final snapshot recorded", hint="run the hand-off again")
+    g = d.original
+    dst = open_side(d.site, g.destination)
+    try:
+        kinds = {name: x.type for name, x in dst.zfs.observe([g.dr_root]).items()}
+        for ds in g.dr_datasets:
+            if _zfs_mounted(dst.zfs, ds):
+                _retry(lambda ds=ds: dst.zfs.unmount(ds))
+            _retry(lambda ds=ds: dst.zfs.rollback(f"{ds}@{snap}", destroy_newer=True))
+            dst.zfs.set_props(ds, {"readonly": "on", "canmount": "noauto"})
+            if kinds.get(ds) == "filesystem":
+                dst.zfs.inherit(ds, "mountpoint")  # back to the DR root's (none: receives never mount)
+    finally:
+        dst.transport.close()
+    out = [f"{g.dr_root}: {len(g.dr_datasets)} dataset(s) sealed at @{snap}"]
+    if g.vsphere_dr:
+        forget_on_dr_host(d.site, g, d.say)
+        out.append(f"{g.vsphere_dr}: the stopped VMs unregistered")
+    for kind in ("failover", "reprotect", "failback"):
+        state_path(d.site.state_dir, g.name, kind).unlink(missing_ok=True)
+    _write_json(failover_marker(d.site.state_dir, g.name),
+                {"group": g.name, "since": time.time(), "by": d.kind, "snapshot": snap})
+    return out + [f"replication stays stopped until production is home at @{snap}"]
 
 
 HANDOFF_STEPS: dict[str, Callable[..., list[str]]] = {
     "shutdown": _f_shutdown, "snapshot": _h_snapshot, "stop-replication": _f_stop,
-    "unpresent-production": _f_unpresent_production, "publish-handoff": _h_publish,
+    "unpresent-production": _f_unpresent_production, "seal": _h_seal, "publish-handoff": _h_publish,
 }
 
 
 def handoff_summary(rec: RunRecord) -> str:
+    if rec.kind == "failback-hand-off":
+        return (f"{rec.group}: handed back at @{rec.snapshot} — DR's VMs are stopped, its LUNs removed and its "
+                f"datasets sealed; now on production: esxdr failback {rec.group} --planned --pull — report: {rec.report_html}")
     return (f"{rec.group}: handed off at @{rec.snapshot} — production's VMs are stopped and its LUNs removed; "
             f"now on the DR box: esxdr failover {rec.group} --planned — report: {rec.report_html}")
 
@@ -715,13 +822,22 @@ def plan_reprotect(g, prod_obs: dict, dr_obs: dict) -> ReprotectPlan:
 class Reprotect:
     """``esxdr reprotect``: production becomes the replica of the failed-over DR datasets."""
 
-    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):
+    def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None, pull: bool = False):
         if group_name is None:
             if len(site.protection_groups) != 1:
                 raise UsageError("name the protection group", hint="known: " + ", ".join(site.protection_groups))
             group_name = next(iter(site.protection_groups))
         self.g = site.group(group_name)
-        self.site = on_dr_box(site, self.g.destination)
+        # Pull mode (--pull): on production, DR read through its send-only account; production pulls.
+        self.pull = pull
+        if pull:
+            _need_send_only_dr(site, self.g, "reprotect --pull")
+        if self.pull and site.storage_server(self.g.source).behind_serve:
+            raise UsageError(f"in pull mode, reprotect runs on production, and {self.g.source} is reached here "
+                             "through esxdr serve", hint="run it on production, with a site file in which "
+                             f"storage.{self.g.source} is local and storage.{self.g.destination} is DR's send-only "
+                             "account")
+        self.site = site if self.pull else on_dr_box(site, self.g.destination)
         self.say = say
 
     def _sides(self):
@@ -730,12 +846,12 @@ class Reprotect:
         return both(lambda: open_side(self.site, self.g.source), lambda: open_side(self.site, self.g.destination))
 
     def plan(self) -> ReprotectPlan:
-        done = state_path(self.site.state_dir, self.g.name, "failover")
+        done = state_path(self.site.state_dir, self.g.name, "hand-off" if self.pull else "failover")
         try:
             fo = json.loads(done.read_text())
         except (OSError, ValueError):
             fo = {}
-        if not fo.get("complete"):
+        if not fo.get("complete") and not self.pull:
             raise ConflictError(f"{self.g.name} is not failed over (no completed failover in {done.parent})",
                                 hint=f"reprotect follows esxdr failover {self.g.name}")
         prod, dr = self._sides()
@@ -747,8 +863,15 @@ class Reprotect:
         finally:
             prod.transport.close()
             dr.transport.close()
+        if self.pull:
+            # The failover's journal is on the DR box. What production can see through the send-only
+            # account: DR's datasets are live (promoted: readonly off) only after a failover.
+            sealed = [ds for ds in self.g.dr_datasets if ds in dr_obs and dr_obs[ds].readonly is not False]
+            if sealed:
+                raise ConflictError(f"{self.g.name} is not failed over: {sealed[0]} on {self.g.destination} is still "
+                                    "a sealed replica (readonly)", hint=f"reprotect follows esxdr failover {self.g.name}")
         p = plan_reprotect(self.g, prod_obs, dr_obs)
-        if fo.get("mode") == "disaster":
+        if fo.get("mode") == "disaster" or (self.pull and not fo.get("complete")):
             p.notes.append("after a disaster failover, whatever production wrote after the common snapshot is lost "
                            "with the rollback")
         return p
@@ -782,7 +905,7 @@ class Reprotect:
             rev = rb.reversed_group(self.g)
             res = Engine(with_group(self.site, rev), rev.name,
                          Options(take_snapshot=True, prune=False, progress=False, say=self.say,
-                                 failed_over=True)).run()
+                                 failed_over=True, pull=self.pull)).run()
         out = {"group": self.g.name, "plan": p.to_dict(), "snapshot": res.snapshot, "bytes": res.bytes,
                "seconds": round(time.time() - started, 1), "direction": f"{self.g.destination} → {self.g.source}"}
         _write_json(state_path(self.site.state_dir, self.g.name, "reprotect"), {**out, "finished": time.time()})
@@ -795,6 +918,17 @@ class Reprotect:
         fake = dataclasses.make_dataclass("V", [("site", Any), ("g", Any)])(self.site, self.g)
         for line in _f_unpresent_production(fake, step, None):  # type: ignore[arg-type]
             self.say(f"{self.g.source}: {line}")
+
+
+def _need_send_only_dr(site, g, what: str) -> None:
+    """The way home in pull mode reads DR through its send-only account, from production."""
+    dr = site.storage_server(g.destination)
+    if not dr.behind_serve:
+        why = "local: true here" if dr.local else "not behind esxdr serve (no serve_prefix)"
+        raise UsageError(f"{what} reads {g.destination} through its send-only account, but storage.{g.destination} "
+                         f"is {why}", hint=f"run it on production, with a site file in which storage.{g.destination} "
+                         f"has address, user, key and serve_prefix: {g.dr_root} (esxdr keys authorized-line --home "
+                         "prints the line for DR's account)")
 
 
 def _group_naas(site, g) -> set[str]:

@@ -328,7 +328,7 @@ class Engine:
 
     def run(self) -> GroupResult:
         marker = failover_marker(self.site.state_dir, self.group.name)
-        if marker.exists() and not self.opts.failed_over:
+        if marker.exists() and not self.opts.failed_over and not (self.opts.pull and self._home_again(marker)):
             raise ConflictError(f"{self.group.name} is failed over ({marker}): replication from {self.group.source} "
                                 f"is stopped, the DR datasets are live",
                                 hint=f"bring the changes home first: esxdr reprotect {self.group.name}, then "
@@ -350,6 +350,48 @@ class Engine:
             checkpoint("before-record")
             record_run(self.site.state_dir, result)
         return result
+
+    def _home_again(self, marker: Path) -> bool:
+        """Pull mode, on the DR box, after it handed back (esxdr failback --planned --hand-off): the
+        marker names DR's final snapshot. Once production holds that very snapshot (by guid) under
+        live datasets (its failback promoted them), the group is home: the marker, the hand-off's
+        journal and property go, and the pull resumes. Until then DR's replication stays stopped:
+        a pull against a production that has not yet taken DR's final snapshot would only find DR
+        "diverged", and the hint of that (--rollback-dr) would destroy the only copy of what DR wrote."""
+        from esxdr.failover import state_path
+        from esxdr.plan.runbook import HANDOFF_PROP
+
+        try:
+            data = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return False
+        snap, g = data.get("snapshot"), self.group
+        if data.get("by") != "failback-hand-off" or not snap:
+            return False
+        src, dst = both(lambda: open_side(self.site, g.source), lambda: open_side(self.site, g.destination))
+        try:
+            src_obs, dst_obs = both(lambda: src.zfs.observe([g.source_root]), lambda: dst.zfs.observe([g.dr_root]))
+            for ds in g.datasets:
+                mine = dst_obs.get(g.dr_dataset(ds))
+                theirs = src_obs.get(ds)
+                a = mine.snapshot(snap) if mine else None
+                b = theirs.snapshot(snap) if theirs else None
+                if a is None or b is None or a.guid != b.guid or theirs.readonly is not False:  # type: ignore[union-attr]
+                    raise ConflictError(f"{g.name}: the DR box handed back at @{snap}, and production has not "
+                                        f"completed its failback yet ({ds} " + ("lacks that snapshot)" if b is None
+                                                                                 else "is not live)"),
+                                        hint=f"on production: esxdr failback {g.name} --planned --pull; DR's pull resumes "
+                                             "by itself afterwards")
+            self.opts.say(f"{g.name}: production is home at @{snap}: the pull resumes"
+                          + (" (a real run removes the failback marker)" if self.opts.dry_run else ""))
+            if not self.opts.dry_run:
+                dst.zfs.inherit(g.dr_root, HANDOFF_PROP)
+                state_path(self.site.state_dir, g.name, "failback-hand-off").unlink(missing_ok=True)
+                marker.unlink(missing_ok=True)
+        finally:
+            src.transport.close()
+            dst.transport.close()
+        return True
 
     def _run(self) -> GroupResult:
         g, opts = self.group, self.opts
@@ -615,6 +657,8 @@ class Engine:
     def _ship_manifest(self, dst_obs: dict[str, Dataset]) -> str | None:
         """Capture the production target for this group and store it on DR when it changed."""
         assert self.src and self.dst
+        if self.src.guarded and self.opts.failed_over:
+            return None  # pull mode's way home: the DR root holds production's own manifest, not one to copy
         if self.src.guarded:
             return self._copy_published_manifest(dst_obs)
         captured = self._capture_manifest()
@@ -690,9 +734,12 @@ class Engine:
             with self._consistency() as consistency:
                 take_snapshot(g, src, src_obs, name, props={"esxdr:consistency": consistency.level})
             result.consistency = consistency.to_dict()
-        captured = self._capture_manifest()
+        # DR's final snapshot when it hands back (failed_over: the reversed view) publishes nothing:
+        # the DR root keeps production's own manifest, the one failback presents at home again.
+        captured = None if opts.failed_over else self._capture_manifest()
         if captured is None:
-            opts.say(f"{g.name}: no production target presents the group's datasets; no manifest published")
+            if not opts.failed_over:
+                opts.say(f"{g.name}: no production target presents the group's datasets; no manifest published")
         else:
             sha, props, count = captured
             result.manifest = _store_manifest(

@@ -124,6 +124,9 @@ Examples:
   esxdr keys authorized-line --drills      production also runs drills through this key
   esxdr keys authorized-line --pull --from 198.51.100.20 --site dr-site.yaml
                                            pull mode: the line for production's account
+  esxdr keys authorized-line --home --from 192.0.2.10 --site production-home.yaml
+                                           pull mode's way home: the line for DR's account,
+                                           send-only, for production's home key
 
 The lines after the key line are comments (authorized_keys ignores them): the zfs rights to
 give the account, on the serve prefix only.
@@ -140,6 +143,9 @@ give the account, on the serve prefix only.
 @click.option("--pull", is_flag=True,
               help="Pull mode, with DR's site file: the line for the account DR pulls from on production "
                    "(esxdr serve --send-only on the group's source root; from= the DR box's address).")
+@click.option("--home", is_flag=True,
+              help="Pull mode's way home, with production's home site file: the line for the DR account "
+                   "production pulls from after a failover (esxdr serve --send-only on the DR root).")
 @click.option("--log", "log", default="syslog", show_default=True, metavar="FILE|syslog",
               help="Where esxdr serve logs each request run and refused: syslog, or an absolute file "
                    "the account can append to.")
@@ -147,9 +153,15 @@ give the account, on the serve prefix only.
 @site_option
 @pass_ctx
 def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: str, from_: str | None,
-                    drills: bool, pull: bool, log: str) -> None:
+                    drills: bool, pull: bool, home: bool, log: str) -> None:
     """Print the line that pins `esxdr serve` as the forced command, under the DR dataset prefix
-    (with --pull: production's line, under the source root, send-only)."""
+    (with --pull: production's line, under the source root, send-only; with --home: DR's line for
+    the way home, under the DR root, send-only)."""
+    if pull and home:
+        raise UsageError("--pull (production's account, on DR's site file) and --home (DR's account, on "
+                         "production's home site file) print different lines: choose one")
+    if home and drills:
+        raise UsageError("--drills is for the DR push account; the way home only reads and sends")
     site = ctx.site()
     role = "production" if pull else "dr"
     candidates = [s for s in site.storage.values() if s.role == role and not (pull and s.local)]
@@ -187,15 +199,16 @@ def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: st
     pub = _public_key_path(srv.key)
     key = _public_key(pub)
 
-    mode = ["--send-only"] if pull else ([] if drills else ["--no-drills"])
+    mode = ["--send-only"] if pull or home else ([] if drills else ["--no-drills"])
     argv = [esxdr_path, "serve", *(["--sudo"] if sudo else []), *mode]
     for p in prefixes:
         argv += ["--allow-prefix", p]
     argv += ["--log", log]
     line = f'restrict,from="{",".join(addresses)}",{_command_option(argv)} {key}'
-    setup = _source_setup(srv.name, srv.user, prefixes, sudo) if pull else _dr_setup(srv.name, srv.user, prefixes, sudo)
-    ctx.emit({"server": srv.name, "mode": "pull" if pull else "push", "prefixes": prefixes, "from": addresses,
-              "log": log, "line": line, "sudo": sudo, "drills": drills and not pull,
+    setup = _source_setup(srv.name, srv.user, prefixes, sudo) if pull else \
+        _home_setup(srv.name, srv.user, prefixes, sudo) if home else _dr_setup(srv.name, srv.user, prefixes, sudo)
+    ctx.emit({"server": srv.name, "mode": "pull" if pull else "home" if home else "push", "prefixes": prefixes,
+              "from": addresses, "log": log, "line": line, "sudo": sudo, "drills": drills and not pull,
               "dr_setup" if not pull else "production_setup": [c.strip() for c in setup if not c.startswith("#")]},
              "\n".join([line, *(f"# {c}" if not c.startswith("#") else c for c in setup)]))
 
@@ -219,6 +232,20 @@ def _source_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> li
             "# No destroy, snapshot, receive or rollback: a leaked DR key reads production, and removes nothing.",
             f"# Production snapshots and prunes itself: `esxdr replicate GROUP --snapshot-only` on {server}, on a",
             "# schedule; it also publishes the target manifest that DR copies with each pull."]
+    return out
+
+
+def _home_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> list[str]:
+    """Pull mode's way home: the commands for the DR box, with the comments that explain them."""
+    if sudo:
+        return [f"# On {server}: zfs runs as root through sudo, so esxdr serve --send-only is the only guard. "
+                "sudoers:", f"  {user} ALL=(root) NOPASSWD: /usr/sbin/zfs"]
+    perms = ",".join(SOURCE_DELEGATION)
+    out = [f"# On {server}, as root: zfs rights for {user} on {', '.join(prefixes)} only, never on the pool:"]
+    out += [f"  zfs allow -u {shlex.quote(user)} {perms} {shlex.quote(p)}" for p in prefixes]
+    out += ["# The way home after a failover: production pulls what DR wrote (esxdr reprotect, then esxdr failback",
+            f"# --planned on production, after esxdr failback --planned --hand-off on {server}). Send and",
+            "# replication's hold only: production's key reads DR and removes nothing. Remove the line once home."]
     return out
 
 

@@ -99,6 +99,12 @@ class Lab:
         """Production's own site in pull mode: ss2 pulls (`pulls: true`), no key or account for it."""
         return self.dir / "site-production-pull.yaml"
 
+    @property
+    def production_home_site_path(self) -> Path:
+        """Production's site for the way home in pull mode: ss1 here, ss2 reached through DR's
+        send-only account (`esxdr serve --send-only`) with production's home key."""
+        return self.dir / "site-production-home.yaml"
+
     def state(self) -> dict:
         try:
             return json.loads(self.state_path.read_text())
@@ -212,18 +218,24 @@ class Lab:
         pull_pub = sshd_mod.keygen(str(keys / "pull_ed25519"), f"esxdr-pull@{self.cfg.dr_pool}")
         pull_line = (f'command="{launcher} serve --sudo --send-only --allow-prefix {self.cfg.prod_pool}/iscsi '
                      f'--log {log}",restrict {pull_pub}')
-        (ak_dir / account).write_text(line + "\n" + pull_line + "\n")
+        # The way home in pull mode: production's own key, whose line on DR runs serve --send-only
+        # on the DR root (production pulls DR's final snapshot; it still holds no key that writes).
+        home_pub = sshd_mod.keygen(str(keys / "home_ed25519"), f"esxdr-home@{self.cfg.prod_pool}")
+        home_line = (f'command="{launcher} serve --sudo --send-only --allow-prefix {self.cfg.dr_pool}/iscsi '
+                     f'--log {log}",restrict {home_pub}')
+        (ak_dir / account).write_text(line + "\n" + pull_line + "\n" + home_line + "\n")
         os.chmod(ak_dir / account, 0o644)
         old = state.get("sshd")
+        more = {"pull_key": str(keys / "pull_ed25519"), "pull_line": pull_line,
+                "home_key": str(keys / "home_ed25519"), "home_line": home_line}
         if old and _alive(old["pid"]):
-            old.update(pull_key=str(keys / "pull_ed25519"), pull_line=pull_line)  # a lab from before pull mode
+            old.update(more)  # a lab from before pull mode
             return
         port = free_port("127.0.0.1")
         s = sshd_mod.start(str(self.dir), "127.0.0.1", port, str(ak_dir))
         state["sshd"] = {"pid": s.pid, "address": "127.0.0.1", "port": port, "account": account,
                          "key": str(keys / "id_ed25519"), "host_key": sshd_mod.host_fingerprint(str(self.dir)),
-                         "authorized_line": line, "sudoers": sudoers,
-                         "pull_key": str(keys / "pull_ed25519"), "pull_line": pull_line}
+                         "authorized_line": line, "sudoers": sudoers, **more}
         say(f"sshd 127.0.0.1:{port} (account {account}, forced command esxdr serve)")
 
     def _tgtds(self, state: dict, say) -> None:
@@ -371,6 +383,21 @@ class Lab:
         self.site_path.write_text("\n".join(lines) + "\n")
         self.dr_site_path.write_text("\n".join(self._dr_view(lines, state)) + "\n")
         self.production_pull_site_path.write_text("\n".join(self._production_pull_view(lines)) + "\n")
+        if state.get("sshd", {}).get("home_key"):
+            self.production_home_site_path.write_text("\n".join(self._production_home_view(lines, state)) + "\n")
+
+    def _production_home_view(self, lines: list[str], state: dict) -> list[str]:
+        """site.yaml's lines as production keeps them for the way home in pull mode: ss1 local,
+        ss2 behind DR's send-only account, reached with production's home key; production's state."""
+        s, c = state["sshd"], self.cfg
+        start = lines.index("  ss2:")
+        end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
+        ss2 = ["  ss2:", "    role: dr", f"    address: {s['address']}", f"    port: {s['port']}",
+               f"    user: {s['account']}", f"    key: {s['home_key']}", f"    host_key: {s['host_key']}",
+               "    zfs: auto", f"    serve_prefix: {c.dr_pool}/iscsi", *_target_lines(lines[start + 1:end])]
+        out = lines[:start] + ss2 + lines[end:]
+        out[0] = "# Written by `esxdr lab up`: the embedded lab's production for the way home in pull mode."
+        return out
 
     def _production_pull_view(self, lines: list[str]) -> list[str]:
         """site.yaml's lines as production keeps them in pull mode: ss2 pulls and is given no key,

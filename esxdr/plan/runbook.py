@@ -960,6 +960,10 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
                              hint="replicate first: esxdr replicate GROUP" + (" --pull" if inp.pull else ""))
         rb.snapshot = None  # named by the final replication
         if handed_off:
+            if not inp.handoff and inp.kind == "failback":
+                raise ConflictError(f"the DR box has not handed {g.name} back: production reaches {g.source} through "
+                                    "its send-only account and cannot stop DR's VMs or remove its LUNs",
+                                    hint=f"on the DR box first: esxdr failback {g.name} --planned --hand-off")
             if not inp.handoff:
                 raise ConflictError(f"production has not handed {g.name} off: DR reaches {g.source} through its "
                                     "send-only account and cannot stop production's VMs or remove its LUNs",
@@ -1002,10 +1006,12 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
                  {"portal": inp.production_portal, "naas": naas, "force": inp.force,
                   "initiator": host.iqn if host else None})
     if handed_off:
+        there, how = (("DR", "esxdr failback --planned --hand-off") if inp.kind == "failback" else
+                      ("production", "esxdr failover --planned --hand-off"))
         rb.steps.append(Step("replicate", "replicate",
-                             f"pull production's hand-off snapshot @{inp.handoff} ({g.source} → {g.destination})",
-                             "production stopped its VMs, took this final snapshot and removed its LUNs "
-                             "(esxdr failover --planned --hand-off there); the point recovered is this snapshot",
+                             f"pull {there}'s hand-off snapshot @{inp.handoff} ({g.source} → {g.destination})",
+                             f"{there} stopped its VMs, took this final snapshot and removed its LUNs ({how} "
+                             "there); the point recovered is this snapshot",
                              {"pull": True, "handoff": inp.handoff}))
         rb.steps.append(Step("stop-replication", "stop-replication", f"stop replication of {g.name}",
                              "from now on the DR datasets are written; a scheduled pull must not overwrite them",
@@ -1095,9 +1101,10 @@ HANDOFF_PROP = "esxdr:handoff"  # on production's source root: the final snapsho
 
 @dataclass
 class HandOffInputs:
-    group: Any  # esxdr.site.model.ProtectionGroup, as production's site file has it
-    naas: list[str]  # the group's LUNs on production's own target, observed now (hex)
-    target: str | None = None  # production's target stack; None: no target in the site file
+    group: Any  # esxdr.site.model.ProtectionGroup as the handing side sees it (failback: reversed_group)
+    naas: list[str]  # the group's LUNs on the handing side's own target, observed now (hex)
+    target: str | None = None  # that target's stack; None: no target in the site file
+    reverse: bool = False  # the DR box hands back (failback in pull mode)
 
 
 def plan_handoff(inp: HandOffInputs) -> Runbook:
@@ -1110,30 +1117,41 @@ def _plan_handoff(inp: HandOffInputs) -> Runbook:
     key cannot: stop the VMs, take the final snapshot, stop taking snapshots, remove production's
     presentation. Then it publishes the final snapshot's name on the source root; DR's planned
     failover pulls exactly that snapshot and refuses without it."""
-    g = inp.group
-    rb = Runbook(kind="hand-off", group=g.name)
+    g, back = inp.group, inp.reverse
+    rb = Runbook(kind="failback-hand-off" if back else "hand-off", group=g.name)
+    here, there = ("DR", "production") if back else ("production", "DR")
     names = [v.name for v in g.vms]
     shut = max((v.shutdown_timeout_seconds for v in g.vms), default=300)
     rb.steps.append(Step("shutdown", "shutdown",
-                         f"shut down {len(names) or 'the'} production VM(s) on {g.vsphere_production} "
+                         f"shut down {len(names) or 'the'} {here} VM(s) on {g.vsphere_production} "
                          f"(guest shutdown, power off after {shut}s)",
                          "the final snapshot must hold what the guests wrote before they stopped",
                          {"vms": names, "timeout": shut, "endpoint": g.vsphere_production}))
-    rb.steps.append(Step("snapshot", "snapshot", f"final snapshot of {g.name} on {g.source} (atomic), target "
-                         f"manifest published on {g.source_root}",
-                         "the VMs are down: this snapshot holds every write, and DR recovers it with RPO 0", {}))
-    rb.steps.append(Step("stop-replication", "stop-replication", f"stop taking snapshots of {g.name} on {g.source}",
-                         "the final snapshot stays the newest, and production's own retention cannot prune it "
-                         "before DR pulled it", {}))
+    rb.steps.append(Step("snapshot", "snapshot", f"final snapshot of {g.name} on {g.source} (atomic)"
+                         + ("" if back else f", target manifest published on {g.source_root}"),
+                         f"the VMs are down: this snapshot holds every write, and {there} recovers it with RPO 0",
+                         {}))
+    if not back:  # DR's replication has been stopped since the failover
+        rb.steps.append(Step("stop-replication", "stop-replication", f"stop taking snapshots of {g.name} on {g.source}",
+                             "the final snapshot stays the newest, and production's own retention cannot prune it "
+                             "before DR pulled it", {}))
     rb.steps.append(Step("unpresent-production", "unpresent-production",
-                         f"remove production's presentation of {len(inp.naas)} LUN(s) from {g.source}",
-                         "only one site may serve the NAAs; DR's split-brain guard checks they are gone"
+                         f"remove {here}'s presentation of {len(inp.naas)} LUN(s) from {g.source}",
+                         f"only one site may serve the NAAs; {there}'s split-brain guard checks they are gone"
                          + ("" if inp.target else " (no target in the site file: nothing to remove)"),
                          {"naas": sorted(inp.naas)}))
+    if back:
+        rb.steps.append(Step("seal", "seal", f"seal {len(g.datasets)} DR dataset(s) as replicas again at the final "
+                             f"snapshot; unregister the stopped VMs from {g.vsphere_production}",
+                             "from here production is the live copy: DR keeps the final snapshot read-only and "
+                             "unmounted, and its pull resumes by itself once production is home",
+                             {"datasets": list(g.datasets)}))
     rb.steps.append(Step("publish-handoff", "publish-handoff",
                          f"publish the hand-off on {g.source_root} ({HANDOFF_PROP}=<final snapshot>)",
-                         f"DR's planned failover (esxdr failover {g.name} --planned, on the DR box) pulls exactly "
-                         "this snapshot, and refuses without it", {}))
+                         (f"production's failback (esxdr failback {g.name} --planned --pull, on production) pulls exactly "
+                          "this snapshot, and refuses without it") if back else
+                         (f"DR's planned failover (esxdr failover {g.name} --planned, on the DR box) pulls exactly "
+                          "this snapshot, and refuses without it"), {}))
     return rb
 
 

@@ -35,12 +35,12 @@ CALLOUT_STEP_KINDS = (
     "hold", "container", "clone", "present", "network", "rescan", "verify", "register", "nics", "power",
     # failover / failback
     "shutdown", "replicate", "stop-replication", "unpresent-production", "guard", "promote",
-    # production's hand-off (pull mode)
-    "snapshot", "publish-handoff",
+    # the hand-offs of pull mode (production's for failover, DR's for failback)
+    "snapshot", "seal", "publish-handoff",
     # test cleanup
     "poweroff", "unregister", "unpresent", "destroy", "uncontainer", "release",
 )
-CALLOUT_RUNS = ("test-start", "test-cleanup", "failover", "failback", "hand-off")
+CALLOUT_RUNS = ("test-start", "test-cleanup", "failover", "failback", "hand-off", "failback-hand-off")
 
 
 @dataclass(frozen=True)

@@ -374,3 +374,35 @@ def test_pull_mode_refuses_drills_and_a_local_production(tmp_path, capsys):
     rc, _, err = _line(capsys, "--site", str(_site(tmp_path, prod="    local: true\n")), "--pull", "--from",
                        "198.51.100.20")
     assert rc == 2 and "name the production storage server with --server" in err
+
+
+def test_the_way_home_line_for_dr_is_send_only(tmp_path, capsys):
+    # Production's home site file: ss1 here, ss2 behind DR's account, reached with production's home key.
+    site = str(_site(tmp_path, prod="    local: true\n"))
+    rc, _, err = _line(capsys, "--site", site, "--home")
+    assert rc == 2 and "storage.ss1 has no address (local: true)" in err  # from= production: say where it is
+    rc, out, err = _line(capsys, "--site", site, "--home", "--from", "192.0.2.10")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == ('restrict,from="192.0.2.10",command="esxdr serve --send-only --allow-prefix rp1/iscsi '
+                        '--log syslog" ' + PUB)
+    assert "#   zfs allow -u esxdr send,hold,release rp1/iscsi" in lines
+    assert any("Remove the line once home" in x for x in lines)
+    d = json.loads(_line(capsys, "--site", site, "--home", "--from", "192.0.2.10", "--json")[1])
+    assert d["mode"] == "home" and d["dr_setup"] == ["zfs allow -u esxdr send,hold,release rp1/iscsi"]
+    from esxdr.serve import Refused, parse
+
+    prefixes = ["rp1/iscsi"]
+    assert parse("zfs send -I rp1/iscsi/lun0@a rp1/iscsi/lun0@b", prefixes, send_only=True)
+    for command in ("zfs receive -u rp1/iscsi/lun0", "zfs destroy rp1/iscsi/lun0@a", "zfs rollback rp1/iscsi/lun0@a",
+                    "zfs release esxdr-test-core rp1/iscsi/lun0@a"):
+        with pytest.raises(Refused):
+            parse(command, prefixes, send_only=True)  # what the home key may not do on DR
+
+
+def test_home_and_pull_are_different_lines(tmp_path, capsys):
+    site = str(_site(tmp_path, prod="    local: true\n"))
+    rc, _, err = _line(capsys, "--site", site, "--home", "--pull", "--from", "192.0.2.10")
+    assert rc == 2 and "choose one" in err
+    rc, _, err = _line(capsys, "--site", site, "--home", "--drills", "--from", "192.0.2.10")
+    assert rc == 2 and "--drills" in err

@@ -43,3 +43,18 @@ def test_productions_pull_view_holds_no_key_to_dr(tmp_path):
     assert "pull_ed25519" not in text and "id_ed25519" not in text
     assert ss2.target.portal == "127.0.0.2:3260" and site.storage["ss1"].local
     assert site.state_dir == str(tmp_path / "state")
+
+
+def test_productions_way_home_reads_dr_send_only_with_its_own_key(tmp_path):
+    lab = Lab(LabConfig(dir=str(tmp_path), with_esxsim=False))
+    state = _state(tmp_path)
+    state["sshd"]["home_key"] = str(tmp_path / "keys" / "home_ed25519")
+    lab._write_site(state)
+    site = load_site(lab.production_home_site_path, check_files=False)
+    ss1, ss2 = site.storage["ss1"], site.storage["ss2"]
+    assert ss1.local and ss1.target.portal == "127.0.0.1:3260"
+    assert (ss2.local, ss2.pulls, ss2.address, ss2.port) == (False, False, "127.0.0.1", 2222)
+    assert ss2.key.endswith("/home_ed25519") and ss2.serve_prefix == "rp1/iscsi" and ss2.behind_serve
+    assert ss2.target.portal == "127.0.0.2:3260"  # failback's split-brain guard probes DR's target
+    assert site.state_dir == str(tmp_path / "state")  # production's own state: its hand-off, its marker
+    assert "pull_ed25519" not in lab.production_home_site_path.read_text()
