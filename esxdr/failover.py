@@ -143,6 +143,10 @@ def probe_served(portal: str, initiators: list[str], *, timeout: float = 3.0) ->
 @dataclasses.dataclass
 class FailoverRecord(RunRecord):
     mode: str = "disaster"
+    # Pull mode: the VMs went down at the other side's hand-off, before this run started. From the
+    # hand-off's final snapshot (created after they stopped) to the last heartbeat here: a lower
+    # bound of the outage, which this run's RTO (from its own start) does not show.
+    outage_at_least_seconds: float | None = None
 
     @property
     def rpo_seconds(self) -> float | None:
@@ -151,7 +155,7 @@ class FailoverRecord(RunRecord):
         return super().rpo_seconds
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "mode": self.mode}
+        return {**super().to_dict(), "mode": self.mode, "outage_at_least_seconds": self.outage_at_least_seconds}
 
 
 class Failover(Drill):
@@ -341,6 +345,12 @@ class Failover(Drill):
                     if v.get("heartbeat_at") else None} for n, v in j.data.get("vms", {}).items()]
         beats = [v["heartbeat_at"] for v in j.data.get("vms", {}).values() if v.get("heartbeat_at")]
         rec.last_heartbeat = max(beats) if beats else None
+        if self.pull and mode == "planned" and rec.last_heartbeat and rec.snapshot_created:
+            rec.outage_at_least_seconds = round(rec.last_heartbeat - rec.snapshot_created, 1)
+            rec.notes.append(f"pull mode: the VMs stopped at {self._other_side()[0]}'s hand-off, before @{rec.snapshot} "
+                             f"was taken; from that snapshot to the last heartbeat here "
+                             f"{human_duration(rec.outage_at_least_seconds)} passed, so the outage was at least that "
+                             "(the RTO counts from this run's start)")
         if self.reverse:
             self._after_failback(rec)
 
@@ -767,8 +777,10 @@ def handoff_summary(rec: RunRecord) -> str:
 
 def summary(rec: RunRecord) -> str:
     mode = getattr(rec, "mode", "")
-    return (f"{rec.group}: {mode} {rec.kind} done — RTO {human_duration(rec.rto_seconds)}, "
-            f"RPO {human_duration(rec.rpo_seconds)} (snapshot {rec.snapshot}) — report: {rec.report_html}")
+    outage = getattr(rec, "outage_at_least_seconds", None)
+    return (f"{rec.group}: {mode} {rec.kind} done — RTO {human_duration(rec.rto_seconds)}"
+            + (f" (outage since the hand-off ≥ {human_duration(outage)})" if outage is not None else "")
+            + f", RPO {human_duration(rec.rpo_seconds)} (snapshot {rec.snapshot}) — report: {rec.report_html}")
 
 
 # --------------------------------------------------------------------------- reprotect

@@ -91,6 +91,8 @@ def test_planned_failover_in_pull_mode_hands_off_then_pulls(pull_lab):
     rep = json.loads(Path(items[0]["json"]).read_text())
     assert rep["outcome"] == "ok" and rep["mode"] == "planned" and rep["rpo_seconds"] == 0
     assert rep["snapshot"] == handed
+    # The VMs went down at the hand-off, before this run: the report says how long at least.
+    assert rep["outage_at_least_seconds"] >= rep["rto_seconds"] > 0 and "outage since the hand-off" in r.stdout
     assert [s["id"] for s in rep["steps"]][:3] == ["replicate", "stop-replication", "guard"]
 
     # Nothing lost: DR went live at production's own final snapshot (the same guid: the same bytes)

@@ -297,3 +297,16 @@ def test_the_way_home_with_pull_needs_dr_behind_its_send_only_account():
     with pytest.raises(UsageError) as e:
         Failover(local_dr, "core", pull=True)  # a failover's pull mode follows from the site file
     assert "--pull is for the way home" in e.value.message
+
+
+def test_a_pull_mode_summary_shows_the_outage_since_the_hand_off():
+    from esxdr.failover import FailoverRecord, summary
+
+    rec = FailoverRecord(kind="failover", group="core", site="t", started=100.0, mode="planned",
+                         snapshot=HANDED, snapshot_created=90, last_heartbeat=106.0, outage_at_least_seconds=16.0)
+    text = summary(rec)
+    assert "RTO 6s (outage since the hand-off ≥ 16s)" in text and "RPO 0s" in text
+    assert rec.to_dict()["outage_at_least_seconds"] == 16.0
+    push = FailoverRecord(kind="failover", group="core", site="t", started=100.0, mode="planned",
+                          snapshot=HANDED, snapshot_created=90, last_heartbeat=106.0)
+    assert "outage" not in summary(push) and push.to_dict()["outage_at_least_seconds"] is None
