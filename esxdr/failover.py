@@ -897,6 +897,13 @@ class Reprotect:
             raise UsageError("reprotect rolls production back and discards what is listed:\n" + p.render(),
                              hint=f"confirm with: esxdr reprotect {self.g.name} --yes")
         with GroupLock(self.site.state_dir, f"{self.g.name}.failover"):
+            marker = failover_marker(self.site.state_dir, self.g.name)
+            if self.pull and not marker.exists():
+                # After a disaster, production comes back without its hand-off's marker: its scheduled
+                # --snapshot-only would snapshot the replica it becomes now, and the next pull from DR
+                # would find it diverged. The marker stops those runs until failback brings it home.
+                _write_json(marker, {"group": self.g.name, "since": time.time(), "by": "reprotect"})
+                self.say(f"{self.g.source}: its snapshots stop until failback (marker {marker})")
             self._stop_production_target()
             prod, _dr = self._sides()
             try:

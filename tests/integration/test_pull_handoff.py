@@ -114,7 +114,15 @@ def test_planned_failover_in_pull_mode_hands_off_then_pulls(pull_lab):
     home_site = str(dl.lab.production_home_site_path)
     r = dl.esxdr("failback", "core", "--planned", "--pull", timeout=240, site=home_site)
     assert r.returncode == 3 and "has not handed core back" in r.stderr, r.stderr
+    # A production back from a disaster has no hand-off marker: reprotect sets one, so that its
+    # scheduled snapshots stop while it is DR's replica (they would make DR's next stream diverge).
+    marker = dl.lab.dir / "state" / "failover" / "core.replication-stopped"  # production's state
+    assert marker.exists()
+    marker.unlink()
     dl.ok("reprotect", "core", "--pull", "--yes", timeout=240, site=home_site)  # production rolls back, pulls
+    assert marker.exists()
+    r = dl.esxdr("replicate", "core", "--snapshot-only", site=prod_site)
+    assert r.returncode == 3 and "failed over" in r.stderr
     assert all(props(dl, f"{src_root}/{ds}") == ("on", "no") for ds in datasets)  # a sealed replica now
     dl.ok("failback", "core", "--planned", "--hand-off", timeout=300, site=dl.dr_site)
     back = zfs("get", "-H", "-o", "value", "esxdr:handoff", dr_root).strip()
