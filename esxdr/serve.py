@@ -196,12 +196,11 @@ def check_zfs(args: list[str], prefixes: list[str], *, drills: bool = True, send
         _need_dataset(rest[i], prefixes, snapshot=True)
         return
     if verb == "snapshot":
-        rest = _flags(rest, "r")
-        if not rest:
-            raise Refused("snapshot needs a name")
-        for s in rest:
-            _need_dataset(s, prefixes, snapshot=True)
-        return
+        # esxdr snapshots where the data is written (production; DR itself when it hands back), never
+        # through this key. A snapshot added here on a replica would only make the next stream find
+        # DR "diverged" and stop replication: a denial of service with nothing for esxdr to gain.
+        raise Refused("zfs snapshot is not allowed through this key: DR's snapshots arrive by receive; "
+                      "the box that writes the data takes them")
     if verb == "destroy":
         rest = _flags(rest, "")
         if len(rest) != 1:

@@ -85,6 +85,9 @@ def hostile(g) -> list[tuple[str, str, bytes]]:
         ("destroy forced", f"zfs destroy -f {first}", b""),
         ("roll back, destroying newer", f"zfs rollback -r {first}", b""),
         ("roll back to the newest", f"zfs rollback {second}", b""),
+        # adding: a DR-only snapshot would stop the next replication (diverged)
+        ("add a snapshot to a replica", f"zfs snapshot {lun}@evil", b""),
+        ("add snapshots under the DR root", f"zfs snapshot -r {g.dr_root}@evil", b""),
         # receive -F: rewinds or replaces
         ("a full stream forced over a replica", f"zfs receive -F {lun}", full),
         ("a full stream forced over the DR root", f"zfs receive -F {g.dr_root}", full),

@@ -113,6 +113,9 @@ HOSTILE = [
     ("zfs release -r esxdr-test-core rp1/iscsi@a", "flag -r is not allowed here"),
     ("zfs release other-tag rp1/iscsi/lun0@a", "release takes an esxdr tag and snapshots"),
     ("zfs rollback -r rp1/iscsi/lun0@a", "zfs rollback is not allowed"),
+    # nor added: a DR-only snapshot would stop the next replication as diverged
+    ("zfs snapshot rp1/iscsi/lun0@evil", "zfs snapshot is not allowed through this key"),
+    ("zfs snapshot -r rp1/iscsi@evil", "zfs snapshot is not allowed through this key"),
     ("zfs rollback rp1/iscsi/lun0@a", "zfs rollback is not allowed"),
     ("zfs rollback -rRf rp1/iscsi/lun0@a", "zfs rollback is not allowed"),
     # a resume token is read: it must be a real token, naming a snapshot under the prefix
