@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from esxdr.errors import (
     UsageError,
 )
 from esxdr.faults import checkpoint
+from esxdr.fmt import human_bytes, human_duration
 from esxdr.lock import GroupLock
 from esxdr.plan import runbook as rb
 from esxdr.recovery import (
@@ -52,11 +52,11 @@ from esxdr.recovery import (
     Say,
     _zfs_mounted,
     dr_mount_base,
-    human_duration,
     resolve_manifest,
     target_transport,
 )
 from esxdr.replication import failover_marker
+from esxdr.util import write_json
 
 
 # --------------------------------------------------------------------------- where it runs
@@ -97,16 +97,6 @@ def with_group(site, group):
 
 def state_path(state_dir: str, group: str, kind: str = "failover") -> Path:
     return Path(state_dir) / "failover" / f"{group}.{kind}.json"
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- split-brain probe
@@ -594,7 +584,7 @@ def _pull_handoff(d: Failover, want: str) -> list[str]:
 def _f_stop(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
     marker = failover_marker(d.site.state_dir, d.g.name)
     if not marker.exists():
-        _write_json(marker, {"group": d.g.name, "since": time.time(), "by": d.kind, "mode": d.mode})
+        write_json(marker, {"group": d.g.name, "since": time.time(), "by": d.kind, "mode": d.mode})
     return [f"marker {marker}: esxdr replicate {d.g.name} refuses until failback"]
 
 
@@ -756,7 +746,7 @@ def _h_seal(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
         out.append(f"{g.vsphere_dr}: the stopped VMs unregistered")
     for kind in ("failover", "reprotect", "failback"):
         state_path(d.site.state_dir, g.name, kind).unlink(missing_ok=True)
-    _write_json(failover_marker(d.site.state_dir, g.name),
+    write_json(failover_marker(d.site.state_dir, g.name),
                 {"group": g.name, "since": time.time(), "by": d.kind, "snapshot": snap})
     return out + [f"replication stays stopped until production is home at @{snap}"]
 
@@ -807,7 +797,7 @@ class ReprotectPlan:
 def plan_reprotect(g, prod_obs: dict, dr_obs: dict) -> ReprotectPlan:
     """Pure: per production dataset, the newest snapshot in common with its DR dataset (by guid) and
     what rolling back to it discards (the evidence shown before --yes)."""
-    from esxdr.plan.replication import common_snapshot, human_bytes
+    from esxdr.plan.replication import common_snapshot
 
     out, missing = [], []
     for ds in g.datasets:
@@ -902,7 +892,7 @@ class Reprotect:
                 # After a disaster, production comes back without its hand-off's marker: its scheduled
                 # --snapshot-only would snapshot the replica it becomes now, and the next pull from DR
                 # would find it diverged. The marker stops those runs until failback brings it home.
-                _write_json(marker, {"group": self.g.name, "since": time.time(), "by": "reprotect"})
+                write_json(marker, {"group": self.g.name, "since": time.time(), "by": "reprotect"})
                 self.say(f"{self.g.source}: its snapshots stop until failback (marker {marker})")
             self._stop_production_target()
             prod, _dr = self._sides()
@@ -927,7 +917,7 @@ class Reprotect:
                                  failed_over=True, pull=self.pull)).run()
         out = {"group": self.g.name, "plan": p.to_dict(), "snapshot": res.snapshot, "bytes": res.bytes,
                "seconds": round(time.time() - started, 1), "direction": f"{self.g.destination} → {self.g.source}"}
-        _write_json(state_path(self.site.state_dir, self.g.name, "reprotect"), {**out, "finished": time.time()})
+        write_json(state_path(self.site.state_dir, self.g.name, "reprotect"), {**out, "finished": time.time()})
         return out
 
     def _stop_production_target(self) -> None:

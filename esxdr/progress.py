@@ -6,16 +6,7 @@ import sys
 import threading
 import time
 
-from esxdr.plan.replication import human_bytes
-
-
-def human_duration(seconds: float) -> str:
-    s = int(max(0, seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+from esxdr.fmt import human_bytes, human_duration
 
 
 class Progress:

@@ -19,7 +19,6 @@ replication into the DR datasets goes on while the clones are in use.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import time
 from collections.abc import Callable
@@ -30,9 +29,11 @@ from typing import Any
 
 from esxdr.errors import ConflictError, EsxdrError, LockHeld, UsageError
 from esxdr.faults import checkpoint, fail_point
+from esxdr.fmt import clock, human_duration
 from esxdr.lock import GroupLock
 from esxdr.plan import runbook as rb
 from esxdr.targets.manifest import Manifest, Naa
+from esxdr.util import write_json
 from esxdr.zfs import Zfs
 
 Say = Callable[[str], None]
@@ -149,13 +150,7 @@ class Journal:
             return None
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_json(self.path, self.data)
 
     def forget(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -226,24 +221,6 @@ class RunRecord:
                 "requests": self.requests, "requests_by_method": self.requests_by_method,
                 "runbook": self.runbook.to_dict() if self.runbook else None,
                 "report": {"json": self.report_json, "html": self.report_html}}
-
-
-def clock(seconds: float) -> str:
-    s = max(0, int(seconds))
-    return f"{s // 60:02d}:{s % 60:02d}"
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
 
 
 # --------------------------------------------------------------------------- the drill

@@ -29,6 +29,7 @@ from esxdr.errors import (
     UsageError,
 )
 from esxdr.faults import checkpoint
+from esxdr.fmt import human_bytes
 from esxdr.lock import GroupLock
 from esxdr.model import Capabilities, Dataset, Snapshot
 from esxdr.plan.replication import (
@@ -39,13 +40,13 @@ from esxdr.plan.replication import (
     SendIncremental,
     UpToDate,
     common_snapshot,
-    human_bytes,
     plan_dataset,
 )
 from esxdr.plan.retention import Decision, decide, esxdr_prefix
 from esxdr.progress import Progress
 from esxdr.transport import for_server
 from esxdr.transport.base import Transport
+from esxdr.util import atomic_write, pid_running
 from esxdr.zfs import Zfs
 from esxdr.zfs.capabilities import detect
 from esxdr.zfs.errors import NotMounted
@@ -788,15 +789,13 @@ class Engine:
         released = False
         if not d.exists():
             return released
-        from esxdr.lab.tgtd import _pid_running
-
         for note in sorted(d.glob("*.json")):
             try:
                 entry = json.loads(note.read_text())
             except (OSError, ValueError):
                 note.unlink(missing_ok=True)
                 continue
-            if _pid_running(int(entry["pid"])):
+            if pid_running(int(entry["pid"])):
                 continue
             ds = src_obs.get(entry["dataset"])
             held = [s.full_name for s in (ds.snapshots if ds else []) if s.held]
@@ -1090,9 +1089,7 @@ def record_run(state_dir: str, result: GroupResult) -> None:
     runs = Path(state_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     entry = {**result.to_dict(), "finished": datetime.now(UTC).isoformat()}
-    tmp = runs / f"{result.group}.last.json.tmp"
-    tmp.write_text(json.dumps(entry, indent=2))
-    os.replace(tmp, runs / f"{result.group}.last.json")
+    atomic_write(runs / f"{result.group}.last.json", json.dumps(entry, indent=2))
     with open(runs / f"{result.group}.history.jsonl", "a") as f:
         f.write(json.dumps({k: entry[k] for k in ("group", "snapshot", "bytes", "seconds", "finished")}) + "\n")
 

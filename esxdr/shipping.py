@@ -30,7 +30,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from esxdr.targets.manifest import (
     manifest_to_dict,
     relative_file,
 )
+from esxdr.util import atomic_write
 
 CHUNK = 7000
 MAX_CHUNKS = 32
@@ -234,16 +234,7 @@ def load_pin(state_dir: str, group) -> Manifest | None:
 
 def save_pin(state_dir: str, group_name: str, m: Manifest) -> Path:
     """Write the pin atomically, readable by its owner only (tmp + fsync + rename)."""
-    path = pin_path(state_dir, group_name)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(dumps(m, "json"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(pin_path(state_dir, group_name), dumps(m, "json"), mode=0o600, dir_mode=0o700)
 
 
 _LU_FIELDS = ("dataset", "kind", "file", "serial", "vendor_id", "product_id", "revision", "block_size", "targets")

@@ -7,6 +7,7 @@ import os
 import click
 
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
+from esxdr.util import atomic_write
 
 
 @click.group(help="""Recovery plans (the protection groups' datasets, datastores and VMs).
@@ -83,9 +84,6 @@ def discover(ctx: Context, group: str | None, manifest_path: str | None, write: 
         ctx.info(f"note: {n}")
     text = d.to_yaml()
     if write:
-        tmp = f"{write}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, write)
+        atomic_write(write, text)
     ctx.emit({**d.to_dict(), "written": write, "requests": {"vsphere": requests}},
              f"wrote {write}: {len(d.datasets)} dataset(s), {len(d.vms)} VM(s)" if write else text.rstrip("\n"))

@@ -29,7 +29,7 @@ def report() -> None:
 def list_(ctx: Context, group: str | None) -> None:
     """List reports, newest first."""
     from esxdr import report as rp
-    from esxdr.recovery import human_duration
+    from esxdr.fmt import human_duration
 
     items = rp.list_reports(ctx.site().state_dir, group)
 

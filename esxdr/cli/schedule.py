@@ -8,19 +8,11 @@ from pathlib import Path
 
 import click
 
+from esxdr import templating
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.errors import UsageError
 
 DOW = {"0": "Sun", "1": "Mon", "2": "Tue", "3": "Wed", "4": "Thu", "5": "Fri", "6": "Sat", "7": "Sun"}
-
-
-def env():  # -> jinja2.Environment; imported here to keep every other command's start-up fast
-    import jinja2
-
-    from esxdr.targets.templating import TEMPLATES
-
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
 def cron_of(schedule) -> str:
@@ -125,20 +117,19 @@ def render(ctx: Context, kind: str | None, group: str | None, out_dir: str | Non
     common = {"path": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "site": site.path,
               "esxdr": esxdr_bin, "what": what, "side_flag": "" if side == "source" else f" --side {side}",
               "log_suffix": log_suffix}
-    e = env()
     files: dict[str, str] = {}
     if kind == "cron":
         tzs = {j["timezone"] for j in jobs}
         if len(tzs) > 1:
             raise UsageError("cron files carry one timezone; these groups use several: " + ", ".join(sorted(tzs)),
                              hint="render per group with --group, or use --systemd")
-        files[cron_file] = e.get_template("cron.j2").render(
+        files[cron_file] = templating.render("cron.j2",
             **common, jobs=jobs, timezone=jobs[0]["timezone"], user=user, log_dir=f"{site.state_dir}/logs")
     else:
         for j in jobs:
-            files[f"esxdr-{unit}-{j['group']}.service"] = e.get_template("systemd.service.j2").render(
+            files[f"esxdr-{unit}-{j['group']}.service"] = templating.render("systemd.service.j2",
                 **common, job=j, timezone=j["timezone"])
-            files[f"esxdr-{unit}-{j['group']}.timer"] = e.get_template("systemd.timer.j2").render(**common, job=j)
+            files[f"esxdr-{unit}-{j['group']}.timer"] = templating.render("systemd.timer.j2", **common, job=j)
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         for name, text in files.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -13,9 +12,9 @@ import click
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.cli.replicate import _groups
 from esxdr.errors import StaleStateError
-from esxdr.plan.replication import human_bytes
+from esxdr.fmt import human_bytes, human_duration
 from esxdr.plan.retention import esxdr_prefix
-from esxdr.progress import human_duration
+from esxdr.util import atomic_write
 
 
 def group_status(site, name: str, now: float) -> dict:
@@ -157,9 +156,7 @@ def status(ctx: Context, group: str | None, prom_file: str | None) -> None:
     now = time.time()
     rows = [group_status(site, n, now) for n in _groups(ctx, group)]
     if prom_file:
-        tmp = f"{prom_file}.tmp"
-        Path(tmp).write_text(prometheus_text(rows, now))
-        os.replace(tmp, prom_file)
+        atomic_write(prom_file, prometheus_text(rows, now))
 
     def text() -> str:
         lines = []

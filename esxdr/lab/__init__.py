@@ -23,6 +23,7 @@ from pathlib import Path
 
 from esxdr.errors import UsageError
 from esxdr.lab import zfsfuse
+from esxdr.util import atomic_write
 
 PACKAGES = {"zfs-fuse": "zfs", "tgt": "tgtd", "openssh-server": "sshd", "openssh-client": "ssh", "sudo": "sudo"}
 DEFAULT_DIR = "/var/lib/esxdr-lab"
@@ -112,9 +113,7 @@ class Lab:
             return {}
 
     def _save(self, state: dict) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.state_path)
+        atomic_write(self.state_path, json.dumps(state, indent=2))
 
     # -- up ----------------------------------------------------------------------
     def up(self, say=lambda s: None) -> dict:
@@ -531,9 +530,9 @@ def _exists(ds: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    from esxdr.lab.tgtd import _pid_running
+    from esxdr.util import pid_running
 
-    return _pid_running(pid)
+    return pid_running(pid)
 
 
 def _kill(pid: int) -> None:

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from esxdr.lab.tgtd import _pid_running, _port_open
+from esxdr.lab.tgtd import _port_open
+from esxdr.util import pid_running
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Sshd:
         except OSError:
             return
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _pid_running(self.pid):
+        while time.monotonic() < deadline and pid_running(self.pid):
             time.sleep(0.05)
 
 

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from esxdr.util import pid_running
+
 
 @dataclass
 class Tgtd:
@@ -56,30 +58,11 @@ class Tgtd:
                        capture_output=True, check=False)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _pid_running(self.pid):
+            if not pid_running(self.pid):
                 return
             time.sleep(0.05)
         os.kill(self.pid, signal.SIGKILL)
-        _pid_running(self.pid)
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    # A zombie that is not our child still answers kill(0); look at its state.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        return state != "Z"
-    except OSError:
-        return False
+        pid_running(self.pid)
 
 
 def start(control_port: int, address: str, port: int, log_path: str, timeout: float = 10.0) -> Tgtd:

@@ -172,14 +172,14 @@ def _detach_mounts(force: bool = False) -> None:
 
 def _pids_named(comm: str) -> list[int]:
     """Live processes named `comm` (a killed daemon stays a zombie where nothing reaps it)."""
-    from esxdr.lab.tgtd import _pid_running
+    from esxdr.util import pid_running
 
     pids = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            if (d / "comm").read_text().strip() == comm and _pid_running(int(d.name)):
+            if (d / "comm").read_text().strip() == comm and pid_running(int(d.name)):
                 pids.append(int(d.name))
         except OSError:
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from esxdr.errors import ReplicationConflict
+from esxdr.fmt import human_bytes
 from esxdr.model import Bookmark, Dataset, Snapshot
 
 
@@ -79,17 +80,6 @@ class UpToDate(Action):
 
     def describe(self) -> str:
         return f"{self.dataset}: up to date at @{self.snapshot.name}"
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    v = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(v) < 1024 or unit == "TiB":
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return f"{v:.1f} TiB"
 
 
 def _newest_on_dr(points: list, dest: Dataset) -> tuple | None:

@@ -8,12 +8,12 @@ external resources), so it can be mailed or archived as one file.
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from esxdr.errors import UsageError
+from esxdr.util import atomic_write
 
 KINDS = {"test-start": "test", "test-cleanup": "cleanup", "failover": "failover"}
 
@@ -39,9 +39,7 @@ def write(state_dir: str, record: dict[str, Any]) -> tuple[str, str]:
     jpath, hpath = d / f"{stem}.json", d / f"{stem}.html"
     record = {**record, "report": {"json": str(jpath), "html": str(hpath)}}
     for path, text in ((jpath, json.dumps(record, indent=2, default=str)), (hpath, render_html(record))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write(path, text)
     return str(jpath), str(hpath)
 
 
@@ -112,19 +110,13 @@ def timeline(steps: list[dict[str, Any]], width: int = 900, row: int = 22, label
 
 
 def render_html(record: dict[str, Any]) -> str:
-    import jinja2
+    from esxdr import templating
 
-    from esxdr.recovery import human_duration
-    from esxdr.targets.templating import TEMPLATES
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                             undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["duration"] = human_duration
-    return env.get_template("report.html.j2").render(r=record, tl=timeline(record.get("steps") or []))
+    return templating.render("report.html.j2", r=record, tl=timeline(record.get("steps") or []))
 
 
 def render_text(record: dict[str, Any]) -> str:
-    from esxdr.recovery import clock, human_duration
+    from esxdr.fmt import clock, human_duration
 
     lines = [f"{record.get('kind')} {record.get('group')} — {record.get('outcome')} "
              f"(started {record.get('started')}, site {record.get('site')})"]

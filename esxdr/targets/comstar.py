@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from esxdr import templating
 from esxdr.errors import IdentityConflict, ManifestError
-from esxdr.targets import templating
 from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
 from esxdr.targets.manifest import (
     Auth,

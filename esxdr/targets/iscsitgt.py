@@ -31,8 +31,8 @@ import base64
 import re
 import xml.etree.ElementTree as ET
 
+from esxdr import templating
 from esxdr.errors import ManifestError
-from esxdr.targets import templating
 from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
 from esxdr.targets.manifest import (
     Auth,

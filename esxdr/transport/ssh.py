@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from esxdr.errors import HostKeyError, TransientError, UsageError
 from esxdr.transport.base import CommandResult, Stats, display, finish, shell_join
+from esxdr.util import atomic_write
 
 if TYPE_CHECKING:
     import paramiko
@@ -251,10 +252,7 @@ class SshTransport:
         if not (self.key_cache and self.host_key):
             return
         try:
-            Path(self.key_cache).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(self.key_cache + ".tmp")
-            tmp.write_text(f"{key.get_name()} {key.get_base64()}\n")
-            os.replace(tmp, self.key_cache)
+            atomic_write(self.key_cache, f"{key.get_name()} {key.get_base64()}\n", dir_mode=0o777)
         except OSError:
             pass  # only a start-up shortcut is lost
 

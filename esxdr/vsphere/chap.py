@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from esxdr.errors import EsxdrError
+from esxdr.util import atomic_write
 from esxdr.vsphere.host import read_chap_secret
 
 UNRECORDED = "unrecorded"  # a secret exists but no key yet: nothing can have been recorded
@@ -73,10 +74,5 @@ class ChapRecords:
     def record(self, host: str, spec: Any) -> None:
         key = self._key(create=True)
         assert key is not None
-        path = self._path(host)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"endpoint": self.endpoint, "host": host, "name": spec.name,
-                       "fingerprint": self._fingerprint(key, host, spec)}, f)
-        os.replace(tmp, path)
+        atomic_write(self._path(host), json.dumps({"endpoint": self.endpoint, "host": host, "name": spec.name,
+                                                   "fingerprint": self._fingerprint(key, host, spec)}), mode=0o600)

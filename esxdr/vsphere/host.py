@@ -25,6 +25,7 @@ from pyVmomi import vim
 
 from esxdr.errors import ConflictError, UsageError
 from esxdr.plan.host import Action, HostPlan, plan_host
+from esxdr.util import atomic_write
 from esxdr.vsphere import inventory
 from esxdr.vsphere.observed import Created, HostState
 from esxdr.vsphere.session import Session
@@ -109,12 +110,9 @@ class CreatedRecords:
 
     def _save(self, host: str, c: Created) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self._path(host)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"endpoint": self.endpoint, "host": host, "vswitches": sorted(c.vswitches),
-                       "port_groups": sorted(c.port_groups), "vnics": sorted(c.vnics)}, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write(self._path(host), json.dumps(
+            {"endpoint": self.endpoint, "host": host, "vswitches": sorted(c.vswitches),
+             "port_groups": sorted(c.port_groups), "vnics": sorted(c.vnics)}, indent=1))
 
     def done(self, host: str, action: Action, device: str | None = None) -> None:
         """Record what a successful action created (``device``: the vmk ESXi named) or removed."""

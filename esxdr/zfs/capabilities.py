@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from esxdr.errors import CommandFailed
 from esxdr.model import LEGACY, OPENZFS, Capabilities
 from esxdr.transport.base import Transport
 from esxdr.transport.local import LocalTransport
+from esxdr.util import atomic_write
 from esxdr.zfs import capabilities_from_probe
 
 
@@ -52,8 +52,5 @@ def detect(transport: Transport, zfs_command: tuple[str, ...], setting: str, cac
         base = OPENZFS if setting == "openzfs" else LEGACY
         caps = dataclasses.replace(base, compressors=caps.compressors, mbuffer=caps.mbuffer)
     if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(caps.to_dict()))
-        os.replace(tmp, cache)
+        atomic_write(cache, json.dumps(caps.to_dict()), dir_mode=0o777)
     return caps

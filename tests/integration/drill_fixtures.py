@@ -68,11 +68,11 @@ class DrillLab:
         """The bad day: production's tgtd dies (SIGKILL, as a power cut would)."""
         import signal
 
-        from esxdr.lab.tgtd import _pid_running
+        from esxdr.util import pid_running
 
         pid = self.lab.state()["tgtd"]["production"]["pid"]
         os.kill(pid, signal.SIGKILL)
-        _pid_running(pid)  # reap it
+        pid_running(pid)  # reap it
 
     def use_test_network(self, name: str) -> None:
         """Map the VMs' production port group to a test port group the DR host does not have yet."""

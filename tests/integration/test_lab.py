@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from esxdr.lab import Lab, LabConfig
-from esxdr.lab.tgtd import _pid_running
 from esxdr.site import load_site
+from esxdr.util import pid_running
 
 pytestmark = pytest.mark.integration
 ESXDR = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "esxdr")
@@ -64,10 +64,10 @@ def _up_down_twice(cfg: LabConfig, before: set[str], d: str) -> None:
         assert r.returncode == 0, r.stderr
         said = json.loads(r.stdout)["actions"]
         assert f"destroy pool {cfg.dr_pool}" in said and f"remove {d}" in said, said
-        assert all(_pid_running(p) for p in procs) and Path(d).exists()  # the dry run changed nothing
+        assert all(pid_running(p) for p in procs) and Path(d).exists()  # the dry run changed nothing
         lab.down()
         assert pools() == before
-        assert not any(_pid_running(p) for p in procs)
+        assert not any(pid_running(p) for p in procs)
         with pytest.raises(KeyError):
             pwd.getpwnam(cfg.account)
         assert not Path(d).exists()

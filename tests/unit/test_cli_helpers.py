@@ -10,8 +10,9 @@ import pytest
 from esxdr.cli.schedule import cron_of, on_calendar
 from esxdr.cli.status import change_rate, prometheus_text
 from esxdr.errors import UsageError
+from esxdr.fmt import human_duration
 from esxdr.model import Snapshot
-from esxdr.progress import Progress, human_duration
+from esxdr.progress import Progress
 
 
 @pytest.mark.parametrize("every,cron", [

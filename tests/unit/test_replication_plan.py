@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from esxdr.errors import ReplicationConflict
+from esxdr.fmt import human_bytes
 from esxdr.model import Dataset, Snapshot
 from esxdr.plan.replication import (
     RollbackDr,
@@ -12,7 +13,6 @@ from esxdr.plan.replication import (
     SendIncremental,
     UpToDate,
     common_snapshot,
-    human_bytes,
     plan_dataset,
 )
 
