@@ -81,13 +81,19 @@ class Side:
     guarded: bool = False
 
 
-def open_side(site, server_name: str, *, prewarm: bool = False) -> Side:
-    server = site.storage[server_name]
-    if server.pulls:
+def refuse_unreachable(site, server_name: str) -> None:
+    """A DR box that pulls is never connected to from production: refused before anything else
+    is touched, so nothing runs on production (no snapshot) for a job that cannot finish."""
+    if site.storage[server_name].pulls:
         raise UsageError(f"{server_name} pulls from production (pulls: true): esxdr on this box holds no key to it "
                          "and never connects there",
                          hint=f"here: esxdr replicate GROUP --snapshot-only; on {server_name}, with its own site file: "
                               "esxdr replicate GROUP --pull (and status, prune --side dr, drills, failover)")
+
+
+def open_side(site, server_name: str, *, prewarm: bool = False) -> Side:
+    refuse_unreachable(site, server_name)
+    server = site.storage[server_name]
     transport = for_server(server, site.state_dir)
     if prewarm and hasattr(transport, "prewarm"):
         # with a remembered host key the stream's SSH master authenticates beside paramiko's
@@ -301,19 +307,19 @@ def _target(action: Action) -> Snapshot | None:
 
 class Engine:
     def __init__(self, site, group_name: str, opts: Options):
-        if group_name not in site.protection_groups:
-            known = ", ".join(sorted(site.protection_groups)) or "none"
-            raise UsageError(f"no protection group {group_name!r} in {site.path}", hint=f"known groups: {known}")
+        group = site.group(group_name)
         if opts.pull:
-            site = pull_site(site, site.protection_groups[group_name])
+            site = pull_site(site, group)
             opts = dataclasses.replace(opts, take_snapshot=False)  # production snapshots itself
         if opts.rollback_dr and not opts.dry_run:
             # Rolling DR back destroys DR snapshots and data: DR does that itself, never the key.
             # (A dry run only reads: it may plan through the key from anywhere.)
-            site = dr_side_site(site, site.protection_groups[group_name], "--rollback-dr",
+            site = dr_side_site(site, group, "--rollback-dr",
                                 "roll back, release or destroy on DR")
+        if not opts.snapshot_only:
+            refuse_unreachable(site, group.destination)
         self.site = site
-        self.group = site.protection_groups[group_name]
+        self.group = site.group(group_name)
         self.opts = opts
         self.src: Side | None = None
         self.dst: Side | None = None
