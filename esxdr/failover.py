@@ -155,10 +155,6 @@ class Failover(Drill):
 
     def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None,
                  reverse: bool = False, pull: bool = False):
-        if group_name is None:
-            if len(site.protection_groups) != 1:
-                raise UsageError("name the protection group", hint="known: " + ", ".join(site.protection_groups))
-            group_name = next(iter(site.protection_groups))
         g = site.group(group_name)
         self.reverse = reverse
         self.kind = "failback" if reverse else "failover"
@@ -825,10 +821,6 @@ class Reprotect:
     """``esxdr reprotect``: production becomes the replica of the failed-over DR datasets."""
 
     def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None, pull: bool = False):
-        if group_name is None:
-            if len(site.protection_groups) != 1:
-                raise UsageError("name the protection group", hint="known: " + ", ".join(site.protection_groups))
-            group_name = next(iter(site.protection_groups))
         self.g = site.group(group_name)
         # Pull mode (--pull): on production, DR read through its send-only account; production pulls.
         self.pull = pull

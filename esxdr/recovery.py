@@ -230,10 +230,6 @@ class Drill:
     fault_prefix = "drill"  # ESXDR_FAULT_KILL=<prefix>-after-<step kind>
 
     def __init__(self, site, group_name: str | None, *, say: Say = lambda s: None):
-        if group_name is None:
-            if len(site.protection_groups) != 1:
-                raise UsageError("name the protection group", hint="known: " + ", ".join(site.protection_groups))
-            group_name = next(iter(site.protection_groups))
         self.site = site
         self.g = site.group(group_name)
         self.say = say

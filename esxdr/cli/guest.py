@@ -228,11 +228,7 @@ def check_sysprep_cmd(ctx: Context, group_name: str | None, sysprep_dir: str | N
     from esxdr.vsphere import guest as VG
 
     site = ctx.site()
-    groups = [group_name] if group_name else sorted(site.protection_groups)
-    for g in groups:
-        if g not in site.protection_groups:
-            raise UsageError(f"no protection group {g!r} in {site.path}",
-                             hint="known: " + ", ".join(sorted(site.protection_groups)))
+    groups = site.group_names(group_name)
     root_s = sysprep_dir or os.environ.get("ESXDR_SYSPREP_DIR")
     root = Path(root_s) if root_s else None
     rows: list[dict[str, Any]] = []

@@ -49,10 +49,6 @@ def discover(ctx: Context, group: str | None, manifest_path: str | None, write: 
     from esxdr.vsphere.session import connect
 
     site = ctx.site()
-    if group is None:
-        if len(site.protection_groups) != 1:
-            raise UsageError("name the protection group", hint="known: " + (", ".join(site.protection_groups) or "none"))
-        group = next(iter(site.protection_groups))
     g = site.group(group)
     if not g.vsphere_production:
         raise UsageError(f"protection group {g.name} names no vsphere_production endpoint",

@@ -8,18 +8,6 @@ from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.errors import UsageError
 
 
-def _groups(ctx: Context, group: str | None) -> list[str]:
-    site = ctx.site()
-    if group:
-        if group not in site.protection_groups:
-            raise UsageError(f"no protection group {group!r} in {site.path}",
-                             hint=f"known groups: {', '.join(sorted(site.protection_groups)) or 'none'}")
-        return [group]
-    if not site.protection_groups:
-        raise UsageError(f"{site.path} defines no protection_groups")
-    return sorted(site.protection_groups)
-
-
 @click.command(epilog="""\b
 Examples:
   esxdr replicate core --dry-run      show the snapshot and every stream it would send
@@ -68,7 +56,7 @@ def replicate(ctx: Context, group: str | None, dry_run: bool, rollback_dr: bool,
         raise UsageError("--pull never takes a snapshot: --no-snapshot is implied",
                          hint=f"esxdr replicate {group or 'GROUP'} --pull")
     results = []
-    for name in _groups(ctx, group):
+    for name in ctx.site().group_names(group):
         opts = Options(dry_run=dry_run, rollback_dr=rollback_dr, take_snapshot=not no_snapshot,
                        prune=not no_prune, progress=ctx.verbosity >= 0 and not ctx.json, say=ctx.info,
                        pull=pull, snapshot_only=snapshot_only)
@@ -98,7 +86,7 @@ def snapshots(ctx: Context, group: str | None) -> None:
     site = ctx.site()
     data = []
     lines = []
-    for name in _groups(ctx, group):
+    for name in ctx.site().group_names(group):
         g = site.protection_groups[name]
         src, dst = open_side(site, g.source), open_side(site, g.destination)
         try:
@@ -161,7 +149,7 @@ def prune(ctx: Context, group: str | None, side: str, dry_run: bool) -> None:
     site = ctx.site()
     data: list[dict] = []
     lines: list[str] = []
-    for name in _groups(ctx, group):
+    for name in ctx.site().group_names(group):
         g = site.protection_groups[name]
         dr = site.storage_server(g.destination)
         guarded = dr.behind_serve

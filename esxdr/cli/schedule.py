@@ -105,12 +105,10 @@ Examples:
 @pass_ctx
 def render(ctx: Context, kind: str | None, group: str | None, out_dir: str | None, user: str, side: str) -> None:
     """Print cron or systemd units with TZ and PATH set explicitly (the classic cron pitfalls)."""
-    from esxdr.cli.replicate import _groups
-
     if kind is None:
         raise UsageError("say which: --cron or --systemd")
     site = ctx.site()
-    groups = _groups(ctx, group)
+    groups = site.group_names(group)
     jobs = _jobs(site, groups, side)
     esxdr_bin = shutil.which("esxdr") or f"{sys.executable} -m esxdr"
     _command, what, unit, cron_file, log_suffix = SIDES[side]

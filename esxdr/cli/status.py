@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
-from esxdr.cli.replicate import _groups
 from esxdr.errors import StaleStateError
 from esxdr.fmt import human_bytes, human_duration
 from esxdr.plan.retention import esxdr_prefix
@@ -154,7 +153,7 @@ def status(ctx: Context, group: str | None, prom_file: str | None) -> None:
     """Per group: the last replicated snapshot, its age (the current RPO) and the last run."""
     site = ctx.site()
     now = time.time()
-    rows = [group_status(site, n, now) for n in _groups(ctx, group)]
+    rows = [group_status(site, n, now) for n in site.group_names(group)]
     if prom_file:
         atomic_write(prom_file, prometheus_text(rows, now))
 
@@ -218,7 +217,7 @@ def noise(ctx: Context, group: str | None, threshold: str) -> None:
         raise UsageError(f"--threshold {threshold!r}: {e}", hint="use a size like 512M or 1G") from e
     site = ctx.site()
     rows = []
-    for name in _groups(ctx, group):
+    for name in ctx.site().group_names(group):
         g = site.protection_groups[name]
         src = open_side(site, g.source)
         try:

@@ -381,13 +381,11 @@ def shipped(ctx: Context, group: str | None, output: str | None) -> None:
 def _read_shipped(ctx: Context, group: str | None):
     """(group, the validated shipped manifest or None), read from the DR root dataset."""
     from esxdr import shipping
-    from esxdr.cli.replicate import _groups
     from esxdr.errors import ManifestError
     from esxdr.replication import open_side
 
-    name = _groups(ctx, group)[0]
     site = ctx.site()
-    g = site.protection_groups[name]
+    g = site.group(group)
     side = open_side(site, g.destination)
     try:
         return g, shipping.read(side.zfs, g.dr_root, g)
@@ -430,10 +428,9 @@ def accept(ctx: Context, group: str | None, dry_run: bool) -> None:
     from typing import Any
 
     from esxdr import shipping
-    from esxdr.cli.replicate import _groups
 
     site = ctx.site()
-    dest = site.protection_groups[_groups(ctx, group)[0]].destination
+    dest = site.group(group).destination
     if not _on_dr_box(site, dest):
         raise UsageError(f"the pin is state of the DR box; {dest} is reached remotely from here",
                          hint=f"run esxdr target accept on {dest} itself (a site file in which "
@@ -496,11 +493,11 @@ def present_clone(ctx: Context, group: str | None, point: str, new_naa: bool, re
       esxdr target present-clone core --allow-initiator iqn.1998-01.com.vmware:esx-dr
       esxdr target present-clone core --remove
     """
-    from esxdr.cli.replicate import _groups
     from esxdr.recovery import Drill
 
-    name = _groups(ctx, group)[0]
-    d = Drill(ctx.site(), name, say=ctx.info)
+    site = ctx.site()
+    name = site.group(group).name
+    d = Drill(site, name, say=ctx.info)
     prev = d.journal.load()
     if remove or (prev and not dry_run and (point not in ("latest", prev.get("snapshot"))
                                             or new_naa != prev.get("new_naa", False))):

@@ -336,8 +336,14 @@ class Site:
     protection_groups: dict[str, ProtectionGroup] = field(hash=False)
     dr_network: dict[str, HostNetwork] = field(hash=False)
 
-    def group(self, name: str) -> ProtectionGroup:
-        """A protection group by name; an unknown name is a usage error with a suggestion."""
+    def group(self, name: str | None = None) -> ProtectionGroup:
+        """A protection group by name, or the only one when none is named; an unknown name is a
+        usage error with a suggestion, and so is no name where the site has several groups."""
+        if name is None:
+            if len(self.protection_groups) != 1:
+                raise UsageError("name the protection group",
+                                 hint="known: " + (", ".join(sorted(self.protection_groups)) or "none"))
+            return next(iter(self.protection_groups.values()))
         try:
             return self.protection_groups[name]
         except KeyError:
@@ -347,6 +353,12 @@ class Site:
     def groups(self, name: str | None = None) -> list[ProtectionGroup]:
         """One group (by name) or all of them, for commands taking an optional GROUP."""
         return [self.group(name)] if name else list(self.protection_groups.values())
+
+    def group_names(self, name: str | None = None) -> list[str]:
+        """The named group, or every group (sorted) when none is named; a site without any is an error."""
+        if name is None and not self.protection_groups:
+            raise UsageError(f"{self.path} defines no protection_groups")
+        return [self.group(name).name] if name else sorted(self.protection_groups)
 
     def storage_server(self, name: str) -> StorageServer:
         try:

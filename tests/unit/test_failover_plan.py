@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from test_runbook import DR_IQN, HOST, NAAS, PORTAL, PROD_IQN, dr_obs, group, manifest, snap
@@ -209,7 +208,7 @@ def test_reprotect_evidence_names_the_common_snapshot_and_what_goes():
 
 # --------------------------------------------------------------------------- replication stops
 def test_replicate_refuses_while_failed_over(tmp_path):
-    site = SimpleNamespace(protection_groups={"core": group()}, state_dir=str(tmp_path), path="site.yaml")
+    site = replace(_example_site(), state_dir=str(tmp_path))
     marker = failover_marker(str(tmp_path), "core")
     marker.parent.mkdir(parents=True)
     marker.write_text("{}")
