@@ -218,7 +218,7 @@ class Failover(Drill):
         root), read through the send-only account. That side may be compromised: the value must
         name one of the group's own snapshots, present on every dataset, with nothing newer."""
         from esxdr.plan.retention import esxdr_prefix
-        from esxdr.replication import open_side
+        from esxdr.replication.sides import open_side
 
         g = self.g
         who, cmd = self._other_side()
@@ -263,7 +263,7 @@ class Failover(Drill):
         replica (on the DR root), its LUs renamed to the reversed view's datasets."""
         import copy
 
-        from esxdr.replication import open_side
+        from esxdr.replication.sides import open_side
 
         g = self.original
         dr = open_side(self.site, g.destination)
@@ -342,7 +342,7 @@ class Failover(Drill):
 
     def _after_failback(self, rec: FailoverRecord) -> None:
         """Home again: seal the DR datasets as replicas at the final snapshot, let replication resume."""
-        from esxdr.replication import open_side
+        from esxdr.replication.sides import open_side
 
         g = self.original
         if self.pull:
@@ -376,7 +376,7 @@ class Failover(Drill):
         """Pull mode, on production: DR sealed itself when it handed back, and its pull resumes
         once it sees production home. Here only production's own traces of the round trip go:
         its hand-off property, marker and journals."""
-        from esxdr.replication import open_side
+        from esxdr.replication.sides import open_side
 
         g = self.original
         src = open_side(self.site, g.source)
@@ -456,12 +456,12 @@ class HandOff(Drill):
         return GroupLock(self.site.state_dir, f"{self.g.name}.failover")
 
     def plan(self) -> rb.Runbook:
-        from esxdr.replication import capture_manifest
+        from esxdr.replication.shipping import capture_manifest
 
         server = self.site.storage_server(self.g.source)
         t = target_transport(server)
         try:
-            m = capture_manifest(self.site, self.g, t)
+            m = capture_manifest(server, self.g, t)
         finally:
             t.close()
         return rb.plan_handoff(rb.HandOffInputs(group=self.g, naas=[lu.naa.hex for lu in m.logical_units] if m else [],
@@ -679,7 +679,8 @@ FAILOVER_STEPS = {
 
 
 def _h_snapshot(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr.replication import Engine, Options, open_side
+    from esxdr.replication import Engine, Options
+    from esxdr.replication.sides import open_side
 
     # failback: the reversed view, past DR's own marker (DR has been live since the failover)
     res = Engine(with_group(d.site, d.g), d.g.name, Options(snapshot_only=True, prune=False, progress=False,
@@ -698,7 +699,7 @@ def _h_snapshot(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _h_publish(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr.replication import open_side
+    from esxdr.replication.sides import open_side
 
     snap = d.journal.data.get("snapshot")
     if not snap:
@@ -718,7 +719,7 @@ def _h_seal(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
     forgets the stopped VMs, and failover's journals go. The marker stays, naming the snapshot:
     DR's pull refuses until production holds it as its live copy, and then removes the marker
     itself (esxdr.replication.Engine)."""
-    from esxdr.replication import open_side
+    from esxdr.replication.sides import open_side
 
     snap = d.journal.data.get("snapshot")
     if not snap:
@@ -835,7 +836,7 @@ class Reprotect:
         self.say = say
 
     def _sides(self):
-        from esxdr.replication import both, open_side
+        from esxdr.replication.sides import both, open_side
 
         return both(lambda: open_side(self.site, self.g.source), lambda: open_side(self.site, self.g.destination))
 
@@ -933,7 +934,7 @@ def _need_send_only_dr(site, g, what: str) -> None:
 
 
 def _group_naas(site, g) -> set[str]:
-    from esxdr.replication import open_side
+    from esxdr.replication.sides import open_side
     from esxdr.targets.manifest import Naa
 
     dr = open_side(site, g.destination)

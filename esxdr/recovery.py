@@ -80,15 +80,15 @@ def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None, *,
        the one replication shipped to the DR root (``esxdr:manifest.*``): a shipped manifest is
        untrusted input (production's key can write it), so it is validated field by field, pinned
        the first time it is used here, and a later change of identity or paths is refused until
-       ``esxdr target accept`` (:func:`esxdr.shipping.trusted`; ``pin_first_use=False`` for read-only
+       ``esxdr target accept`` (:func:`esxdr.replication.shipping.trusted`; ``pin_first_use=False`` for read-only
        commands that may run off the DR box). A shipped manifest that fails validation is refused,
        never skipped for a weaker source;
     3. the production manifest named in the lab's state (``lab.json`` beside the site file);
     4. the site file's ``datasets[].naa`` with the LUN file convention ``<mountpoint>/lun.img``
        (product ids unknown: a volume whose header names another product id will not mount as-is).
     """
-    from esxdr import shipping
     from esxdr.errors import ManifestError, RemoteError
+    from esxdr.replication import shipping
     from esxdr.targets import manifest as mf
 
     if explicit:
@@ -248,7 +248,7 @@ class Drill:
     # -- connections --------------------------------------------------------
     def _dr(self):
         if self.dst is None:
-            from esxdr.replication import open_side
+            from esxdr.replication.sides import open_side
 
             self.dst = open_side(self.site, self.g.destination)
         return self.dst

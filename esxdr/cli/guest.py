@@ -224,7 +224,7 @@ def check_sysprep_cmd(ctx: Context, group_name: str | None, sysprep_dir: str | N
       esxdr guest check-sysprep --group core --sysprep-dir /etc/vmware-vpx/sysprep --json
     """
     from esxdr import guest as G
-    from esxdr.consistency import find_group_vms, group_datastore_filter
+    from esxdr.replication.consistency import find_group_vms, group_datastore_filter
     from esxdr.vsphere import guest as VG
 
     site = ctx.site()

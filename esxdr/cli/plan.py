@@ -60,7 +60,7 @@ def discover(ctx: Context, group: str | None, manifest_path: str | None, write: 
     dr = None
     if not manifest_path:
         try:  # the manifest replication shipped to DR, when DR is reachable
-            from esxdr.replication import open_side
+            from esxdr.replication.sides import open_side
 
             dr = open_side(site, g.destination)
             dr_zfs = dr.zfs

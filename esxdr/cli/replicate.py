@@ -81,7 +81,7 @@ Examples:
 def snapshots(ctx: Context, group: str | None) -> None:
     """List each dataset's snapshots on both sides, marking the common one."""
     from esxdr.plan.replication import common_snapshot
-    from esxdr.replication import open_side
+    from esxdr.replication.sides import open_side
 
     site = ctx.site()
     data = []
@@ -94,7 +94,7 @@ def snapshots(ctx: Context, group: str | None) -> None:
         finally:
             src.transport.close()
             dst.transport.close()
-        from esxdr.consistency import consistency_by_snapshot
+        from esxdr.replication.consistency import consistency_by_snapshot
 
         levels = {**consistency_by_snapshot(d_obs), **consistency_by_snapshot(s_obs)}
         for ds in g.datasets:
@@ -143,23 +143,21 @@ def prune(ctx: Context, group: str | None, side: str, dry_run: bool) -> None:
     the DR retention window. Its retention runs on the DR box: `esxdr prune GROUP --side dr`
     there, from DR's view alone (each replica keeps its newest snapshot, the next base).
     """
+    from contextlib import nullcontext
+
     from esxdr.lock import GroupLock
     from esxdr.replication import dr_side_site, prune_dr_side
 
     site = ctx.site()
     data: list[dict] = []
     lines: list[str] = []
-    for name in ctx.site().group_names(group):
+    for name in site.group_names(group):
         g = site.protection_groups[name]
-        dr = site.storage_server(g.destination)
-        guarded = dr.behind_serve
-        lock = GroupLock(site.state_dir, name)
-        if not dry_run:
-            lock.__enter__()
-        try:
+        guarded = site.storage_server(g.destination).behind_serve
+        with nullcontext() if dry_run else GroupLock(site.state_dir, name):
             if side != "dr":
-                _prune_through(site, g, name, ("source",) if guarded or side == "source" else ("source", "dr"),
-                               dry_run, ctx.verbosity, data, lines)
+                _prune_through(site, g, ("source",) if guarded or side == "source" else ("source", "dr"),
+                               dry_run, ctx, data, lines)
             if side != "source" and guarded:
                 try:
                     dsite = dr_side_site(site, g, "esxdr prune --side dr", "release or destroy DR snapshots")
@@ -182,47 +180,29 @@ def prune(ctx: Context, group: str | None, side: str, dry_run: bool) -> None:
                 doomed = sum(1 for d in res.decisions if not d.keep)
                 lines.append(f"{g.destination}: {doomed if dry_run else len(res.destroyed)} snapshot(s) "
                              f"{'to prune' if dry_run else 'pruned'}")
-        finally:
-            if not dry_run:
-                lock.__exit__(None, None, None)
     ctx.emit(data, "\n".join(lines))
 
 
-def _prune_through(site, g, name: str, which: tuple[str, ...], dry_run: bool, verbosity: int,
+def _prune_through(site, g, which: tuple[str, ...], dry_run: bool, ctx: Context,
                    data: list[dict], lines: list[str]) -> None:
-    """Prune the named sides as the site reaches them, each protecting the snapshot it shares with the other."""
-    from esxdr.plan.replication import common_snapshot
-    from esxdr.replication import open_side, prune_decisions
+    """Prune the named sides as the site reaches them, with replication's own retention pass:
+    each dataset protects the snapshot it shares with the other side."""
+    from esxdr.replication.prune import apply_prune, plan_prune
+    from esxdr.replication.sides import open_side
 
     src, dst = open_side(site, g.source), open_side(site, g.destination)
     try:
-        s_obs, d_obs = src.zfs.observe([g.source_root]), dst.zfs.observe([g.dr_root])
-        for side, obs, other, rules, to_other in (
-            (src, s_obs, d_obs, g.retention.source, g.dr_dataset),
-            (dst, d_obs, s_obs, g.retention.destination, g.source_dataset),
-        ):
-            if ("source" if side is src else "dr") not in which:
-                continue
-            doomed = []
-            for dsname, ds in sorted(obs.items()):
-                try:
-                    partner = other.get(to_other(dsname))
-                except (ValueError, KeyError):
-                    partner = None
-                pair = common_snapshot(ds, partner) if partner else None
-                protected = frozenset({pair[0].guid}) if pair else frozenset(s.guid for s in ds.snapshots) \
-                    if dsname in g.datasets else frozenset()
-                for dec in prune_decisions(ds, rules, name, protected, g.retention.prune_foreign,
-                                           g.schedule.timezone):
-                    data.append({"group": name, "side": side.name, **dec.to_dict()})
-                    if not dec.keep:
-                        doomed.append(dec.snapshot.full_name)
-                    if verbosity > 0 or not dec.keep:
-                        lines.append(f"{side.name}: {'keep   ' if dec.keep else 'destroy'} "
-                                     f"{dec.snapshot.full_name}  ({'; '.join(dec.reasons)})")
-            if doomed and not dry_run:
-                side.zfs.destroy_snapshots(doomed)
-            lines.append(f"{side.name}: {len(doomed)} snapshot(s) {'to prune' if dry_run else 'pruned'}")
+        plans = plan_prune(g, src, dst, src.zfs.observe([g.source_root]), dst.zfs.observe([g.dr_root]), which)
+        for p in plans:
+            for dec in p.decisions:
+                data.append({"group": g.name, "side": p.side, **dec.to_dict()})
+                if ctx.verbosity > 0 or not dec.keep:
+                    lines.append(f"{p.side}: {'keep   ' if dec.keep else 'destroy'} "
+                                 f"{dec.snapshot.full_name}  ({'; '.join(dec.reasons)})")
+        if not dry_run:
+            apply_prune(g.name, plans, [src, dst], ctx.info)
+        for p in plans:
+            lines.append(f"{p.side}: {len(p.doomed)} snapshot(s) {'to prune' if dry_run else 'pruned'}")
     finally:
         src.transport.close()
         dst.transport.close()

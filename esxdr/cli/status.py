@@ -18,7 +18,7 @@ from esxdr.util import atomic_write
 
 def group_status(site, name: str, now: float) -> dict:
     """RPO of a group = age of the oldest among each DR dataset's newest esxdr snapshot."""
-    from esxdr.replication import open_side
+    from esxdr.replication.sides import open_side
 
     g = site.protection_groups[name]
     dst = open_side(site, g.destination)
@@ -84,7 +84,7 @@ def stream_directions(site, g, dst, dr_obs) -> dict:
     the two sides run different zfs generations.
     """
     from esxdr.errors import EsxdrError
-    from esxdr.replication import open_side
+    from esxdr.replication.sides import open_side
     from esxdr.zfs.compat import group_directions, zpl_versions
 
     try:
@@ -208,7 +208,7 @@ Examples:
 def noise(ctx: Context, group: str | None, threshold: str) -> None:
     """Change rate per dataset per day: candidates to move swap/temp data off replicated LUNs."""
     from esxdr.errors import UsageError
-    from esxdr.replication import open_side
+    from esxdr.replication.sides import open_side
     from esxdr.site.values import parse_size
 
     try:

@@ -348,7 +348,7 @@ def shipped(ctx: Context, group: str | None, output: str | None) -> None:
       esxdr target shipped core
       esxdr target shipped core -o /tmp/core-manifest.yaml && esxdr target diff /tmp/core-manifest.yaml
     """
-    from esxdr import shipping
+    from esxdr.replication import shipping
     from esxdr.targets.manifest import dumps, save
 
     g, m = _read_shipped(ctx, group)
@@ -380,9 +380,9 @@ def shipped(ctx: Context, group: str | None, output: str | None) -> None:
 
 def _read_shipped(ctx: Context, group: str | None):
     """(group, the validated shipped manifest or None), read from the DR root dataset."""
-    from esxdr import shipping
     from esxdr.errors import ManifestError
-    from esxdr.replication import open_side
+    from esxdr.replication import shipping
+    from esxdr.replication.sides import open_side
 
     site = ctx.site()
     g = site.group(group)
@@ -427,7 +427,7 @@ def accept(ctx: Context, group: str | None, dry_run: bool) -> None:
     """
     from typing import Any
 
-    from esxdr import shipping
+    from esxdr.replication import shipping
 
     site = ctx.site()
     dest = site.group(group).destination

@@ -82,6 +82,11 @@ class UpToDate(Action):
         return f"{self.dataset}: up to date at @{self.snapshot.name}"
 
 
+def leaves_at(action: Action) -> Snapshot | None:
+    """The snapshot an action leaves DR at: an incremental's target, a full stream's source."""
+    return action.target if isinstance(action, SendIncremental) else getattr(action, "source", None)
+
+
 def _newest_on_dr(points: list, dest: Dataset) -> tuple | None:
     """The newest of ``points`` (oldest first) whose guid DR has as a snapshot, with DR's snapshot."""
     dest_by_guid = dest.by_guid()

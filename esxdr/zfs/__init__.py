@@ -185,6 +185,11 @@ class Zfs:
         """One call; fails harmlessly for snapshots that carry no hold of this tag (another tool's)."""
         self.t.run([*self.cmd, "release", tag, *snapshots], check=False)
 
+    def set_on_snapshots(self, prop: str, value: str, snapshots: list[str]) -> None:
+        """One ``zfs set`` for a user property on several snapshots; a failure is tolerated (a
+        label, such as the consistency level a send without -p does not carry)."""
+        self.t.run([*self.cmd, "set", f"{prop}={value}", *snapshots], check=False)
+
     def bookmark(self, snapshot: str, bookmark: str) -> None:
         """``zfs bookmark ds@snap ds#name`` (OpenZFS)."""
         self.run("bookmark", snapshot, bookmark, dataset=snapshot)

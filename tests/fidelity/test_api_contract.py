@@ -31,7 +31,7 @@ from pyVmomi import VmomiSupport, vim, vmodl
 from esxdr.vsphere.session import API_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
-SCANNED = sorted((ROOT / "esxdr" / "vsphere").glob("*.py")) + [ROOT / "esxdr" / "consistency.py"]
+SCANNED = sorted((ROOT / "esxdr" / "vsphere").glob("*.py")) + [ROOT / "esxdr" / "replication" / "consistency.py"]
 MIN_VERSION = "vim.version.version11"
 MIN_RELEASE = "6.5"
 
@@ -641,8 +641,8 @@ class _Reads:
 def parser_reads() -> _Reads:
     from fidelity_replay import session
 
-    from esxdr import consistency
     from esxdr.plan.host import ExpectedLun
+    from esxdr.replication import consistency
     from esxdr.vsphere import inventory, storage, vms
 
     s = session()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 from fidelity_replay import session
 
-from esxdr import consistency
 from esxdr.plan.host import ExpectedLun, check_storage
+from esxdr.replication import consistency
 from esxdr.vsphere import inventory, storage, vms
 
 NAA = "6b8ca3a0e65228002312a2e3098048bf"

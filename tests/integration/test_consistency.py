@@ -133,7 +133,7 @@ def _vm(s, moid):
 
 # --------------------------------------------------------------------------- tests
 def test_all_running_vms_quiesced_then_snapshots_removed(prod):
-    from esxdr.consistency import quiesced
+    from esxdr.replication.consistency import quiesced
 
     lab, ids = prod
     site, group = site_and_group(lab, luns=(1,), by="naa")
@@ -154,7 +154,7 @@ def test_all_running_vms_quiesced_then_snapshots_removed(prod):
 
 
 def test_quiesce_failure_falls_back_to_crash_for_that_vm_only(prod):
-    from esxdr.consistency import quiesced
+    from esxdr.replication.consistency import quiesced
 
     lab, ids = prod
     site, group = site_and_group(lab, luns=(1, 2), by="datastore")
@@ -173,7 +173,7 @@ def test_quiesce_failure_falls_back_to_crash_for_that_vm_only(prod):
 
 
 def test_snapshots_removed_when_the_body_raises(prod):
-    from esxdr.consistency import quiesced
+    from esxdr.replication.consistency import quiesced
 
     lab, ids = prod
     site, group = site_and_group(lab, luns=(1,))
@@ -188,7 +188,7 @@ def test_snapshots_removed_when_the_body_raises(prod):
 def test_unreachable_vsphere_is_crash_with_warning(prod):
     from dataclasses import replace
 
-    from esxdr.consistency import quiesced
+    from esxdr.replication.consistency import quiesced
 
     lab, _ = prod
     site, group = site_and_group(lab)
@@ -200,7 +200,7 @@ def test_unreachable_vsphere_is_crash_with_warning(prod):
 
 
 def test_level_recorded_on_the_zfs_snapshot_property_name():
-    from esxdr.consistency import PROPERTY
+    from esxdr.replication.consistency import PROPERTY
     from esxdr.zfs import USER_PROPS
 
     assert PROPERTY in USER_PROPS  # observed with every `zfs get`, so `esxdr snapshots` can show it

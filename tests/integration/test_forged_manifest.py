@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from esxdr import shipping
+from esxdr.replication import shipping
 from esxdr.site import load_site
 from esxdr.targets import tgt
 from esxdr.targets.manifest import Naa

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from esxdr import consistency as C
 from esxdr.model import Dataset, Snapshot
+from esxdr.replication import consistency as C
 from esxdr.site.model import LunSpec, ProtectionGroup
 
 

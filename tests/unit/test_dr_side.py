@@ -32,7 +32,7 @@ def test_a_dry_run_of_rollback_dr_is_not_refused_for_where_it_runs(tmp_path, cap
         opened.append(name)
         raise UsageError("stopped before connecting")
 
-    monkeypatch.setattr(replication, "open_side", no_connection)
+    monkeypatch.setattr(replication.sides, "open_side", no_connection)
     rc = run(["--site", str(_site(tmp_path)), "replicate", "core", "--rollback-dr", "--dry-run"])
     err = capsys.readouterr().err
     assert rc == 2 and "stopped before connecting" in err and "with its own privileges" not in err

@@ -96,7 +96,7 @@ def _read(monkeypatch, value, **kw):
     from esxdr import failover, replication
 
     g, obs = _source(value, **kw)
-    monkeypatch.setattr(replication, "open_side", lambda site, name, **k: _Side(obs))
+    monkeypatch.setattr(replication.sides, "open_side", lambda site, name, **k: _Side(obs))
     d = failover.Failover.__new__(failover.Failover)
     d.site, d.g, d.original, d.reverse, d.kind = SimpleNamespace(), g, g, False, "failover"
     return failover.Failover._handoff(d)
@@ -145,7 +145,7 @@ def test_a_snapshot_newer_than_the_hand_off_is_refused_before_pulling(monkeypatc
     g, obs = _source(HANDED)
     lun1 = obs["sp1/iscsi/lun1"]
     lun1.snapshots.append(Snapshot(lun1.name, "manual", 999, 11, 2))
-    monkeypatch.setattr(replication, "open_side", lambda site, name, **k: _Side(obs))
+    monkeypatch.setattr(replication.sides, "open_side", lambda site, name, **k: _Side(obs))
     d = failover.Failover.__new__(failover.Failover)
     d.site, d.g, d.original, d.reverse, d.kind = SimpleNamespace(), g, g, False, "failover"
     with pytest.raises(ConflictError) as e:
@@ -246,7 +246,7 @@ def _engine(tmp_path, monkeypatch, *, prod_has: bool, prod_live: bool, same_guid
                         snapshots=[Snapshot(ds, HANDED, (500 if same_guid else 900) + i, 12, 1)] if prod_has else [])
             for i, ds in enumerate(g.datasets)}
     sides = _Sides(prod, dr)
-    monkeypatch.setattr(replication, "open_side", sides.open)
+    monkeypatch.setattr(replication.sides, "open_side", sides.open)
     marker = failover_marker(str(tmp_path), g.name)
     marker.parent.mkdir(parents=True)
     marker.write_text(json.dumps({"group": g.name, "by": "failback-hand-off", "snapshot": HANDED}))

@@ -9,7 +9,8 @@ import pytest
 from test_keys_authorized_line import HOST_KEY, _dr_view_site
 
 from esxdr.errors import UsageError
-from esxdr.replication import GroupResult, Side, _pick_compression, pull_site, summary_text
+from esxdr.replication import GroupResult, Side, pull_site, summary_text
+from esxdr.replication.engine import pick_compression
 from esxdr.site import load_site
 
 
@@ -85,7 +86,7 @@ class _Group:
     (_side("ss1", True, None), _side("ss2", True, None), None),
 ])
 def test_auto_compression_follows_the_network_in_either_direction(src, dst, expected):
-    assert _pick_compression(_Group(), src, dst) == expected
+    assert pick_compression(_Group(), src, dst) == expected
 
 
 def _production_view(tmp_path: Path, ss2: str) -> Path:

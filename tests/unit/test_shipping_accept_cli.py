@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 from test_shipping_untrusted import forge, shipped_dict
 
-from esxdr import shipping
 from esxdr.cli.main import run
+from esxdr.replication import shipping
 
 SITE = """\
 version: 1
@@ -54,7 +54,7 @@ def dr(tmp_path, monkeypatch):
 
     import esxdr.replication
 
-    monkeypatch.setattr(esxdr.replication, "open_side", open_side)
+    monkeypatch.setattr(esxdr.replication.sides, "open_side", open_side)
     return box
 
 

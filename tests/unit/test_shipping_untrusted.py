@@ -20,9 +20,9 @@ from types import SimpleNamespace
 import pytest
 from test_runbook import NAAS, PROD_IQN, group, manifest
 
-from esxdr import shipping
 from esxdr.errors import ConflictError, ManifestError, RemoteError
 from esxdr.recovery import resolve_manifest
+from esxdr.replication import shipping
 from esxdr.targets.manifest import Backing, manifest_to_dict
 
 

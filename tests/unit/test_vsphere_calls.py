@@ -239,7 +239,7 @@ def test_guest_ops_read_their_managers_with_the_property_collector(host):
 def test_a_quiesce_past_its_deadline_is_read_with_the_property_collector(host):
     """Past the quiesce deadline, each snapshot task's outcome is read once: ``task.info`` was a
     lazy read per task."""
-    from esxdr.consistency import QUIESCED, quiesced
+    from esxdr.replication.consistency import QUIESCED, quiesced
 
     fake, session = host
     group = consistency_lab(fake)
@@ -281,7 +281,7 @@ def test_snapshots_are_removed_when_the_wait_for_them_fails(host):
     """The connection drops while the quiesced snapshots are being taken (a real host goes on
     taking them). The snapshot is crash-consistent for the ZFS snapshot, and the cleanup waits
     for the task and removes what it made: before, the snapshot stayed on the production VM."""
-    from esxdr.consistency import FALLBACK, quiesced
+    from esxdr.replication.consistency import FALLBACK, quiesced
 
     fake, session = host
     group = consistency_lab(fake)

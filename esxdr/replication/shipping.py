@@ -31,8 +31,9 @@ import binascii
 import hashlib
 import json
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esxdr.errors import ConflictError, ManifestError
 from esxdr.targets.manifest import (
@@ -44,6 +45,13 @@ from esxdr.targets.manifest import (
     relative_file,
 )
 from esxdr.util import atomic_write
+
+if TYPE_CHECKING:
+    from esxdr.model import Dataset
+    from esxdr.replication.sides import Side
+    from esxdr.site.model import ProtectionGroup, StorageServer
+    from esxdr.transport.base import Transport
+    from esxdr.zfs import Zfs
 
 CHUNK = 7000
 MAX_CHUNKS = 32
@@ -93,7 +101,7 @@ def encode(m: Manifest) -> tuple[str, dict[str, str]]:
 MAX_DECODED = 4 << 20
 
 
-def decode(props: dict[str, str], group=None) -> Manifest | None:  # group: esxdr.site.model.ProtectionGroup
+def decode(props: dict[str, str], group: ProtectionGroup | None = None) -> Manifest | None:
     """The manifest in ``esxdr:manifest.*`` properties; None when nothing was shipped.
 
     The properties are untrusted (see the module docstring): a malformed, torn or forged set raises
@@ -145,7 +153,7 @@ def refusal_hint(state_dir: str | None, group_name: str | None) -> str:
             "ships a fresh manifest. See docs/target-manifest.md#untrusted-shipped-manifests")
 
 
-def check_for_group(m: Manifest, group, origin: str, *, untrusted: bool = True) -> Manifest:
+def check_for_group(m: Manifest, group: ProtectionGroup, origin: str, *, untrusted: bool = True) -> Manifest:
     """Refuse a manifest whose LUs could make DR present anything but the group's own LUN files.
 
     For every LU of the group: its dataset lies under the group's production root; a file LU's path
@@ -195,7 +203,7 @@ def check_for_group(m: Manifest, group, origin: str, *, untrusted: bool = True) 
     return for_group(m, list(group.datasets))
 
 
-def read(zfs, dr_root: str, group=None) -> Manifest | None:  # esxdr.zfs.Zfs
+def read(zfs: Zfs, dr_root: str, group: ProtectionGroup | None = None) -> Manifest | None:
     """The manifest shipped to a DR root dataset, or None; validated as :func:`decode` says."""
     r = zfs.t.run([*zfs.cmd, "get", "-Hp", "-o", "name,property,value", ",".join([SHA_PROP, COUNT_PROP, *chunk_props()]),
                    dr_root], check=False)
@@ -218,7 +226,7 @@ def pin_path(state_dir: str, group_name: str) -> Path:
     return Path(state_dir) / PIN_DIR / f"{group_name}.manifest.json"
 
 
-def load_pin(state_dir: str, group) -> Manifest | None:
+def load_pin(state_dir: str, group: ProtectionGroup) -> Manifest | None:
     from esxdr.targets.manifest import load
 
     path = pin_path(state_dir, group.name)
@@ -243,7 +251,7 @@ _LU_FIELDS = ("dataset", "kind", "file", "serial", "vendor_id", "product_id", "r
 _MAY_BE_UNKNOWN = {"serial", "vendor_id", "product_id", "revision"}
 
 
-def identity(m: Manifest, group) -> dict[str, Any]:
+def identity(m: Manifest, group: ProtectionGroup) -> dict[str, Any]:
     """What the pin protects: per LU (by NAA) its SCSI identity and where it lives (dataset, file);
     per target its IQN and CHAP references. Sizes, aliases, LUN numbers, portals and ACLs are not
     identity (DR replaces portals and ACLs; tgt serves a file at its size)."""
@@ -310,7 +318,7 @@ def changes(pinned: dict[str, Any], shipped: dict[str, Any]) -> list[dict[str, A
     return out
 
 
-def trusted(state_dir: str, group, shipped: Manifest | None, *,
+def trusted(state_dir: str, group: ProtectionGroup, shipped: Manifest | None, *,
             pin_first_use: bool = True) -> tuple[Manifest, str] | None:
     """The manifest DR may present for ``group``, and where it came from; None without pin or shipment.
 
@@ -340,3 +348,77 @@ def trusted(state_dir: str, group, shipped: Manifest | None, *,
                                  "production may be compromised, do not accept: recover with the pinned "
                                  f"identities, --manifest {path}")
     return pinned, f"pinned in {path} (the manifest shipped with the replica matches)"
+
+
+# -- on a run: capture on production, store on DR ----------------------------------------------
+def capture_manifest(server: StorageServer, group: ProtectionGroup, transport: Transport) -> Manifest | None:
+    """What production's own target presents of this group now (None: no target, or none of its
+    datasets), read through ``transport`` on production (``server``)."""
+    from esxdr.targets import backend
+
+    if server.target is None:
+        return None
+    stack = server.target.stack
+    kwargs: dict = {}
+    if stack == "tgt":
+        kwargs = {"control_port": server.target.control_port, "portal": server.target.portal,
+                  "initiator": "iqn.2024-01.io.esxdr:replicate"}
+    m = for_group(backend(stack).observe(transport, **kwargs), list(group.datasets))
+    m.source.host = server.name
+    return m if m.logical_units else None
+
+
+def capture_encoded(server: StorageServer, group: ProtectionGroup,
+                    transport: Transport) -> tuple[str, dict[str, str], int] | None:
+    """The production target's manifest for this group, encoded: (sha, properties, LUs)."""
+    m = capture_manifest(server, group, transport)
+    if m is None:
+        return None
+    sha, props = encode(m)
+    return sha, props, len(m.logical_units)
+
+
+def store_manifest(zfs: Zfs, dataset: str, observed: dict[str, Dataset], sha: str, props: dict[str, str],
+                   say: Callable[[str], None], saying: str, *, dry_run: bool = False) -> str:
+    """Set an encoded target manifest on ``dataset`` unless it already carries that one (by sha)."""
+    root = observed.get(dataset)
+    if root is None or root.props.get(SHA_PROP) != sha:
+        say(saying)
+        if not dry_run:
+            zfs.set_props(dataset, props)
+    return sha
+
+
+def ship_manifest(server: StorageServer, group: ProtectionGroup, src: Side, dst: Side, dst_obs: dict[str, Dataset],
+                  *, failed_over: bool, say: Callable[[str], None]) -> str | None:
+    """Capture the production target (``server``) for this group and store it on DR when it changed."""
+    if src.guarded and failed_over:
+        return None  # pull mode's way home: the DR root holds production's own manifest, not one to copy
+    if src.guarded:
+        return copy_published_manifest(group, src, dst, dst_obs, say)
+    captured = capture_encoded(server, group, src.transport)
+    if captured is None:
+        if server.target is not None:
+            say(f"{group.name}: the production target presents none of the group's datasets; no manifest shipped")
+        return None
+    sha, props, count = captured
+    return store_manifest(dst.zfs, group.dr_root, dst_obs, sha, props, say,
+                          f"{group.name}: ship the target manifest ({count} LUs) to {group.dr_root}")
+
+
+def copy_published_manifest(group: ProtectionGroup, src: Side, dst: Side, dst_obs: dict[str, Dataset],
+                            say: Callable[[str], None]) -> str | None:
+    """Pull mode: DR cannot read production's target stack through a send-only key. Production
+    publishes the manifest on its source root (`esxdr replicate --snapshot-only`); DR reads it
+    with `zfs get`, validates it as the untrusted input it is, and stores it on the DR root.
+    The pin on DR (`esxdr target accept`) still decides whether a failover presents it."""
+    g = group
+    m = read(src.zfs, g.source_root, g)  # raises ManifestError when forged
+    if m is None:
+        say(f"{g.name}: production published no target manifest on {g.source_root} "
+            f"(esxdr replicate {g.name} --snapshot-only publishes it); none shipped")
+        return None
+    sha, props = encode(m)
+    return store_manifest(dst.zfs, g.dr_root, dst_obs, sha, props, say,
+                          f"{g.name}: copy the target manifest production published ({len(m.logical_units)} "
+                          f"LUs) to {g.dr_root}")
