@@ -8,7 +8,7 @@ from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 
 
 def _emit_run(ctx: Context, rec, dry_run: bool) -> None:
-    from esxdr.failover import summary
+    from esxdr.recovery.failover import summary
 
     if dry_run:
         assert rec.runbook is not None
@@ -20,7 +20,7 @@ def _emit_run(ctx: Context, rec, dry_run: bool) -> None:
 
 
 def _hand_off(ctx: Context, group: str | None, dry_run: bool, *, reverse: bool) -> None:
-    from esxdr.failover import HandOff, handoff_summary
+    from esxdr.recovery.handoff import HandOff, handoff_summary
 
     rec = HandOff(ctx.site(), group, say=ctx.info, reverse=reverse).run(dry_run=dry_run)
     if dry_run:
@@ -62,7 +62,7 @@ def failover(ctx: Context, group: str | None, mode: str | None, point: str, forc
              hand_off: bool, dry_run: bool) -> None:
     """Bring the replicated datastores online on the DR host and boot the VMs by priority."""
     from esxdr.errors import UsageError
-    from esxdr.failover import Failover
+    from esxdr.recovery.failover import Failover
 
     if mode is None:
         raise UsageError("say which failover: --planned (production is up) or --disaster (it is gone)")
@@ -92,7 +92,7 @@ Examples:
 @pass_ctx
 def reprotect(ctx: Context, group: str | None, dry_run: bool, yes: bool, pull: bool) -> None:
     """After failover: make production the replica of DR (rollback to the common snapshot, then DR → production)."""
-    from esxdr.failover import Reprotect, reprotect_summary
+    from esxdr.recovery.reprotect import Reprotect, reprotect_summary
 
     out = Reprotect(ctx.site(), group, say=ctx.info, pull=pull).run(yes=yes, dry_run=dry_run)
     ctx.emit(out, reprotect_summary(out))
@@ -122,7 +122,7 @@ def failback(ctx: Context, group: str | None, planned: bool, force: bool, hand_o
              dry_run: bool) -> None:
     """Planned migration back to production after reprotect (the failover machinery, reversed)."""
     from esxdr.errors import UsageError
-    from esxdr.failover import Failover
+    from esxdr.recovery.failover import Failover
 
     if not planned:
         raise UsageError("failback is a planned migration: pass --planned")

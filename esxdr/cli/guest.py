@@ -80,8 +80,8 @@ def check_cmd(ctx: Context, endpoint: str | None, no_guest: bool) -> None:
       esxdr guest check
       ESXDR_GUEST_PASSWORD_FILE=/etc/esxdr/guest.pw esxdr guest check --json
     """
-    from esxdr import guest as G
     from esxdr.errors import EsxdrError
+    from esxdr.recovery import guest as G
     from esxdr.vsphere import guest as VG
 
     creds = None if no_guest else G.guest_credentials(required=False)
@@ -166,7 +166,7 @@ def fix_cmd(ctx: Context, vm: str, endpoint: str | None, dry_run: bool, reboot: 
       esxdr guest fix-boot-loop web07 --reboot
       esxdr guest fix-boot-loop web07 --endpoint vcenter --sysprep --json
     """
-    from esxdr import guest as G
+    from esxdr.recovery import guest as G
     from esxdr.vsphere import guest as VG
 
     creds = G.guest_credentials()
@@ -223,7 +223,7 @@ def check_sysprep_cmd(ctx: Context, group_name: str | None, sysprep_dir: str | N
       esxdr guest check-sysprep
       esxdr guest check-sysprep --group core --sysprep-dir /etc/vmware-vpx/sysprep --json
     """
-    from esxdr import guest as G
+    from esxdr.recovery import guest as G
     from esxdr.replication.consistency import find_group_vms, group_datastore_filter
     from esxdr.vsphere import guest as VG
 

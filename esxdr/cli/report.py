@@ -28,8 +28,8 @@ def report() -> None:
 @pass_ctx
 def list_(ctx: Context, group: str | None) -> None:
     """List reports, newest first."""
-    from esxdr import report as rp
     from esxdr.fmt import human_duration
+    from esxdr.recovery import report as rp
 
     items = rp.list_reports(ctx.site().state_dir, group)
 
@@ -49,7 +49,7 @@ def list_(ctx: Context, group: str | None) -> None:
 @pass_ctx
 def show(ctx: Context, ref: str | None) -> None:
     """Show one report (id, unique part of it, or path; default the newest)."""
-    from esxdr import report as rp
+    from esxdr.recovery import report as rp
 
     r = rp.load(rp.find(ctx.site().state_dir, ref))
     ctx.emit(r, rp.render_text(r))
@@ -65,7 +65,7 @@ def open_(ctx: Context, ref: str | None) -> None:
     import sys
     import webbrowser
 
-    from esxdr import report as rp
+    from esxdr.recovery import report as rp
 
     html = rp.find(ctx.site().state_dir, ref).with_suffix(".html")
     # Only with a desktop: on a headless server webbrowser may start a text browser in the terminal.

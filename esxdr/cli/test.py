@@ -43,7 +43,7 @@ Re-running after an interruption continues where the drill stopped.
 def start(ctx: Context, group: str | None, point: str, new_naa: bool, manifest_path: str | None,
           dry_run: bool) -> None:
     """Start a drill: clone, present (same NAA), mount as-is, register, isolate, boot, verify."""
-    from esxdr.recovery import Drill, summary
+    from esxdr.recovery.drill import Drill, summary
 
     d = Drill(ctx.site(), group, say=ctx.info)
     rec = d.start(point=point, new_naa=new_naa, dry_run=dry_run, manifest_path=manifest_path)
@@ -68,7 +68,7 @@ Safe to run at any time, also after a crashed or partial start; a second run fin
 @pass_ctx
 def cleanup(ctx: Context, group: str | None, dry_run: bool) -> None:
     """End a drill: power off and unregister its VMs, remove the clone presentation, destroy the clones."""
-    from esxdr.recovery import Drill, summary
+    from esxdr.recovery.drill import Drill, summary
 
     d = Drill(ctx.site(), group, say=ctx.info)
     rec = d.cleanup(dry_run=dry_run)

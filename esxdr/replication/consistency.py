@@ -1,6 +1,6 @@
 """Application-consistent protection groups: quiesced VMware snapshots around the ZFS snapshot.
 
-``Engine._consistency()`` (esxdr/replication.py) wraps the atomic ZFS snapshot of a group
+``Engine._consistency()`` (esxdr/replication/engine.py) wraps the atomic ZFS snapshot of a group
 whose ``consistency: application`` in :func:`quiesced`::
 
     with quiesced(site, group, say=...) as c:       # quiesced VMware snapshots taken

@@ -182,8 +182,8 @@ class Engine:
         journal and property go, and the pull resumes. Until then DR's replication stays stopped:
         a pull against a production that has not yet taken DR's final snapshot would only find DR
         "diverged", and the hint of that (--rollback-dr) would destroy the only copy of what DR wrote."""
-        from esxdr.failover import state_path
         from esxdr.plan.runbook import HANDOFF_PROP
+        from esxdr.recovery.record import state_path
 
         try:
             data = json.loads(marker.read_text())

@@ -7,6 +7,7 @@ what only DR may do (roll back, prune behind serve) runs with the DR box's own v
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from esxdr.model import Capabilities
 from esxdr.plan.retention import esxdr_prefix
 from esxdr.transport import for_server
 from esxdr.transport.base import Transport
-from esxdr.zfs import Zfs
+from esxdr.zfs import Zfs, pool_is_here
 from esxdr.zfs.capabilities import detect
 
 if TYPE_CHECKING:
@@ -80,6 +81,29 @@ def open_side(site: Site, server_name: str, *, prewarm: bool = False) -> Side:
                 guarded=server.behind_serve)
 
 
+def on_dr_box(site: Site, server_name: str, *, what: str = "failover", refused: str = "promote replicas",
+              dataset: str | None = None) -> Site:
+    """The site as seen from the DR box: ``server_name`` is local (its own zfs, its own tgtadm).
+
+    A loopback address counts as this machine only where ``dataset``'s pool is here too: a port
+    forwarded to a VM (the OpenZFS lane) is also 127.0.0.1, and its pools are not this machine's."""
+    from esxdr.vsphere.session import is_loopback
+
+    server = site.storage_server(server_name)
+    if server.local:
+        return site
+    here = bool(server.address and is_loopback(server.address))
+    if here and dataset:
+        here = pool_is_here(dataset.split("/", 1)[0])
+    if not here:
+        raise UsageError(f"{what} acts on {server_name} with its own privileges, and esxdr reaches it through "
+                         f"{server.user or 'an account'}@{server.address} (esxdr serve may not {refused})",
+                         hint=f"run esxdr on {server_name} itself, with a site file in which storage.{server_name} "
+                              "has local: true")
+    storage = {**site.storage, server_name: dataclasses.replace(server, local=True, zfs_command=("zfs",))}
+    return dataclasses.replace(site, storage=storage)
+
+
 def pull_site(site: Site, group: ProtectionGroup) -> Site:
     """The site for a pull: production reached through its send-only account, DR on this box.
 
@@ -95,8 +119,6 @@ def pull_site(site: Site, group: ProtectionGroup) -> Site:
     dst = site.storage_server(group.destination)
     if dst.local:
         return site
-    from esxdr.failover import on_dr_box
-
     return on_dr_box(site, group.destination, what="--pull", refused="run a pull: DR pulls from where it is",
                      dataset=group.dr_root)
 
@@ -109,8 +131,6 @@ def dr_side_site(site: Site, group: ProtectionGroup, what: str, refused: str) ->
     server = site.storage_server(group.destination)
     if not server.behind_serve:
         return site
-    from esxdr.failover import on_dr_box
-
     return on_dr_box(site, group.destination, what=what, refused=refused, dataset=group.dr_root)
 
 

@@ -354,6 +354,10 @@ class Site:
         """One group (by name) or all of them, for commands taking an optional GROUP."""
         return [self.group(name)] if name else list(self.protection_groups.values())
 
+    def with_group(self, group: ProtectionGroup) -> Site:
+        """This site with ``group`` in place of its namesake (a reversed view, for the replication engine)."""
+        return dataclasses.replace(self, protection_groups={**self.protection_groups, group.name: group})
+
     def group_names(self, name: str | None = None) -> list[str]:
         """The named group, or every group (sorted) when none is named; a site without any is an error."""
         if name is None and not self.protection_groups:

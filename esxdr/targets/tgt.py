@@ -593,6 +593,33 @@ def observe_native(transport, control_port: int | None = None) -> tuple[list[Tgt
     return targets, accounts
 
 
+def delete_target(transport, tid: int, control_port: int | None = None) -> None:
+    """Remove a whole target. --force: an initiator may still hold a session; its LUNs are unused."""
+    transport.run(Tgtadm(control_port)("--op", "delete", "--mode", "target", "--tid", str(tid), "--force"))
+
+
+def remove_naas(transport, naas: set[str], control_port: int | None = None) -> list[str]:
+    """Stop serving the LUs with these NAAs (hex): a target left with none of its own LUs goes
+    whole, otherwise only those LUs. Returns what was removed, one line per target."""
+    adm = Tgtadm(control_port)
+    targets, _ = observe_native(transport, control_port)
+    out = []
+    for tg in targets:
+        mine = {n: lu for n, lu in tg.luns.items() if lu.device_type != "controller" and lu.path
+                and naa_from_scsi_id(lu.scsi_id, tg.tid, n).hex in naas}
+        if not mine:
+            continue
+        others = [n for n, lu in tg.luns.items() if lu.device_type != "controller" and lu.path and n not in mine]
+        if not others:
+            delete_target(transport, tg.tid, control_port)
+            out.append(f"target {tg.iqn} removed ({len(mine)} LU(s))")
+        else:
+            for n in sorted(mine):
+                transport.run(adm("--op", "delete", "--mode", "logicalunit", "--tid", str(tg.tid), "--lun", str(n)))
+            out.append(f"{tg.iqn}: LUN(s) {', '.join(map(str, sorted(mine)))} removed")
+    return out
+
+
 def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
           control_port: int | None = None, check_backing: bool = True) -> ApplyResult:
     """Make the live tgt match the manifest. Every refusal happens before the first change.

@@ -26,6 +26,18 @@ MOUNT_BY_ROOT_ONLY = "successfully created, but it may only be mounted by root"
 USER_PROPS = ["esxdr:group", "esxdr:consistency", "esxdr:source", "esxdr:manifest-sha", "esxdr:handoff"]
 
 
+def pool_is_here(pool: str) -> bool:
+    """Whether this machine's own zfs knows ``pool`` (a loopback address may be a port forwarded
+    to another machine's pools)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["zfs", "list", "-H", "-o", "name", pool], capture_output=True,
+                              timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def parse_get(text: str, user_props: Iterable[str] = USER_PROPS) -> dict[str, Dataset]:
     """Parse ``zfs get -rHp -o name,property,value`` output into datasets with their snapshots."""
     user = set(user_props)
@@ -181,6 +193,16 @@ class Zfs:
         """One call for all snapshots. A failure is tolerated: a hold only delays pruning."""
         self.t.run([*self.cmd, "hold", tag, *snapshots], check=False)
 
+    def hold_one(self, tag: str, snapshot: str) -> bool:
+        """Hold one snapshot; True when it carries the tag afterwards (a hold it had already
+        counts: `zfs hold` fails with "tag already exists" on a resumed run)."""
+        r = self.t.run([*self.cmd, "hold", tag, snapshot], check=False)
+        return r.returncode == 0 or "tag already exists" in r.stderr
+
+    def release_one(self, tag: str, snapshot: str) -> bool:
+        """Release one snapshot's hold; False where this tag held nothing (other tags stay)."""
+        return self.t.run([*self.cmd, "release", tag, snapshot], check=False).returncode == 0
+
     def release(self, tag: str, snapshots: list[str]) -> None:
         """One call; fails harmlessly for snapshots that carry no hold of this tag (another tool's)."""
         self.t.run([*self.cmd, "release", tag, *snapshots], check=False)
@@ -251,6 +273,11 @@ class Zfs:
         pool = dataset.split("/", 1)[0]
         return natural_mountpoint(dataset, self.run("get", "-H", "-o", "value", "mountpoint", pool,
                                                     dataset=pool).stdout.strip())
+
+    def is_mounted(self, dataset: str) -> bool:
+        """False too where the dataset cannot be read (gone, or no such property on a zvol)."""
+        r = self.t.run([*self.cmd, "get", "-Hp", "-o", "value", "mounted", dataset], check=False)
+        return r.returncode == 0 and r.stdout.strip() == "yes"
 
     def mount(self, dataset: str) -> None:
         self.run("mount", dataset, dataset=dataset)

@@ -13,7 +13,7 @@ pytest.importorskip("pyVmomi")
 
 
 def test_guest_check_and_fix_boot_loop(guest_live):
-    from esxdr import guest as G
+    from esxdr.recovery import guest as G
     from esxdr.vsphere import guest as VG
     from esxdr.vsphere.guest import GuestCredentials
 

@@ -24,7 +24,7 @@ pytest_plugins = ["drill_fixtures"]
 
 def served(dl, server: str) -> set[str]:
     """NAAs a lab target serves on the wire (what an initiator at either site would find)."""
-    from esxdr.failover import probe_served
+    from esxdr.recovery.failover import probe_served
 
     site = load_site(dl.site)
     seen, _ = probe_served(site.storage[server].target.portal, ["iqn.1998-01.com.vmware:esx-dr"])

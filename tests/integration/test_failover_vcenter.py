@@ -49,7 +49,7 @@ def cluster_vms(dl) -> list[dict]:
 
 
 def served(dl, server: str) -> set[str]:
-    from esxdr.failover import probe_served
+    from esxdr.recovery.failover import probe_served
 
     # The DR presentation admits only the cluster's hosts (an explicit ACL, never every initiator), so
     # look as one of them; production's lab ACL admits the loopback network, esx-dr included.

@@ -18,8 +18,9 @@ from esxdr.site.model import CALLOUT_STEP_KINDS, Callout
 
 
 def test_callout_step_kinds_are_the_runbooks_step_kinds():
-    from esxdr.failover import FAILOVER_STEPS, HANDOFF_STEPS
-    from esxdr.recovery import CLEANUP_STEPS
+    from esxdr.recovery.cleanup import CLEANUP_STEPS
+    from esxdr.recovery.failover import FAILOVER_STEPS
+    from esxdr.recovery.handoff import HANDOFF_STEPS
 
     assert set(CALLOUT_STEP_KINDS) == set(FAILOVER_STEPS) | set(CLEANUP_STEPS) | set(HANDOFF_STEPS)
 

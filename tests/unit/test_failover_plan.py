@@ -10,9 +10,9 @@ import pytest
 from test_runbook import DR_IQN, HOST, NAAS, PORTAL, PROD_IQN, dr_obs, group, manifest, snap
 
 from esxdr.errors import ConflictError, IdentityConflict, UsageError
-from esxdr.failover import plan_reprotect
 from esxdr.model import Dataset
 from esxdr.plan import runbook as rb
+from esxdr.recovery.reprotect import plan_reprotect
 from esxdr.replication import Engine, Options, failover_marker
 
 PROD_PORTAL = "127.0.0.1:3260"
@@ -225,7 +225,7 @@ def _example_site():
 
 
 def test_failback_runs_on_the_dr_box_and_reaches_production_as_the_site_file_says():
-    from esxdr.failover import Failover
+    from esxdr.recovery.failover import Failover
 
     site = _example_site()
     # the DR box's own site file: ss2 (DR) is local there, ss1 (production) a remote box
@@ -243,7 +243,7 @@ def test_failback_runs_on_the_dr_box_and_reaches_production_as_the_site_file_say
 
 
 def test_failback_from_the_production_box_is_refused_with_where_to_run_it():
-    from esxdr.failover import Failover
+    from esxdr.recovery.failover import Failover
 
     site = _example_site()  # ss1 local: the production box's site file; ss2 remote behind esxdr serve
     with pytest.raises(UsageError) as e:

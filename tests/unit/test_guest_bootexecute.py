@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from esxdr import guest as G
 from esxdr.errors import UsageError
+from esxdr.recovery import guest as G
 
 KEY = r"HKEY_LOCAL_MACHINE\SYSTEM\CurrentControlSet\Control\Session Manager"
 

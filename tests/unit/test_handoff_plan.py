@@ -93,7 +93,8 @@ def _source(value: str | None, *, on: tuple[str, ...] | None = None):
 
 
 def _read(monkeypatch, value, **kw):
-    from esxdr import failover, replication
+    from esxdr import replication
+    from esxdr.recovery import failover
 
     g, obs = _source(value, **kw)
     monkeypatch.setattr(replication.sides, "open_side", lambda site, name, **k: _Side(obs))
@@ -128,7 +129,7 @@ def test_a_hand_off_some_dataset_lacks_is_refused(monkeypatch):
 
 
 def test_hand_off_on_a_push_mode_production_is_refused():
-    from esxdr.failover import HandOff
+    from esxdr.recovery.handoff import HandOff
 
     g = group()
     site = SimpleNamespace(path="site.yaml", protection_groups={g.name: g}, state_dir="/nonexistent",
@@ -140,7 +141,8 @@ def test_hand_off_on_a_push_mode_production_is_refused():
 
 
 def test_a_snapshot_newer_than_the_hand_off_is_refused_before_pulling(monkeypatch):
-    from esxdr import failover, replication
+    from esxdr import replication
+    from esxdr.recovery import failover
 
     g, obs = _source(HANDED)
     lun1 = obs["sp1/iscsi/lun1"]
@@ -195,7 +197,7 @@ def _site(**servers):
 
 
 def test_dr_hand_back_is_for_pull_mode_only():
-    from esxdr.failover import HandOff
+    from esxdr.recovery.handoff import HandOff
 
     push = _site(ss1=SimpleNamespace(behind_serve=False, pulls=False, local=True, name="ss1"),
                  ss2=SimpleNamespace(behind_serve=False, pulls=False, local=True, name="ss2"))
@@ -205,7 +207,7 @@ def test_dr_hand_back_is_for_pull_mode_only():
 
 
 def test_reprotect_in_pull_mode_runs_on_production_only():
-    from esxdr.failover import Reprotect
+    from esxdr.recovery.reprotect import Reprotect
 
     dr_view = _site(ss1=SimpleNamespace(behind_serve=True, pulls=False, local=False, name="ss1"),
                     ss2=SimpleNamespace(behind_serve=True, pulls=False, local=False, name="ss2"))
@@ -284,7 +286,7 @@ def test_failback_in_pull_mode_refuses_until_dr_handed_back():
 
 
 def test_the_way_home_with_pull_needs_dr_behind_its_send_only_account():
-    from esxdr.failover import Failover, Reprotect
+    from esxdr.recovery import Failover, Reprotect
 
     local_dr = _site(ss1=SimpleNamespace(behind_serve=False, pulls=False, local=True, name="ss1"),
                      ss2=SimpleNamespace(behind_serve=False, pulls=False, local=True, name="ss2"))
@@ -300,7 +302,8 @@ def test_the_way_home_with_pull_needs_dr_behind_its_send_only_account():
 
 
 def test_a_pull_mode_summary_shows_the_outage_since_the_hand_off():
-    from esxdr.failover import FailoverRecord, summary
+    from esxdr.recovery.failover import summary
+    from esxdr.recovery.record import FailoverRecord
 
     rec = FailoverRecord(kind="failover", group="core", site="t", started=100.0, mode="planned",
                          snapshot=HANDED, snapshot_created=90, last_heartbeat=106.0, outage_at_least_seconds=16.0)

@@ -13,8 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from esxdr import recovery, vmfs
+from esxdr import vmfs
 from esxdr.errors import ConflictError
+from esxdr.recovery import steps as recovery_steps
 from esxdr.targets import probe
 from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View
 from esxdr.targets.probe import LunIdentity
@@ -79,11 +80,11 @@ def present(monkeypatch, images: dict[str, Path], naas: list[str]) -> list[str]:
         LogicalUnit(naa=Naa.parse(n), backing=Backing("file", str(images[n])), size_bytes=images[n].stat().st_size,
                     product_id="COMSTAR", vendor_id="SUN", views=[View(lun=i + 1, target=IQN)])
         for i, n in enumerate(naas)])
-    d = SimpleNamespace(_target=lambda: None, g=SimpleNamespace(name="core"),
+    d = SimpleNamespace(target=lambda: None, g=SimpleNamespace(name="core"),
                         server=SimpleNamespace(target=SimpleNamespace(control_port=1, portal_address="127.0.0.2",
                                                                       portal_port=3260)))
     step = SimpleNamespace(params={"manifest": m.to_dict(), "luns": [{"naa": n} for n in naas]})
-    return recovery._s_present(d, step, None)
+    return recovery_steps._s_present(d, step, None)
 
 
 def test_every_extent_presented(monkeypatch, images):

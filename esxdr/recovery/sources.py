@@ -1,0 +1,108 @@
+"""Where a recovery's facts come from: the production identities of the LUNs, the DR target's
+admin transport, where the DR root mounts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from esxdr.errors import (
+    UsageError,
+)
+from esxdr.plan import runbook as rb
+from esxdr.targets.manifest import Manifest, Naa
+from esxdr.zfs import Zfs
+
+if TYPE_CHECKING:
+    pass
+
+
+def target_transport(server):  # StorageServer -> Transport
+    """Where the DR target's admin commands (tgtadm) run.
+
+    The DR service account's forced command (`esxdr serve`) allows zfs only, so the
+    target is administered locally when it runs here: the server is ``local``, or its
+    portal is a loopback address (a target listening on loopback is on this machine).
+    Otherwise through the server's own transport (an account allowed to run the
+    target's admin tool).
+    """
+    from esxdr.transport import LocalTransport, for_server
+    from esxdr.vsphere.session import is_loopback
+
+    if server.local or (server.target and is_loopback(server.target.portal_address)):
+        return LocalTransport(server.name)
+    return for_server(server)
+
+
+def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None, *,
+                     pin_first_use: bool = True) -> tuple[Manifest, str]:
+    """The production identities of the group's LUNs, and where they came from. Precedence:
+
+    1. ``--manifest FILE`` (the user said so; its LUN files must still lie inside their datasets);
+    2. the manifest pinned on this box (``<state_dir>/pins/<group>.manifest.json``), checked against
+       the one replication shipped to the DR root (``esxdr:manifest.*``): a shipped manifest is
+       untrusted input (production's key can write it), so it is validated field by field, pinned
+       the first time it is used here, and a later change of identity or paths is refused until
+       ``esxdr target accept`` (:func:`esxdr.replication.shipping.trusted`; ``pin_first_use=False`` for read-only
+       commands that may run off the DR box). A shipped manifest that fails validation is refused,
+       never skipped for a weaker source;
+    3. the production manifest named in the lab's state (``lab.json`` beside the site file);
+    4. the site file's ``datasets[].naa`` with the LUN file convention ``<mountpoint>/lun.img``
+       (product ids unknown: a volume whose header names another product id will not mount as-is).
+    """
+    from esxdr.errors import ManifestError, RemoteError
+    from esxdr.replication import shipping
+    from esxdr.targets import manifest as mf
+
+    if explicit:
+        return shipping.check_for_group(mf.load(explicit), group, explicit, untrusted=False), explicit
+    shipped = None
+    if dr_zfs is not None:
+        try:
+            shipped = shipping.read(dr_zfs, group.dr_root, group)
+        except RemoteError:
+            shipped = None  # DR unreadable: the pin (if any) still says what production served
+        except ManifestError as e:
+            raise ManifestError(e.message, hint=shipping.refusal_hint(site.state_dir, group.name)) from None
+    if shipped is not None and not shipped.logical_units:
+        shipped = None
+    found = shipping.trusted(site.state_dir, group, shipped, pin_first_use=pin_first_use)
+    if found is not None:
+        return found
+    lab = Path(site.path).parent / "lab.json"
+    try:
+        path = json.loads(lab.read_text()).get("production_manifest")
+    except (OSError, ValueError):
+        path = None
+    if path and Path(path).exists():
+        m = shipping.for_group(mf.load(path), list(group.datasets))
+        if m.logical_units:
+            return m, path
+    return site_manifest(group), "site file (datasets[].naa)"
+
+
+def site_manifest(group) -> Manifest:
+    from esxdr.targets.manifest import Backing, LogicalUnit, Target, View
+
+    units = []
+    for i, ds in enumerate(group.datasets):
+        spec = group.luns.get(ds)
+        if not spec or not spec.naa:
+            continue
+        units.append(LogicalUnit(naa=Naa.parse(spec.naa), backing=Backing(kind="file", path=f"/{ds}/lun.img",
+                                                                           dataset=ds),
+                                 size_bytes=0, alias=ds.rsplit("/", 1)[-1], views=[View(lun=i + 1)]))
+    if not units:
+        raise UsageError(f"no target manifest for {group.name}: nothing shipped with the replica and no "
+                         "datasets[].naa in the site file", hint="pass one with --manifest FILE (esxdr target export)")
+    return Manifest(targets=[Target(iqn=f"iqn.2024-01.io.esxdr:{rb.safe_name(group.name)}")], logical_units=units)
+
+
+def dr_mount_base(zfs: Zfs, dr_root: str, dr_obs: dict) -> str | None:
+    """Where the DR root would mount, asked of the pool only when the root mounts nowhere itself
+    (replication sets it to mountpoint=none so that no receive mounts a replica)."""
+    root = dr_obs.get(dr_root)
+    if root is not None and (root.mountpoint or "").startswith("/"):
+        return None
+    return zfs.natural_mountpoint(dr_root)
