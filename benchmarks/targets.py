@@ -20,8 +20,9 @@ from pathlib import Path
 
 from esxdr import vmfs
 from esxdr.lab import tgtd as labtgtd
-from esxdr.targets import rewrite, tgt
-from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Portal, Source, Target, View
+from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Portal, Source, Target, View
+from esxdr.plan import rewrite
+from esxdr.targets import tgt
 from esxdr.targets.verify import MOUNT, verify
 from esxdr.transport import LocalTransport
 

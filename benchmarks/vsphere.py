@@ -114,9 +114,9 @@ def vcenter_rows(binary, base: Path, luns: int) -> list:
     """Scenario 4: two hosts of a vCenter cluster, esxdr (one read, parallel apply) vs naive."""
     from test_host_vcenter import HOSTS, VcLab
 
+    from esxdr.model import manifest as mf
     from esxdr.plan.host import plan_hosts
     from esxdr.site import load_site
-    from esxdr.targets import manifest as mf
     from esxdr.vsphere import host as H
     from esxdr.vsphere import storage as ST
 
@@ -183,7 +183,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("benchmarks/vsphere.py needs root (tgtd)", file=sys.stderr)
         return 2
-    from esxdr.targets import manifest as mf
+    from esxdr.model import manifest as mf
     from esxdr.vsphere import host as H
     from esxdr.vsphere import storage as ST
 

@@ -244,7 +244,7 @@ def verify_storage_cmd(ctx: Context, host_name: str | None, only: str | None, ma
       esxdr host verify-storage esxi-dr --manifest dr.yaml --resolve resignature --json
       esxdr host verify-storage vcenter-dr --manifest dr.yaml   # every host, one read
     """
-    from esxdr.targets import manifest as mf
+    from esxdr.model import manifest as mf
     from esxdr.vsphere.storage import expected_luns, raise_for, verify_storage
 
     t = _target(ctx, host_name, only, need_network=False)

@@ -13,7 +13,7 @@ STACK_CHOICE = click.Choice(["comstar", "iscsitgt", "lio", "tgt"])
 
 
 def _rewrite_options(f):
-    """Options that adapt a production manifest to the DR side (esxdr.targets.rewrite)."""
+    """Options that adapt a production manifest to the DR side (esxdr.plan.rewrite)."""
     opts = [
         click.option("--map-dataset", multiple=True, metavar="OLD=NEW",
                      help="Rename pools/datasets, e.g. sp2=sp1 (repeatable)."),
@@ -37,8 +37,8 @@ def _rewrite_options(f):
 
 def _apply_rewrites(m, map_dataset, zvol_style, zvol_to_file, map_path, portals, tpg_tag, allow_initiator,
                     chap_user, chap_secret_ref, default_portal=None):
-    from esxdr.targets import rewrite
-    from esxdr.targets.manifest import Portal
+    from esxdr.model.manifest import Portal
+    from esxdr.plan import rewrite
 
     if map_dataset:
         m = rewrite.rename_datasets(m, rewrite.parse_mapping(map_dataset, "--map-dataset"))
@@ -192,8 +192,8 @@ def export(ctx: Context, server: str | None, output: str | None, initiator: str)
     """
     from datetime import UTC, datetime
 
+    from esxdr.model.manifest import dumps, save
     from esxdr.targets import backend
-    from esxdr.targets.manifest import dumps, save
 
     srv = _with_target(_server(ctx, server, "production"))
     stack = srv.target.stack
@@ -214,7 +214,7 @@ def export(ctx: Context, server: str | None, output: str | None, initiator: str)
 
 
 def _load_for_dr(ctx: Context, manifest_path: str, server: str | None, rw: dict):
-    from esxdr.targets.manifest import load
+    from esxdr.model.manifest import load
 
     srv = _with_target(_server(ctx, server, "dr"))
     m = _apply_rewrites(load(manifest_path), default_portal=getattr(srv.target, "portal", None), **rw)
@@ -235,7 +235,8 @@ def diff(ctx: Context, manifest_path: str, server: str | None, **rw) -> None:
     Example:
       esxdr target diff prod-targets.yaml --map-dataset sp2=sp1
     """
-    from esxdr.targets import backend, rewrite
+    from esxdr.plan import rewrite
+    from esxdr.targets import backend
 
     srv, m = _load_for_dr(ctx, manifest_path, server, rw)
     stack = srv.target.stack
@@ -310,7 +311,7 @@ def verify(ctx: Context, manifest_path: str, server: str | None, portal: str | N
       esxdr target verify prod-targets.yaml --probe-portal 127.0.0.2:3260 --json
     """
     from esxdr.errors import StaleStateError
-    from esxdr.targets.manifest import Portal, load
+    from esxdr.model.manifest import Portal, load
     from esxdr.targets.verify import verify as do_verify
 
     portal = portal or (rw["portals"][0] if rw.get("portals") else None)
@@ -348,8 +349,8 @@ def shipped(ctx: Context, group: str | None, output: str | None) -> None:
       esxdr target shipped core
       esxdr target shipped core -o /tmp/core-manifest.yaml && esxdr target diff /tmp/core-manifest.yaml
     """
+    from esxdr.model.manifest import dumps, save
     from esxdr.replication import shipping
-    from esxdr.targets.manifest import dumps, save
 
     g, m = _read_shipped(ctx, group)
     if m is None:

@@ -275,7 +275,7 @@ class Lab:
 
     def _seed(self, state: dict, say) -> None:
         from esxdr.lab import seed
-        from esxdr.targets import manifest as mf
+        from esxdr.model import manifest as mf
 
         m = seed.export_production(state, str(self.dir), self.cfg.prod_pool, self.cfg.luns, self.cfg.lun_size)
         path = self.dir / "production-manifest.yaml"

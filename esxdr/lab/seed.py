@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from esxdr.targets import manifest as mf
+from esxdr.model import manifest as mf
 from esxdr.transport import LocalTransport
 
 LAB_IQN = "iqn.2010-08.org.esxdr.lab:ss1.core"

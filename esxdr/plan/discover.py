@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from esxdr.targets.manifest import Manifest
+from esxdr.model.manifest import Manifest
 
 DEFAULT_PRIORITY = 3
 

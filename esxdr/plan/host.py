@@ -1,6 +1,6 @@
 """Pure planning for a DR ESXi host: desired (site file) vs observed → actions with reasons.
 
-No pyVmomi here: observed state comes in as :mod:`esxdr.vsphere.observed` values, actions
+No pyVmomi here: observed state comes in as :mod:`esxdr.model.host` values, actions
 go out as data. :mod:`esxdr.vsphere.host` walks the same action list for ``--dry-run``
 (describe) and apply (execute), so the two cannot disagree.
 
@@ -14,7 +14,7 @@ Order of a host plan, and why:
 
 1. with ``prune``: unbind, remove targets, VMkernel NICs, port groups, vSwitches first —
    so uplinks and names they held are free for what comes next. Only what esxdr itself
-   created (:class:`~esxdr.vsphere.observed.Created`, recorded by apply) is removed: a
+   created (:class:`~esxdr.model.host.Created`, recorded by apply) is removed: a
    vSwitch, port group or VMkernel NIC that someone else made, or that the host keeps for
    itself (Dell's iDRAC NIC on a hidden port group), stays whatever the site file says;
 2. vSwitch updates before vSwitch adds (an update may release an uplink an add needs);
@@ -29,7 +29,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from esxdr.vsphere.observed import Created, HostState, ObservedLun, UnresolvedVolume
+from esxdr.model.host import Created, HostState, ObservedLun, UnresolvedVolume
 
 MANAGEMENT_VNIC = "vmk0"
 

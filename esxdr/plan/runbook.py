@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esxdr.errors import ConflictError, IdentityConflict, ManifestError, UsageError
-from esxdr.targets import rewrite
-from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Portal, Target, View, relative_file
+from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Portal, Target, View, relative_file
+from esxdr.plan import rewrite
 
 TEST_PREFIX = "esxdr-test"
 DRILL_VSWITCH = "esxdr-test"  # a vSwitch without uplinks: nothing on it can reach any network
@@ -92,7 +92,7 @@ class Point:
 
 @dataclass(frozen=True)
 class HostView:
-    """What the runbook needs to know of the DR ESXi host (filled from esxdr.vsphere.observed)."""
+    """What the runbook needs to know of the DR ESXi host (filled from esxdr.model.host)."""
 
     name: str
     iqn: str | None = None  # software iSCSI initiator name; None: adapter off
@@ -607,7 +607,7 @@ def _plan_test_start(inp: DrillInputs) -> Runbook:
         list(inp.initiators)
     initiator = ", ".join(initiators) or None
     m = drill_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiators)
-    from esxdr.targets.manifest import manifest_to_dict
+    from esxdr.model.manifest import manifest_to_dict
 
     rb.steps.append(Step("present", "present",
                          f"present {len(luns)} LUN(s) ({same}) on {', '.join(t.iqn for t in m.targets)}",
@@ -1060,7 +1060,7 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
     initiator = ", ".join(initiators) or None
     m = failover_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiators,
                           keep_acl=inp.kind == "failback")
-    from esxdr.targets.manifest import manifest_to_dict
+    from esxdr.model.manifest import manifest_to_dict
 
     rb.steps.append(Step("present", "present",
                          f"present {len(luns)} LUN(s) (production NAAs) on {', '.join(t.iqn for t in m.targets)}",

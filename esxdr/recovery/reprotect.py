@@ -175,8 +175,8 @@ class Reprotect:
 
 
 def _group_naas(site: Site, g: ProtectionGroup) -> set[str]:
+    from esxdr.model.manifest import Naa
     from esxdr.replication.sides import open_side
-    from esxdr.targets.manifest import Naa
 
     dr = open_side(site, g.destination)
     try:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from esxdr.errors import (
     UsageError,
 )
+from esxdr.model.manifest import Manifest, Naa
 from esxdr.plan import runbook as rb
-from esxdr.targets.manifest import Manifest, Naa
 from esxdr.zfs import Zfs
 
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None, *,
        (product ids unknown: a volume whose header names another product id will not mount as-is).
     """
     from esxdr.errors import ManifestError, RemoteError
+    from esxdr.model import manifest as mf
     from esxdr.replication import shipping
-    from esxdr.targets import manifest as mf
 
     if explicit:
         return shipping.check_for_group(mf.load(explicit), group, explicit, untrusted=False), explicit
@@ -83,7 +83,7 @@ def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None, *,
 
 
 def site_manifest(group) -> Manifest:
-    from esxdr.targets.manifest import Backing, LogicalUnit, Target, View
+    from esxdr.model.manifest import Backing, LogicalUnit, Target, View
 
     units = []
     for i, ds in enumerate(group.datasets):

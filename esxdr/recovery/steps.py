@@ -60,8 +60,8 @@ def _s_clone(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
 
 def _s_present(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
     from esxdr import vmfs
+    from esxdr.model.manifest import manifest_from_dict
     from esxdr.targets import tgt
-    from esxdr.targets.manifest import manifest_from_dict
     from esxdr.targets.probe import Session
 
     m = manifest_from_dict(step.params["manifest"], origin="drill manifest")

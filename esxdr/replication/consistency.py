@@ -221,7 +221,7 @@ class _QuiescedContext:
         self.say(f"warning: {text}")
 
     def _take(self) -> None:
-        from esxdr.vsphere.tasks import WaitTimeout
+        from esxdr.vsphere.tasks import WaitTimeout, wait_tasks
 
         s, r, g = self.session, self.result, self.group
         names, naas = group_datastore_filter(g)
@@ -267,8 +267,8 @@ class _QuiescedContext:
         self.say(f"{g.name}: quiescing {len(tasks)} VM(s) through {s.name}: " + ", ".join(o.name for o, _ in tasks))
         started = time.monotonic()
         try:
-            results = wait_all(s, [t for _, t in tasks], timeout=self.timeout,
-                               what=f"quiesced snapshots of {len(tasks)} VM(s)")
+            results = wait_tasks(s, [t for _, t in tasks], timeout=self.timeout,
+                                 what=f"quiesced snapshots of {len(tasks)} VM(s)", raise_first=False)
         except WaitTimeout:
             results = self._after_timeout([t for _, t in tasks])
         except EsxdrError as e:
@@ -297,8 +297,7 @@ class _QuiescedContext:
     def _after_timeout(self, tasks: list[Any]) -> list[Any]:
         """Results of tasks read once (one property read) after the wait timed out (_PENDING
         for unfinished ones, and for all when that read fails: the cleanup waits for them)."""
-        from esxdr.vsphere.session import translate
-        from esxdr.vsphere.tasks import task_states
+        from esxdr.vsphere.tasks import task_error, task_states
 
         try:
             states = task_states(self.session, tasks)
@@ -311,8 +310,7 @@ class _QuiescedContext:
             if state == "success":
                 out.append(props.get("info.result"))
             elif state == "error":
-                out.append(translate(task_fault(props.get("info.error")), "quiesced snapshot",
-                                     endpoint=self.session.name))
+                out.append(task_error(self.session, props.get("info.error"), "quiesced snapshot"))
             else:
                 try:
                     t.CancelTask()
@@ -349,14 +347,14 @@ class _QuiescedContext:
 
     def _adopt_late_snapshots(self) -> None:
         """A CreateSnapshot that finished after the timeout still made a snapshot: remove it too."""
-        from esxdr.vsphere.tasks import WaitTimeout
+        from esxdr.vsphere.tasks import WaitTimeout, wait_tasks
 
         if not self._pending:
             return
         moids = list(self._pending)
         try:
-            results = wait_all(self.session, [self._pending[m] for m in moids], timeout=LATE_TIMEOUT_S,
-                               what="late quiesced snapshots")
+            results = wait_tasks(self.session, [self._pending[m] for m in moids], timeout=LATE_TIMEOUT_S,
+                                 what="late quiesced snapshots", raise_first=False)
         except WaitTimeout:
             names = [o.name for o in self.result.vms if o.moid in self._pending]
             self._warn("snapshot tasks still running after the timeout for " + ", ".join(names) +
@@ -368,7 +366,7 @@ class _QuiescedContext:
         self._pending.clear()
 
     def _remove(self) -> None:
-        from esxdr.vsphere.tasks import WaitTimeout
+        from esxdr.vsphere.tasks import WaitTimeout, wait_tasks
 
         s = self.session
         by_moid = {o.moid: o for o in self.result.vms}
@@ -387,7 +385,8 @@ class _QuiescedContext:
         if not tasks:
             return
         try:
-            results = wait_all(s, tasks, timeout=REMOVE_TIMEOUT_S, what=f"removing {len(tasks)} quiesce snapshot(s)")
+            results = wait_tasks(s, tasks, timeout=REMOVE_TIMEOUT_S, what=f"removing {len(tasks)} quiesce snapshot(s)",
+                                 raise_first=False)
         except WaitTimeout as e:
             results = [e] * len(tasks)
         for o, res in zip(owners, results, strict=True):
@@ -398,41 +397,6 @@ class _QuiescedContext:
                 self._warn(f"{o.name if o else '?'}: removing its quiesce snapshot failed ({_short(res.message)}); "
                            "remove it by hand (it grows until removed)")
         self.say(f"{self.group.name}: removed {sum(1 for o in owners if o and o.removed)} quiesce snapshot(s)")
-
-
-def task_fault(err: Any) -> Any:
-    """The MethodFault of a task's ``info.error``. pyVmomi hands the LocalizedMethodFault over
-    already unwrapped (the fault itself, ``msg`` = localizedMessage), vSphere's WSDL wraps it."""
-    from pyVmomi import vmodl
-
-    inner = getattr(err, "fault", None)
-    if inner is not None:
-        return inner
-    if isinstance(err, vmodl.MethodFault):
-        return err
-    return vmodl.fault.SystemError(reason="task failed", msg=getattr(err, "localizedMessage", None) or "task failed")
-
-
-def wait_all(session: Any, tasks: list[Any], *, timeout: float, what: str) -> list[Any]:
-    """Wait for every task on one property filter (WaitForUpdatesEx); each task's result or its
-    translated error (never raises for a failed task; raises WaitTimeout)."""
-    from esxdr.vsphere.session import translate
-    from esxdr.vsphere.tasks import TASK_PATHS, watch
-
-    if not tasks:
-        return []
-    ids = [t._moId for t in tasks]
-    state = watch(session, list(tasks), TASK_PATHS,
-                  lambda st: all(str(st.get(i, {}).get("info.state")) in ("success", "error") for i in ids),
-                  timeout=timeout, what=what)
-    out: list[Any] = []
-    for i in ids:
-        props = state[i]
-        if str(props.get("info.state")) == "success":
-            out.append(props.get("info.result"))
-        else:
-            out.append(translate(task_fault(props.get("info.error")), what, endpoint=session.name))
-    return out
 
 
 class _Pending:
@@ -453,47 +417,10 @@ def _short(msg: str) -> str:
 
 
 def find_group_vms(session: Any, names: set[str], naas: set[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """(matching datastore names, VMs on them) from one RetrievePropertiesEx:
-    ContainerView(Datastore) → each datastore's name, VMFS extents and VMs → each VM's power and tools."""
-    from pyVmomi import vim, vmodl
+    """(the group's datastores by name or NAA, the VMs on them), from one property read."""
+    from esxdr.vsphere.inventory import datastore_vms
 
-    from esxdr.vsphere.inventory import retrieve
-
-    pc = vmodl.query.PropertyCollector
-    view = session.container_view("Datastore")
-    ds_vm = pc.TraversalSpec(name="ds-vm", type=vim.Datastore, path="vm", skip=False)
-    spec = pc.FilterSpec(
-        objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[
-            pc.TraversalSpec(name="view-ds", type=vim.view.ContainerView, path="view", skip=False,
-                             selectSet=[ds_vm])])],
-        propSet=[pc.PropertySpec(type=vim.Datastore, pathSet=["name", "info", "vm"]),
-                 pc.PropertySpec(type=vim.VirtualMachine,
-                                 pathSet=["name", "runtime.powerState", "guest.toolsRunningStatus"])])
-    props: dict[str, dict[str, Any]] = {}
-    kinds: dict[str, str] = {}
-    for oc in retrieve(session, spec):
-        props[oc.obj._moId] = {p.name: p.val for p in oc.propSet}
-        kinds[oc.obj._moId] = "ds" if isinstance(oc.obj, vim.Datastore) else "vm"
-    matched: list[str] = []
-    vms: dict[str, dict[str, Any]] = {}
-    for moid, p in props.items():
-        if kinds[moid] != "ds":
-            continue
-        info = p.get("info")
-        vmfs = getattr(info, "vmfs", None)
-        extents = [e.diskName for e in (getattr(vmfs, "extent", None) or ())]
-        name = p.get("name", moid)
-        if not matches_group(name, extents, names, naas):
-            continue
-        matched.append(name)
-        for ref in p.get("vm") or ():
-            vp = props.get(ref._moId, {})
-            entry = vms.setdefault(ref._moId, {
-                "moid": ref._moId, "name": vp.get("name", ref._moId),
-                "power_state": str(vp.get("runtime.powerState", "poweredOff")),
-                "tools_running": vp.get("guest.toolsRunningStatus") == "guestToolsRunning", "datastores": set()})
-            entry["datastores"].add(name)
-    return matched, list(vms.values())
+    return datastore_vms(session, lambda name, extents: matches_group(name, extents, names, naas))
 
 
 def quiesced(site: Any, group: Any, *, say: Callable[[str], None] = lambda s: None,

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esxdr.errors import ConflictError, ManifestError
-from esxdr.targets.manifest import (
+from esxdr.model.manifest import (
     ZVOL_DIRS,
     Manifest,
     dumps,
@@ -227,7 +227,7 @@ def pin_path(state_dir: str, group_name: str) -> Path:
 
 
 def load_pin(state_dir: str, group: ProtectionGroup) -> Manifest | None:
-    from esxdr.targets.manifest import load
+    from esxdr.model.manifest import load
 
     path = pin_path(state_dir, group.name)
     if not path.exists():

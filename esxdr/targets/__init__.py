@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 from esxdr.errors import ManifestError, UsageError
-from esxdr.targets.manifest import STACKS, Manifest
+from esxdr.model.manifest import STACKS, Manifest
 
 __all__ = ["STACKS", "backend", "convert", "read_native"]
 
@@ -38,7 +38,7 @@ def read_native(stack: str, paths: list[str]) -> Manifest:
 
 def convert(manifest: Manifest, to: str, secrets=None) -> str:
     """Render a manifest as another stack's native configuration (refusing identity loss first)."""
-    from esxdr.targets.manifest import dumps
+    from esxdr.model.manifest import dumps
 
     if to in ("manifest", "yaml"):
         return dumps(manifest.validate(), "yaml")

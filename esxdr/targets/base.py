@@ -1,6 +1,6 @@
 """What every target backend shares: the command type, the backend protocol, secrets, checks.
 
-A backend turns a :class:`~esxdr.targets.manifest.Manifest` into native
+A backend turns a :class:`~esxdr.model.manifest.Manifest` into native
 configuration (``render``), native configuration back into a manifest
 (``parse``), and, through a transport, reads (``observe``) and changes
 (``apply``) a live target. ``apply`` first builds the full command list (the
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from esxdr.errors import IdentityConflict, ManifestError, UsageError
-from esxdr.targets.manifest import LogicalUnit, Manifest
+from esxdr.model.manifest import LogicalUnit, Manifest
 from esxdr.transport.base import mask, register_secret
 
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 
 from esxdr import templating
 from esxdr.errors import IdentityConflict, ManifestError
-from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
-from esxdr.targets.manifest import (
+from esxdr.model.manifest import (
     Auth,
     Backing,
     InitiatorGroup,
@@ -35,6 +34,7 @@ from esxdr.targets.manifest import (
     Tpg,
     View,
 )
+from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
 
 STACK = "comstar"
 _GUID = re.compile(r"\b([0-9A-Fa-f]{32})\b")

@@ -33,8 +33,7 @@ import xml.etree.ElementTree as ET
 
 from esxdr import templating
 from esxdr.errors import ManifestError
-from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
-from esxdr.targets.manifest import (
+from esxdr.model.manifest import (
     Auth,
     Backing,
     InitiatorGroup,
@@ -47,6 +46,7 @@ from esxdr.targets.manifest import (
     Tpg,
     View,
 )
+from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
 
 STACK = "iscsitgt"
 SERVICE = "svc:/system/iscsitgt"

@@ -23,8 +23,7 @@ import re
 import shlex
 
 from esxdr.errors import IdentityConflict, ManifestError
-from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
-from esxdr.targets.manifest import (
+from esxdr.model.manifest import (
     Auth,
     Backing,
     InitiatorGroup,
@@ -37,6 +36,7 @@ from esxdr.targets.manifest import (
     Tpg,
     View,
 )
+from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
 
 STACK = "lio"
 DEFAULT_COMPANY_ID = "001405"

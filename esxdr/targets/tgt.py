@@ -23,16 +23,7 @@ from dataclasses import dataclass, field
 
 from esxdr import templating
 from esxdr.errors import IdentityConflict, ManifestError
-from esxdr.targets.base import (
-    ApplyResult,
-    Command,
-    Secrets,
-    missing_backing,
-    param_value,
-    refuse_identity,
-    stat_paths,
-)
-from esxdr.targets.manifest import (
+from esxdr.model.manifest import (
     Auth,
     Backing,
     InitiatorGroup,
@@ -42,6 +33,15 @@ from esxdr.targets.manifest import (
     Source,
     Target,
     View,
+)
+from esxdr.targets.base import (
+    ApplyResult,
+    Command,
+    Secrets,
+    missing_backing,
+    param_value,
+    refuse_identity,
+    stat_paths,
 )
 
 STACK = "tgt"
@@ -445,7 +445,7 @@ def observe(transport, control_port: int | None = None, *, with_sizes: bool = Tr
 
 def _inquiry_identities(m: Manifest, portal: str, initiator: str | None) -> None:
     from esxdr.errors import EsxdrError
-    from esxdr.targets.manifest import Portal
+    from esxdr.model.manifest import Portal
     from esxdr.targets.probe import DEFAULT_INITIATOR, Session
 
     p = Portal.parse(portal)

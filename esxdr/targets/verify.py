@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from esxdr import vmfs
 from esxdr.errors import EsxdrError
-from esxdr.targets.manifest import LogicalUnit, Manifest
+from esxdr.model.manifest import LogicalUnit, Manifest
 from esxdr.targets.probe import Chap, LunIdentity, Session
 from esxdr.vmfs import VmfsHeader
 

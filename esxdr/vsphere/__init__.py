@@ -2,9 +2,9 @@
 
 Modules (pyVmomi is imported only by the ones marked *):
 
-- :mod:`~esxdr.vsphere.observed` — pure dataclasses of what a host looks like (the planner's input)
+- :mod:`~esxdr.model.host` — pure dataclasses of what a host looks like (the planner's input)
 - :mod:`~esxdr.vsphere.session` * — connect, TLS pinning, re-login, request counter, fault translation
-- :mod:`~esxdr.vsphere.inventory` * — one RetrievePropertiesEx → :class:`~esxdr.vsphere.observed.HostState`
+- :mod:`~esxdr.vsphere.inventory` * — one RetrievePropertiesEx → :class:`~esxdr.model.host.HostState`
 - :mod:`~esxdr.vsphere.tasks` * — wait for many tasks / property conditions with WaitForUpdatesEx
 - :mod:`~esxdr.vsphere.host` * — apply a host network plan (dry-run walks the same list)
 - :mod:`~esxdr.vsphere.storage` * — rescans, verify-storage, resolve unresolved VMFS volumes

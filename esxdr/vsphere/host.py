@@ -24,10 +24,10 @@ from typing import Any
 from pyVmomi import vim
 
 from esxdr.errors import ConflictError, UsageError
+from esxdr.model.host import Created, HostState
 from esxdr.plan.host import Action, HostPlan, plan_host
 from esxdr.util import atomic_write
 from esxdr.vsphere import inventory
-from esxdr.vsphere.observed import Created, HostState
 from esxdr.vsphere.session import Session
 
 BATCHED = {"add_send_target", "add_static_target", "remove_send_target", "remove_static_target"}

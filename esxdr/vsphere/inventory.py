@@ -1,4 +1,4 @@
-"""Read hosts with ONE RetrievePropertiesEx and parse them into :mod:`esxdr.vsphere.observed`.
+"""Read hosts with ONE RetrievePropertiesEx and parse them into :mod:`esxdr.model.host`.
 
 The filter starts at a ContainerView of HostSystem (created once per session), traverses
 ``view`` → HostSystem, and from each host ``datastore`` → Datastore and ``vm`` →
@@ -9,12 +9,13 @@ attribute access (``host.config.network.vswitch`` …) costs one request per att
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pyVmomi import vim, vmodl
 
 from esxdr.errors import UsageError, VsphereError
-from esxdr.vsphere.observed import (
+from esxdr.model.host import (
     HostState,
     ObservedDatastore,
     ObservedIscsi,
@@ -304,3 +305,44 @@ def unresolved_volumes(session: Session, host: HostState) -> list[UnresolvedVolu
             resolvable=bool(st.resolvable) if st else True,
             multiple_copies=bool(getattr(st, "multipleCopies", False)) if st else False))
     return out
+
+
+def datastore_vms(session: Session, match: Callable[[str, list[str]], bool]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(the datastores ``match`` takes by name and VMFS extents, the VMs on them), from one
+    RetrievePropertiesEx: ContainerView(Datastore) → each datastore's name, extents and VMs →
+    each VM's power state and tools."""
+    pc = PC
+    view = session.container_view("Datastore")
+    ds_vm = pc.TraversalSpec(name="ds-vm", type=vim.Datastore, path="vm", skip=False)
+    spec = pc.FilterSpec(
+        objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[
+            pc.TraversalSpec(name="view-ds", type=vim.view.ContainerView, path="view", skip=False,
+                             selectSet=[ds_vm])])],
+        propSet=[pc.PropertySpec(type=vim.Datastore, pathSet=["name", "info", "vm"]),
+                 pc.PropertySpec(type=vim.VirtualMachine,
+                                 pathSet=["name", "runtime.powerState", "guest.toolsRunningStatus"])])
+    props: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, str] = {}
+    for oc in retrieve(session, spec):
+        props[oc.obj._moId] = {p.name: p.val for p in oc.propSet}
+        kinds[oc.obj._moId] = "ds" if isinstance(oc.obj, vim.Datastore) else "vm"
+    matched: list[str] = []
+    vms: dict[str, dict[str, Any]] = {}
+    for moid, p in props.items():
+        if kinds[moid] != "ds":
+            continue
+        info = p.get("info")
+        vmfs = getattr(info, "vmfs", None)
+        extents = [e.diskName for e in (getattr(vmfs, "extent", None) or ())]
+        name = p.get("name", moid)
+        if not match(name, extents):
+            continue
+        matched.append(name)
+        for ref in p.get("vm") or ():
+            vp = props.get(ref._moId, {})
+            entry = vms.setdefault(ref._moId, {
+                "moid": ref._moId, "name": vp.get("name", ref._moId),
+                "power_state": str(vp.get("runtime.powerState", "poweredOff")),
+                "tools_running": vp.get("guest.toolsRunningStatus") == "guestToolsRunning", "datastores": set()})
+            entry["datastores"].add(name)
+    return matched, list(vms.values())

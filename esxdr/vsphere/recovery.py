@@ -13,8 +13,8 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from esxdr.model.host import HostState
 from esxdr.plan.runbook import HostView, cluster_view, norm_vmx
-from esxdr.vsphere.observed import HostState
 from esxdr.vsphere.session import Session
 from esxdr.vsphere.tasks import wait_tasks
 

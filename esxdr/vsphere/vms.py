@@ -27,7 +27,7 @@ from urllib.parse import quote, urlparse
 from pyVmomi import vim, vmodl
 
 from esxdr.errors import ConflictError, EsxdrError, VsphereError
-from esxdr.vsphere.observed import HostState
+from esxdr.model.host import HostState
 from esxdr.vsphere.session import Session
 from esxdr.vsphere.tasks import TASK_PATHS, State, task_error, wait_tasks, watch
 

@@ -26,7 +26,7 @@ def test_verify_storage(live):
 
     expected = None
     if RECORD:
-        from esxdr.targets import manifest as mf
+        from esxdr.model import manifest as mf
 
         with session_for(live.esx.url, live.esx.password) as s:  # not recorded: bring the host up
             H.ensure(s, desired_for(live.portal))

@@ -12,14 +12,14 @@ import pytest
 from fidelity_replay import ReplayMiss, session
 
 from esxdr.errors import UsageError, VsphereError
-from esxdr.vsphere import inventory
-from esxdr.vsphere.observed import (
+from esxdr.model.host import (
     ObservedDatastore,
     ObservedPortGroup,
     ObservedVm,
     ObservedVnic,
     ObservedVSwitch,
 )
+from esxdr.vsphere import inventory
 
 DELL_NAA = "naa.6b8ca3a0e65228002312a2e3098048bf"
 DS1_UUID = "5b7ee5c9-4e8f1921-93b3-90b11c51ac73"

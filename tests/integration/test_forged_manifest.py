@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from esxdr.model.manifest import Naa
 from esxdr.replication import shipping
 from esxdr.site import load_site
 from esxdr.targets import tgt
-from esxdr.targets.manifest import Naa
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["drill_fixtures"]
@@ -147,7 +147,7 @@ def test_a_forged_acl_or_zvol_elsewhere_is_refused_too(drill_lab):
         lu.backing.kind, lu.backing.path = "zvol", "/dev/zvol/" + dr_root(dl).split("/")[0] + "/other"
 
     def open_acl(m):
-        from esxdr.targets.manifest import InitiatorGroup
+        from esxdr.model.manifest import InitiatorGroup
 
         m.initiator_groups = [InitiatorGroup("everyone", ["ALL"])]
         m.targets[0].acl = ["everyone"]

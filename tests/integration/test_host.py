@@ -56,8 +56,8 @@ def test_a_dell_host_keeps_its_idrac_vmk1_through_apply_and_prune(esxsim_binary,
     not list, as pyvmomi's recorded Dell host shows it. The site file's vmk1 becomes a new NIC
     (ESXi names it vmk2), which is what gets bound; the iDRAC NIC is never rewritten, --prune
     leaves it alone, and a second plan is empty."""
+    from esxdr.model.host import ObservedVnic
     from esxdr.vsphere import inventory
-    from esxdr.vsphere.observed import ObservedVnic
 
     lab = start_lab(tmp_path / "lab", binary=esxsim_binary, dell_idrac=True)
     try:

@@ -19,7 +19,7 @@ from conftest_esxsim import Tgtd, free_port, make_lun_file
 from vsphere_fixtures import PRODUCT, TARGET_IQN, naa_for, run_esxdr, vmfs_uuid_for
 
 from esxdr.lab import esxsim
-from esxdr.targets import manifest as mf
+from esxdr.model import manifest as mf
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi")

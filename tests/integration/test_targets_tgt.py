@@ -13,9 +13,10 @@ import pytest
 from esxdr import vmfs
 from esxdr.errors import UsageError
 from esxdr.lab import tgtd as labtgtd
-from esxdr.targets import read_native, rewrite, tgt
+from esxdr.model.manifest import Auth, Manifest, Naa, Portal, load, save
+from esxdr.plan import rewrite
+from esxdr.targets import read_native, tgt
 from esxdr.targets.base import Secrets
-from esxdr.targets.manifest import Auth, Manifest, Naa, Portal, load, save
 from esxdr.targets.probe import Chap, Session, discover
 from esxdr.targets.verify import MOUNT, SNAPSHOT, verify
 from esxdr.transport import LocalTransport

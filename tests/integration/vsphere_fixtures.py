@@ -24,7 +24,7 @@ for p in (str(ROOT), str(Path(__file__).resolve().parent)):
 from conftest_esxsim import Tgtd, free_port, make_lun_file  # noqa: E402
 
 from esxdr.lab import esxsim  # noqa: E402
-from esxdr.targets import manifest as mf  # noqa: E402
+from esxdr.model import manifest as mf  # noqa: E402
 
 PASSWORD_ENV = "ESXDR_TEST_VSPHERE_PASSWORD"
 ESXDR = str(ROOT / ".venv" / "bin" / "esxdr")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from esxdr.targets import read_native, rewrite, tgt
-from esxdr.targets.manifest import Auth, Portal
+from esxdr.model.manifest import Auth, Portal
+from esxdr.plan import rewrite
+from esxdr.targets import read_native, tgt
 from esxdr.targets.probe import Session
 from esxdr.targets.verify import MOUNT, verify
 from esxdr.transport import SshTransport

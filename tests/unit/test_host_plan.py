@@ -6,6 +6,17 @@ from dataclasses import replace
 
 import pytest
 
+from esxdr.model.host import (
+    Created,
+    HostState,
+    ObservedDatastore,
+    ObservedIscsi,
+    ObservedLun,
+    ObservedPortGroup,
+    ObservedVnic,
+    ObservedVSwitch,
+    UnresolvedVolume,
+)
 from esxdr.plan.host import ExpectedLun, check_storage, plan_host, plan_resolution, split_ip
 from esxdr.site.model import (
     ChapSpec,
@@ -16,17 +27,6 @@ from esxdr.site.model import (
     StaticTarget,
     VmkernelNic,
     VSwitch,
-)
-from esxdr.vsphere.observed import (
-    Created,
-    HostState,
-    ObservedDatastore,
-    ObservedIscsi,
-    ObservedLun,
-    ObservedPortGroup,
-    ObservedVnic,
-    ObservedVSwitch,
-    UnresolvedVolume,
 )
 
 FRESH = HostState(

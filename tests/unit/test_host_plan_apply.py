@@ -18,10 +18,7 @@ import pytest
 from pyVmomi import vim, vmodl
 from test_host_plan import DESIRED
 
-from esxdr.plan.host import plan_host
-from esxdr.site.model import PortGroupSpec
-from esxdr.vsphere.host import CreatedRecords, apply_plan
-from esxdr.vsphere.observed import (
+from esxdr.model.host import (
     Created,
     HostState,
     ObservedIscsi,
@@ -29,6 +26,9 @@ from esxdr.vsphere.observed import (
     ObservedVnic,
     ObservedVSwitch,
 )
+from esxdr.plan.host import plan_host
+from esxdr.site.model import PortGroupSpec
+from esxdr.vsphere.host import CreatedRecords, apply_plan
 from esxdr.vsphere.session import Session
 
 

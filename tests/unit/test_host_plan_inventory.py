@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pyVmomi import vim
 
+from esxdr.model.host import HostState
 from esxdr.plan.host import ExpectedLun, check_storage
 from esxdr.vsphere.inventory import parse_storage
-from esxdr.vsphere.observed import HostState
 
 IQN = "iqn.2024-01.lab.esxdr:dr"
 ISCSI_NAA = "600144f0c0ffee000000000000000001"

@@ -85,7 +85,7 @@ def test_select_hosts_refuses_with_the_names(hosts, network, only, need, text):
 
 
 def test_storage_report_per_host():
-    from esxdr.vsphere.observed import ObservedDatastore, ObservedLun
+    from esxdr.model.host import ObservedDatastore, ObservedLun
 
     naa = "600144f0c0ffee000000000000000001"
     seen = replace(APPLIED, name=A, luns={f"naa.{naa}": ObservedLun(f"naa.{naa}")},

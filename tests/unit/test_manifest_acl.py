@@ -13,9 +13,10 @@ import pytest
 from test_runbook import DR_IQN, HOST, NAAS, PORTAL, PROD_IQN, dr_obs, group, inputs, manifest
 
 from esxdr.errors import ManifestError, UsageError
+from esxdr.model.manifest import Backing, InitiatorGroup, View
+from esxdr.plan import rewrite
 from esxdr.plan import runbook as rb
-from esxdr.targets import rewrite, tgt
-from esxdr.targets.manifest import Backing, InitiatorGroup, View
+from esxdr.targets import tgt
 
 PROD_HOST_IQN = "iqn.1998-01.com.vmware:esx-prod"
 
@@ -26,7 +27,7 @@ def binds(m) -> list[list[str]]:
 
 
 def present(book: rb.Runbook):
-    from esxdr.targets.manifest import manifest_from_dict
+    from esxdr.model.manifest import manifest_from_dict
 
     step = next(s for s in book.steps if s.kind == "present")
     return manifest_from_dict(step.params["manifest"], origin="present step")

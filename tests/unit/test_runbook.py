@@ -8,9 +8,9 @@ import pytest
 
 from esxdr.errors import ConflictError, IdentityConflict, UsageError
 from esxdr.model import Dataset, Snapshot
+from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View
 from esxdr.plan import runbook as rb
 from esxdr.site.model import HostNetwork, LunSpec, NetworkMap, PortGroupSpec, ProtectionGroup, VmSpec, VSwitch
-from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View
 
 PROD_IQN = "iqn.2010-08.org.esxdr.lab:ss1.core"
 DR_IQN = "iqn.1998-01.com.vmware:esx-dr"

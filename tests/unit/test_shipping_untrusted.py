@@ -21,9 +21,9 @@ import pytest
 from test_runbook import NAAS, PROD_IQN, group, manifest
 
 from esxdr.errors import ConflictError, ManifestError, RemoteError
+from esxdr.model.manifest import Backing, manifest_to_dict
 from esxdr.recovery import resolve_manifest
 from esxdr.replication import shipping
-from esxdr.targets.manifest import Backing, manifest_to_dict
 
 
 def forge(data) -> dict[str, str]:
@@ -385,7 +385,7 @@ def test_resolve_pins_on_first_use_and_refuses_a_later_change(tmp_path):
 
 
 def test_an_explicit_manifest_is_checked_for_paths_but_may_name_file_secrets(tmp_path):
-    from esxdr.targets.manifest import save
+    from esxdr.model.manifest import save
 
     m = manifest()
     m.targets[0].auth = replace(m.targets[0].auth, mode="chap", user="esx", secret_ref="file:/root/chap")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from esxdr.errors import IdentityConflict, ManifestError
+from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View
 from esxdr.targets import backend, comstar, iscsitgt, lio, read_native, tgt
 from esxdr.targets.base import Secrets
-from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View
 
 CORPUS = Path(__file__).parent / "target_corpus"
 DR_IQN = "iqn.1998-01.com.vmware:esxi-dr"
@@ -269,7 +269,7 @@ def _roundtrip(stack: str, m: Manifest) -> Manifest:
 
 
 def _with_chap_user(m: Manifest) -> Manifest:
-    from esxdr.targets import rewrite
+    from esxdr.plan import rewrite
 
     return rewrite.set_chap(m, "dr-chap", "secrets:dr-chap") if any(t.auth.mode != "none" for t in m.targets) \
         else m
@@ -381,7 +381,7 @@ def test_lio_commands_order():
 
 
 def test_tgt_plan_fresh_and_idempotent():
-    from esxdr.targets import rewrite
+    from esxdr.plan import rewrite
 
     m = rewrite.set_chap(read_native("comstar", files("comstar")), "dr", "secrets:dr")
     m = rewrite.allow_initiators(m, [DR_IQN])  # tgt refuses a target that would admit every initiator

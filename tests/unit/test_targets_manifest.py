@@ -8,7 +8,7 @@ import json
 import pytest
 
 from esxdr.errors import ManifestError
-from esxdr.targets.manifest import (
+from esxdr.model.manifest import (
     Backing,
     LogicalUnit,
     Manifest,

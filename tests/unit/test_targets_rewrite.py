@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from esxdr.errors import UsageError
-from esxdr.targets import rewrite
-from esxdr.targets.manifest import (
+from esxdr.model.manifest import (
     Backing,
     InitiatorGroup,
     LogicalUnit,
@@ -17,6 +16,7 @@ from esxdr.targets.manifest import (
     Tpg,
     View,
 )
+from esxdr.plan import rewrite
 
 T = "iqn.2010-09.org.openindiana:02:prod"
 

@@ -13,8 +13,8 @@ import pytest
 
 from esxdr import vmfs
 from esxdr.cli.main import run
+from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View, save
 from esxdr.targets import verify as verify_mod
-from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View, save
 from esxdr.targets.probe import LunIdentity
 from esxdr.targets.verify import LuCheck, VerifyReport, verify
 

@@ -15,9 +15,9 @@ import pytest
 
 from esxdr import vmfs
 from esxdr.errors import ConflictError
+from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View
 from esxdr.recovery import steps as recovery_steps
 from esxdr.targets import probe
-from esxdr.targets.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View
 from esxdr.targets.probe import LunIdentity
 
 IQN = "iqn.2024-01.io.esxdr:drill"

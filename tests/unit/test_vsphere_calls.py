@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from pyVmomi import VmomiSupport, vim, vmodl
 
-from esxdr.vsphere.observed import HostState, ObservedDatastore
+from esxdr.model.host import HostState, ObservedDatastore
 from esxdr.vsphere.session import Session
 
 PC = vmodl.query.PropertyCollector

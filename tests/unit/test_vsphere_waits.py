@@ -25,9 +25,9 @@ from types import SimpleNamespace
 import pytest
 from pyVmomi import vim, vmodl
 
+from esxdr.model.host import HostState, ObservedIscsi
 from esxdr.site.model import VsphereEndpoint
 from esxdr.vsphere import storage
-from esxdr.vsphere.observed import HostState, ObservedIscsi
 from esxdr.vsphere.session import (
     LONG_POLL_S,
     SLOW_CALLS,

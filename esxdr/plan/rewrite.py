@@ -12,7 +12,7 @@ import hashlib
 import re
 
 from esxdr.errors import UsageError
-from esxdr.targets.manifest import Auth, InitiatorGroup, Manifest, Naa, Portal, Tpg, View
+from esxdr.model.manifest import Auth, InitiatorGroup, Manifest, Naa, Portal, Tpg, View
 
 ZVOL_PREFIX = {"illumos": "/dev/zvol/rdsk/", "linux": "/dev/zvol/", "freebsd": "/dev/zvol/"}
 
