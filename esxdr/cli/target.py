@@ -9,7 +9,30 @@ import click
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.errors import UsageError
 
-STACK_CHOICE = click.Choice(["comstar", "iscsitgt", "lio", "tgt"])
+
+class StackType(click.ParamType):
+    """A target stack: esxdr's own or a plugin's, known only once the entry points are read (at
+    use, not at start-up: esxdr's other commands pay nothing for it)."""
+
+    name = "stack"
+
+    def __init__(self, extra: tuple[str, ...] = ()):
+        self.extra = extra
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "STACK"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from esxdr.targets import stacks
+
+        known = (*self.extra, *stacks())
+        if value in known:
+            return str(value)
+        self.fail(f"{value!r} is not one of {', '.join(known)} (a plugin package adds stacks: docs/plugins.md)",
+                  param, ctx)
+
+
+STACK_CHOICE = StackType()
 
 
 def _rewrite_options(f):
@@ -119,10 +142,10 @@ def target() -> None:
 
 @target.command()
 @click.option("--from", "from_", type=STACK_CHOICE, required=True, help="Stack that produced the FILEs.")
-@click.option("--to", "to", type=click.Choice(["manifest", "comstar", "iscsitgt", "lio", "lio-script", "tgt"]),
-              default="manifest", show_default=True,
-              help="Output: the manifest, or another stack's config (lio: saveconfig.json; lio-script: a "
-                   "shell script that also sets the identity saveconfig.json cannot hold).")
+@click.option("--to", "to", type=StackType(("manifest", "lio-script")), default="manifest", show_default=True,
+              help="Output: the manifest, or a stack's config: comstar, iscsitgt, lio, tgt or a plugin's "
+                   "(lio: saveconfig.json; lio-script: a shell script that also sets the identity "
+                   "saveconfig.json cannot hold).")
 @click.option("--secrets", "secrets_file", type=click.Path(dir_okay=False),
               help="Secrets file (mode 0600) to fill in CHAP secrets in native output.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -140,6 +163,7 @@ def convert(ctx: Context, from_: str, to: str, secrets_file: str | None, files: 
       iscsitgt  `svccfg export iscsitgt` XML
       lio       /etc/target/saveconfig.json
       tgt       `tgtadm --lld iscsi --op show --mode target` output or targets.conf
+      (plugin)  what that stack's plugin package reads (docs/plugins.md)
 
     \b
     Examples:

@@ -29,7 +29,9 @@ from esxdr.errors import ManifestError
 
 SCHEMA_VERSION = 1
 KIND = "esxdr.target-manifest"
-STACKS = ("comstar", "iscsitgt", "lio", "tgt")
+# A stack's name: a built-in one (comstar, iscsitgt, lio, tgt) or a plugin's (esxdr.targets entry
+# point). It is rendered into the comments of native configuration, hence the narrow form.
+STACK_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 BACKING_KINDS = ("zvol", "file", "block")
 AUTH_MODES = ("none", "chap", "mutual-chap")
 
@@ -390,8 +392,9 @@ def validate_manifest(m: Manifest) -> list[str]:
     p: list[str] = []
     if m.version != SCHEMA_VERSION:
         p.append(f"version: unsupported manifest version {m.version!r} (this esxdr reads {SCHEMA_VERSION})")
-    if m.source.stack is not None and m.source.stack not in STACKS:
-        p.append(f"source.stack: {m.source.stack!r} is not one of {', '.join(STACKS)}")
+    if m.source.stack is not None and not (isinstance(m.source.stack, str) and STACK_NAME.fullmatch(m.source.stack)):
+        p.append(f"source.stack: {str(m.source.stack)[:40]!r} is not a target stack's name (lowercase letters, "
+                 "digits, _ and -)")
     group_names = set()
     for i, g in enumerate(m.initiator_groups):
         if not g.name:

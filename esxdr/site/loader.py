@@ -54,7 +54,6 @@ DEFAULT_STATE_DIR = "/var/lib/esxdr"
 
 ROLES = ("production", "dr")
 ZFS_FLAVOURS = ("auto", "openzfs", "legacy")
-STACKS = ("comstar", "iscsitgt", "lio", "tgt")
 KINDS = ("esxi", "vcenter")
 INCREMENTAL = ("intermediate", "direct")
 COMPRESSION = ("auto", "zstd", "lz4", "none")
@@ -259,7 +258,9 @@ class _SiteBuilder:
         t = self.r.mapping(node, path, TARGET_KEYS, where, "target settings")
         if t is None:
             return None
-        stack = t.choice("stack", STACKS, required=True)
+        from esxdr.targets import stacks  # esxdr's own and any plugin's
+
+        stack = t.choice("stack", stacks(), required=True)
         portal = t.text("portal", required=address is None, check=lambda s: v.join_host_port(
             *v.split_host_port(s, 3260)), hint="where initiators log in, e.g. portal: 10.20.0.5:3260")
         if portal is None and address is not None and "portal" not in t:

@@ -1,25 +1,61 @@
-"""iSCSI target identity: the portable manifest, one backend per target stack, rewrites, probe, verify.
+"""iSCSI target stacks: one backend per stack, found through the ``esxdr.targets`` entry points.
 
-Backends (each a module with ``STACK``, ``parse``, ``render``, ``identity_problems``,
-``observe`` and ``apply``): :mod:`.comstar`, :mod:`.iscsitgt`, :mod:`.lio`, :mod:`.tgt`.
+A backend is a module with ``STACK`` (its name), ``parse(files) -> Manifest``,
+``render(manifest, secrets) -> str`` and ``identity_problems(manifest) -> list[str]``; one
+that esxdr can also read and change live adds ``observe(transport, ...)`` and
+``apply(transport, manifest, ...)``. The built-in ones (:mod:`.comstar`, :mod:`.iscsitgt`,
+:mod:`.lio`, :mod:`.tgt`) are registered in esxdr's own package metadata exactly as a third
+party's are in theirs (docs/plugins.md), so both load the same way.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
 
 from esxdr.errors import ManifestError, UsageError
-from esxdr.model.manifest import STACKS, Manifest
+from esxdr.model.manifest import STACK_NAME, Manifest
 
-__all__ = ["STACKS", "backend", "convert", "read_native"]
+__all__ = ["GROUP", "backend", "convert", "read_native", "stacks"]
+
+GROUP = "esxdr.targets"
+REQUIRED = ("STACK", "parse", "render", "identity_problems")
+
+
+@functools.cache
+def _registry() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=GROUP) if STACK_NAME.fullmatch(ep.name)}
+
+
+def stacks() -> tuple[str, ...]:
+    """The stacks installed: esxdr's own and those of any plugin package."""
+    return tuple(sorted(_registry()))
 
 
 def backend(stack: str) -> ModuleType:
-    if stack not in STACKS:
-        raise UsageError(f"unknown target stack {stack!r}", hint=f"one of: {', '.join(STACKS)}")
-    return importlib.import_module(f"esxdr.targets.{stack}")
+    ep = _registry().get(stack)
+    if ep is None:
+        raise UsageError(f"unknown target stack {stack!r}",
+                         hint=f"installed: {', '.join(stacks()) or 'none (reinstall esxdr: its own stacks are entry points)'}"
+                              "; a plugin package adds more (docs/plugins.md)")
+    try:
+        mod = ep.load()
+    except Exception as e:  # noqa: BLE001 - a third party's import error, told as such
+        raise UsageError(f"target stack {stack!r} ({ep.value}, from {_dist(ep)}) failed to load: "
+                         f"{type(e).__name__}: {e}", hint="fix or uninstall that package") from None
+    missing = [n for n in REQUIRED if not hasattr(mod, n)]
+    if missing or getattr(mod, "STACK", None) != stack:
+        why = f"lacks {', '.join(missing)}" if missing else f"says STACK = {getattr(mod, 'STACK', None)!r}"
+        raise UsageError(f"target stack {stack!r} ({ep.value}, from {_dist(ep)}) is not a backend: it {why}",
+                         hint="a backend module defines STACK, parse, render and identity_problems (docs/plugins.md)")
+    return mod
+
+
+def _dist(ep: EntryPoint) -> str:
+    d = getattr(ep, "dist", None)
+    return f"{d.name} {d.version}" if d is not None else "an unknown package"
 
 
 def read_native(stack: str, paths: list[str]) -> Manifest:
