@@ -80,4 +80,9 @@ def convert(manifest: Manifest, to: str, secrets=None) -> str:
         return dumps(manifest.validate(), "yaml")
     if to == "json":
         return dumps(manifest.validate(), "json")
-    return backend(to).render(manifest, secrets)
+    b = backend(to)
+    # Before any rendering, for every stack: a plugin's render need not check this itself.
+    from esxdr.targets.base import refuse_identity
+
+    refuse_identity(to, b.identity_problems(manifest))
+    return b.render(manifest, secrets)
