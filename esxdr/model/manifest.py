@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from esxdr.errors import ManifestError
+from esxdr.plugins import NAME as PLUGIN_NAME
 
 SCHEMA_VERSION = 1
 KIND = "esxdr.target-manifest"
 # A stack's name: a built-in one (comstar, iscsitgt, lio, tgt) or a plugin's (esxdr.targets entry
-# point). It is rendered into the comments of native configuration, hence the narrow form.
-STACK_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# point), the form every plugin name has. It is rendered into native configuration's comments.
+STACK_NAME = PLUGIN_NAME
 BACKING_KINDS = ("zvol", "file", "block")
 AUTH_MODES = ("none", "chap", "mutual-chap")
 

@@ -75,7 +75,7 @@ class Runbook:
             lines.append(f"     because {s.reason}")
             for phase in ("pre", "post"):
                 for c in (s.params.get("callouts") or {}).get(phase, ()):
-                    lines.append(f"     {phase}-callout: {shlex.join(c['argv'])}"
+                    lines.append(f"     {phase}-callout: {describe_callout(c)}"
                                  + (" (always, also when the step fails)" if phase == "post" else ""))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -240,6 +240,14 @@ def _level(names: list[dict], snapshot: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- callouts
+def describe_callout(spec: dict[str, Any]) -> str:
+    """A step's callout as a plan, a log line and a report show it: the command, or plugin(args)."""
+    if "argv" in spec:
+        return shlex.join(spec["argv"])
+    args = ", ".join(f"{k}={v}" for k, v in sorted((spec.get("args") or {}).items()))
+    return f"{spec['plugin']}({args})"
+
+
 def with_callouts(book: Runbook, group) -> Runbook:  # ProtectionGroup
     """Attach the group's pre/post callouts (site file ``callouts:``) to the steps they name.
 
@@ -256,10 +264,14 @@ def with_callouts(book: Runbook, group) -> Runbook:  # ProtectionGroup
             if c.step != step.id and c.step != step.kind:
                 continue
             for phase in ("pre", "post"):
-                argv = getattr(c, phase)
+                argv, plugin = getattr(c, phase), getattr(c, f"{phase}_plugin", None)
+                spec: dict[str, Any] | None = None
                 if argv:
-                    found[phase].append({"argv": list(argv), "timeout": c.timeout_seconds, "key": c.step,
-                                         "line": c.line})
+                    spec = {"argv": list(argv)}
+                elif plugin:
+                    spec = {"plugin": plugin[0], "args": dict(plugin[1])}
+                if spec:
+                    found[phase].append({**spec, "timeout": c.timeout_seconds, "key": c.step, "line": c.line})
         if found["pre"] or found["post"]:
             step.params["callouts"] = found
     return book

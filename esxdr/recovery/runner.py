@@ -21,7 +21,6 @@ and the hand-offs share ``<group>.failover``.
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -234,27 +233,21 @@ class Runner:
             checkpoint(f"{self.fault_prefix}-after-{step.id}")  # every step by its id (the kill-chain tests)
 
     def _callout(self, rec: RunRecord, step: rb.Step, phase: str, c: dict[str, Any], outcome: str) -> dict[str, Any]:
-        """Run one callout on this host (through the local transport: logged, timed, secrets masked).
-        It learns where it is from the environment: ESXDR_GROUP, ESXDR_RUN, ESXDR_STEP, ESXDR_STEP_KIND,
-        ESXDR_PHASE, ESXDR_OUTCOME (post: done or failed), ESXDR_SNAPSHOT, ESXDR_VMS (power steps)."""
-        from esxdr.transport import LocalTransport
+        """Run one callout (:mod:`esxdr.recovery.callouts`: a command, or a plugin's kind). It learns
+        where it is from ``env``: ESXDR_GROUP, ESXDR_RUN, ESXDR_STEP, ESXDR_STEP_KIND, ESXDR_PHASE,
+        ESXDR_OUTCOME (post: done or failed), ESXDR_SNAPSHOT, ESXDR_VMS (power steps)."""
+        from esxdr.recovery import callouts
         from esxdr.transport.base import mask
 
         env = {"ESXDR_SITE": self.site.name, "ESXDR_GROUP": self.g.name, "ESXDR_RUN": rec.kind,
                "ESXDR_STEP": step.id, "ESXDR_STEP_KIND": step.kind, "ESXDR_PHASE": phase,
                "ESXDR_OUTCOME": outcome, "ESXDR_SNAPSHOT": rec.snapshot or self.journal.data.get("snapshot") or "",
                "ESXDR_VMS": " ".join(step.params.get("vms") or ())}
-        argv = ["env", *(f"{k}={v}" for k, v in env.items()), *c["argv"]]
-        shown = shlex.join(c["argv"])
+        shown = rb.describe_callout(c)
         t0 = time.time()
         out: dict[str, Any] = {"phase": phase, "command": mask(shown), "key": c.get("key")}
-        try:
-            r = LocalTransport("callout").run(argv, timeout=c.get("timeout", 300), check=False)
-            text = (r.stdout + (("\n" if r.stdout and r.stderr else "") + r.stderr if r.stderr else "")).strip()
-            out.update(rc=r.returncode, outcome="ok" if r.returncode == 0 else "failed")
-        except EsxdrError as e:  # not installed, timed out
-            text = e.message
-            out.update(rc=None, outcome="failed")
+        rc, text = callouts.run(c, env)
+        out.update(rc=rc, outcome="ok" if rc == 0 else "failed")
         out.update(seconds=round(time.time() - t0, 2), output=mask(text[-4000:]))
         last = text.splitlines()[-1] if text else ""
         self.say(f"        {phase}-callout {shown}: " + ("ok" if out["outcome"] == "ok" else

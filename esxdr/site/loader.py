@@ -258,9 +258,9 @@ class _SiteBuilder:
         t = self.r.mapping(node, path, TARGET_KEYS, where, "target settings")
         if t is None:
             return None
-        from esxdr.targets import stacks  # esxdr's own and any plugin's
+        from esxdr import plugins  # esxdr's own stacks and any plugin's
 
-        stack = t.choice("stack", stacks(), required=True)
+        stack = t.choice("stack", plugins.names("esxdr.targets"), required=True)
         portal = t.text("portal", required=address is None, check=lambda s: v.join_host_port(
             *v.split_host_port(s, 3260)), hint="where initiators log in, e.g. portal: 10.20.0.5:3260")
         if portal is None and address is not None and "portal" not in t:
@@ -566,8 +566,8 @@ class _SiteBuilder:
             c = r.mapping(node, path, CALLOUT_KEYS, where, "pre/post commands")
             if c is None:
                 continue
-            pre = self._callout_command(c, "pre")
-            post = self._callout_command(c, "post")
+            pre, pre_plugin = self._callout_action(c, "pre")
+            post, post_plugin = self._callout_action(c, "post")
             if "pre" not in c and "post" not in c:
                 r.error(where, path, "a callout needs a pre or a post command (or both)",
                         "e.g. post: [/usr/local/bin/notify, --channel, dr]")
@@ -575,9 +575,36 @@ class _SiteBuilder:
             timeout = c.scalar("timeout", v.parse_duration, default=300, what="a duration")
             if timeout == 0:
                 r.error(c.node("timeout") or where, c.p("timeout"), "timeout must be longer than 0s")
-            out.append(Callout(step=step, pre=pre, post=post, runs=runs, timeout_seconds=timeout or 300,
-                               line=where[0]))
+            out.append(Callout(step=step, pre=pre, post=post, pre_plugin=pre_plugin, post_plugin=post_plugin,
+                               runs=runs, timeout_seconds=timeout or 300, line=where[0]))
         return tuple(out)
+
+    def _callout_action(self, c: Section, key: str) -> tuple[tuple[str, ...] | None,
+                                                             tuple[str, tuple[tuple[str, str], ...]] | None]:
+        """A command (a list of words or one string), or ``{plugin: NAME, with: {KEY: VALUE}}``: a
+        kind of callout a plugin package registers (esxdr.callouts entry point, docs/plugins.md)."""
+        node = c.node(key)
+        if not isinstance(node, yaml.MappingNode):
+            return self._callout_command(c, key), None
+        r, path = self.r, c.p(key)
+        p = r.mapping(node, path, ("plugin", "with"), mark_of(node), "a plugin callout")
+        if p is None:
+            return None, None
+        name = p.text("plugin", required=True)
+        if name is None:
+            return None, None
+        from esxdr import plugins  # esxdr's own kinds and those of installed plugins
+
+        known = plugins.names("esxdr.callouts")
+        if name not in known:
+            r.error(p.node("plugin") or node, p.p("plugin"), f"no callout plugin {name!r} is installed",
+                    f"installed: {', '.join(known) or 'none'}; a plugin package registers more (docs/plugins.md)")
+        args: list[tuple[str, str]] = []
+        for k, vnode, _w in r.entries(p.node("with"), p.p("with"), "plugin arguments"):
+            value = r.text(vnode, join(p.p("with"), k), "a string")
+            if value is not None:
+                args.append((k, value))
+        return None, (name, tuple(args))
 
     def _callout_command(self, c: Section, key: str) -> tuple[str, ...] | None:
         node = c.node(key)

@@ -180,6 +180,9 @@ class Callout:
     step: str
     pre: tuple[str, ...] | None = None  # argv
     post: tuple[str, ...] | None = None  # argv
+    # or a plugin's kind of callout (esxdr.callouts entry point): (name, ((key, value), ...))
+    pre_plugin: tuple[str, tuple[tuple[str, str], ...]] | None = None
+    post_plugin: tuple[str, tuple[tuple[str, str], ...]] | None = None
     runs: tuple[str, ...] = ()  # run kinds (CALLOUT_RUNS) it applies to; () = every run
     timeout_seconds: int = 300
     line: int = 0

@@ -10,13 +10,12 @@ party's are in theirs (docs/plugins.md), so both load the same way.
 
 from __future__ import annotations
 
-import functools
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
 
+from esxdr import plugins
 from esxdr.errors import ManifestError, UsageError
-from esxdr.model.manifest import STACK_NAME, Manifest
+from esxdr.model.manifest import Manifest
 
 __all__ = ["GROUP", "backend", "convert", "read_native", "stacks"]
 
@@ -24,38 +23,20 @@ GROUP = "esxdr.targets"
 REQUIRED = ("STACK", "parse", "render", "identity_problems")
 
 
-@functools.cache
-def _registry() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=GROUP) if STACK_NAME.fullmatch(ep.name)}
-
-
 def stacks() -> tuple[str, ...]:
     """The stacks installed: esxdr's own and those of any plugin package."""
-    return tuple(sorted(_registry()))
+    return plugins.names(GROUP)
 
 
 def backend(stack: str) -> ModuleType:
-    ep = _registry().get(stack)
-    if ep is None:
-        raise UsageError(f"unknown target stack {stack!r}",
-                         hint=f"installed: {', '.join(stacks()) or 'none (reinstall esxdr: its own stacks are entry points)'}"
-                              "; a plugin package adds more (docs/plugins.md)")
-    try:
-        mod = ep.load()
-    except Exception as e:  # noqa: BLE001 - a third party's import error, told as such
-        raise UsageError(f"target stack {stack!r} ({ep.value}, from {_dist(ep)}) failed to load: "
-                         f"{type(e).__name__}: {e}", hint="fix or uninstall that package") from None
+    mod = plugins.load(GROUP, stack, "target stack")
     missing = [n for n in REQUIRED if not hasattr(mod, n)]
     if missing or getattr(mod, "STACK", None) != stack:
+        ep = plugins.registry(GROUP)[stack]
         why = f"lacks {', '.join(missing)}" if missing else f"says STACK = {getattr(mod, 'STACK', None)!r}"
-        raise UsageError(f"target stack {stack!r} ({ep.value}, from {_dist(ep)}) is not a backend: it {why}",
+        raise UsageError(f"target stack {stack!r} ({ep.value}, from {plugins.origin(ep)}) is not a backend: it {why}",
                          hint="a backend module defines STACK, parse, render and identity_problems (docs/plugins.md)")
     return mod
-
-
-def _dist(ep: EntryPoint) -> str:
-    d = getattr(ep, "dist", None)
-    return f"{d.name} {d.version}" if d is not None else "an unknown package"
 
 
 def read_native(stack: str, paths: list[str]) -> Manifest:

@@ -104,3 +104,70 @@ def test_without_the_plugin_its_stack_is_unknown(tmp_path):
     r = subprocess.run([sys.executable, "-m", "esxdr", "target", "convert", "--from", "lunlist", str(inventory)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "'lunlist' is not one of comstar, iscsitgt, lio, tgt" in r.stderr
+
+
+# --------------------------------------------------------------------------- callouts
+SITE = """\
+version: 1
+name: lab
+storage:
+  ss1: {role: production, local: true}
+  ss2: {role: dr, local: true}
+protection_groups:
+  core:
+    source: ss1
+    destination: ss2
+    source_root: sp1/iscsi
+    dr_root: rp1/iscsi
+    datasets: [lun0]
+    retention: "48h"
+    rpo: 4h
+    callouts:
+      power: {pre: /bin/true, post: {plugin: lunlist-note, with: {file: @NOTES@}}}
+"""
+
+
+def test_the_built_in_callout_is_an_entry_point_like_any_plugin():
+    from esxdr import plugins
+    from esxdr.recovery import callouts
+
+    assert plugins.registry(callouts.GROUP)["command"].value == "esxdr.recovery.callouts:command"
+    rc, text = callouts.run({"argv": ["sh", "-c", "echo $ESXDR_STEP"], "timeout": 10}, {"ESXDR_STEP": "power:1:1"})
+    assert (rc, text) == (0, "power:1:1")
+
+
+def test_a_plugin_callout_is_validated_planned_and_run(plugin_venv, tmp_path):
+    notes = tmp_path / "notes.txt"
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE.replace("@NOTES@", str(notes)))
+    r = esxdr_in(plugin_venv, "site", "validate", "--site", str(site), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    script = f"""
+import json
+from esxdr.plan import runbook as rb
+from esxdr.recovery import callouts
+from esxdr.site import load_site
+g = load_site({str(site)!r}, check_files=False).group("core")
+book = rb.with_callouts(rb.Runbook(kind="test-start", group="core", steps=[rb.Step("power:1:1", "power", "t", "r", {{}})]), g)
+spec = book.steps[0].params["callouts"]["post"][0]
+env = {{"ESXDR_RUN": "test-start", "ESXDR_GROUP": "core", "ESXDR_STEP": "power:1:1", "ESXDR_PHASE": "post",
+        "ESXDR_OUTCOME": "done"}}
+print(json.dumps({{"spec": spec, "shown": rb.describe_callout(spec), "ran": callouts.run(spec, env),
+                  "render": book.render()}}))
+"""
+    r = subprocess.run([str(plugin_venv / "bin" / "python"), "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["spec"]["plugin"] == "lunlist-note" and out["spec"]["args"] == {"file": str(notes)}
+    assert out["shown"] == f"lunlist-note(file={notes})" and f"post-callout: lunlist-note(file={notes})" in out["render"]
+    assert out["ran"] == [0, f"noted in {notes}"]
+    assert notes.read_text() == "run=test-start group=core step=power:1:1 phase=post outcome=done\n"
+
+
+def test_a_site_naming_a_callout_plugin_that_is_not_installed_is_refused(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE.replace("@NOTES@", str(tmp_path / "n.txt")))
+    r = subprocess.run([sys.executable, "-m", "esxdr", "site", "validate", "--site", str(site)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "site.yaml:16:46: protection_groups.core.callouts.power.post.plugin: no callout plugin 'lunlist-note' is installed" in r.stderr

@@ -5,6 +5,8 @@
 
 A backend module gives esxdr ``STACK``, ``parse``, ``render`` and ``identity_problems``
 (docs/plugins.md). This one holds no live target, so it has no ``observe`` or ``apply``.
+
+The package also adds a kind of runbook callout, :func:`note`.
 """
 
 from __future__ import annotations
@@ -60,3 +62,12 @@ def identity_problems(manifest: Manifest) -> list[str]:
     # The NAA is a column of its own: nothing of a LU's identity is lost in this format but the
     # SCSI inquiry strings, which ESXi does not key a VMFS volume on.
     return []
+
+
+def note(env, args, timeout):
+    """Callout ``lunlist-note``: append where the run is to ``args["file"]`` (one line per call)."""
+    fields = ("ESXDR_RUN", "ESXDR_GROUP", "ESXDR_STEP", "ESXDR_PHASE", "ESXDR_OUTCOME")
+    line = " ".join(f"{k.removeprefix('ESXDR_').lower()}={env.get(k, '')}" for k in fields)
+    with open(args["file"], "a") as f:
+        f.write(line + "\n")
+    return 0, f"noted in {args['file']}"
