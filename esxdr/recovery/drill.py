@@ -94,11 +94,7 @@ class Drill(Runner):
         self._walk(rec, plan, START_STEPS)
         j.data["complete"] = True
         j.save()
-        rec.datastores = j.data.get("datastores", [])
-        rec.vms = [{"name": n, **v, "heartbeat_after_s": round(v["heartbeat_at"] - rec.started, 1)
-                    if v.get("heartbeat_at") else None} for n, v in j.data.get("vms", {}).items()]
-        beats = [v["heartbeat_at"] for v in j.data.get("vms", {}).values() if v.get("heartbeat_at")]
-        rec.last_heartbeat = max(beats) if beats else None
+        rec.take_outcome(j.data)
 
     # -- test cleanup -------------------------------------------------------
     def plan_cleanup(self) -> rb.Runbook:

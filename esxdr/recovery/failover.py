@@ -253,11 +253,7 @@ class Failover(Runner):
         j.data["complete"] = True
         j.data["finished"] = time.time()
         j.save()
-        rec.datastores = j.data.get("datastores", [])
-        rec.vms = [{"name": n, **v, "heartbeat_after_s": round(v["heartbeat_at"] - rec.started, 1)
-                    if v.get("heartbeat_at") else None} for n, v in j.data.get("vms", {}).items()]
-        beats = [v["heartbeat_at"] for v in j.data.get("vms", {}).values() if v.get("heartbeat_at")]
-        rec.last_heartbeat = max(beats) if beats else None
+        rec.take_outcome(j.data)
         if self.pull and mode == "planned" and rec.last_heartbeat and rec.snapshot_created:
             rec.outage_at_least_seconds = round(rec.last_heartbeat - rec.snapshot_created, 1)
             rec.notes.append(f"pull mode: the VMs stopped at {self._other_side()[0]}'s hand-off, before @{rec.snapshot} "

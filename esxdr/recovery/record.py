@@ -89,6 +89,15 @@ class RunRecord:
     report_json: str | None = None
     report_html: str | None = None
 
+    def take_outcome(self, journal: dict[str, Any]) -> None:
+        """The datastores and VMs a completed run's journal holds, and its last heartbeat (the RTO's end)."""
+        self.datastores = journal.get("datastores", [])
+        vms = journal.get("vms", {})
+        self.vms = [{"name": n, **v, "heartbeat_after_s": round(v["heartbeat_at"] - self.started, 1)
+                     if v.get("heartbeat_at") else None} for n, v in vms.items()]
+        beats = [v["heartbeat_at"] for v in vms.values() if v.get("heartbeat_at")]
+        self.last_heartbeat = max(beats) if beats else None
+
     @property
     def rpo_seconds(self) -> float | None:
         return (self.started - self.snapshot_created) if self.snapshot_created else None

@@ -15,6 +15,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from test_callouts import SITE as CALLOUT_SITE
 
 import esxdr
 from esxdr import targets
@@ -107,24 +108,8 @@ def test_without_the_plugin_its_stack_is_unknown(tmp_path):
 
 
 # --------------------------------------------------------------------------- callouts
-SITE = """\
-version: 1
-name: lab
-storage:
-  ss1: {role: production, local: true}
-  ss2: {role: dr, local: true}
-protection_groups:
-  core:
-    source: ss1
-    destination: ss2
-    source_root: sp1/iscsi
-    dr_root: rp1/iscsi
-    datasets: [lun0]
-    retention: "48h"
-    rpo: 4h
-    callouts:
-      power: {pre: /bin/true, post: {plugin: lunlist-note, with: {file: @NOTES@}}}
-"""
+# The callout tests' site file, its power step's post-callout a plugin's
+SITE = CALLOUT_SITE.replace("@CALLOUTS@", "      power: {pre: /bin/true, post: {plugin: lunlist-note, with: {file: @NOTES@}}}")
 
 
 def test_the_built_in_callout_is_an_entry_point_like_any_plugin():
