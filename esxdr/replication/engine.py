@@ -242,7 +242,9 @@ class Engine:
         assert src is not None and dst is not None
         from esxdr.zfs.compat import preflight
 
-        preflight(self.site, g, src, dst, src_obs)  # bookmarks and stream directions, before anything changes
+        # bookmarks and stream directions, before anything changes
+        preflight(g, src, dst, src_obs, site_path=self.site.path,
+                  source_is_replica=self.site.storage[src.name].role == "dr")
         result = GroupResult(group=g.name, snapshot=None, dry_run=opts.dry_run, mode="pull" if opts.pull else "push")
         result.compression = pick_compression(g, src, dst)
         if not opts.dry_run and src.local and holds.release_leaked_send_holds(self.site.state_dir, g.name, src, src_obs, opts.say):

@@ -103,15 +103,18 @@ def zpl_versions(zfs, datasets: list[str]) -> dict[str, int]:
     return res
 
 
-def preflight(site, group, src, dst, src_obs: dict[str, Dataset]) -> None:
+def preflight(group, src, dst, src_obs: dict[str, Dataset], *, site_path: str, source_is_replica: bool) -> None:
     """Refuse, before any snapshot or stream, what the two sides' zfs cannot do for this group.
 
-    ``src``/``dst`` are the engine's sides (``.name``, ``.caps``, ``.zfs``). Costs no zfs call
-    unless an OpenZFS source sends filesystems to pool-version-23 zfs (then one `zfs get version`).
+    ``src``/``dst`` are the engine's sides (``.name``, ``.caps``, ``.zfs``). ``source_is_replica``:
+    the source's datasets came by replication (reprotect and failback run the group reversed, the
+    source being the site's DR server); production's own were created where they are. Costs no
+    zfs call unless an OpenZFS source sends filesystems to pool-version-23 zfs (then one
+    `zfs get version`).
     """
     if getattr(group, "bookmarks", False) and not src.caps.bookmarks:
         raise UsageError(
-            f"{site.path}:{group.line}: protection group {group.name} sets bookmarks: true, but {src.name} runs "
+            f"{site_path}:{group.line}: protection group {group.name} sets bookmarks: true, but {src.name} runs "
             f"pool-version-23 zfs ({src.caps.flavour}), which has no bookmarks",
             hint=f"remove `bookmarks: true` from {group.name} (bookmarks need OpenZFS on the source side)")
     if src.caps.flavour == dst.caps.flavour:
@@ -121,12 +124,8 @@ def preflight(site, group, src, dst, src_obs: dict[str, Dataset]) -> None:
     if src.caps.flavour == "openzfs" and dst.caps.flavour == "legacy":
         versions = zpl_versions(src.zfs, [ds for ds, k in kinds.items() if k == "filesystem"])
     refused = {}
-    # The source's datasets are replicas when the source is the site's DR server (reprotect and
-    # failback run the group reversed); production's own were created where they are.
-    storage = getattr(site, "storage", {}).get(src.name)
-    replica = getattr(storage, "role", "production") == "dr"
     for ds, kind in kinds.items():
-        d = stream_direction(src.caps, dst.caps, kind, versions.get(ds), replica=replica)
+        d = stream_direction(src.caps, dst.caps, kind, versions.get(ds), replica=source_is_replica)
         if not d.ok:
             refused[ds] = d.reason
     if refused:

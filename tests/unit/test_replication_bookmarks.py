@@ -143,11 +143,9 @@ def group(bookmarks=False, datasets=("sp1/lun0",)):
                            dr_dataset=lambda d: "rp1/" + d.split("/", 1)[1])
 
 
-SITE = SimpleNamespace(path="/etc/esxdr/site.yaml", storage={"ss1": SimpleNamespace(role="production"),
-                                                             "ss2": SimpleNamespace(role="dr")})
+SITE = {"site_path": "/etc/esxdr/site.yaml", "source_is_replica": False}
 # The reversed view (reprotect / failback): the DR server is the source, its datasets are replicas.
-REVERSED = SimpleNamespace(path="/etc/esxdr/site.yaml", storage={"ss1": SimpleNamespace(role="dr"),
-                                                                 "ss2": SimpleNamespace(role="production")})
+REVERSED = {**SITE, "source_is_replica": True}
 
 
 def obs(kind="filesystem", names=("sp1/lun0",)):
@@ -156,7 +154,7 @@ def obs(kind="filesystem", names=("sp1/lun0",)):
 
 def test_preflight_refuses_bookmarks_on_pool_v23_with_file_and_line():
     with pytest.raises(UsageError) as e:
-        preflight(SITE, group(bookmarks=True), side("ss1", LEGACY), side("ss2", OPENZFS), obs())
+        preflight(group(bookmarks=True), side("ss1", LEGACY), side("ss2", OPENZFS), obs(), **SITE)
     assert e.value.message.startswith("/etc/esxdr/site.yaml:12: protection group core sets bookmarks: true")
     assert "pool-version-23" in e.value.message and e.value.exit_code == 2
 
@@ -178,12 +176,12 @@ def test_preflight_directions(site, src, dst, kind, versions, refused):
     s = side("ss1", src, versions)
     if refused:
         with pytest.raises(DirectionRefused) as e:
-            preflight(site, group(), s, side("ss2", dst), obs(kind))
+            preflight(group(), s, side("ss2", dst), obs(kind), **site)
         assert e.value.exit_code == 3 and "nothing was sent" in e.value.message
         assert "pool-version-23" in e.value.to_dict()["evidence"]["datasets"]["sp1/lun0"]
         assert e.value.hint and "pool-version-23 → OpenZFS works" in e.value.hint
     else:
-        preflight(site, group(), s, side("ss2", dst), obs(kind))
+        preflight(group(), s, side("ss2", dst), obs(kind), **site)
     # the version is asked (one call) only for OpenZFS filesystems going to pool v23
     assert bool(s.zfs.calls) == (src is OPENZFS and dst is LEGACY and kind == "filesystem")
 
