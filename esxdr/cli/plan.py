@@ -66,9 +66,25 @@ def discover(ctx: Context, group: str | None, manifest_path: str | None, write: 
             dr_zfs = dr.zfs
         except EsxdrError:
             dr = None
+    def live():  # before the first replication shipped anything: production's target itself
+        from esxdr.recovery import target_transport
+        from esxdr.replication.shipping import capture_manifest
+
+        server = site.storage_server(g.source)
+        if server.target is None:
+            return None
+        try:
+            t = target_transport(server)
+            try:
+                return capture_manifest(server, g, t)
+            finally:
+                t.close()
+        except EsxdrError:
+            return None
+
     try:
         # read-only, often run off the DR box: validate the shipped manifest, take no pin here
-        manifest, origin = resolve_manifest(site, g, dr_zfs, manifest_path, pin_first_use=False)
+        manifest, origin = resolve_manifest(site, g, dr_zfs, manifest_path, pin_first_use=False, live=live)
     finally:
         if dr is not None:
             dr.transport.close()

@@ -3,8 +3,7 @@ admin transport, where the DR root mounts."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from esxdr.errors import (
@@ -15,11 +14,12 @@ from esxdr.plan import runbook as rb
 from esxdr.zfs import Zfs
 
 if TYPE_CHECKING:
-    pass
+    from esxdr.site.model import ProtectionGroup, Site, StorageServer
+    from esxdr.transport.base import Transport
 
 
-def target_transport(server):  # StorageServer -> Transport
-    """Where the DR target's admin commands (tgtadm) run.
+def target_transport(server: StorageServer) -> Transport:
+    """Where a target's admin commands (tgtadm) run.
 
     The DR service account's forced command (`esxdr serve`) allows zfs only, so the
     target is administered locally when it runs here: the server is ``local``, or its
@@ -35,8 +35,9 @@ def target_transport(server):  # StorageServer -> Transport
     return for_server(server)
 
 
-def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None, *,
-                     pin_first_use: bool = True) -> tuple[Manifest, str]:
+def resolve_manifest(site: Site, group: ProtectionGroup, dr_zfs: Zfs | None = None, explicit: str | None = None, *,
+                     pin_first_use: bool = True,
+                     live: Callable[[], Manifest | None] | None = None) -> tuple[Manifest, str]:
     """The production identities of the group's LUNs, and where they came from. Precedence:
 
     1. ``--manifest FILE`` (the user said so; its LUN files must still lie inside their datasets);
@@ -47,7 +48,8 @@ def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None, *,
        ``esxdr target accept`` (:func:`esxdr.replication.shipping.trusted`; ``pin_first_use=False`` for read-only
        commands that may run off the DR box). A shipped manifest that fails validation is refused,
        never skipped for a weaker source;
-    3. the production manifest named in the lab's state (``lab.json`` beside the site file);
+    3. ``live()``: what production's own target presents now, for commands that run beside a
+       reachable production before anything was shipped (``esxdr plan discover``);
     4. the site file's ``datasets[].naa`` with the LUN file convention ``<mountpoint>/lun.img``
        (product ids unknown: a volume whose header names another product id will not mount as-is).
     """
@@ -70,15 +72,9 @@ def resolve_manifest(site, group, dr_zfs=None, explicit: str | None = None, *,
     found = shipping.trusted(site.state_dir, group, shipped, pin_first_use=pin_first_use)
     if found is not None:
         return found
-    lab = Path(site.path).parent / "lab.json"
-    try:
-        path = json.loads(lab.read_text()).get("production_manifest")
-    except (OSError, ValueError):
-        path = None
-    if path and Path(path).exists():
-        m = shipping.for_group(mf.load(path), list(group.datasets))
-        if m.logical_units:
-            return m, path
+    m = live() if live is not None else None
+    if m is not None and m.logical_units:
+        return m, f"production target ({site.storage_server(group.source).name}, read now)"
     return site_manifest(group), "site file (datasets[].naa)"
 
 
