@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from esxdr.cli.schedule import cron_of, on_calendar
 from esxdr.cli.status import change_rate, prometheus_text
 from esxdr.errors import UsageError
 from esxdr.fmt import human_duration
 from esxdr.model import Snapshot
+from esxdr.plan.schedule import cron_of, on_calendar
 from esxdr.progress import Progress
 
 
