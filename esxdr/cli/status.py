@@ -1,107 +1,16 @@
-"""esxdr status (RPO per group, Prometheus textfile) and esxdr noise (change rate per dataset)."""
+"""esxdr status (RPO per group, Prometheus textfile) and esxdr noise (change rate per dataset):
+the workflow is esxdr.replication.status; here the options and the text."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
-from pathlib import Path
 
 import click
 
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.errors import StaleStateError
 from esxdr.fmt import human_bytes, human_duration
-from esxdr.plan.retention import esxdr_prefix
 from esxdr.util import atomic_write
-
-
-def group_status(site, name: str, now: float) -> dict:
-    """RPO of a group = age of the oldest among each DR dataset's newest esxdr snapshot."""
-    from esxdr.replication.sides import open_side
-
-    g = site.protection_groups[name]
-    dst = open_side(site, g.destination)
-    try:
-        obs = dst.zfs.observe([g.dr_root])
-        directions = stream_directions(site, g, dst, obs)
-    finally:
-        dst.transport.close()
-    per_ds = {}
-    for ds in g.datasets:
-        d = obs.get(g.dr_dataset(ds))
-        snaps = [s for s in (d.snapshots if d else []) if s.name.startswith(esxdr_prefix(name))]
-        per_ds[g.dr_dataset(ds)] = snaps[-1] if snaps else None
-    newest = [s for s in per_ds.values() if s is not None]
-    complete = len(newest) == len(per_ds)
-    worst = min(newest, key=lambda s: s.creation) if complete and newest else None
-    rpo = (now - worst.creation) if worst else None
-    last = {}
-    p = Path(site.state_dir) / "runs" / f"{name}.last.json"
-    if p.exists():
-        try:
-            last = json.loads(p.read_text())
-        except ValueError:
-            last = {}
-    return {
-        "group": name,
-        "dr_retention": dr_retention(site, g, obs, now),
-        "last_snapshot": worst.name if worst else None,
-        "rpo_seconds": round(rpo, 1) if rpo is not None else None,
-        "rpo_target_seconds": g.rpo_seconds,
-        "ok": rpo is not None and rpo <= g.rpo_seconds,
-        "datasets": {k: (v.name if v else None) for k, v in per_ds.items()},
-        "last_run": {"bytes": last.get("bytes"), "seconds": last.get("seconds"), "finished": last.get("finished")},
-        "directions": directions,
-    }
-
-
-def dr_retention(site, g, dr_obs: dict, now: float) -> dict:
-    """How many DR snapshots the destination rules would prune now, and who prunes them: a DR behind
-    esxdr serve prunes itself (`prune --side dr` on the DR box), so a count that only grows there
-    means that job is not running."""
-    from esxdr.replication import dr_decisions
-
-    dr = site.storage_server(g.destination)
-    pruned_by = "dr" if dr.behind_serve else "replication"
-    tz = g.schedule.timezone if g.schedule else "UTC"
-    if pruned_by == "dr":
-        # there replication holds every snapshot it sent, and the DR prune releases that hold:
-        # counted as due unless something else holds it (which tag is not visible from here)
-        dr_obs = {n: dataclasses.replace(ds, snapshots=[dataclasses.replace(s, userrefs=0) for s in ds.snapshots])
-                  for n, ds in dr_obs.items()}
-    due = [d.snapshot for d in dr_decisions(g, dr_obs, tz) if not d.keep]
-    oldest = min((s.creation for s in due), default=None)
-    return {"pruned_by": pruned_by, "due": len(due),
-            "oldest_due_seconds": round(now - oldest, 1) if oldest is not None else None}
-
-
-def stream_directions(site, g, dst, dr_obs) -> dict:
-    """Whether replication (source → DR) and failback (DR → source) streams can work for the group.
-
-    The source's capabilities come from the cache (a probe only when never seen); the kinds and
-    ZPL versions from the DR replicas (a replica keeps its source's version), asked only when
-    the two sides run different zfs generations.
-    """
-    from esxdr.errors import EsxdrError
-    from esxdr.replication.sides import open_side
-    from esxdr.zfs.compat import group_directions, zpl_versions
-
-    try:
-        src = open_side(site, g.source)
-        src.transport.close()
-    except EsxdrError as e:
-        return {"error": f"{g.source}: {e.message}"}
-    kinds = {ds: dr_obs[g.dr_dataset(ds)].type for ds in g.datasets if g.dr_dataset(ds) in dr_obs}
-    versions: dict[str, int] = {}
-    if src.caps.flavour != dst.caps.flavour and dst.caps.flavour == "openzfs":
-        fs = [g.dr_dataset(ds) for ds, k in kinds.items() if k == "filesystem"]
-        try:
-            by_dr = zpl_versions(dst.zfs, fs)
-        except EsxdrError:
-            by_dr = {}
-        versions = {ds: by_dr[g.dr_dataset(ds)] for ds in g.datasets if g.dr_dataset(ds) in by_dr}
-    return group_directions(g, src.caps, dst.caps, kinds, versions)
 
 
 def directions_text(d: dict) -> str:
@@ -113,28 +22,6 @@ def directions_text(d: dict) -> str:
         verdict = "possible" if x["possible"] else f"NOT possible for {', '.join(x['refused'])}: {x['reason']}"
         parts.append(f"{what} {x['from']} → {x['to']} {verdict}")
     return "; ".join(parts)
-
-
-def prometheus_text(rows: list[dict], now: float) -> str:
-    out = [
-        "# HELP esxdr_rpo_seconds Age of the newest snapshot replicated to DR for every dataset of the group.",
-        "# TYPE esxdr_rpo_seconds gauge",
-    ]
-    for r in rows:
-        out.append(f'esxdr_rpo_seconds{{group="{r["group"]}"}} {r["rpo_seconds"] if r["rpo_seconds"] is not None else "NaN"}')
-    out += ["# HELP esxdr_rpo_target_seconds The configured RPO.", "# TYPE esxdr_rpo_target_seconds gauge"]
-    out += [f'esxdr_rpo_target_seconds{{group="{r["group"]}"}} {r["rpo_target_seconds"]}' for r in rows]
-    out += ["# HELP esxdr_rpo_ok 1 when the RPO is within target.", "# TYPE esxdr_rpo_ok gauge"]
-    out += [f'esxdr_rpo_ok{{group="{r["group"]}"}} {1 if r["ok"] else 0}' for r in rows]
-    out += ["# HELP esxdr_last_run_bytes Bytes sent by the last replication run.",
-            "# TYPE esxdr_last_run_bytes gauge"]
-    out += [f'esxdr_last_run_bytes{{group="{r["group"]}"}} {r["last_run"]["bytes"] or 0}' for r in rows]
-    out += ["# HELP esxdr_dr_snapshots_due DR snapshots the destination retention rules would prune now.",
-            "# TYPE esxdr_dr_snapshots_due gauge"]
-    out += [f'esxdr_dr_snapshots_due{{group="{r["group"]}"}} {r["dr_retention"]["due"]}' for r in rows]
-    out += ["# HELP esxdr_status_timestamp_seconds When this file was written.",
-            "# TYPE esxdr_status_timestamp_seconds gauge", f"esxdr_status_timestamp_seconds {now:.0f}"]
-    return "\n".join(out) + "\n"
 
 
 @click.command(epilog="""\b
@@ -151,6 +38,8 @@ Exit code 5 when any group's RPO is older than its `rpo` setting.
 @pass_ctx
 def status(ctx: Context, group: str | None, prom_file: str | None) -> None:
     """Per group: the last replicated snapshot, its age (the current RPO) and the last run."""
+    from esxdr.replication.status import group_status, prometheus_text
+
     site = ctx.site()
     now = time.time()
     rows = [group_status(site, n, now) for n in site.group_names(group)]
@@ -180,21 +69,6 @@ def status(ctx: Context, group: str | None, prom_file: str | None) -> None:
                               hint="check the schedule and the last run (esxdr replicate GROUP -v)")
 
 
-def change_rate(snapshots, has_written: bool) -> tuple[float, str]:
-    """Bytes per day between the oldest and newest snapshot, and how it was measured."""
-    if len(snapshots) < 2:
-        return 0.0, "fewer than two snapshots"
-    span_days = max((snapshots[-1].creation - snapshots[0].creation) / 86400, 1 / 24)
-    later = snapshots[1:]
-    if has_written and all(s.written is not None for s in later):
-        return sum(s.written for s in later) / span_days, "written"
-    # Pool-v23 zfs has no `written`. Blocks overwritten after a snapshot stay unique to it
-    # (its `used`), and growth shows in `referenced`; together a lower bound of what changed.
-    overwritten = sum((s.used or 0) for s in snapshots[:-1])
-    growth = sum(max(0, (b.referenced or 0) - (a.referenced or 0)) for a, b in zip(snapshots, later, strict=False))
-    return (overwritten + growth) / span_days, "used + growth (lower bound)"
-
-
 @click.command(epilog="""\b
 Examples:
   esxdr noise
@@ -208,7 +82,7 @@ Examples:
 def noise(ctx: Context, group: str | None, threshold: str) -> None:
     """Change rate per dataset per day: candidates to move swap/temp data off replicated LUNs."""
     from esxdr.errors import UsageError
-    from esxdr.replication.sides import open_side
+    from esxdr.replication.status import change_rates
     from esxdr.site.values import parse_size
 
     try:
@@ -216,19 +90,7 @@ def noise(ctx: Context, group: str | None, threshold: str) -> None:
     except (ValueError, TypeError) as e:
         raise UsageError(f"--threshold {threshold!r}: {e}", hint="use a size like 512M or 1G") from e
     site = ctx.site()
-    rows = []
-    for name in ctx.site().group_names(group):
-        g = site.protection_groups[name]
-        src = open_side(site, g.source)
-        try:
-            obs = src.zfs.observe([g.source_root])
-        finally:
-            src.transport.close()
-        for ds in g.datasets:
-            d = obs.get(ds)
-            rate, how = change_rate(d.snapshots if d else [], src.caps.written)
-            rows.append({"group": name, "dataset": ds, "bytes_per_day": int(rate), "measured_by": how,
-                         "noisy": rate > limit})
+    rows = [r for name in site.group_names(group) for r in change_rates(site, name, limit)]
     ctx.emit(rows, lambda: "\n".join(
         f"{r['dataset']:<32} {human_bytes(r['bytes_per_day']):>10}/day  {'NOISY' if r['noisy'] else 'ok':<5} "
         f"({r['measured_by']})" for r in rows))

@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from esxdr.cli.status import change_rate, prometheus_text
 from esxdr.errors import UsageError
 from esxdr.fmt import human_duration
 from esxdr.model import Snapshot
 from esxdr.plan.schedule import cron_of, on_calendar
 from esxdr.progress import Progress
+from esxdr.replication.status import change_rate, prometheus_text
 
 
 @pytest.mark.parametrize("every,cron", [
