@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import click
 
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
-from esxdr.errors import ConflictError, UsageError
 
 HOST_HELP = """Prepare DR ESXi hosts (network, software iSCSI) and verify their datastores.
 
@@ -35,86 +31,6 @@ def host() -> None:
     pass
 
 
-def _pick_host(ctx: Context, name: str | None, need_network: bool = True) -> tuple[str, Any, Any]:
-    """(host name, endpoint, HostNetwork or None) for HOST, or the only DR host."""
-    site = ctx.site()
-    if name is None:
-        candidates = list(site.dr_network) or [n for n, e in site.vsphere.items() if e.role == "dr" and e.kind == "esxi"]
-        if len(candidates) != 1:
-            vcs = [n for n, e in site.vsphere.items() if e.role == "dr" and e.kind == "vcenter"]
-            raise UsageError("name the host: " + (f"one of {', '.join(candidates + vcs)}" if candidates or vcs
-                                                  else "the site file has no dr_network hosts"),
-                             hint="esxdr host plan HOST (a DR vCenter's name acts on all its hosts)")
-        name = candidates[0]
-    network = site.dr_network.get(name)
-    if network is None and need_network:
-        raise UsageError(f"no dr_network entry for host {name!r} in {site.path}",
-                         hint="known: " + (", ".join(site.dr_network) or "none"))
-    endpoint = site.vsphere.get(network.endpoint) if network is not None and network.endpoint else None
-    endpoint = endpoint or site.endpoint_for_host(name)
-    if endpoint is None:
-        raise UsageError(f"no vsphere endpoint manages host {name!r}",
-                         hint="add it under vsphere: (kind esxi), or list it in a DR vCenter's hosts:")
-    return name, endpoint, network
-
-
-@dataclass
-class _Target:
-    """What a command acts on: one standalone host, or hosts of a vCenter (``names``)."""
-
-    endpoint: Any
-    name: str = ""  # standalone: the host; vCenter: the endpoint
-    network: Any = None  # standalone: its HostNetwork
-    names: list[str] | None = None  # vCenter: the hosts, in site order
-    networks: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def vcenter(self) -> bool:
-        return self.names is not None
-
-
-def _target(ctx: Context, name: str | None, only: str | None, need_network: bool = True) -> _Target:
-    """Resolve HOST / --host to a standalone host or to hosts of a DR vCenter."""
-    from esxdr.plan.host import select_hosts
-
-    site = ctx.site()
-
-    def vcenter(ep: Any, pick: str | None) -> _Target:
-        names = select_hosts(ep.name, ep.hosts, list(site.dr_network), pick, need_network=need_network)
-        return _Target(endpoint=ep, name=ep.name, names=names,
-                       networks={n: site.dr_network[n] for n in names if n in site.dr_network})
-
-    ep = site.vsphere.get(name) if name else None
-    if ep is not None and ep.kind == "vcenter":
-        return vcenter(ep, only)
-    if name is not None and only is not None and only != name:
-        raise UsageError(f"--host {only} does not narrow {name}: it is a host, not a vCenter",
-                         hint=f"esxdr host ... {only}, or name the vCenter that manages both")
-    name = name or only
-    if name is None:
-        # No HOST: the only DR host, or the only DR vCenter all dr_network hosts belong to.
-        owners = {e.name: e for h in site.dr_network if (e := site.endpoint_for_host(h)) is not None}
-        if len(site.dr_network) > 1 and len(owners) == 1:
-            only_ep = next(iter(owners.values()))
-            if only_ep.kind == "vcenter":
-                return vcenter(only_ep, None)
-    host_name, endpoint, network = _pick_host(ctx, name, need_network)
-    if endpoint.kind == "vcenter":
-        return vcenter(endpoint, host_name)
-    return _Target(endpoint=endpoint, name=host_name, network=network)
-
-
-def _connect(endpoint: object):  # -> Session
-    from esxdr.vsphere.session import connect
-
-    return connect(endpoint)
-
-
-def _host_name(endpoint: object, name: str) -> str | None:
-    # On a standalone ESXi the endpoint name need not be the host's own name.
-    return None if getattr(endpoint, "kind", "esxi") == "esxi" else name
-
-
 @host.command("plan")
 @click.argument("host_name", metavar="[HOST]", required=False)
 @click.option("--host", "only", metavar="NAME", default=None,
@@ -138,25 +54,12 @@ def plan_cmd(ctx: Context, host_name: str | None, only: str | None, prune: bool)
       esxdr host plan esxi-dr --prune --json
       esxdr host plan vcenter-dr --host esx2
     """
-    from esxdr.plan.host import plan_host
+    from esxdr import hosts
 
-    t = _target(ctx, host_name, only)
-    if t.vcenter:
-        _plan_vcenter(ctx, t, prune)
-        return
-    from esxdr.vsphere.host import observe
-
-    name, endpoint, network = t.name, t.endpoint, t.network
-    with _connect(endpoint) as session:
-        state = observe(session, _host_name(endpoint, name),
-                        bindings=bool(network.iscsi and (network.iscsi.bind or prune)))
-        result = plan_host(network, state, prune=prune, chap_secret=_chap(ctx, t).state(name, _chap_spec(network)),
-                           created=_created(ctx, t).load(name))
-        ctx.emit({**result.to_dict(), "requests": session.requests}, result.render)
-    if result.refusals:
-        r = result.refusals[0]
-        raise ConflictError(f"{name}: {len(result.refusals)} refusal(s); first: {r.target}: {r.message}",
-                            hint=r.hint or None)
+    t = hosts.resolve(ctx.site(), host_name, only)
+    result, requests = hosts.plan(ctx.site(), t, prune=prune)
+    ctx.emit({**result.to_dict(), "requests": requests}, result.render)
+    hosts.raise_for_refusals(t, result)
 
 
 @host.command("apply")
@@ -185,29 +88,11 @@ def apply_cmd(ctx: Context, host_name: str | None, only: str | None, dry_run: bo
       esxdr host apply esxi-dr --prune --json
       esxdr host apply vcenter-dr             # all its DR hosts, in parallel
     """
-    from esxdr.plan.host import plan_host
-    from esxdr.vsphere.host import apply_plan, observe
+    from esxdr import hosts
 
-    t = _target(ctx, host_name, only)
-    if t.vcenter:
-        _apply_vcenter(ctx, t, prune, dry_run)
-        return
-    name, endpoint, network = t.name, t.endpoint, t.network
-    with _connect(endpoint) as session:
-        state = observe(session, _host_name(endpoint, name),
-                        bindings=bool(network.iscsi and (network.iscsi.bind or prune)))
-        chap = _chap(ctx, t)
-        records = _created(ctx, t)
-        created = records.load(name) if dry_run else records.forget_absent(name, state)
-        host_plan = plan_host(network, state, prune=prune, chap_secret=chap.state(name, _chap_spec(network)),
-                              created=created)
-        for n in host_plan.notes:
-            ctx.info(f"note: {n}")
-        result = apply_plan(session, state, host_plan, dry_run=dry_run, progress=ctx.info,
-                            records=None if dry_run else records)
-        _record_chap(chap, result, network)
-        result.requests = session.requests
-        ctx.emit(result.to_dict(), result.render)
+    t = hosts.resolve(ctx.site(), host_name, only)
+    result = hosts.apply(ctx.site(), t, prune=prune, dry_run=dry_run, say=ctx.info)
+    ctx.emit(result.to_dict(), result.render)
 
 
 @host.command("verify-storage")
@@ -244,127 +129,18 @@ def verify_storage_cmd(ctx: Context, host_name: str | None, only: str | None, ma
       esxdr host verify-storage esxi-dr --manifest dr.yaml --resolve resignature --json
       esxdr host verify-storage vcenter-dr --manifest dr.yaml   # every host, one read
     """
+    from esxdr import hosts
     from esxdr.model import manifest as mf
-    from esxdr.vsphere.storage import expected_luns, raise_for, verify_storage
+    from esxdr.vsphere.storage import expected_luns
 
-    t = _target(ctx, host_name, only, need_network=False)
+    t = hosts.resolve(ctx.site(), host_name, only, need_network=False)
     manifest = mf.load(manifest_path)
     specs = [spec for g in ctx.site().protection_groups.values() for spec in g.luns.values()]
-    expected = expected_luns(manifest, specs)
-    if t.vcenter:
-        _verify_vcenter(ctx, t, expected, timeout, rescan_mode, resolve)
-        return
-    name, endpoint = t.name, t.endpoint
-    with _connect(endpoint) as session:
-        result = verify_storage(session, _host_name(endpoint, name), expected, timeout=timeout,
-                                rescan_mode=rescan_mode, resolve=resolve, progress=ctx.info)
-        result.requests = session.requests
-    ctx.emit(result.to_dict(), result.render)
-    raise_for(result)
-
-
-# --------------------------------------------------------------------------- CHAP secrets
-def _chap(ctx: Context, t: _Target):  # -> ChapRecords
-    from esxdr.vsphere.chap import ChapRecords
-
-    return ChapRecords(ctx.site().state_dir, getattr(t.endpoint, "name", t.name))
-
-
-def _created(ctx: Context, t: _Target):  # -> CreatedRecords
-    """What esxdr created on the hosts of this endpoint (what --prune may remove)."""
-    from esxdr.vsphere.host import CreatedRecords
-
-    return CreatedRecords(ctx.site().state_dir, getattr(t.endpoint, "name", t.name))
-
-
-def _chap_spec(network: Any) -> Any:
-    return network.iscsi.chap if network is not None and network.iscsi is not None and network.iscsi.enabled \
-        else None
-
-
-def _record_chap(chap: Any, result: Any, network: Any) -> None:
-    """Remember the fingerprint of the secret a done set_chap step put on the host."""
-    spec = _chap_spec(network)
-    if spec is not None and any(st.action.kind == "set_chap" and st.status == "done" for st in result.steps):
-        chap.record(result.host, spec)
-
-
-# --------------------------------------------------------------------------- vCenter: several hosts
-def _bindings(t: _Target, prune: bool) -> bool:
-    return any(n.iscsi and (n.iscsi.bind or prune) for n in t.networks.values())
-
-
-def _plan_all(ctx: Context, t: _Target, session: Any, prune: bool,
-              applying: bool = False):  # -> (states, MultiHostPlan, ChapRecords, CreatedRecords)
-    """One read of all the vCenter's hosts, then a plan per host. ``applying``: records of
-    objects since removed by hand are dropped first."""
-    from esxdr.plan.host import plan_hosts
-    from esxdr.vsphere.host import observe_hosts
-
-    assert t.names is not None
-    states = observe_hosts(session, t.names, bindings=_bindings(t, prune))
-    chap = _chap(ctx, t)
-    records = _created(ctx, t)
-    created = {h: records.forget_absent(h, st) if applying else records.load(h) for h, st in states.items()}
-    plans = plan_hosts(t.name, t.networks, states, prune=prune,
-                       chap_secrets={h: chap.state(h, _chap_spec(n)) for h, n in t.networks.items()},
-                       created=created)
-    return states, plans, chap, records
-
-
-def _plan_vcenter(ctx: Context, t: _Target, prune: bool) -> None:
-    with _connect(t.endpoint) as session:
-        _, result, _, _ = _plan_all(ctx, t, session, prune)
-        ctx.emit({**result.to_dict(), "requests": session.requests}, result.render)
-    if result.refusals:
-        host_name, r = result.refusals[0]
-        raise ConflictError(f"{host_name}: {len(result.refusals)} refusal(s); first: {r.target}: {r.message}",
-                            hint=r.hint or None)
-
-
-def _apply_vcenter(ctx: Context, t: _Target, prune: bool, dry_run: bool) -> None:
-    from esxdr.vsphere.host import apply_plans
-
-    with _connect(t.endpoint) as session:
-        states, plans, chap, records = _plan_all(ctx, t, session, prune, applying=not dry_run)
-        for p in plans.plans:
-            for n in p.notes:
-                ctx.info(f"{p.host}: note: {n}")
-        result = apply_plans(session, states, plans.plans, endpoint=t.name, dry_run=dry_run, progress=ctx.info,
-                             records=None if dry_run else records)
-        for r in result.results:
-            _record_chap(chap, r, t.networks.get(r.host))
-        result.requests = session.requests
-        ctx.emit(result.to_dict(), result.render)
-
-
-def _verify_vcenter(ctx: Context, t: _Target, expected: list[Any], timeout: float, rescan_mode: str,
-                    resolve: str | None) -> None:
-    from esxdr.vsphere.host import verify_hosts
-
-    assert t.names is not None
-    with _connect(t.endpoint) as session:
-        report, rescans, resolved = verify_hosts(session, t.names, expected, endpoint=t.name, timeout=timeout,
-                                                 rescan_mode=rescan_mode, resolve=resolve, progress=ctx.info)
-        requests = session.requests
-
-    def render() -> str:
-        return "\n".join([f"done: {a.describe()}" for a in resolved] + [report.render()])
-
-    ctx.emit({**report.to_dict(), "resolved": [a.to_dict() for a in resolved], "rescans": rescans,
-              "requests": requests}, render)
-    bad = [(r.host, c) for r in report.reports for c in r.checks if not c.ok]
-    if not bad:
-        return
-    host_name, first = bad[0]
-    hosts_bad = sorted({h for h, _ in bad})
-    if any(c.status == "unresolved" for _, c in bad):
-        raise ConflictError(f"{host_name}: VMFS volume(s) unresolved on {', '.join(hosts_bad)}; {first.message}",
-                            hint=first.hint)
-    from esxdr.errors import VsphereError
-
-    raise VsphereError(f"{len(bad)} LUN check(s) failed on {', '.join(hosts_bad)}; {host_name}: naa.{first.naa}: "
-                       f"{first.message}", hint=first.hint)
+    data, render, error = hosts.verify(t, expected_luns(manifest, specs), timeout=timeout, rescan_mode=rescan_mode,
+                                       resolve=resolve, say=ctx.info)
+    ctx.emit(data, render)
+    if error is not None:
+        raise error
 
 
 @host.command("thumbprint")
