@@ -107,13 +107,13 @@ def datastore_of(path: str) -> str | None:
 def discover(group, manifest: Manifest, datastores: list[SeenDatastore], vms: list[SeenVm],
              manifest_origin: str = "", endpoint: str = "") -> Discovery:
     """The mapping datasets ↔ LUNs ↔ datastores ↔ VMs of ``group`` (a ProtectionGroup)."""
-    from esxdr.plan.runbook import _lu_dataset
+    from esxdr.plan.runbook import lu_dataset
 
     d = Discovery(group=group.name, sources={"vSphere": endpoint or "production", "LUNs": manifest_origin})
     by_naa = {n: ds for ds in datastores for n in ds.extents}
     group_stores: set[str] = set()
     for source_ds in group.datasets:
-        lus = [lu for lu in manifest.logical_units if _lu_dataset(lu, group) == source_ds]
+        lus = [lu for lu in manifest.logical_units if lu_dataset(lu, group) == source_ds]
         rel = source_ds[len(group.source_root) + 1:] if source_ds.startswith(group.source_root + "/") else source_ds
         row: dict[str, Any] = {"name": rel}
         if not lus:

@@ -200,7 +200,7 @@ class Failover(Runner):
             dr.transport.close()
         m = copy.deepcopy(m)
         for lu in m.logical_units:
-            ds = rb._lu_dataset(lu, g)
+            ds = rb.lu_dataset(lu, g)
             if ds in g.datasets:
                 lu.backing = dataclasses.replace(lu.backing, dataset=g.dr_dataset(ds))
         return m, origin

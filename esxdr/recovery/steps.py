@@ -221,7 +221,7 @@ def _s_register(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
     wanted = list(step.params["vms"])
     # Where production keeps each .vmx (vms.*.vmx, written by esxdr plan discover): no search needed.
     # The datastore names are production's, as the volumes are mounted as-is.
-    known = {n: p for n, p in (step.params.get("vmx") or {}).items() if rb._vmx_datastore(p) in h.datastores}
+    known = {n: p for n, p in (step.params.get("vmx") or {}).items() if rb.vmx_datastore(p) in h.datastores}
     found: dict[str, str] = {}
     searched = not wanted or any(n not in known for n in wanted)
     if searched:
@@ -233,7 +233,7 @@ def _s_register(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
     if lacking:
         # What each datastore held, so that the message tells a wrong site file from a volume
         # that came up empty or not at all.
-        held = {ds: sorted(n for n, p in found.items() if rb._vmx_datastore(p) == ds) for ds in stores}
+        held = {ds: sorted(n for n, p in found.items() if rb.vmx_datastore(p) == ds) for ds in stores}
         seen = "; ".join(f"{ds}: " + ("not mounted" if ds not in h.datastores else
                                        (", ".join(held[ds]) if held[ds] else "no .vmx")) for ds in stores)
         raise ConflictError(f"VM(s) {', '.join(lacking)} not found on the drill datastores ({seen})",
@@ -278,7 +278,7 @@ def _s_register(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
         else:
             # DRS off: vCenter wants a host per VM; esxdr spreads them itself (pure, deterministic).
             prio = step.params.get("priorities") or {}
-            spread = rb.spread_vms([(n, int(prio.get(n, 0)), rb._vmx_datastore(found[n])) for n in todo],
+            spread = rb.spread_vms([(n, int(prio.get(n, 0)), rb.vmx_datastore(found[n])) for n in todo],
                                    {n: ({ds for ds in m.datastores}, len(m.vms)) for n, m in d.members.items()})
             on_hosts = [s.ref("HostSystem", d.members[spread[n]].moid) for n in todo]
             for n in todo:

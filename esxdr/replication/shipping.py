@@ -162,7 +162,7 @@ def check_for_group(m: Manifest, group: ProtectionGroup, origin: str, *, untrust
     ``untrusted`` (shipped or pinned, not the operator's own ``--manifest``), CHAP references only
     name keys of the DR secrets file (``secrets:KEY``): ``env:``/``file:`` would let production choose
     what DR reads. LUs of other datasets are dropped (:func:`for_group`)."""
-    from esxdr.plan.runbook import _lu_dataset
+    from esxdr.plan.runbook import lu_dataset
 
     problems = []
     root = group.source_root
@@ -172,7 +172,7 @@ def check_for_group(m: Manifest, group: ProtectionGroup, origin: str, *, untrust
         if declared is not None and declared != root and not declared.startswith(root + "/"):
             problems.append(f"{where}.dataset: {declared!r} is not under the group's root {root}")
             continue
-        ds = _lu_dataset(lu, group)
+        ds = lu_dataset(lu, group)
         if ds is None or ds not in group.datasets:
             continue
         if lu.backing.kind == "block":
@@ -255,11 +255,11 @@ def identity(m: Manifest, group: ProtectionGroup) -> dict[str, Any]:
     """What the pin protects: per LU (by NAA) its SCSI identity and where it lives (dataset, file);
     per target its IQN and CHAP references. Sizes, aliases, LUN numbers, portals and ACLs are not
     identity (DR replaces portals and ACLs; tgt serves a file at its size)."""
-    from esxdr.plan.runbook import _lu_dataset
+    from esxdr.plan.runbook import lu_dataset
 
     lus: dict[str, dict[str, Any]] = {}
     for lu in m.logical_units:
-        ds = _lu_dataset(lu, group)
+        ds = lu_dataset(lu, group)
         if ds is None or ds not in group.datasets:
             continue
         lus[lu.naa.hex] = {

@@ -2,7 +2,7 @@
 
 tgt reads a target without ACL as closed and `ALL` as open to everyone; esxdr used to turn an
 empty ACL into `ALL`, and the drill and failover manifests kept production's empty ACL empty.
-Also: `_relative_file` used to pass `..` through into the DR backing path.
+Also: `lu_relative_file` used to pass `..` through into the DR backing path.
 """
 
 from __future__ import annotations
