@@ -29,7 +29,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from esxdr.model.host import Created, HostState, ObservedLun, UnresolvedVolume
+from esxdr.model.host import Created, HostState
 
 MANAGEMENT_VNIC = "vmk0"
 
@@ -64,13 +64,13 @@ class Action:
         k = self.kind
         if k in ("add_vswitch", "update_vswitch"):
             verb = "add" if k == "add_vswitch" else "update"
-            team = f", active {_csv(p['active'])}" + (f", standby {_csv(p['standby'])}" if p["standby"] else "")
-            return (f"{verb} vSwitch {self.target} (uplinks {_csv(p['uplinks']) or 'none'}, MTU {p['mtu']}"
+            team = f", active {csv_list(p['active'])}" + (f", standby {csv_list(p['standby'])}" if p["standby"] else "")
+            return (f"{verb} vSwitch {self.target} (uplinks {csv_list(p['uplinks']) or 'none'}, MTU {p['mtu']}"
                     f"{team if p['uplinks'] else ''}, {p['ports']} ports)")
         if k in ("add_port_group", "update_port_group"):
             verb = "add" if k == "add_port_group" else "update"
-            team = "" if p["active"] is None else f", active {_csv(p['active'])}" + \
-                (f", standby {_csv(p['standby'])}" if p["standby"] else "")
+            team = "" if p["active"] is None else f", active {csv_list(p['active'])}" + \
+                (f", standby {csv_list(p['standby'])}" if p["standby"] else "")
             return f"{verb} port group {self.target} on {p['vswitch']} (VLAN {p['vlan']}{team})"
         if k in ("add_vnic", "update_vnic"):
             verb = "add" if k == "add_vnic" else "update"
@@ -105,7 +105,7 @@ class Action:
         if k == "rescan_vmfs":
             return "rescan for VMFS volumes"
         if k == "force_mount":
-            return f"force-mount VMFS volume {self.target} keeping its UUID (from {_csv(p['extents'])})"
+            return f"force-mount VMFS volume {self.target} keeping its UUID (from {csv_list(p['extents'])})"
         if k == "resignature":
             rename = f", then rename it to {p['rename_to']}" if p.get("rename_to") else ""
             return f"resignature VMFS volume {self.target} (new UUID{rename})"
@@ -161,7 +161,7 @@ class HostPlan:
         return "\n".join(lines)
 
 
-def _csv(items: Any) -> str:
+def csv_list(items: Any) -> str:
     return ", ".join(items or ())
 
 
@@ -230,7 +230,7 @@ def _extras(desired: Any, observed: HostState, created: Created, claimed: set[st
         if (n, pg.vswitch) not in created.port_groups:
             kept_pgs.append(f"port group {n}")
         elif users:
-            kept_pgs.append(f"port group {n} (still carries {_csv(users)})")
+            kept_pgs.append(f"port group {n} (still carries {csv_list(users)})")
         else:
             out.port_groups.append(n)
     going_pgs = set(out.port_groups)
@@ -242,7 +242,7 @@ def _extras(desired: Any, observed: HostState, created: Created, claimed: set[st
         if n not in created.vswitches:
             kept_vs.append(f"vSwitch {n}")
         elif staying:
-            kept_vs.append(f"vSwitch {n} (still carries port group {_csv(staying)})")
+            kept_vs.append(f"vSwitch {n} (still carries port group {csv_list(staying)})")
         else:
             out.vswitches.append(n)
     out.kept = kept_vs + kept_pgs + kept_vnics  # in the order of the other notes
@@ -280,7 +280,7 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
         for u in vs.uplinks:
             if observed.pnics and u not in observed.pnics:
                 refuse(Refusal(f"vSwitch {name}", f"uplink {u} does not exist on {observed.name}",
-                               f"physical NICs there: {_csv(observed.pnics)}"))
+                               f"physical NICs there: {csv_list(observed.pnics)}"))
                 continue
             owner = observed.uplink_owner(u)
             if owner and owner != name and owner not in pruned_vs and u not in releasing.get(owner, set()):
@@ -296,12 +296,12 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
             continue
         diffs = []
         if set(ob.uplinks) != set(vs.uplinks):
-            diffs.append(f"uplinks {_csv(ob.uplinks) or 'none'} → {_csv(vs.uplinks) or 'none'}")
+            diffs.append(f"uplinks {csv_list(ob.uplinks) or 'none'} → {csv_list(vs.uplinks) or 'none'}")
         if ob.mtu != vs.mtu:
             diffs.append(f"MTU {ob.mtu} → {vs.mtu}")
         if vs.uplinks and (tuple(ob.active) != active or tuple(ob.standby) != standby):
-            diffs.append(f"failover order active [{_csv(ob.active)}] standby [{_csv(ob.standby)}] → "
-                         f"active [{_csv(active)}] standby [{_csv(standby)}]")
+            diffs.append(f"failover order active [{csv_list(ob.active)}] standby [{csv_list(ob.standby)}] → "
+                         f"active [{csv_list(active)}] standby [{csv_list(standby)}]")
         if ob.ports != vs.ports:
             diffs.append(f"ports {ob.ports} → {vs.ports}")
         if diffs:
@@ -342,7 +342,7 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
         ob_standby: tuple[str, ...] | None = tuple(obp.standby or ()) if obp.active is not None else None
         if (ob_active, ob_standby) != (pg_active, pg_standby):
             def show(a: Any, s: Any) -> str:
-                return "inherited from the vSwitch" if a is None else f"active [{_csv(a)}] standby [{_csv(s)}]"
+                return "inherited from the vSwitch" if a is None else f"active [{csv_list(a)}] standby [{csv_list(s)}]"
             diffs.append(f"teaming {show(ob_active, ob_standby)} → {show(pg_active, pg_standby)}")
         if diffs:
             acts.append(Action("update_port_group", name, "; ".join(diffs), params))
@@ -423,8 +423,8 @@ def plan_host(desired: Any, observed: HostState, *, prune: bool = False,
             active, standby = order
             if len(active) != 1 or standby:
                 what = f"{len(active)} active uplink{'s' if len(active) != 1 else ''}" + \
-                    (f" ({_csv(active)})" if active else "") + \
-                    (f" and standby {_csv(standby)}" if standby else "")
+                    (f" ({csv_list(active)})" if active else "") + \
+                    (f" and standby {csv_list(standby)}" if standby else "")
                 first = active[0] if active else "vmnicN"
                 refuse(Refusal(
                     vmk, f"cannot bind {vmk} to software iSCSI: its port group {pg_name} has {what}; "
@@ -583,230 +583,3 @@ def select_hosts(endpoint: str, endpoint_hosts: tuple[str, ...] | list[str], dr_
         raise UsageError(f"none of the hosts of {endpoint} ({', '.join(listed)}) has a dr_network entry",
                          hint="describe each host's network under dr_network:")
     return chosen
-
-
-# --------------------------------------------------------------------------- storage verification
-@dataclass(frozen=True)
-class ExpectedLun:
-    """One LUN of the target manifest and the VMFS volume expected on it (when known)."""
-
-    naa: str  # lower-case hex, no "naa."
-    target: str | None = None  # the target IQN that presents it (manifest view)
-    datastore: str | None = None  # expected datastore name (site LunSpec, else the VMFS label)
-    vmfs_uuid: str | None = None
-    label: str | None = None  # the label read from the LUN's header
-    product_id: str | None = None
-
-    @property
-    def canonical(self) -> str:
-        return "naa." + self.naa
-
-
-@dataclass
-class LunCheck:
-    naa: str
-    status: str  # ok | missing | unresolved | no-volume | not-mounted
-    message: str
-    hint: str = ""
-    datastore: str | None = None
-    vmfs_uuid: str | None = None
-    paths: tuple[str, ...] = ()
-    unresolved: UnresolvedVolume | None = None
-    expected: ExpectedLun | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"naa": "naa." + self.naa, "status": self.status, "message": self.message, "hint": self.hint,
-                "datastore": self.datastore, "vmfs_uuid": self.vmfs_uuid, "paths": list(self.paths),
-                "notes": list(self.notes),
-                "unresolved": None if self.unresolved is None else {
-                    "vmfs_uuid": self.unresolved.vmfs_uuid, "label": self.unresolved.label,
-                    "extents": list(self.unresolved.extents), "reason": self.unresolved.reason}}
-
-
-@dataclass
-class StorageReport:
-    host: str
-    checks: list[LunCheck] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    @property
-    def missing(self) -> list[LunCheck]:
-        return [c for c in self.checks if c.status == "missing"]
-
-    @property
-    def unresolved(self) -> list[LunCheck]:
-        return [c for c in self.checks if c.status == "unresolved"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "ok": self.ok, "luns": [c.to_dict() for c in self.checks]}
-
-    def render(self) -> str:
-        lines = []
-        for c in self.checks:
-            mark = "ok " if c.ok else "!! "
-            lines.append(f"{mark} naa.{c.naa}: {c.message}")
-            for n in c.notes:
-                lines.append(f"     note: {n}")
-            if c.hint:
-                lines.append(f"     hint: {c.hint}")
-        n_ok = sum(c.ok for c in self.checks)
-        lines.append(f"{self.host}: {n_ok}/{len(self.checks)} LUNs verified")
-        return "\n".join(lines)
-
-
-@dataclass
-class HostsStorageReport:
-    """verify-storage over several hosts of one endpoint: one report per host."""
-
-    endpoint: str
-    reports: list[StorageReport] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.reports)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "ok": self.ok, "hosts": [r.to_dict() for r in self.reports]}
-
-    def render(self) -> str:
-        lines = [f"== {r.host} ==\n{r.render()}" for r in self.reports]
-        n_ok = sum(r.ok for r in self.reports)
-        lines.append(f"{self.endpoint}: {n_ok}/{len(self.reports)} hosts verified")
-        return "\n".join(lines)
-
-
-def _missing_lun_diagnosis(exp: ExpectedLun, host: HostState) -> tuple[str, str]:
-    """Why a LUN is not seen, from what the adapter shows: message tail and hint."""
-    iscsi = host.iscsi
-    if not host.software_iscsi_enabled or iscsi is None:
-        return ("the software iSCSI adapter is off", "run `esxdr host apply` (iscsi: in the site file's dr_network)")
-    if not iscsi.send_targets and not iscsi.static_targets:
-        return (f"{iscsi.device} has no send or static targets",
-                "add send_targets: [portal] under iscsi: in dr_network and run `esxdr host apply`")
-    targets = {t[2] for t in iscsi.discovered} | {t[2] for t in iscsi.static_targets}
-    lun_targets: dict[str, list[ObservedLun]] = {}
-    for lun in host.luns.values():
-        for t in lun.targets:
-            lun_targets.setdefault(t, []).append(lun)
-    portals = ", ".join(f"{a}:{p}" for a, p in iscsi.send_targets) or \
-        ", ".join(f"{a}:{p}" for a, p, _ in iscsi.static_targets)
-    if exp.target and exp.target in targets:
-        others = [x.canonical_name for x in lun_targets.get(exp.target, [])]
-        offered = f"offered {len(others)} LUN{'s' if len(others) != 1 else ''}" + \
-            (f" ({', '.join(others)})" if others else "")
-        return (f"target {exp.target} {offered} to initiator {iscsi.iqn}, not this one",
-                f"present naa.{exp.naa} on {exp.target} and allow {iscsi.iqn} in the target's ACL "
-                f"(esxdr target import --allow-initiator {iscsi.iqn}), then rerun")
-    if not targets:
-        return (f"no iSCSI session: discovery on {portals} returned no targets for initiator {iscsi.iqn}",
-                "check that the portal address and port are right and reachable from the bound VMkernel NIC "
-                "(VLAN id, IP subnet, iSCSI port binding), and that the target's ACL allows "
-                f"{iscsi.iqn} (esxdr target import --allow-initiator {iscsi.iqn})")
-    shown = ", ".join(sorted(targets))
-    what = f"target {exp.target} is not among the discovered targets ({shown})" if exp.target else \
-        f"none of the discovered targets ({shown}) offered it to initiator {iscsi.iqn}"
-    return (what, f"check the target's LUN mapping and ACL (allow {iscsi.iqn}); "
-                  "the LUN must keep its NAA (esxdr target import keeps identities)")
-
-
-def check_storage(expected: list[ExpectedLun], host: HostState,
-                  unresolved: list[UnresolvedVolume] | None = None) -> StorageReport:
-    """Is each expected LUN seen (by NAA) and each expected VMFS volume mounted as itself?"""
-    report = StorageReport(host=host.name)
-    unresolved = unresolved or []
-    for exp in expected:
-        lun = host.luns.get(exp.canonical)
-        paths = lun.paths if lun else ()
-        # the volume: by UUID when known, else whatever datastore sits on this LUN
-        ds = host.datastore_by_uuid(exp.vmfs_uuid) if exp.vmfs_uuid else None
-        if ds is None and not exp.vmfs_uuid:
-            ds = next((d for d in host.datastores.values() if exp.canonical in d.extents), None)
-        resignatured = False
-        if ds is None and exp.datastore and exp.datastore in host.datastores:
-            # After --resolve resignature the volume has a new UUID and got its expected name back.
-            ds = host.datastores[exp.datastore]
-            resignatured = bool(exp.vmfs_uuid and ds.vmfs_uuid != exp.vmfs_uuid)
-        unres = None
-        if ds is None:
-            unres = next((u for u in unresolved if exp.vmfs_uuid and u.vmfs_uuid == exp.vmfs_uuid), None) or \
-                next((u for u in unresolved if exp.canonical in u.extents), None)
-        name = exp.datastore or exp.label
-        label = f" ({name})" if name else ""
-        if ds is not None:
-            check = LunCheck(exp.naa, "ok", f"datastore {ds.name} mounted, VMFS {ds.vmfs_uuid}",
-                             datastore=ds.name, vmfs_uuid=ds.vmfs_uuid, paths=paths, expected=exp)
-            if resignatured:
-                check.notes.append(f"resignatured: VMFS UUID {ds.vmfs_uuid}, was {exp.vmfs_uuid}")
-            if exp.canonical not in ds.extents:
-                # Only a resolved copy (force-mount or resignature) mounts from another identity.
-                check.notes.append(f"mounted from {_csv(ds.extents)}, not naa.{exp.naa}: the LUN identity changed")
-            if ds.force_mounted:
-                check.notes.append("force-mounted (UUID kept, LUN identity differs): resignature when convenient")
-            if exp.datastore and ds.name != exp.datastore:
-                check.notes.append(f"named {ds.name}, expected {exp.datastore}")
-            if lun is not None and lun.adapters and host.iscsi and host.iscsi.device not in lun.adapters:
-                check.notes.append(f"reached through {_csv(lun.adapters)}, not the software iSCSI adapter")
-            if not ds.accessible and check.status == "ok":
-                check.status = "not-mounted"
-                check.message = f"datastore {ds.name} is inaccessible (all paths down)"
-                check.hint = "check the iSCSI session to the target serving it"
-            report.checks.append(check)
-            continue
-        if unres is not None:
-            served = _csv(unres.extents) or "?"
-            if exp.canonical in unres.extents:
-                why = (f"VMFS volume {unres.vmfs_uuid} '{unres.label}' on {served} is unresolved "
-                       f"({unres.reason or 'snapshot'}): ESXi sees the NAA it expects, so the device id in the "
-                       f"volume header differs in the product id (was the LUN re-created by another target stack?)")
-            else:
-                why = (f"VMFS volume {unres.vmfs_uuid} '{unres.label}' is unresolved ({unres.reason or 'snapshot'}): "
-                       f"expected it on naa.{exp.naa} (the manifest), but the target serves it as {served}; "
-                       "the volume header names the old device, so ESXi takes it for a copy")
-            report.checks.append(LunCheck(
-                exp.naa, "unresolved", why,
-                hint=("rebuild the target with the original identity (esxdr target import), or choose: "
-                      "--resolve keep-uuid (force-mount, UUID kept, nothing written) or --resolve resignature "
-                      f"(new UUID, datastore renamed back to {name or unres.label}; VMs must be re-registered)"),
-                vmfs_uuid=unres.vmfs_uuid, paths=paths, unresolved=unres, expected=exp))
-            continue
-        if lun is None:
-            tail, hint = _missing_lun_diagnosis(exp, host)
-            report.checks.append(LunCheck(exp.naa, "missing", f"not seen by {host.name}{label}: {tail}", hint=hint,
-                                          expected=exp))
-            continue
-        report.checks.append(LunCheck(
-            exp.naa, "no-volume",
-            f"LUN seen{label} but no VMFS volume is mounted or unresolved on it"
-            + (f" (expected VMFS {exp.vmfs_uuid})" if exp.vmfs_uuid else ""),
-            hint="the LUN may be blank or its replica incomplete: check it with `esxdr vmfs inspect`",
-            paths=paths, expected=exp))
-    return report
-
-
-def plan_resolution(report: StorageReport, mode: str) -> list[Action]:
-    """Actions that resolve the unresolved volumes of ``report``: ``keep-uuid`` or ``resignature``."""
-    if mode not in ("keep-uuid", "resignature"):
-        raise ValueError(f"unknown resolution {mode!r}")
-    acts = []
-    for c in report.unresolved:
-        u = c.unresolved
-        assert u is not None
-        want = (c.expected.datastore or c.expected.label) if c.expected else None
-        want = want or u.label
-        if mode == "keep-uuid":
-            acts.append(Action("force_mount", u.vmfs_uuid, "--resolve keep-uuid: mount the copy as the original",
-                               {"device_paths": u.device_paths, "extents": u.extents, "label": u.label}))
-        else:
-            acts.append(Action("resignature", u.vmfs_uuid,
-                               "--resolve resignature: give the copy a new UUID and its expected name",
-                               {"device_paths": u.device_paths, "extents": u.extents, "rename_to": want,
-                                "label": u.label}))
-    return acts

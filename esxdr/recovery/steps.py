@@ -162,7 +162,7 @@ def _s_rescan(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _s_verify(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr.plan.host import ExpectedLun
+    from esxdr.plan.storage import ExpectedLun
     from esxdr.vsphere.storage import VERIFY_TIMEOUT_S, raise_for, verify_storage
 
     exp = [ExpectedLun(naa=e["naa"], target=e.get("target"), datastore=e.get("datastore"),

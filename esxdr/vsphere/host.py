@@ -456,7 +456,7 @@ def verify_hosts(session: Session, names: list[str], expected: list[Any], *, end
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from esxdr.plan.host import HostsStorageReport, check_storage, plan_resolution
+    from esxdr.plan.storage import HostsStorageReport, check_storage, plan_resolution
     from esxdr.vsphere import storage
 
     say = progress or (lambda _m: None)

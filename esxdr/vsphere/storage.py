@@ -20,7 +20,8 @@ from pyVmomi import vim
 
 from esxdr.errors import ConflictError, UsageError, VsphereError
 from esxdr.model.host import HostState
-from esxdr.plan.host import Action, ExpectedLun, StorageReport, check_storage, plan_resolution
+from esxdr.plan.host import Action
+from esxdr.plan.storage import ExpectedLun, StorageReport, check_storage, plan_resolution
 from esxdr.vsphere import inventory
 from esxdr.vsphere.session import Session
 from esxdr.vsphere.tasks import wait_tasks

@@ -20,7 +20,7 @@ def test_host_bootstrap_then_noop(live):
 
 
 def test_verify_storage(live):
-    from esxdr.plan.host import ExpectedLun
+    from esxdr.plan.storage import ExpectedLun
     from esxdr.vsphere import host as H
     from esxdr.vsphere import storage as ST
 

@@ -641,7 +641,7 @@ class _Reads:
 def parser_reads() -> _Reads:
     from fidelity_replay import session
 
-    from esxdr.plan.host import ExpectedLun
+    from esxdr.plan.storage import ExpectedLun
     from esxdr.replication import consistency
     from esxdr.vsphere import inventory, storage, vms
 

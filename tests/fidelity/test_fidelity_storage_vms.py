@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from fidelity_replay import session
 
-from esxdr.plan.host import ExpectedLun, check_storage
+from esxdr.plan.storage import ExpectedLun, check_storage
 from esxdr.replication import consistency
 from esxdr.vsphere import inventory, storage, vms
 

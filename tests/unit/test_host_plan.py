@@ -17,7 +17,8 @@ from esxdr.model.host import (
     ObservedVSwitch,
     UnresolvedVolume,
 )
-from esxdr.plan.host import ExpectedLun, check_storage, plan_host, plan_resolution, split_ip
+from esxdr.plan.host import plan_host, split_ip
+from esxdr.plan.storage import ExpectedLun, check_storage, plan_resolution
 from esxdr.site.model import (
     ChapSpec,
     HostNetwork,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pyVmomi import vim
 
 from esxdr.model.host import HostState
-from esxdr.plan.host import ExpectedLun, check_storage
+from esxdr.plan.storage import ExpectedLun, check_storage
 from esxdr.vsphere.inventory import parse_storage
 
 IQN = "iqn.2024-01.lab.esxdr:dr"

@@ -8,14 +8,8 @@ import pytest
 from test_host_plan import APPLIED, DESIRED, FRESH
 
 from esxdr.errors import UsageError
-from esxdr.plan.host import (
-    ExpectedLun,
-    HostsStorageReport,
-    check_storage,
-    plan_host,
-    plan_hosts,
-    select_hosts,
-)
+from esxdr.plan.host import plan_host, plan_hosts, select_hosts
+from esxdr.plan.storage import ExpectedLun, HostsStorageReport, check_storage
 
 A, B = "esx-a", "esx-b"
 
