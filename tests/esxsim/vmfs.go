@@ -1,7 +1,7 @@
 package main
 
 // On-LUN layout (docs/vmfs.md has the sources and the checks against vmfs-tools,
-// vmfs6-tools and real images; esxdr/vmfs.py reads and writes the same bytes):
+// vmfs6-tools and real images; esxdr/vmfs/ reads and writes the same bytes):
 //
 //   LBA 0          protective MBR
 //   LBA 1..33      primary GPT (one partition, type VMFS, starting at LBA 2048)
