@@ -1,7 +1,8 @@
 """Pure values shared by the planners (esxdr.plan) and the adapters: no I/O, no adapter imports.
 
 - ``zfs``: snapshots, bookmarks, datasets and a zfs stack's capabilities, as observed;
-- ``manifest``: the portable target manifest (NAA, LUs, targets, ACLs) and its validation;
+- ``manifest``: the portable target manifest (LUs, targets, ACLs), its validation and its files;
+- ``identity``: NAA designators, iSCSI names, ACL members, dataset names and LUN files, checked;
 - ``host``: what an ESXi host looks like (vSwitches, port groups, iSCSI, LUNs, datastores, VMs).
 
 This module re-exports the zfs values, which nearly every layer uses.

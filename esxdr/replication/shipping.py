@@ -36,14 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esxdr.errors import ConflictError, ManifestError
-from esxdr.model.manifest import (
-    ZVOL_DIRS,
-    Manifest,
-    dumps,
-    manifest_from_dict,
-    manifest_to_dict,
-    relative_file,
-)
+from esxdr.model.identity import ZVOL_DIRS, relative_file
+from esxdr.model.manifest import Manifest, dumps, manifest_from_dict, manifest_to_dict
 from esxdr.util import atomic_write
 
 if TYPE_CHECKING:

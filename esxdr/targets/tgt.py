@@ -23,13 +23,7 @@ from dataclasses import dataclass
 
 from esxdr import templating
 from esxdr.errors import IdentityConflict, ManifestError
-from esxdr.model.manifest import (
-    Backing,
-    LogicalUnit,
-    Manifest,
-    Naa,
-    Target,
-)
+from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Target
 from esxdr.targets.base import (
     ApplyResult,
     Command,

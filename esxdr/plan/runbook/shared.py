@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from esxdr.errors import ConflictError, ManifestError, UsageError
-from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Portal, Target, View, relative_file
+from esxdr.model.identity import relative_file
+from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Portal, Target, View
 from esxdr.plan import rewrite
 from esxdr.plan.runbook.core import (
     DRILL_VSWITCH,
