@@ -18,8 +18,6 @@ _IQN = re.compile(rf"^iqn\.\d{{4}}-(?:0[1-9]|1[0-2])\.{_LABEL}(?:\.{_LABEL})*(?:
 _EUI = re.compile(r"^eui\.[0-9a-f]{16}$", re.I)
 _NAA_NAME = re.compile(r"^naa\.(?:[0-9a-f]{16}|[0-9a-f]{32})$", re.I)
 ISCSI_NAME_MAX = 223  # bytes, RFC 3720 3.2.6.1
-# Stack-local names (initiator groups, TPG names, iscsitgt target names, tgt tids): they become argv
-# words and config keys, so no spaces, no leading '-' and nothing a shell or config parser reads.
 
 
 # --------------------------------------------------------------------------- NAA

@@ -45,6 +45,8 @@ BACKING_KINDS = ("zvol", "file", "block")
 AUTH_MODES = ("none", "chap", "mutual-chap")
 
 
+# Stack-local names (initiator groups, TPG names, iscsitgt target names, tgt tids): they become argv
+# words and config keys, so no spaces, no leading '-' and nothing a shell or config parser reads.
 _LOCAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,254}$")
 _SECRET_REF = re.compile(r"^(?:env:[A-Za-z_][A-Za-z0-9_]*|file:/[^\x00]*|secrets:[A-Za-z0-9_.:@+-]+|[A-Za-z0-9_.@+-]+)$")
 
