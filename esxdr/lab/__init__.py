@@ -175,15 +175,18 @@ class Lab:
         if lib.exists():
             shutil.rmtree(lib)
         (lib / "esxdr").mkdir(parents=True)
-        for name in ("__init__.py", "__main__.py", "serve.py", "sendstream.py"):
+        for name in ("__init__.py", "__main__.py", "sendstream.py"):
             shutil.copy2(src / name, lib / "esxdr" / name)
+        (lib / "esxdr" / "serve").mkdir()
+        for f in (src / "serve").glob("*.py"):
+            shutil.copy2(f, lib / "esxdr" / "serve" / f.name)
         launcher = self.dir / "bin" / "esxdr"
         launcher.parent.mkdir(exist_ok=True)
         launcher.write_text(f"#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, {str(lib)!r})\n"
                             "from esxdr.__main__ import main\nmain()\n")
         os.chmod(launcher, 0o755)
         # Byte-compiled by the interpreter that runs it, as a package install leaves it: the
-        # account cannot write __pycache__, and compiling serve.py on each of its starts cost
+        # account cannot write __pycache__, and compiling serve/ on each of its starts cost
         # about 30 ms per remote zfs command.
         subprocess.run(["/usr/bin/python3", "-I", "-m", "compileall", "-q", str(lib)], check=False,
                        capture_output=True)
