@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esxdr.model.manifest import Manifest
+from esxdr.plan.runbook import lu_dataset
 
 DEFAULT_PRIORITY = 3
 
@@ -107,7 +108,6 @@ def datastore_of(path: str) -> str | None:
 def discover(group, manifest: Manifest, datastores: list[SeenDatastore], vms: list[SeenVm],
              manifest_origin: str = "", endpoint: str = "") -> Discovery:
     """The mapping datasets ↔ LUNs ↔ datastores ↔ VMs of ``group`` (a ProtectionGroup)."""
-    from esxdr.plan.runbook import lu_dataset
 
     d = Discovery(group=group.name, sources={"vSphere": endpoint or "production", "LUNs": manifest_origin})
     by_naa = {n: ds for ds in datastores for n in ds.extents}

@@ -29,6 +29,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from esxdr.errors import UsageError
 from esxdr.model.host import Created, HostState
 
 MANAGEMENT_VNIC = "vmk0"
@@ -565,7 +566,6 @@ def select_hosts(endpoint: str, endpoint_hosts: tuple[str, ...] | list[str], dr_
     All of the endpoint's ``hosts:`` (in site order) that have a ``dr_network`` entry
     (``need_network``; verify-storage needs none), or just ``only`` (``--host``).
     """
-    from esxdr.errors import UsageError
 
     listed = list(endpoint_hosts)
     if only is not None:

@@ -14,6 +14,7 @@ from esxdr.errors import (
 from esxdr.plan import runbook as rb
 from esxdr.recovery.record import RunRecord
 from esxdr.recovery.runner import Runner
+from esxdr.targets import tgt
 
 if TYPE_CHECKING:
     pass
@@ -55,7 +56,6 @@ def _c_unregister(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _c_unpresent(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr.targets import tgt
 
     t = d.target()
     _, targets = d.served()

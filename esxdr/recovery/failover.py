@@ -40,11 +40,15 @@ from esxdr.errors import (
 from esxdr.faults import checkpoint
 from esxdr.fmt import human_duration
 from esxdr.plan import runbook as rb
+from esxdr.plan.retention import esxdr_prefix
 from esxdr.recovery.record import FailoverRecord, Journal, RunRecord, state_path
 from esxdr.recovery.runner import Runner, Say, retry
 from esxdr.recovery.sources import dr_mount_base, resolve_manifest, target_transport
 from esxdr.recovery.steps import START_STEPS
+from esxdr.replication import Engine, Options, sides
 from esxdr.replication.sides import failover_marker, hold_tag, on_dr_box
+from esxdr.targets import tgt
+from esxdr.targets.probe import DEFAULT_INITIATOR, Session, discover
 from esxdr.util import write_json
 
 if TYPE_CHECKING:
@@ -56,7 +60,6 @@ if TYPE_CHECKING:
 def probe_served(portal: str, initiators: list[str], *, timeout: float = 3.0) -> tuple[dict[str, str], str | None]:
     """What a target serves, as an initiator at this site sees it: naa hex -> "portal target LUN n".
     Returns ({}, why) when nothing answers (refused, timed out, no login allowed)."""
-    from esxdr.targets.probe import Session, discover
 
     addr, _, port = portal.rpartition(":")
     addr = addr.strip("[]")
@@ -144,12 +147,10 @@ class Failover(Runner):
         """The final snapshot the other side published with its hand-off (``esxdr:handoff`` on its
         root), read through the send-only account. That side may be compromised: the value must
         name one of the group's own snapshots, present on every dataset, with nothing newer."""
-        from esxdr.plan.retention import esxdr_prefix
-        from esxdr.replication.sides import open_side
 
         g = self.g
         who, cmd = self._other_side()
-        src = open_side(self.site, g.source)
+        src = sides.open_side(self.site, g.source)
         try:
             obs = src.zfs.observe([g.source_root])
         finally:
@@ -190,10 +191,9 @@ class Failover(Runner):
         replica (on the DR root), its LUs renamed to the reversed view's datasets."""
         import copy
 
-        from esxdr.replication.sides import open_side
 
         g = self.original
-        dr = open_side(self.site, g.destination)
+        dr = sides.open_side(self.site, g.destination)
         try:
             m, origin = resolve_manifest(self.site, g, dr.zfs, manifest_path)
         finally:
@@ -265,13 +265,12 @@ class Failover(Runner):
 
     def _after_failback(self, rec: FailoverRecord) -> None:
         """Home again: seal the DR datasets as replicas at the final snapshot, let replication resume."""
-        from esxdr.replication.sides import open_side
 
         g = self.original
         if self.pull:
             self._home_after_pull(rec)
             return
-        dst = open_side(self.site, g.destination)
+        dst = sides.open_side(self.site, g.destination)
         try:
             snap = self.journal.data.get("snapshot")
             kinds = {name: d.type for name, d in dst.zfs.observe([g.dr_root]).items()}
@@ -299,10 +298,9 @@ class Failover(Runner):
         """Pull mode, on production: DR sealed itself when it handed back, and its pull resumes
         once it sees production home. Here only production's own traces of the round trip go:
         its hand-off property, marker and journals."""
-        from esxdr.replication.sides import open_side
 
         g = self.original
-        src = open_side(self.site, g.source)
+        src = sides.open_side(self.site, g.source)
         try:
             src.zfs.inherit(g.source_root, rb.HANDOFF_PROP)
         finally:
@@ -360,7 +358,6 @@ def _f_shutdown(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _f_replicate(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr.replication import Engine, Options
 
     if step.params.get("pull"):
         return _pull_handoff(d, step.params["handoff"])
@@ -380,7 +377,6 @@ def _pull_handoff(d: Failover, want: str) -> list[str]:
     """Pull mode: bring this side to the other's hand-off snapshot, and to nothing newer. The pull
     brings the newest snapshot the other side has; if that is not the hand-off, it changed after
     handing off, and a planned move that would lose or invent writes is refused."""
-    from esxdr.replication import Engine, Options
 
     res = Engine(d.site.with_group(d.g), d.g.name, Options(pull=True, take_snapshot=False, prune=False,
                                                             progress=False, say=d.say, failed_over=d.reverse)).run()
@@ -410,7 +406,6 @@ def _f_stop(d: Failover | HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
 
 def unpresent_production(site: Site, group: ProtectionGroup, naas: set[str]) -> list[str]:
     """Production stops serving the group's LUs (NAA hex), through its target's own admin tool."""
-    from esxdr.targets import tgt
 
     server = site.storage_server(group.source)
     if server.target is None:
@@ -433,7 +428,6 @@ def _f_unpresent_production(d: Runner, step: rb.Step, rec: RunRecord) -> list[st
 
 
 def _f_guard(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr.targets.probe import DEFAULT_INITIATOR
 
     portal = step.params.get("portal")
     if not portal:

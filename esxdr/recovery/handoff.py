@@ -16,6 +16,8 @@ from esxdr.recovery.failover import _f_shutdown, _f_stop, _f_unpresent_productio
 from esxdr.recovery.record import FailoverRecord, Journal, RunRecord, state_path
 from esxdr.recovery.runner import Runner, Say, retry
 from esxdr.recovery.sources import target_transport
+from esxdr.replication import Engine, Options, sides
+from esxdr.replication.shipping import capture_manifest
 from esxdr.replication.sides import failover_marker, on_dr_box
 from esxdr.util import write_json
 
@@ -65,7 +67,6 @@ class HandOff(Runner):
         self.original = g
 
     def plan(self) -> rb.Runbook:
-        from esxdr.replication.shipping import capture_manifest
 
         server = self.site.storage_server(self.g.source)
         t = target_transport(server)
@@ -110,13 +111,11 @@ class HandOff(Runner):
 
 
 def _h_snapshot(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr.replication import Engine, Options
-    from esxdr.replication.sides import open_side
 
     # failback: the reversed view, past DR's own marker (DR has been live since the failover)
     res = Engine(d.site.with_group(d.g), d.g.name, Options(snapshot_only=True, prune=False, progress=False,
                                                             say=d.say, failed_over=d.reverse)).run()
-    side = open_side(d.site, d.g.source)
+    side = sides.open_side(d.site, d.g.source)
     try:
         obs = side.zfs.observe([d.g.datasets[0]]).get(d.g.datasets[0])
     finally:
@@ -130,12 +129,11 @@ def _h_snapshot(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _h_publish(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr.replication.sides import open_side
 
     snap = d.journal.data.get("snapshot")
     if not snap:
         raise ConflictError(f"{d.g.name}: no final snapshot recorded", hint="run the hand-off again")
-    side = open_side(d.site, d.g.source)
+    side = sides.open_side(d.site, d.g.source)
     try:
         side.zfs.set_props(d.g.source_root, {rb.HANDOFF_PROP: snap})
     finally:
@@ -150,13 +148,12 @@ def _h_seal(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
     forgets the stopped VMs, and failover's journals go. The marker stays, naming the snapshot:
     DR's pull refuses until production holds it as its live copy, and then removes the marker
     itself (esxdr.replication.Engine)."""
-    from esxdr.replication.sides import open_side
 
     snap = d.journal.data.get("snapshot")
     if not snap:
         raise ConflictError(f"{d.g.name}: no final snapshot recorded", hint="run the hand-off again")
     g = d.original
-    dst = open_side(d.site, g.destination)
+    dst = sides.open_side(d.site, g.destination)
     try:
         kinds = {name: x.type for name, x in dst.zfs.observe([g.dr_root]).items()}
         for ds in g.dr_datasets:

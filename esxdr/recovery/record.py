@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esxdr.plan import runbook as rb
+from esxdr.replication.sides import state_path
 from esxdr.util import write_json
 
 if TYPE_CHECKING:
@@ -142,6 +143,3 @@ class FailoverRecord(RunRecord):
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "mode": self.mode, "outage_at_least_seconds": self.outage_at_least_seconds}
 
-
-def state_path(state_dir: str, group: str, kind: str = "failover") -> Path:
-    return Path(state_dir) / "failover" / f"{group}.{kind}.json"

@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from esxdr import templating
 from esxdr.errors import UsageError
+from esxdr.fmt import clock, human_duration
 from esxdr.util import atomic_write
 
 KINDS = {"test-start": "test", "test-cleanup": "cleanup", "failover": "failover"}
@@ -110,13 +112,11 @@ def timeline(steps: list[dict[str, Any]], width: int = 900, row: int = 22, label
 
 
 def render_html(record: dict[str, Any]) -> str:
-    from esxdr import templating
 
     return templating.render("report.html.j2", r=record, tl=timeline(record.get("steps") or []))
 
 
 def render_text(record: dict[str, Any]) -> str:
-    from esxdr.fmt import clock, human_duration
 
     lines = [f"{record.get('kind')} {record.get('group')} — {record.get('outcome')} "
              f"(started {record.get('started')}, site {record.get('site')})"]

@@ -13,12 +13,15 @@ from esxdr.errors import (
 )
 from esxdr.fmt import human_bytes
 from esxdr.lock import GroupLock
+from esxdr.model.manifest import Naa
 from esxdr.plan import runbook as rb
+from esxdr.plan.replication import common_snapshot
 from esxdr.recovery.failover import need_send_only_dr, unpresent_production
 from esxdr.recovery.record import state_path
 from esxdr.recovery.runner import Say, retry
 from esxdr.recovery.sources import resolve_manifest
-from esxdr.replication.sides import failover_marker, on_dr_box
+from esxdr.replication import Engine, Options, sides
+from esxdr.replication.sides import both, failover_marker, on_dr_box
 from esxdr.util import write_json
 
 if TYPE_CHECKING:
@@ -49,7 +52,6 @@ class ReprotectPlan:
 def plan_reprotect(g: ProtectionGroup, prod_obs: dict, dr_obs: dict) -> ReprotectPlan:
     """Pure: per production dataset, the newest snapshot in common with its DR dataset (by guid) and
     what rolling back to it discards (the evidence shown before --yes)."""
-    from esxdr.plan.replication import common_snapshot
 
     out, missing = [], []
     for ds in g.datasets:
@@ -91,9 +93,8 @@ class Reprotect:
         self.say = say
 
     def _sides(self):
-        from esxdr.replication.sides import both, open_side
 
-        return both(lambda: open_side(self.site, self.g.source), lambda: open_side(self.site, self.g.destination))
+        return both(lambda: sides.open_side(self.site, self.g.source), lambda: sides.open_side(self.site, self.g.destination))
 
     def plan(self) -> ReprotectPlan:
         done = state_path(self.site.state_dir, self.g.name, "hand-off" if self.pull else "failover")
@@ -106,7 +107,6 @@ class Reprotect:
                                 hint=f"reprotect follows esxdr failover {self.g.name}")
         prod, dr = self._sides()
         try:
-            from esxdr.replication import both
 
             prod_obs, dr_obs = both(lambda: prod.zfs.observe([self.g.source_root]),
                                     lambda: dr.zfs.observe([self.g.dr_root]))
@@ -157,7 +157,6 @@ class Reprotect:
             finally:
                 prod.transport.close()
                 _dr.transport.close()
-            from esxdr.replication import Engine, Options
 
             rev = rb.reversed_group(self.g)
             res = Engine(self.site.with_group(rev), rev.name,
@@ -175,10 +174,8 @@ class Reprotect:
 
 
 def _group_naas(site: Site, g: ProtectionGroup) -> set[str]:
-    from esxdr.model.manifest import Naa
-    from esxdr.replication.sides import open_side
 
-    dr = open_side(site, g.destination)
+    dr = sides.open_side(site, g.destination)
     try:
         m, _ = resolve_manifest(site, g, dr.zfs)
     finally:

@@ -35,8 +35,11 @@ from esxdr.faults import checkpoint, fail_point
 from esxdr.fmt import clock
 from esxdr.lock import GroupLock
 from esxdr.plan import runbook as rb
+from esxdr.recovery import callouts, report
 from esxdr.recovery.record import Journal, RunRecord
 from esxdr.recovery.sources import target_transport
+from esxdr.replication import sides
+from esxdr.targets import tgt
 
 if TYPE_CHECKING:
     from esxdr.site.model import ProtectionGroup, Site
@@ -86,9 +89,8 @@ class Runner:
     # -- connections --------------------------------------------------------
     def dr(self):
         if self.dst is None:
-            from esxdr.replication.sides import open_side
 
-            self.dst = open_side(self.site, self.g.destination)
+            self.dst = sides.open_side(self.site, self.g.destination)
         return self.dst
 
     def target(self):
@@ -143,7 +145,6 @@ class Runner:
             self.session.close()
 
     def served(self) -> tuple[list[rb.ServedLun], list]:
-        from esxdr.targets import tgt
 
         targets, _ = tgt.observe_native(self.target(), self.server.target.control_port)  # type: ignore[union-attr]
         served = []
@@ -236,7 +237,6 @@ class Runner:
         """Run one callout (:mod:`esxdr.recovery.callouts`: a command, or a plugin's kind). It learns
         where it is from ``env``: ESXDR_GROUP, ESXDR_RUN, ESXDR_STEP, ESXDR_STEP_KIND, ESXDR_PHASE,
         ESXDR_OUTCOME (post: done or failed), ESXDR_SNAPSHOT, ESXDR_VMS (power steps)."""
-        from esxdr.recovery import callouts
         from esxdr.transport.base import mask
 
         env = {"ESXDR_SITE": self.site.name, "ESXDR_GROUP": self.g.name, "ESXDR_RUN": rec.kind,
@@ -275,7 +275,6 @@ class Runner:
                 rec.error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         if rec.dry_run or (rec.kind == "test-cleanup" and rec.runbook is not None and rec.runbook.empty):
             return  # nothing happened: no evidence to keep
-        from esxdr.recovery import report
 
         try:
             rec.report_json, rec.report_html = report.write(self.site.state_dir, rec.to_dict())

@@ -7,10 +7,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from esxdr.errors import (
+    ManifestError,
+    RemoteError,
     UsageError,
 )
-from esxdr.model.manifest import Manifest, Naa
+from esxdr.model import manifest as mf
+from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Target, View
 from esxdr.plan import runbook as rb
+from esxdr.replication import shipping
 from esxdr.zfs import Zfs
 
 if TYPE_CHECKING:
@@ -53,9 +57,6 @@ def resolve_manifest(site: Site, group: ProtectionGroup, dr_zfs: Zfs | None = No
     4. the site file's ``datasets[].naa`` with the LUN file convention ``<mountpoint>/lun.img``
        (product ids unknown: a volume whose header names another product id will not mount as-is).
     """
-    from esxdr.errors import ManifestError, RemoteError
-    from esxdr.model import manifest as mf
-    from esxdr.replication import shipping
 
     if explicit:
         return shipping.check_for_group(mf.load(explicit), group, explicit, untrusted=False), explicit
@@ -79,7 +80,6 @@ def resolve_manifest(site: Site, group: ProtectionGroup, dr_zfs: Zfs | None = No
 
 
 def site_manifest(group) -> Manifest:
-    from esxdr.model.manifest import Backing, LogicalUnit, Target, View
 
     units = []
     for i, ds in enumerate(group.datasets):

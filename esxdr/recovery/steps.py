@@ -7,14 +7,18 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from esxdr import vmfs
 from esxdr.errors import (
     ConflictError,
     UsageError,
 )
 from esxdr.faults import checkpoint
+from esxdr.model.manifest import manifest_from_dict
 from esxdr.plan import runbook as rb
+from esxdr.plan.storage import ExpectedLun
 from esxdr.recovery.record import RunRecord
 from esxdr.recovery.runner import Runner
+from esxdr.targets import probe, tgt
 
 if TYPE_CHECKING:
     pass
@@ -59,24 +63,19 @@ def _s_clone(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _s_present(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr import vmfs
-    from esxdr.model.manifest import manifest_from_dict
-    from esxdr.targets import tgt
-    from esxdr.targets.probe import Session
 
     m = manifest_from_dict(step.params["manifest"], origin="drill manifest")
     t = d.target()
     tgt.apply(t, m, control_port=d.server.target.control_port)  # type: ignore[union-attr]
     # Evidence from the wire, as the DR host will see it: log in as its initiator and read VPD 0x83.
-    from esxdr.targets.probe import DEFAULT_INITIATOR
 
-    initiator = next((g.members[0] for g in m.initiator_groups if g.members), DEFAULT_INITIATOR)
+    initiator = next((g.members[0] for g in m.initiator_groups if g.members), probe.DEFAULT_INITIATOR)
     portal = d.server.target
     assert portal is not None  # d.target() refused a server without one
     seen: dict[str, str] = {}
     headers: list = []  # (naa, VMFS header) of each LU presented
     for target in m.targets:
-        with Session(portal.portal_address, portal.portal_port, target=target.iqn, initiator=initiator) as s:
+        with probe.Session(portal.portal_address, portal.portal_port, target=target.iqn, initiator=initiator) as s:
             for n in s.report_luns():
                 ident = s.identify(n)
                 if ident.device_type == 0 and ident.naa:
@@ -162,7 +161,6 @@ def _s_rescan(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _s_verify(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
-    from esxdr.plan.storage import ExpectedLun
     from esxdr.vsphere.storage import VERIFY_TIMEOUT_S, raise_for, verify_storage
 
     exp = [ExpectedLun(naa=e["naa"], target=e.get("target"), datastore=e.get("datastore"),

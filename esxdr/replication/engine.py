@@ -39,8 +39,10 @@ from esxdr.plan.replication import (
     leaves_at,
     plan_dataset,
 )
+from esxdr.plan.runbook import HANDOFF_PROP
 from esxdr.progress import Progress
 from esxdr.replication import holds, prune, shipping, sides
+from esxdr.replication.consistency import quiesced
 from esxdr.replication.result import DatasetResult, GroupResult, Options, combine, record_run
 from esxdr.replication.seal import heal_seals, seal_replica
 from esxdr.replication.sides import (
@@ -51,7 +53,9 @@ from esxdr.replication.sides import (
     pull_site,
     refuse_unreachable,
     snapshot_name,
+    state_path,
 )
+from esxdr.zfs.compat import preflight
 from esxdr.zfs.stream import run_stream
 
 if TYPE_CHECKING:
@@ -182,8 +186,6 @@ class Engine:
         journal and property go, and the pull resumes. Until then DR's replication stays stopped:
         a pull against a production that has not yet taken DR's final snapshot would only find DR
         "diverged", and the hint of that (--rollback-dr) would destroy the only copy of what DR wrote."""
-        from esxdr.plan.runbook import HANDOFF_PROP
-        from esxdr.recovery.record import state_path
 
         try:
             data = json.loads(marker.read_text())
@@ -240,7 +242,6 @@ class Engine:
         self._dst_obs = dst_obs
         src, dst = self.src, self.dst
         assert src is not None and dst is not None
-        from esxdr.zfs.compat import preflight
 
         # bookmarks and stream directions, before anything changes
         preflight(g, src, dst, src_obs, site_path=self.site.path,
@@ -466,7 +467,6 @@ class Engine:
         as esxdr:consistency) and ``to_dict()`` for the run summary.
         """
         if self.group.consistency == "application":
-            from esxdr.replication.consistency import quiesced
 
             return quiesced(self.site, self.group, say=self.opts.say)
         return _CrashConsistent()

@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from esxdr.errors import ConflictError, ManifestError
 from esxdr.model.identity import ZVOL_DIRS, relative_file
-from esxdr.model.manifest import Manifest, dumps, manifest_from_dict, manifest_to_dict
+from esxdr.model.manifest import Manifest, dumps, load, manifest_from_dict, manifest_to_dict
+from esxdr.plan.runbook import lu_dataset
+from esxdr.targets import backend
 from esxdr.util import atomic_write
 
 if TYPE_CHECKING:
@@ -156,7 +158,6 @@ def check_for_group(m: Manifest, group: ProtectionGroup, origin: str, *, untrust
     ``untrusted`` (shipped or pinned, not the operator's own ``--manifest``), CHAP references only
     name keys of the DR secrets file (``secrets:KEY``): ``env:``/``file:`` would let production choose
     what DR reads. LUs of other datasets are dropped (:func:`for_group`)."""
-    from esxdr.plan.runbook import lu_dataset
 
     problems = []
     root = group.source_root
@@ -221,7 +222,6 @@ def pin_path(state_dir: str, group_name: str) -> Path:
 
 
 def load_pin(state_dir: str, group: ProtectionGroup) -> Manifest | None:
-    from esxdr.model.manifest import load
 
     path = pin_path(state_dir, group.name)
     if not path.exists():
@@ -249,7 +249,6 @@ def identity(m: Manifest, group: ProtectionGroup) -> dict[str, Any]:
     """What the pin protects: per LU (by NAA) its SCSI identity and where it lives (dataset, file);
     per target its IQN and CHAP references. Sizes, aliases, LUN numbers, portals and ACLs are not
     identity (DR replaces portals and ACLs; tgt serves a file at its size)."""
-    from esxdr.plan.runbook import lu_dataset
 
     lus: dict[str, dict[str, Any]] = {}
     for lu in m.logical_units:
@@ -348,7 +347,6 @@ def trusted(state_dir: str, group: ProtectionGroup, shipped: Manifest | None, *,
 def capture_manifest(server: StorageServer, group: ProtectionGroup, transport: Transport) -> Manifest | None:
     """What production's own target presents of this group now (None: no target, or none of its
     datasets), read through ``transport`` on production (``server``)."""
-    from esxdr.targets import backend
 
     if server.target is None:
         return None

@@ -37,6 +37,11 @@ def hold_tag(group: str) -> str:
     return f"esxdr_{group}"
 
 
+def state_path(state_dir: str, group: str, kind: str = "failover") -> Path:
+    """The journal of a failover, failback, reprotect or hand-off (``kind``) of the group."""
+    return Path(state_dir) / "failover" / f"{group}.{kind}.json"
+
+
 def failover_marker(state_dir: str, group: str) -> Path:
     """Present while the group is failed over (esxdr failover): the DR datasets are live and
     replication from production must not touch them until failback."""

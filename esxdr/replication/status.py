@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from esxdr.errors import EsxdrError
 from esxdr.plan.retention import esxdr_prefix
+from esxdr.replication import sides
 from esxdr.replication.prune import dr_decisions
-from esxdr.replication.sides import Side, open_side
+from esxdr.replication.sides import Side
 from esxdr.zfs.compat import group_directions, zpl_versions
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 def group_status(site: Site, name: str, now: float) -> dict:
     """RPO of a group = age of the oldest among each DR dataset's newest esxdr snapshot."""
     g = site.protection_groups[name]
-    dst = open_side(site, g.destination)
+    dst = sides.open_side(site, g.destination)
     try:
         obs = dst.zfs.observe([g.dr_root])
         directions = stream_directions(site, g, dst, obs)
@@ -82,7 +83,7 @@ def stream_directions(site: Site, g: ProtectionGroup, dst: Side, dr_obs: dict) -
     the two sides run different zfs generations.
     """
     try:
-        src = open_side(site, g.source)
+        src = sides.open_side(site, g.source)
         src.transport.close()
     except EsxdrError as e:
         return {"error": f"{g.source}: {e.message}"}
@@ -139,7 +140,7 @@ def change_rates(site: Site, name: str, limit: float) -> list[dict]:
     """Per dataset of the group on production: bytes changed per day, how that was measured, and
     whether it is over ``limit`` (a candidate to move swap or temp data off replicated LUNs)."""
     g = site.protection_groups[name]
-    src = open_side(site, g.source)
+    src = sides.open_side(site, g.source)
     try:
         obs = src.zfs.observe([g.source_root])
     finally:

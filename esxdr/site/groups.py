@@ -8,6 +8,7 @@ import re
 
 import yaml
 
+from esxdr import plugins  # esxdr's own kinds and those of installed plugins
 from esxdr.site import values as v
 from esxdr.site.model import (
     CALLOUT_RUNS,
@@ -285,7 +286,6 @@ class GroupReader:
         name = p.text("plugin", required=True)
         if name is None:
             return None, None
-        from esxdr import plugins  # esxdr's own kinds and those of installed plugins
 
         known = plugins.names("esxdr.callouts")
         if name not in known:

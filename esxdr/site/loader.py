@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from esxdr import plugins  # esxdr's own stacks and any plugin's
 from esxdr.errors import SiteError, UsageError
 from esxdr.site import values as v
 from esxdr.site.checks import CrossChecks
@@ -212,7 +213,6 @@ class _SiteBuilder:
         t = self.r.mapping(node, path, TARGET_KEYS, where, "target settings")
         if t is None:
             return None
-        from esxdr import plugins  # esxdr's own stacks and any plugin's
 
         stack = t.choice("stack", plugins.names("esxdr.targets"), required=True)
         portal = t.text("portal", required=address is None, check=lambda s: v.join_host_port(

@@ -15,7 +15,8 @@ from types import ModuleType
 
 from esxdr import plugins
 from esxdr.errors import ManifestError, UsageError
-from esxdr.model.manifest import Manifest
+from esxdr.model.manifest import Manifest, dumps
+from esxdr.targets.base import refuse_identity
 
 __all__ = ["GROUP", "backend", "convert", "read_native", "stacks"]
 
@@ -55,7 +56,6 @@ def read_native(stack: str, paths: list[str]) -> Manifest:
 
 def convert(manifest: Manifest, to: str, secrets=None) -> str:
     """Render a manifest as another stack's native configuration (refusing identity loss first)."""
-    from esxdr.model.manifest import dumps
 
     if to in ("manifest", "yaml"):
         return dumps(manifest.validate(), "yaml")
@@ -63,7 +63,6 @@ def convert(manifest: Manifest, to: str, secrets=None) -> str:
         return dumps(manifest.validate(), "json")
     b = backend(to)
     # Before any rendering, for every stack: a plugin's render need not check this itself.
-    from esxdr.targets.base import refuse_identity
 
     refuse_identity(to, b.identity_problems(manifest))
     return b.render(manifest, secrets)

@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass
 
 from esxdr import templating
-from esxdr.errors import IdentityConflict, ManifestError
-from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Target
+from esxdr.errors import EsxdrError, IdentityConflict, ManifestError
+from esxdr.model.manifest import Backing, LogicalUnit, Manifest, Naa, Portal, Target
 from esxdr.targets.base import (
     ApplyResult,
     Command,
@@ -33,6 +33,7 @@ from esxdr.targets.base import (
     refuse_identity,
     stat_paths,
 )
+from esxdr.targets.probe import DEFAULT_INITIATOR, Session
 from esxdr.targets.tgt_native import (
     NAME_ACL,
     SCSI_SN_LEN,
@@ -222,9 +223,6 @@ def observe(transport, control_port: int | None = None, *, with_sizes: bool = Tr
 
 
 def _inquiry_identities(m: Manifest, portal: str, initiator: str | None) -> None:
-    from esxdr.errors import EsxdrError
-    from esxdr.model.manifest import Portal
-    from esxdr.targets.probe import DEFAULT_INITIATOR, Session
 
     p = Portal.parse(portal)
     missing = {lu.naa.hex for lu in m.logical_units}

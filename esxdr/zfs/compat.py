@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 
 from esxdr.errors import CommandFailed, ConflictError, UsageError
-from esxdr.model import Capabilities, Dataset
+from esxdr.model import LEGACY, OPENZFS, Capabilities, Dataset
 
 
 @dataclass(frozen=True)
@@ -183,12 +183,10 @@ def receive_refusal(err: CommandFailed, stderr_folded: str, dataset: str | None)
 
 
 def _openzfs() -> Capabilities:
-    from esxdr.model import OPENZFS
 
     return OPENZFS
 
 
 def _legacy() -> Capabilities:
-    from esxdr.model import LEGACY
 
     return LEGACY

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esxdr.errors import IdentityConflict, UsageError
-from esxdr.model.manifest import Manifest
+from esxdr.model.manifest import Manifest, manifest_to_dict
 from esxdr.plan.runbook.core import (
     DRILL_VSWITCH,
     HostView,
@@ -120,7 +120,6 @@ def _plan_test_start(inp: DrillInputs) -> Runbook:
         list(inp.initiators)
     initiator = ", ".join(initiators) or None
     m = drill_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiators)
-    from esxdr.model.manifest import manifest_to_dict
 
     rb.steps.append(Step("present", "present",
                          f"present {len(luns)} LUN(s) ({same}) on {', '.join(t.iqn for t in m.targets)}",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esxdr.errors import ConflictError, IdentityConflict, UsageError
-from esxdr.model.manifest import Backing, Manifest, Naa, Portal, Target, View
+from esxdr.model.manifest import Backing, Manifest, Naa, Portal, Target, View, manifest_to_dict
 from esxdr.plan import rewrite
 from esxdr.plan.runbook.core import (
     HostView,
@@ -32,6 +32,7 @@ from esxdr.plan.runbook.shared import (
     power_steps,
     with_callouts,
 )
+from esxdr.site.model import LunSpec, NetworkMap
 
 # --------------------------------------------------------------------------- failover
 # Failover brings the replicas THEMSELVES online on the DR side (no clones): they are
@@ -50,7 +51,6 @@ def reversed_group(g):  # ProtectionGroup -> ProtectionGroup
     """
     import dataclasses
 
-    from esxdr.site.model import LunSpec, NetworkMap
 
     vms = tuple(dataclasses.replace(v, networks={nm.failover: NetworkMap(failover=prod, test=nm.test)
                                                  for prod, nm in v.networks.items()}) for v in g.vms)
@@ -331,7 +331,6 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
     initiator = ", ".join(initiators) or None
     m = failover_manifest(inp.manifest, luns, g.name, inp.dr_portal or "127.0.0.1:3260", initiators,
                           keep_acl=inp.kind == "failback")
-    from esxdr.model.manifest import manifest_to_dict
 
     rb.steps.append(Step("present", "present",
                          f"present {len(luns)} LUN(s) (production NAAs) on {', '.join(t.iqn for t in m.targets)}",
