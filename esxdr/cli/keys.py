@@ -5,11 +5,15 @@ from __future__ import annotations
 import ipaddress
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.errors import UsageError
+
+if TYPE_CHECKING:
+    from esxdr.site.model import Site
 
 # What the DR account may do by `zfs allow`, on the serve prefix only, for push replication:
 # receive the streams, create the DR root, hold the newest common snapshot, set esxdr's user
@@ -73,7 +77,7 @@ def _from_addresses(values: list[str], origin: str) -> list[str]:
     return out
 
 
-def _production_addresses(site, srv, *, pull: bool = False) -> list[str]:
+def _production_addresses(site: Site, srv, *, pull: bool = False) -> list[str]:
     """The addresses the key's owner connects from: production's in push mode; in pull mode
     (``srv`` is production) the DR servers' that pull from it."""
     if pull:

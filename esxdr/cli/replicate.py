@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.errors import UsageError
+
+if TYPE_CHECKING:
+    from esxdr.site.model import ProtectionGroup, Site
 
 
 @click.command(epilog="""\b
@@ -183,7 +188,7 @@ def prune(ctx: Context, group: str | None, side: str, dry_run: bool) -> None:
     ctx.emit(data, "\n".join(lines))
 
 
-def _prune_through(site, g, which: tuple[str, ...], dry_run: bool, ctx: Context,
+def _prune_through(site: Site, g: ProtectionGroup, which: tuple[str, ...], dry_run: bool, ctx: Context,
                    data: list[dict], lines: list[str]) -> None:
     """Prune the named sides as the site reaches them, with replication's own retention pass:
     each dataset protects the snapshot it shares with the other side."""

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from esxdr.cli.main import Context, json_option, pass_ctx, site_option
 from esxdr.errors import UsageError
+
+if TYPE_CHECKING:
+    from esxdr.site.model import Site, StorageServer
 
 
 class StackType(click.ParamType):
@@ -107,20 +111,20 @@ def _server(ctx: Context, name: str | None, role: str):
     return match[0]
 
 
-def _with_target(server):
+def _with_target(server: StorageServer):
     if server.target is None:
         raise UsageError(f"storage server {server.name} has no target: section in the site file",
                          hint="add target: {stack: comstar|iscsitgt|lio|tgt, portal: ADDR:PORT}")
     return server
 
 
-def _transport(server):
+def _transport(server: StorageServer):
     from esxdr.transport import for_server
 
     return for_server(server)
 
 
-def _backend_kwargs(stack: str, server) -> dict:
+def _backend_kwargs(stack: str, server: StorageServer) -> dict:
     if stack == "tgt":
         return {"control_port": getattr(server.target, "control_port", None)}
     return {}
@@ -420,7 +424,7 @@ def _read_shipped(ctx: Context, group: str | None):
         side.transport.close()
 
 
-def _on_dr_box(site, server_name: str) -> bool:
+def _on_dr_box(site: Site, server_name: str) -> bool:
     """Whether this box is the DR storage server (local, or the lab's loopback address): the pin is
     DR-local state and means nothing anywhere else."""
     from esxdr.vsphere.session import is_loopback

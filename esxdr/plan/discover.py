@@ -16,10 +16,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esxdr.model.manifest import Manifest
 from esxdr.plan.runbook import lu_dataset
+
+if TYPE_CHECKING:
+    from esxdr.site.model import ProtectionGroup
 
 DEFAULT_PRIORITY = 3
 
@@ -105,7 +108,7 @@ def datastore_of(path: str) -> str | None:
     return m.group(1) if m else None
 
 
-def discover(group, manifest: Manifest, datastores: list[SeenDatastore], vms: list[SeenVm],
+def discover(group: ProtectionGroup, manifest: Manifest, datastores: list[SeenDatastore], vms: list[SeenVm],
              manifest_origin: str = "", endpoint: str = "") -> Discovery:
     """The mapping datasets ↔ LUNs ↔ datastores ↔ VMs of ``group`` (a ProtectionGroup)."""
 

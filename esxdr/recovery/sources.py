@@ -79,7 +79,7 @@ def resolve_manifest(site: Site, group: ProtectionGroup, dr_zfs: Zfs | None = No
     return site_manifest(group), "site file (datasets[].naa)"
 
 
-def site_manifest(group) -> Manifest:
+def site_manifest(group: ProtectionGroup) -> Manifest:
 
     units = []
     for i, ds in enumerate(group.datasets):

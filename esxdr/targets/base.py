@@ -16,11 +16,14 @@ import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from esxdr.errors import IdentityConflict, ManifestError, UsageError
 from esxdr.model.manifest import LogicalUnit, Manifest
 from esxdr.transport.base import mask, register_secret
+
+if TYPE_CHECKING:
+    from esxdr.transport.base import Transport
 
 
 @dataclass
@@ -207,7 +210,7 @@ def missing_backing(observed_paths: dict[str, int | None], manifest: Manifest, h
                               "(--map-dataset, --map-path)")
 
 
-def stat_paths(transport, paths: list[str]) -> dict[str, int | None]:  # Transport
+def stat_paths(transport: Transport, paths: list[str]) -> dict[str, int | None]:  # Transport
     """Sizes of backing stores on the target host, with one or two commands in all.
 
     Files report their size from stat; block devices (zvols) report 0 there, so

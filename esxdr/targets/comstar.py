@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from esxdr import templating
 from esxdr.errors import IdentityConflict, ManifestError
@@ -35,6 +36,9 @@ from esxdr.model.manifest import (
     View,
 )
 from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
+
+if TYPE_CHECKING:
+    from esxdr.transport.base import Transport
 
 STACK = "comstar"
 _GUID = re.compile(r"\b([0-9A-Fa-f]{32})\b")
@@ -411,7 +415,7 @@ def render(manifest: Manifest, secrets: Secrets | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- live
-def observe_state(transport) -> ComstarState:
+def observe_state(transport: Transport) -> ComstarState:
     """stmfadm list-lu -v, list-hg -v, list-tg -v, itadm list-target -v, list-tpg -v, then list-view per LU."""
     st = ComstarState()
     parse_list_lu(transport.run(["stmfadm", "list-lu", "-v"]).stdout, st)
@@ -427,11 +431,11 @@ def observe_state(transport) -> ComstarState:
     return st
 
 
-def observe(transport) -> Manifest:
+def observe(transport: Transport) -> Manifest:
     return to_manifest(observe_state(transport), host=transport.name)
 
 
-def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
+def apply(transport: Transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
           check_backing: bool = True) -> ApplyResult:
     manifest.validate()
     refuse_identity(STACK, identity_problems(manifest))

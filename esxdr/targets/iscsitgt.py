@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import re
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
 from esxdr import templating
 from esxdr.errors import ManifestError
@@ -47,6 +48,9 @@ from esxdr.model.manifest import (
     View,
 )
 from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
+
+if TYPE_CHECKING:
+    from esxdr.transport.base import Transport
 
 STACK = "iscsitgt"
 SERVICE = "svc:/system/iscsitgt"
@@ -260,14 +264,14 @@ def commands(xml_path: str = REMOTE_XML) -> list[Command]:
     ]
 
 
-def observe(transport) -> Manifest:
+def observe(transport: Transport) -> Manifest:
     out = transport.run(["svccfg", "export", "iscsitgt"]).stdout
     m = parse_xml(out, f"{transport.name}: svccfg export iscsitgt")[0]
     m.source.host = transport.name
     return m
 
 
-def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
+def apply(transport: Transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
           check_backing: bool = True) -> ApplyResult:
     xml = render(manifest, secrets)
     if check_backing:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from typing import TYPE_CHECKING
 
 from esxdr.errors import IdentityConflict, ManifestError
 from esxdr.model.manifest import (
@@ -37,6 +38,9 @@ from esxdr.model.manifest import (
     View,
 )
 from esxdr.targets.base import ApplyResult, Command, Secrets, missing_backing, refuse_identity, stat_paths
+
+if TYPE_CHECKING:
+    from esxdr.transport.base import Transport
 
 STACK = "lio"
 DEFAULT_COMPANY_ID = "001405"
@@ -426,7 +430,7 @@ def company_id_supported(probe_output: str) -> bool:
     return m is not None and (int(m.group(1)), int(m.group(2))) >= (5, 9)
 
 
-def observe(transport) -> Manifest:
+def observe(transport: Transport) -> Manifest:
     """saveconfig.json plus the configfs identity attributes it lacks (two commands)."""
     text = transport.run(["cat", "/etc/target/saveconfig.json"]).stdout
     r = transport.run(["sh", "-c", f"grep -H . {CONFIGFS}/*/*/wwn/company_id {CONFIGFS}/*/*/wwn/vendor_id "
@@ -442,7 +446,7 @@ def observe(transport) -> Manifest:
     return m
 
 
-def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
+def apply(transport: Transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
           check_backing: bool = True, company_id_settable: bool | None = None) -> ApplyResult:
     manifest.validate()
     if company_id_settable is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from esxdr import templating
 from esxdr.errors import EsxdrError, IdentityConflict, ManifestError
@@ -46,6 +47,9 @@ from esxdr.targets.tgt_native import (
     parse_show,
     to_manifest,
 )
+
+if TYPE_CHECKING:
+    from esxdr.transport.base import Transport
 
 
 # --------------------------------------------------------------------------- identity
@@ -199,7 +203,7 @@ class Tgtadm:
         return base + ["--lld", "iscsi", *args]
 
 
-def observe(transport, control_port: int | None = None, *, with_sizes: bool = True,
+def observe(transport: Transport, control_port: int | None = None, *, with_sizes: bool = True,
             portal: str | None = None, initiator: str | None = None) -> Manifest:
     """Read the live tgt configuration: one tgtadm command, plus one stat for exact sizes.
 
@@ -359,7 +363,7 @@ def lu_params(lu: LogicalUnit) -> str:
     return ",".join(params)
 
 
-def observe_native(transport, control_port: int | None = None) -> tuple[list[TgtTarget], set[str]]:
+def observe_native(transport: Transport, control_port: int | None = None) -> tuple[list[TgtTarget], set[str]]:
     adm = Tgtadm(control_port)
     targets = parse_show(transport.run(adm("--op", "show", "--mode", "target")).stdout)
     accounts: set[str] = set()
@@ -369,12 +373,12 @@ def observe_native(transport, control_port: int | None = None) -> tuple[list[Tgt
     return targets, accounts
 
 
-def delete_target(transport, tid: int, control_port: int | None = None) -> None:
+def delete_target(transport: Transport, tid: int, control_port: int | None = None) -> None:
     """Remove a whole target. --force: an initiator may still hold a session; its LUNs are unused."""
     transport.run(Tgtadm(control_port)("--op", "delete", "--mode", "target", "--tid", str(tid), "--force"))
 
 
-def remove_naas(transport, naas: set[str], control_port: int | None = None) -> list[str]:
+def remove_naas(transport: Transport, naas: set[str], control_port: int | None = None) -> list[str]:
     """Stop serving the LUs with these NAAs (hex): a target left with none of its own LUs goes
     whole, otherwise only those LUs. Returns what was removed, one line per target."""
     adm = Tgtadm(control_port)
@@ -396,7 +400,7 @@ def remove_naas(transport, naas: set[str], control_port: int | None = None) -> l
     return out
 
 
-def apply(transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
+def apply(transport: Transport, manifest: Manifest, *, dry_run: bool = False, secrets: Secrets | None = None,
           control_port: int | None = None, check_backing: bool = True) -> ApplyResult:
     """Make the live tgt match the manifest. Every refusal happens before the first change.
 

@@ -28,9 +28,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from esxdr.errors import CommandFailed, ConflictError, UsageError
 from esxdr.model import LEGACY, OPENZFS, Capabilities, Dataset
+
+if TYPE_CHECKING:
+    from esxdr.site.model import ProtectionGroup
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def zpl_versions(zfs, datasets: list[str]) -> dict[str, int]:
     return res
 
 
-def preflight(group, src, dst, src_obs: dict[str, Dataset], *, site_path: str, source_is_replica: bool) -> None:
+def preflight(group: ProtectionGroup, src, dst, src_obs: dict[str, Dataset], *, site_path: str, source_is_replica: bool) -> None:
     """Refuse, before any snapshot or stream, what the two sides' zfs cannot do for this group.
 
     ``src``/``dst`` are the engine's sides (``.name``, ``.caps``, ``.zfs``). ``source_is_replica``:
@@ -138,7 +142,7 @@ def preflight(group, src, dst, src_obs: dict[str, Dataset], *, site_path: str, s
             datasets=refused)
 
 
-def group_directions(group, src_caps: Capabilities, dst_caps: Capabilities,
+def group_directions(group: ProtectionGroup, src_caps: Capabilities, dst_caps: Capabilities,
                      kinds: dict[str, str] | None = None, versions: dict[str, int] | None = None) -> dict[str, object]:
     """Per group, whether replication (source → DR) and failback (DR → source) streams can work.
 

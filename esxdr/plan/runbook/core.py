@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esxdr.errors import ConflictError, UsageError
+
+if TYPE_CHECKING:
+    from esxdr.site.model import ProtectionGroup
 
 TEST_PREFIX = "esxdr-test"
 DRILL_VSWITCH = "esxdr-test"  # a vSwitch without uplinks: nothing on it can reach any network
@@ -160,12 +163,12 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "group"
 
 
-def test_root(group) -> str:  # esxdr.site.model.ProtectionGroup
+def test_root(group: ProtectionGroup) -> str:
     """The container of a drill's clones; ``esxdr serve`` lets the DR account clone only below it."""
     return f"{group.dr_root}/{TEST_PREFIX}-{group.name}"
 
 
-def clone_of(group, dr_dataset: str) -> str:
+def clone_of(group: ProtectionGroup, dr_dataset: str) -> str:
     rel = dr_dataset[len(group.dr_root) + 1:] if dr_dataset.startswith(group.dr_root + "/") else \
         dr_dataset.rsplit("/", 1)[-1]
     # Flat below the container: zfs clone does not create missing parents.
@@ -244,7 +247,7 @@ def into_text(host: HostView) -> str:
     return f" into the cluster of {host.label}" if host.members else ""
 
 
-def cluster_params(host: HostView, g) -> dict[str, Any]:
+def cluster_params(host: HostView, g: ProtectionGroup) -> dict[str, Any]:
     """Register on a cluster: its hosts (spread order when DRS is off) and the VMs' priorities."""
     if not host.members:
         return {}

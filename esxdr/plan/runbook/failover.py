@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esxdr.errors import ConflictError, IdentityConflict, UsageError
 from esxdr.model.manifest import Backing, Manifest, Naa, Portal, Target, View, manifest_to_dict
@@ -34,6 +34,9 @@ from esxdr.plan.runbook.shared import (
 )
 from esxdr.site.model import LunSpec, NetworkMap
 
+if TYPE_CHECKING:
+    from esxdr.site.model import ProtectionGroup
+
 # --------------------------------------------------------------------------- failover
 # Failover brings the replicas THEMSELVES online on the DR side (no clones): they are
 # rolled back to the recovered point (only with evidence), made writable and mounted,
@@ -42,7 +45,7 @@ FAILOVER_MODES = ("planned", "disaster")
 FAILOVER_ACL_GROUP = "esxdr-failover"
 
 
-def reversed_group(g):  # ProtectionGroup -> ProtectionGroup
+def reversed_group(g: ProtectionGroup) -> ProtectionGroup:
     """The group seen from the DR side: DR is the source, production the destination.
 
     Reprotect replicates with it (DR → production) and failback is a planned failover of it.
@@ -61,7 +64,7 @@ def reversed_group(g):  # ProtectionGroup -> ProtectionGroup
                                vsphere_dr=g.vsphere_production, vms=vms, luns=luns)
 
 
-def failover_luns(group, manifest: Manifest, dr_obs: dict,
+def failover_luns(group: ProtectionGroup, manifest: Manifest, dr_obs: dict,
                   dr_mount_base: str | None = None) -> list[DrillLun]:
     """The group's LUs, backed by the DR datasets themselves (where they mount once promoted)."""
     out = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esxdr.errors import ConflictError, ManifestError, UsageError
 from esxdr.model.identity import relative_file
@@ -22,9 +22,12 @@ from esxdr.plan.runbook.core import (
     test_iqn,
 )
 
+if TYPE_CHECKING:
+    from esxdr.site.model import ProtectionGroup
+
 
 # --------------------------------------------------------------------------- callouts
-def with_callouts(book: Runbook, group) -> Runbook:  # ProtectionGroup
+def with_callouts(book: Runbook, group: ProtectionGroup) -> Runbook:
     """Attach the group's pre/post callouts (site file ``callouts:``) to the steps they name.
 
     A callout keyed by a step id (``power:1:1``) applies to that step; keyed by a kind
@@ -142,7 +145,7 @@ class DrillLun:
         return dict(self.__dict__)
 
 
-def lu_dataset(lu: LogicalUnit, group) -> str | None:
+def lu_dataset(lu: LogicalUnit, group: ProtectionGroup) -> str | None:
     """The production dataset backing an LU: the manifest says, else the site's NAA, else the path."""
     if lu.backing.dataset:
         return lu.backing.dataset
@@ -175,7 +178,7 @@ def mount_base(dr_mount_base: str | None, root: Any) -> str | None:
     return own if own and own.startswith("/") else dr_mount_base
 
 
-def drill_luns(group, manifest: Manifest, dr_root_mountpoint: str | None, snapshot: str,
+def drill_luns(group: ProtectionGroup, manifest: Manifest, dr_root_mountpoint: str | None, snapshot: str,
                new_naa: bool) -> list[DrillLun]:
     out = []
     specs = {Naa.parse(s.naa).hex: s for s in group.luns.values() if s.naa}
