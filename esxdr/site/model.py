@@ -29,7 +29,7 @@ Consistency = Literal["crash", "application"]
 
 KEEP_PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
 
-# Runbook step kinds a callout may name (esxdr.plan.runbook; tests/unit/test_callouts.py keeps them in step).
+# Runbook step kinds a callout may name (esxdr.plan.runbook; tests/unit/plan/test_callouts.py keeps them in step).
 CALLOUT_STEP_KINDS = (
     # test start
     "hold", "container", "clone", "present", "network", "rescan", "verify", "register", "nics", "power",

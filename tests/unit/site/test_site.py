@@ -28,7 +28,7 @@ from esxdr.site import (
 
 HERE = Path(__file__).parent
 CORPUS = HERE / "site_corpus"
-EXAMPLE = HERE.parent.parent / "examples" / "site.yaml"
+EXAMPLE = HERE.parents[2] / "examples" / "site.yaml"
 
 MINIMAL = """\
 version: 1

@@ -1,6 +1,6 @@
 """tests/libiscsi.py: the NAA a third-party initiator reads, parsed from saved iscsi-inq output.
 
-The corpus (tests/unit/libiscsi_corpus) was captured with libiscsi-bin 1.19.0 from tgt
+The corpus (tests/unit/targets/libiscsi_corpus) was captured with libiscsi-bin 1.19.0 from tgt
 1.0.85 (Debian 12): `iscsi-inq -e 1 -c 131 iscsi://127.0.0.9:PORT/IQN/LUN` against a
 tgtd started on 127.0.0.9 with one LU per scsi_id named in each file name. The .err
 files are iscsi-inq's stderr for a LUN and a target that do not exist (exit 10).

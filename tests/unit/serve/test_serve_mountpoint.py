@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from esxdr.serve import Refused, _check_clone_mountpoint, natural_mountpoint, parse
+from esxdr.serve import Refused, check_clone_mountpoint, natural_mountpoint, parse
 
 PREFIX = ["rp1/iscsi"]
 CLONE = "rp1/iscsi/esxdr-test-core/lun0"
@@ -73,7 +73,7 @@ def fake_zfs(tmp_path):
 
 def test_main_checks_the_path_against_the_pools_mountpoint(fake_zfs):
     good = parse(f"zfs clone -o mountpoint=/srv/mnt/rp1/iscsi/esxdr-test-core/lun0 rp1/iscsi/lun0@a {CLONE}", PREFIX)
-    _check_clone_mountpoint(good, fake_zfs)  # where ZFS would mount it: accepted
+    check_clone_mountpoint(good, fake_zfs)  # where ZFS would mount it: accepted
     elsewhere = parse(f"zfs clone -o mountpoint=/var/www/iscsi/esxdr-test-core/lun0 rp1/iscsi/lun0@a {CLONE}", PREFIX)
     with pytest.raises(Refused, match="only '/srv/mnt/rp1/iscsi/esxdr-test-core/lun0'"):
-        _check_clone_mountpoint(elsewhere, fake_zfs)
+        check_clone_mountpoint(elsewhere, fake_zfs)

@@ -221,7 +221,7 @@ def test_replicate_refuses_while_failed_over(tmp_path):
 def _example_site():
     from esxdr.site import load_site
 
-    return load_site(Path(__file__).resolve().parents[2] / "examples" / "site.yaml", check_files=False)
+    return load_site(Path(__file__).resolve().parents[3] / "examples" / "site.yaml", check_files=False)
 
 
 def test_failback_runs_on_the_dr_box_and_reaches_production_as_the_site_file_says():

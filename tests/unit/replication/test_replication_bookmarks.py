@@ -203,7 +203,7 @@ def test_group_directions_both_ways():
 def test_site_file_bookmarks_option(tmp_path):
     from esxdr.site.loader import load_site
 
-    text = (__import__("pathlib").Path(__file__).parent / "site_corpus" / "bandwidth-size.yaml").read_text()
+    text = (__import__("pathlib").Path(__file__).parents[1] / "site" / "site_corpus" / "bandwidth-size.yaml").read_text()
     base = text.replace("    bandwidth_limit: 50 megs\n", "")
     (tmp_path / "site.yaml").write_text(base)
     assert load_site(tmp_path / "site.yaml", check_files=False).group("core").bookmarks is False  # default off

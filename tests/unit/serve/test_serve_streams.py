@@ -25,7 +25,7 @@ from resume_tokens import TOKEN_RPOOL_RAW
 
 from esxdr.sendstream import BEGIN_BYTES, COMPOUND, DRR_END, MAGIC, SUBSTREAM, BadStream, parse_begin
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LUN = "rp1/iscsi/lun0"
 NEWEST, OLDER = 0x1111_2222_3333_4444, 0x5555_6666_7777_8888
 
