@@ -224,14 +224,21 @@ def _public_key_path(key: str) -> Path:
     return pub
 
 
-def _source_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> list[str]:
-    """Pull mode: the commands for the production box, with the comments that explain them."""
+def _send_only_rights(server: str, user: str, prefixes: list[str], sudo: bool) -> list[str]:
+    """The send-only account's zfs rights: sudoers for --sudo, else `zfs allow` on the prefixes only."""
     if sudo:
         return [f"# On {server}: zfs runs as root through sudo, so esxdr serve --send-only is the only guard. "
                 "sudoers:", f"  {user} ALL=(root) NOPASSWD: /usr/sbin/zfs"]
     perms = ",".join(SOURCE_DELEGATION)
     out = [f"# On {server}, as root: zfs rights for {user} on {', '.join(prefixes)} only, never on the pool:"]
-    out += [f"  zfs allow -u {shlex.quote(user)} {perms} {shlex.quote(p)}" for p in prefixes]
+    return out + [f"  zfs allow -u {shlex.quote(user)} {perms} {shlex.quote(p)}" for p in prefixes]
+
+
+def _source_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> list[str]:
+    """Pull mode: the commands for the production box, with the comments that explain them."""
+    out = _send_only_rights(server, user, prefixes, sudo)
+    if sudo:
+        return out
     out += ["# Send, and the hold DR keeps on the snapshot it pulled last (production's retention keeps it).",
             "# No destroy, snapshot, receive or rollback: a leaked DR key reads production, and removes nothing.",
             f"# Production snapshots and prunes itself: `esxdr replicate GROUP --snapshot-only` on {server}, on a",
@@ -241,12 +248,9 @@ def _source_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> li
 
 def _home_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> list[str]:
     """Pull mode's way home: the commands for the DR box, with the comments that explain them."""
+    out = _send_only_rights(server, user, prefixes, sudo)
     if sudo:
-        return [f"# On {server}: zfs runs as root through sudo, so esxdr serve --send-only is the only guard. "
-                "sudoers:", f"  {user} ALL=(root) NOPASSWD: /usr/sbin/zfs"]
-    perms = ",".join(SOURCE_DELEGATION)
-    out = [f"# On {server}, as root: zfs rights for {user} on {', '.join(prefixes)} only, never on the pool:"]
-    out += [f"  zfs allow -u {shlex.quote(user)} {perms} {shlex.quote(p)}" for p in prefixes]
+        return out
     out += ["# The way home after a failover: production pulls what DR wrote (esxdr reprotect, then esxdr failback",
             f"# --planned on production, after esxdr failback --planned --hand-off on {server}). Send and",
             "# replication's hold only: production's key reads DR and removes nothing. Remove the line once home."]
