@@ -78,9 +78,11 @@ from esxdr.plan.runbook.shared import (  # noqa: F401
     lu_relative_file,
     mount_base,
     only_admitted,
+    port_group_map,
     power_steps,
     power_waves,
     rewrite_vmx,
+    shutdown_step,
     test_networks,
     with_callouts,
 )

@@ -29,7 +29,9 @@ from esxdr.plan.runbook.shared import (
     lu_relative_file,
     mount_base,
     only_admitted,
+    port_group_map,
     power_steps,
+    shutdown_step,
     with_callouts,
 )
 from esxdr.site.model import LunSpec, NetworkMap
@@ -132,13 +134,7 @@ def failover_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str,
 def failover_networks(vms, host: HostView | None) -> dict[str, str]:
     """production port group -> failover port group; every failover port group must exist on the host
     (failover does not invent networks: the DR LAN is prepared by `esxdr host apply`)."""
-    mapping: dict[str, str] = {}
-    for v in vms:
-        for prod, nm in v.networks.items():
-            if mapping.get(prod, nm.failover) != nm.failover:
-                raise UsageError(f"port group {prod} maps to two failover port groups ({mapping[prod]}, {nm.failover})",
-                                 hint="give every VM the same failover mapping for one production port group")
-            mapping[prod] = nm.failover
+    mapping = port_group_map(vms, "failover")
     for h in host.hosts if host is not None else ():
         missing = sorted({pg for pg in mapping.values() if pg not in h.port_groups})
         if missing:
@@ -292,12 +288,7 @@ def _plan_failover(inp: FailoverInputs) -> Runbook:
                              {}))
         rb.steps.append(guard)
     elif planned:
-        shut = max((v.shutdown_timeout_seconds for v in g.vms), default=300)
-        rb.steps.append(Step("shutdown", "shutdown",
-                             f"shut down {len(names) or 'the'} production VM(s) on {g.vsphere_production} "
-                             f"(guest shutdown, power off after {shut}s)",
-                             "the final snapshot must hold what the guests wrote before they stopped",
-                             {"vms": names, "timeout": shut, "endpoint": g.vsphere_production}))
+        rb.steps.append(shutdown_step(g, "production"))
         rb.steps.append(Step("replicate", "replicate", f"final replication of {g.name} ({g.source} → {g.destination})",
                              "the DR datasets get everything production wrote; the point recovered is this snapshot",
                              {}))

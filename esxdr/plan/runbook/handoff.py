@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from esxdr.plan.runbook.core import Runbook, Step
-from esxdr.plan.runbook.shared import with_callouts
+from esxdr.plan.runbook.shared import shutdown_step, with_callouts
 
 HANDOFF_PROP = "esxdr:handoff"  # on production's source root: the final snapshot of a hand-off
 
@@ -32,13 +32,7 @@ def _plan_handoff(inp: HandOffInputs) -> Runbook:
     g, back = inp.group, inp.reverse
     rb = Runbook(kind="failback-hand-off" if back else "hand-off", group=g.name)
     here, there = ("DR", "production") if back else ("production", "DR")
-    names = [v.name for v in g.vms]
-    shut = max((v.shutdown_timeout_seconds for v in g.vms), default=300)
-    rb.steps.append(Step("shutdown", "shutdown",
-                         f"shut down {len(names) or 'the'} {here} VM(s) on {g.vsphere_production} "
-                         f"(guest shutdown, power off after {shut}s)",
-                         "the final snapshot must hold what the guests wrote before they stopped",
-                         {"vms": names, "timeout": shut, "endpoint": g.vsphere_production}))
+    rb.steps.append(shutdown_step(g, here))
     rb.steps.append(Step("snapshot", "snapshot", f"final snapshot of {g.name} on {g.source} (atomic)"
                          + ("" if back else f", target manifest published on {g.source_root}"),
                          f"the VMs are down: this snapshot holds every write, and {there} recovers it with RPO 0",

@@ -267,15 +267,32 @@ def drill_manifest(manifest: Manifest, luns: list[DrillLun], group_name: str, po
 
 
 # --------------------------------------------------------------------------- networks
-def test_networks(vms, host: HostView | None, dr_network) -> tuple[dict[str, str], list[dict], list[str]]:
-    """(production port group -> test port group, port groups to create, notes)."""
+def port_group_map(vms, which: str) -> dict[str, str]:
+    """production port group -> its ``which`` ("test" or "failover") port group, one for all VMs."""
     mapping: dict[str, str] = {}
     for v in vms:
         for prod, nm in v.networks.items():
-            if mapping.get(prod, nm.test) != nm.test:
-                raise UsageError(f"port group {prod} maps to two test port groups ({mapping[prod]}, {nm.test})",
-                                 hint="give every VM the same test mapping for one production port group")
-            mapping[prod] = nm.test
+            to = getattr(nm, which)
+            if mapping.get(prod, to) != to:
+                raise UsageError(f"port group {prod} maps to two {which} port groups ({mapping[prod]}, {to})",
+                                 hint=f"give every VM the same {which} mapping for one production port group")
+            mapping[prod] = to
+    return mapping
+
+
+def shutdown_step(g: ProtectionGroup, where: str) -> Step:
+    """Stop ``where``'s VMs of the group (guest shutdown, then power off) before the final snapshot."""
+    names = [v.name for v in g.vms]
+    shut = max((v.shutdown_timeout_seconds for v in g.vms), default=300)
+    return Step("shutdown", "shutdown", f"shut down {len(names) or 'the'} {where} VM(s) on {g.vsphere_production} "
+                                        f"(guest shutdown, power off after {shut}s)",
+                "the final snapshot must hold what the guests wrote before they stopped",
+                {"vms": names, "timeout": shut, "endpoint": g.vsphere_production})
+
+
+def test_networks(vms, host: HostView | None, dr_network) -> tuple[dict[str, str], list[dict], list[str]]:
+    """(production port group -> test port group, port groups to create, notes)."""
+    mapping = port_group_map(vms, "test")
     create: list[dict] = []
     notes: list[str] = []
     if host is None:
