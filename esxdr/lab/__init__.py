@@ -23,7 +23,8 @@ from pathlib import Path
 
 from esxdr.errors import UsageError
 from esxdr.lab import zfsfuse
-from esxdr.util import atomic_write
+from esxdr.model import manifest as mf
+from esxdr.util import atomic_write, pid_running
 
 PACKAGES = {"zfs-fuse": "zfs", "tgt": "tgtd", "openssh-server": "sshd", "openssh-client": "ssh", "sudo": "sudo"}
 DEFAULT_DIR = "/var/lib/esxdr-lab"
@@ -278,7 +279,6 @@ class Lab:
 
     def _seed(self, state: dict, say) -> None:
         from esxdr.lab import seed
-        from esxdr.model import manifest as mf
 
         m = seed.export_production(state, str(self.dir), self.cfg.prod_pool, self.cfg.luns, self.cfg.lun_size)
         path = self.dir / "production-manifest.yaml"
@@ -533,7 +533,6 @@ def _exists(ds: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    from esxdr.util import pid_running
 
     return pid_running(pid)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from esxdr.model import manifest as mf
+from esxdr.targets import tgt
 from esxdr.transport import LocalTransport
 
 LAB_IQN = "iqn.2010-08.org.esxdr.lab:ss1.core"
@@ -55,7 +56,6 @@ def production_manifest(lab_dir: str, pool: str, luns: int, lun_size: int, porta
 
 
 def export_production(state: dict, lab_dir: str, pool: str, luns: int, lun_size: int) -> mf.Manifest:
-    from esxdr.targets import tgt
 
     t = state["tgtd"]["production"]
     m = production_manifest(lab_dir, pool, luns, lun_size, t["portal"])

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from esxdr.errors import UsageError
+from esxdr.util import pid_running
 
 PIDFILE = Path("/var/run/zfs-fuse.pid")
 # Long enough for a loaded two-core machine; a healthy daemon answers `zpool list` in milliseconds.
@@ -172,7 +173,6 @@ def _detach_mounts(force: bool = False) -> None:
 
 def _pids_named(comm: str) -> list[int]:
     """Live processes named `comm` (a killed daemon stays a zombie where nothing reaps it)."""
-    from esxdr.util import pid_running
 
     pids = []
     for d in Path("/proc").iterdir():

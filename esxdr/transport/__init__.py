@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from esxdr.errors import UsageError
 from esxdr.transport.base import CommandResult, Stats, Transport, mask, register_secret
 from esxdr.transport.local import LocalTransport
 from esxdr.transport.ssh import SshTransport, fingerprint_of
@@ -40,7 +41,6 @@ def for_server(server: StorageServer, state_dir: str | None = None) -> Transport
     client = "auto" if os.environ.get("ESXDR_STREAM_CLIENT", "openssh") != "paramiko" else None
     if not (server.address and server.user and server.key):
         # the site check asks these of every remote server esxdr connects to
-        from esxdr.errors import UsageError
 
         raise UsageError(f"storage.{server.name}: esxdr reaches it over SSH, and the site file lacks its "
                          + ", ".join(k for k in ("address", "user", "key") if not getattr(server, k)))

@@ -26,6 +26,7 @@ from pyVmomi import vim
 from esxdr.errors import ConflictError, UsageError
 from esxdr.model.host import Created, HostState
 from esxdr.plan.host import Action, HostPlan, plan_host
+from esxdr.plan.storage import HostsStorageReport, check_storage, plan_resolution
 from esxdr.util import atomic_write
 from esxdr.vsphere import inventory
 from esxdr.vsphere.session import Session
@@ -456,7 +457,6 @@ def verify_hosts(session: Session, names: list[str], expected: list[Any], *, end
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from esxdr.plan.storage import HostsStorageReport, check_storage, plan_resolution
     from esxdr.vsphere import storage
 
     say = progress or (lambda _m: None)

@@ -13,7 +13,9 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from esxdr.errors import EsxdrError, UsageError
 from esxdr.model.host import HostState
+from esxdr.plan.discover import SeenDatastore, SeenVm
 from esxdr.plan.runbook import HostView, cluster_view, norm_vmx
 from esxdr.vsphere.session import Session
 from esxdr.vsphere.tasks import wait_tasks
@@ -81,7 +83,6 @@ def read_dr(session: Session, endpoint: Any, *, with_vms: bool = True) -> tuple[
         else:
             states = dict(sorted(inventory.read_hosts(session, with_vms=with_vms).items()))
         if not states:
-            from esxdr.errors import UsageError
 
             raise UsageError(f"vCenter {endpoint.name} manages no host", hint="list the DR hosts under hosts:")
         return merge_hosts(endpoint.name, states), states
@@ -294,7 +295,6 @@ def shutdown_vms(session: Session, vms: list[tuple[Any, bool]], *,
     then PowerOffVM_Task (parallel) for the rest. ``vms``: (VM ref, tools running). Returns
     moid -> "shutdown" | "powered off". Only the deadline passing leads to the hard power-off:
     a host that stops answering is an error, never a reason to pull the plug on a guest."""
-    from esxdr.errors import EsxdrError
     from esxdr.vsphere.tasks import WaitTimeout, watch
 
     how: dict[str, str] = {}
@@ -331,7 +331,6 @@ def read_for_discovery(session: Session) -> tuple[list[Any], list[Any]]:
     """Production as `esxdr plan discover` needs it, in ONE RetrievePropertiesEx: from the host
     view, every host's datastores (name, VMFS UUID and extents), networks (names) and VMs (name,
     .vmx, the datastores and networks they use). Returns ([SeenDatastore], [SeenVm])."""
-    from esxdr.plan.discover import SeenDatastore, SeenVm
     from esxdr.vsphere.inventory import retrieve
 
     select = [PC.TraversalSpec(name=f"host-{p}", type=vim.HostSystem, path=p, skip=False)

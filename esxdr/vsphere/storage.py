@@ -18,6 +18,7 @@ from typing import Any
 
 from pyVmomi import vim
 
+from esxdr import vmfs
 from esxdr.errors import ConflictError, UsageError, VsphereError
 from esxdr.model.host import HostState
 from esxdr.plan.host import Action
@@ -48,7 +49,6 @@ def expected_luns(manifest: Any, lun_specs: list[Any] | None = None, *, read_hea
         label = uuid = None
         if read_headers and lu.backing and lu.backing.path and Path(lu.backing.path).exists():
             try:
-                from esxdr import vmfs
 
                 h = vmfs.inspect(lu.backing.path)
                 label, uuid = h.label, h.uuid

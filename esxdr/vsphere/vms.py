@@ -28,6 +28,7 @@ from pyVmomi import vim, vmodl
 
 from esxdr.errors import ConflictError, EsxdrError, VsphereError
 from esxdr.model.host import HostState
+from esxdr.plan.runbook import rewrite_vmx
 from esxdr.vsphere.session import Session
 from esxdr.vsphere.tasks import TASK_PATHS, State, task_error, wait_tasks, watch
 
@@ -393,7 +394,6 @@ def prepare_vmx_files(files: DatastoreFiles, vmx_paths: list[str], net_map: dict
     is needed on a real ESXi host. Returns (path -> changes made, path -> why it could not be
     prepared); a VM that could not be prepared is still registered, and the NIC step and the
     power-on's question handling do the work through the API instead."""
-    from esxdr.plan.runbook import rewrite_vmx
 
     done: dict[str, list[str]] = {}
     failed: dict[str, str] = {}
