@@ -1,8 +1,8 @@
-"""Failover, reprotect and failback: the drill's machinery pointed at the replicas themselves.
+"""Failover and failback: the drill's machinery pointed at the replicas themselves.
 
 ``esxdr failover GROUP --planned|--disaster`` walks the runbook of
-:func:`esxdr.plan.runbook.plan_failover` with the journal and step functions of
-:mod:`esxdr.recovery` (present, rescan, verify, register, NICs, power-on) plus its own
+:func:`esxdr.plan.runbook.plan_failover` with the :class:`~esxdr.recovery.runner.Runner` and the
+steps of :mod:`esxdr.recovery.steps` (present, rescan, verify, register, NICs, power-on) plus its own
 steps: shut production down, final replication, stop replication, remove production's
 presentation, the split-brain guard and the promotion of the DR datasets.
 
@@ -13,9 +13,9 @@ box, where the DR storage server is ``local: true``. A DR server reached at a lo
 address is this machine too (the lab), and is treated as local. Anything else is refused
 with the advice to run esxdr on the DR box. See docs/recovery.md.
 
-``esxdr reprotect`` rolls production back to the newest snapshot it shares with DR (with
-evidence and --yes) and replicates DR → production through the same
-:class:`esxdr.replication.Engine`, given the group's reversed view
+``esxdr reprotect`` (:mod:`esxdr.recovery.reprotect`) rolls production back to the newest
+snapshot it shares with DR (with evidence and --yes) and replicates DR → production through the
+same :class:`esxdr.replication.Engine`, given the group's reversed view
 (:func:`esxdr.plan.runbook.reversed_group`). ``esxdr failback --planned`` is a planned
 failover of that reversed view, then the DR datasets are sealed again and replication
 production → DR may resume.
