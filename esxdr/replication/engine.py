@@ -520,6 +520,10 @@ class Engine:
         if opts.prune:
             # Production's own retention, without a view of DR: the snapshot DR pulled last carries
             # DR's hold (esxdr_<group>, placed through the send-only account) and is kept for it.
+            # Only that one: DR moves its hold forward with each pull, so an older hold of that tag
+            # is stale, or a compromised DR holding everything to fill production's pool.
+            src_obs = prune.release_stale_holds(src, g.name, src_obs, g.datasets, g.source_root,
+                                                keep=prune.newest_held, dry_run=opts.dry_run)
             tz = g.schedule.timezone if g.schedule else "UTC"
             doomed = []
             for ds_name in g.datasets:
@@ -533,6 +537,7 @@ class Engine:
                 opts.say(f"{g.name}: prune {len(doomed)} snapshot(s) on {src.name}")
                 src.zfs.destroy_snapshots(doomed)
         return result
+
     def _mbuffer(self, src: Side, dst: Side) -> bool:
         mode = self.group.mbuffer
         if mode == "off":

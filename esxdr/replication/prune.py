@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from esxdr.errors import CommandFailed, TransientError
 from esxdr.faults import checkpoint
-from esxdr.model import Dataset
+from esxdr.model import Dataset, Snapshot
 from esxdr.plan.replication import common_snapshot
 from esxdr.plan.retention import Decision, decide, esxdr_prefix
 from esxdr.replication import sides
@@ -65,23 +65,11 @@ def prune_dr_side(site: Site, group: ProtectionGroup, *, dry_run: bool) -> DrPru
     try:
         obs = dst.zfs.observe([group.dr_root])
         tz = group.schedule.timezone if group.schedule else "UTC"
-        tag = hold_tag(group.name)
         # Replication holds every snapshot it sends to a DR behind serve; only the newest needs it
-        # (the next base). Its hold moves there now, one release per snapshot (one without the tag
-        # fails alone), so that what still holds a snapshot afterwards is someone else's: a drill's,
-        # an admin's. Which tags a snapshot carries is not asked: zfs-fuse has no `zfs holds`. A
-        # dry run assumes replication's hold on each held snapshot.
-        older = [s for name, ds in obs.items() if name in group.dr_datasets
-                 for s in ds.snapshots if s.held and s is not max(ds.snapshots, key=lambda x: x.createtxg)]
-        if dry_run:
-            moved = {s.full_name for s in older}
-            obs = {name: dataclasses.replace(ds, snapshots=[
-                dataclasses.replace(s, userrefs=(s.userrefs or 0) - 1) if s.full_name in moved else s
-                for s in ds.snapshots]) for name, ds in obs.items()}
-        elif older:
-            for snap in older:
-                dst.zfs.release(tag, [snap.full_name])
-            obs = dst.zfs.observe([group.dr_root])
+        # (the next base). Its hold moves there now, so that what still holds a snapshot afterwards
+        # is someone else's: a drill's, an admin's.
+        obs = release_stale_holds(dst, group.name, obs, group.dr_datasets, group.dr_root,
+                                  keep=lambda ds: max(ds.snapshots, key=lambda x: x.createtxg), dry_run=dry_run)
         out = DrPrune(decisions=dr_decisions(group, obs, tz))
         doomed = [d.snapshot for d in out.decisions if not d.keep]
         if dry_run:
@@ -161,3 +149,35 @@ def apply_prune(group_name: str, plans: list[SidePrune], sides: list[Side], say:
         both(lambda: destroy(work[0]), lambda: destroy(work[1]))
     elif work:
         destroy(work[0])
+
+
+def release_stale_holds(side: Side, group_name: str, obs: dict[str, Dataset], datasets: tuple[str, ...] | list[str],
+                        root: str, *, keep: Callable[[Dataset], Snapshot | None], dry_run: bool) -> dict[str, Dataset]:
+    """Release replication's hold (``esxdr_<group>``) from every held snapshot of ``datasets`` but
+    the one ``keep`` names, and return the view after it. One release per snapshot: one that does
+    not carry the tag (another tool's hold) fails alone. Which tags a snapshot carries is not asked
+    (zfs-fuse has no `zfs holds`); a dry run assumes replication's hold on each held snapshot."""
+    stale = []
+    for name, ds in obs.items():
+        if name not in datasets or not ds.snapshots:
+            continue
+        kept = keep(ds)
+        stale += [x for x in ds.snapshots if x.held and (kept is None or x.guid != kept.guid)]
+    if not stale:
+        return obs
+    if dry_run:
+        moved = {x.full_name for x in stale}
+        return {name: dataclasses.replace(ds, snapshots=[
+            dataclasses.replace(x, userrefs=(x.userrefs or 0) - 1) if x.full_name in moved else x
+            for x in ds.snapshots]) for name, ds in obs.items()}
+    tag = hold_tag(group_name)
+    for x in stale:
+        side.zfs.release_one(tag, x.full_name)
+    return side.zfs.observe([root])
+
+
+def newest_held(ds: Dataset) -> Snapshot | None:
+    """The newest snapshot that carries a hold: on production in pull mode, DR's cursor (the
+    snapshot DR pulled last, held through its send-only account)."""
+    held = [x for x in ds.snapshots if x.held]
+    return max(held, key=lambda x: x.createtxg) if held else None

@@ -155,6 +155,22 @@ def test_the_pull_key_cannot_change_production(pull_lab, command, reason):
     assert after == before
 
 
+def test_holds_the_pull_key_adds_go_at_productions_next_snapshot(pull_lab):
+    """The pull key may hold with replication's tag (its cursor), so a compromised DR could hold
+    every production snapshot and fill the pool. Production keeps the newest such hold only."""
+    dl = pull_lab
+    src_root = f"{dl.prod_pool}/iscsi"
+    lun0 = sorted(s for s in snapshots(src_root) if s.startswith(f"{src_root}/lun0@esxdr_core_"))
+    held = [x for x in lun0 if holds(x)]
+    assert held and lun0[0] != held[-1], (lun0, held)  # DR's cursor, and an older snapshot
+    cursor, older = held[-1], lun0[0]
+    r = through_pull_key(dl, f"zfs hold esxdr_core {older}")
+    assert r.returncode == 0 and holds(older) == 1, r.stderr
+    dl.ok("replicate", "core", "--snapshot-only", site=production_site(dl))
+    assert holds(cursor) == 1  # the cursor stays: DR's next pull sends from it
+    assert older not in snapshots(src_root) or holds(older) == 0
+
+
 def test_drill_and_disaster_failover_from_the_dr_box(pull_lab):
     """The DR box alone, with its own site file: a drill while production runs, then the bad day."""
     dl = pull_lab
