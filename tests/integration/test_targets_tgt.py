@@ -23,7 +23,7 @@ from esxdr.transport import LocalTransport
 
 pytestmark = pytest.mark.integration
 
-CORPUS = Path(__file__).parents[1] / "unit" / "target_corpus"
+CORPUS = Path(__file__).parents[1] / "unit" / "targets" / "target_corpus"
 ADDRESS = "127.0.0.3"
 DR_INITIATOR = "iqn.1998-01.com.vmware:esxi-dr"
 

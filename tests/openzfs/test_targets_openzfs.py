@@ -28,7 +28,7 @@ from esxdr.transport import SshTransport
 
 pytestmark = pytest.mark.openzfs
 
-CORPUS = Path(__file__).parents[1] / "unit" / "target_corpus"
+CORPUS = Path(__file__).parents[1] / "unit" / "targets" / "target_corpus"
 DR_INITIATOR = "iqn.1998-01.com.vmware:esxi-dr"
 
 
