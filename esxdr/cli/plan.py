@@ -66,19 +66,12 @@ def discover(ctx: Context, group: str | None, manifest_path: str | None, write: 
             dr_zfs = dr.zfs
         except EsxdrError:
             dr = None
-    def live():  # before the first replication shipped anything: production's target itself
-        from esxdr.recovery import target_transport
-        from esxdr.replication.shipping import capture_manifest
 
-        server = site.storage_server(g.source)
-        if server.target is None:
-            return None
+    def live():  # before the first replication shipped anything: production's target itself
+        from esxdr.recovery.sources import live_manifest
+
         try:
-            t = target_transport(server)
-            try:
-                return capture_manifest(server, g, t)
-            finally:
-                t.close()
+            return live_manifest(site.storage_server(g.source), g)
         except EsxdrError:
             return None
 

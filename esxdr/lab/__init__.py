@@ -533,7 +533,6 @@ def _exists(ds: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
-
     return pid_running(pid)
 
 

@@ -56,7 +56,6 @@ def production_manifest(lab_dir: str, pool: str, luns: int, lun_size: int, porta
 
 
 def export_production(state: dict, lab_dir: str, pool: str, luns: int, lun_size: int) -> mf.Manifest:
-
     t = state["tgtd"]["production"]
     m = production_manifest(lab_dir, pool, luns, lun_size, t["portal"])
     tgt.apply(LocalTransport("ss1"), m, control_port=t["control_port"])

@@ -56,7 +56,6 @@ def _c_unregister(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _c_unpresent(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
-
     t = d.target()
     _, targets = d.served()
     live = {x.iqn: x.tid for x in targets}

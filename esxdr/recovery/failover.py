@@ -191,7 +191,6 @@ class Failover(Runner):
         replica (on the DR root), its LUs renamed to the reversed view's datasets."""
         import copy
 
-
         g = self.original
         dr = sides.open_side(self.site, g.destination)
         try:
@@ -358,7 +357,6 @@ def _f_shutdown(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _f_replicate(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
-
     if step.params.get("pull"):
         return _pull_handoff(d, step.params["handoff"])
     site = d.site.with_group(d.g)  # failback: the reversed view's source is the (local) DR box
@@ -428,7 +426,6 @@ def _f_unpresent_production(d: Runner, step: rb.Step, rec: RunRecord) -> list[st
 
 
 def _f_guard(d: Failover, step: rb.Step, rec: RunRecord) -> list[str]:
-
     portal = step.params.get("portal")
     if not portal:
         return ["no production target in the site file: nothing to probe"]

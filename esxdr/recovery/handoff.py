@@ -15,9 +15,8 @@ from esxdr.plan import runbook as rb
 from esxdr.recovery.failover import _f_shutdown, _f_stop, _f_unpresent_production, forget_on_dr_host
 from esxdr.recovery.record import FailoverRecord, Journal, RunRecord, state_path
 from esxdr.recovery.runner import Runner, Say, retry
-from esxdr.recovery.sources import target_transport
+from esxdr.recovery.sources import live_manifest
 from esxdr.replication import Engine, Options, sides
-from esxdr.replication.shipping import capture_manifest
 from esxdr.replication.sides import failover_marker, on_dr_box
 from esxdr.util import write_json
 
@@ -67,13 +66,8 @@ class HandOff(Runner):
         self.original = g
 
     def plan(self) -> rb.Runbook:
-
         server = self.site.storage_server(self.g.source)
-        t = target_transport(server)
-        try:
-            m = capture_manifest(server, self.g, t)
-        finally:
-            t.close()
+        m = live_manifest(server, self.g)
         return rb.plan_handoff(rb.HandOffInputs(group=self.g, naas=[lu.naa.hex for lu in m.logical_units] if m else [],
                                                 target=server.target.stack if server.target else None,
                                                 reverse=self.reverse))
@@ -111,7 +105,6 @@ class HandOff(Runner):
 
 
 def _h_snapshot(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
-
     # failback: the reversed view, past DR's own marker (DR has been live since the failover)
     res = Engine(d.site.with_group(d.g), d.g.name, Options(snapshot_only=True, prune=False, progress=False,
                                                             say=d.say, failed_over=d.reverse)).run()
@@ -129,7 +122,6 @@ def _h_snapshot(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _h_publish(d: HandOff, step: rb.Step, rec: RunRecord) -> list[str]:
-
     snap = d.journal.data.get("snapshot")
     if not snap:
         raise ConflictError(f"{d.g.name}: no final snapshot recorded", hint="run the hand-off again")

@@ -112,12 +112,10 @@ def timeline(steps: list[dict[str, Any]], width: int = 900, row: int = 22, label
 
 
 def render_html(record: dict[str, Any]) -> str:
-
     return templating.render("report.html.j2", r=record, tl=timeline(record.get("steps") or []))
 
 
 def render_text(record: dict[str, Any]) -> str:
-
     lines = [f"{record.get('kind')} {record.get('group')} — {record.get('outcome')} "
              f"(started {record.get('started')}, site {record.get('site')})"]
     if record.get("snapshot"):

@@ -93,7 +93,6 @@ class Reprotect:
         self.say = say
 
     def _sides(self):
-
         return both(lambda: sides.open_side(self.site, self.g.source), lambda: sides.open_side(self.site, self.g.destination))
 
     def plan(self) -> ReprotectPlan:
@@ -174,7 +173,6 @@ class Reprotect:
 
 
 def _group_naas(site: Site, g: ProtectionGroup) -> set[str]:
-
     dr = sides.open_side(site, g.destination)
     try:
         m, _ = resolve_manifest(site, g, dr.zfs)

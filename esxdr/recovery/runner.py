@@ -145,7 +145,6 @@ class Runner:
             self.session.close()
 
     def served(self) -> tuple[list[rb.ServedLun], list]:
-
         targets, _ = tgt.observe_native(self.target(), self.server.target.control_port)  # type: ignore[union-attr]
         served = []
         for t in targets:

@@ -39,6 +39,18 @@ def target_transport(server: StorageServer) -> Transport:
     return for_server(server)
 
 
+def live_manifest(server: StorageServer, group: ProtectionGroup) -> Manifest | None:
+    """What ``server``'s own target presents of the group now (None: no target, or none of the
+    group's LUs), read through its admin transport (:func:`target_transport`)."""
+    if server.target is None:
+        return None  # no transport opened for nothing
+    t = target_transport(server)
+    try:
+        return shipping.capture_manifest(server, group, t)
+    finally:
+        t.close()
+
+
 def resolve_manifest(site: Site, group: ProtectionGroup, dr_zfs: Zfs | None = None, explicit: str | None = None, *,
                      pin_first_use: bool = True,
                      live: Callable[[], Manifest | None] | None = None) -> tuple[Manifest, str]:
@@ -80,7 +92,6 @@ def resolve_manifest(site: Site, group: ProtectionGroup, dr_zfs: Zfs | None = No
 
 
 def site_manifest(group: ProtectionGroup) -> Manifest:
-
     units = []
     for i, ds in enumerate(group.datasets):
         spec = group.luns.get(ds)

@@ -63,7 +63,6 @@ def _s_clone(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
 
 
 def _s_present(d: Runner, step: rb.Step, rec: RunRecord) -> list[str]:
-
     m = manifest_from_dict(step.params["manifest"], origin="drill manifest")
     t = d.target()
     tgt.apply(t, m, control_port=d.server.target.control_port)  # type: ignore[union-attr]

@@ -222,7 +222,6 @@ def pin_path(state_dir: str, group_name: str) -> Path:
 
 
 def load_pin(state_dir: str, group: ProtectionGroup) -> Manifest | None:
-
     path = pin_path(state_dir, group.name)
     if not path.exists():
         return None

@@ -227,7 +227,6 @@ def observe(transport: Transport, control_port: int | None = None, *, with_sizes
 
 
 def _inquiry_identities(m: Manifest, portal: str, initiator: str | None) -> None:
-
     p = Portal.parse(portal)
     missing = {lu.naa.hex for lu in m.logical_units}
     for t in m.targets:

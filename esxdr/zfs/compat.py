@@ -187,10 +187,8 @@ def receive_refusal(err: CommandFailed, stderr_folded: str, dataset: str | None)
 
 
 def _openzfs() -> Capabilities:
-
     return OPENZFS
 
 
 def _legacy() -> Capabilities:
-
     return LEGACY
