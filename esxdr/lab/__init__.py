@@ -67,11 +67,9 @@ class LabConfig:
     with_tgt: bool = True
     with_esxsim: bool = True
     esxsim_profile: str | None = None  # "realistic": a real host's pace; None: ESXSIM_PROFILE or "lab"
-
-
-def _target_lines(server_block: list[str]) -> list[str]:
-    """The `target:` mapping of a storage server's lines in the lab's site file."""
-    return [ln for ln in server_block if ln == "    target:" or ln.startswith("      ")]
+    # --boxes: production and DR in network namespaces <netns_prefix>-prod and -dr (lab/boxes.py)
+    boxes: bool = False
+    netns_prefix: str = "esxdr"
 
 
 @dataclass
@@ -102,10 +100,30 @@ class Lab:
         return self.dir / "site-production-pull.yaml"
 
     @property
+    def dr_push_site_path(self) -> Path:
+        """The two-box lab's DR box in push mode (failover, reprotect, failback there): ss2 here,
+        production reached as root with DR's admin key."""
+        return self.dir / "site-dr-push.yaml"
+
+    @property
     def production_home_site_path(self) -> Path:
         """Production's site for the way home in pull mode: ss1 here, ss2 reached through DR's
         send-only account (`esxdr serve --send-only`) with production's home key."""
         return self.dir / "site-production-home.yaml"
+
+    @property
+    def boxed(self) -> bool:
+        """The two-box lab: asked for now, or already up as one (`up`, `status` and `down` follow it)."""
+        return self.cfg.boxes or bool(self.state().get("boxes"))
+
+    def box(self, role: str) -> tuple[str | None, str]:
+        """Where ``role``'s daemons run: (network namespace or None, address)."""
+        if self.boxed:
+            from esxdr.lab import boxes
+
+            b = boxes.pair(self)[role]
+            return b.netns, b.address
+        return None, {"production": "127.0.0.1", "dr": "127.0.0.2"}[role]
 
     def state(self) -> dict:
         try:
@@ -124,11 +142,22 @@ class Lab:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)
         state = self.state()
+        if self.cfg.boxes and state.get("sshd") and not state.get("boxes"):
+            raise UsageError(f"the lab in {self.dir} is up on loopback; it does not become two boxes in place",
+                             hint=f"esxdr lab down --dir {self.dir}, then esxdr lab up --boxes")
         found = ensure_zfs_fuse(vdev_dirs=(self.dir / "vdevs",))
         say({"up": "zfs-fuse running", "down": "zfs-fuse started",
              "hung": "zfs-fuse was hung (not answering): restarted"}[found])
-        self._pools(state, say)
-        self._ssh(state, say)
+        if self.boxed:
+            from esxdr.lab import boxes
+
+            boxes.network(self, state, say)
+            self._save(state)  # the namespaces are on record before anything starts in them
+            self._pools(state, say)
+            boxes.ssh(self, state, say)
+        else:
+            self._pools(state, say)
+            self._ssh(state, say)
         if self.cfg.with_tgt:
             self._tgtds(state, say)
         if self.cfg.with_esxsim:
@@ -245,12 +274,13 @@ class Lab:
         from esxdr.lab import tgtd
 
         state.setdefault("tgtd", {})
-        for site, addr in (("production", "127.0.0.1"), ("dr", "127.0.0.2")):
+        for site in ("production", "dr"):
+            ns, addr = self.box(site)
             old = state["tgtd"].get(site)
             if old and _alive(old["pid"]):
                 continue
-            port = tgtd.free_port(addr)
-            t = tgtd.start(tgtd.free_control_port(), addr, port, str(self.dir / f"tgtd-{site}.log"))
+            port = 3260 if ns else tgtd.free_port(addr)  # a box of its own: the standard port is free
+            t = tgtd.start(tgtd.free_control_port(), addr, port, str(self.dir / f"tgtd-{site}.log"), netns=ns)
             state["tgtd"][site] = {"pid": t.pid, "portal": t.portal, "control_port": t.control_port}
             say(f"tgtd {site} portal {t.portal} (control port {t.control_port})")
 
@@ -264,169 +294,42 @@ class Lab:
         state.setdefault("esxsim", {})
         from esxdr.lab.tgtd import free_port
 
-        for site, addr, host in (("production", "127.0.0.1", "esx-prod"), ("dr", "127.0.0.2", "esx-dr")):
+        for site, host in (("production", "esx-prod"), ("dr", "esx-dr")):
+            ns, addr = self.box(site)
             old = state["esxsim"].get(site)
             if old and _alive(old["pid"]):
                 continue
             datadir = self.dir / f"esxsim-{host}"
             datadir.mkdir(exist_ok=True)
-            p = esxsim.start(host, addr, free_port(addr), str(datadir),
+            # On a box of its own, as a real host: https on 443, reached with a pinned thumbprint
+            # (esxdr refuses plain http to anything but loopback).
+            p = esxsim.start(host, addr, 443 if ns else free_port(addr), str(datadir),
                              iqn=f"iqn.1998-01.com.vmware:{host}", password="esxsim",
-                             log_path=str(self.dir / f"esxsim-{host}.log"), profile=self.cfg.esxsim_profile)
+                             log_path=str(self.dir / f"esxsim-{host}.log"), profile=self.cfg.esxsim_profile,
+                             tls=bool(ns), netns=ns)
             state["esxsim"][site] = {"pid": p.pid, "url": p.url, "username": p.username, "password": p.password,
                                      "host": host, "thumbprint": getattr(p, "thumbprint", None)}
             say(f"esxsim {host} at {p.url}")
 
     def _seed(self, state: dict, say) -> None:
-        from esxdr.lab import seed
+        from esxdr.lab import netns, seed
 
-        m = seed.export_production(state, str(self.dir), self.cfg.prod_pool, self.cfg.luns, self.cfg.lun_size)
+        ns, _addr = self.box("production")
+        m = seed.export_production(state, str(self.dir), self.cfg.prod_pool, self.cfg.luns, self.cfg.lun_size,
+                                   initiators="198.18.0.0/24" if ns else "127.0.0.0/8")
         path = self.dir / "production-manifest.yaml"
         mf.save(m, path)
         state["production_manifest"] = str(path)
         say(f"tgtd production exports {len(m.logical_units)} LUNs with COMSTAR-style NAAs ({path})")
         if "esxsim" in state and "production" in state["esxsim"]:
-            state["seed"] = seed.seed_esx_prod(state["esxsim"]["production"], state["tgtd"]["production"]["portal"],
-                                               m, say)
+            with netns.entered(ns):  # esx-prod answers inside production's box only
+                state["seed"] = seed.seed_esx_prod(state["esxsim"]["production"],
+                                                   state["tgtd"]["production"]["portal"], m, say)
 
     def _write_site(self, state: dict) -> None:
-        s = state["sshd"]
-        c = self.cfg
-        lines = [
-            "# Written by `esxdr lab up`: the embedded lab's site.",
-            "version: 1",
-            "name: esxdr-lab",
-            f"state_dir: {self.dir / 'state'}",
-            "storage:",
-            "  ss1:",
-            "    role: production",
-            "    local: true",
-            "    zfs: auto",
-        ]
-        t = state.get("tgtd", {})
-        if "production" in t:
-            lines += ["    target:", "      stack: tgt", f"      portal: {t['production']['portal']}",
-                      f"      control_port: {t['production']['control_port']}"]
-        lines += [
-            "  ss2:",
-            "    role: dr",
-            f"    address: {s['address']}",
-            f"    port: {s['port']}",
-            f"    user: {s['account']}",
-            f"    key: {s['key']}",
-            f"    host_key: {s['host_key']}",
-            "    zfs: auto",
-            f"    serve_prefix: {c.dr_pool}",
-        ]
-        if "dr" in t:
-            lines += ["    target:", "      stack: tgt", f"      portal: {t['dr']['portal']}",
-                      f"      control_port: {t['dr']['control_port']}"]
-        esx = state.get("esxsim", {})
-        if esx:
-            pw = self.dir / "esxsim.password"
-            pw.write_text(next(iter(esx.values()))["password"] + "\n")
-            os.chmod(pw, 0o600)
-            lines.append("vsphere:")
-            for role, e in sorted(esx.items(), key=lambda kv: kv[0] != "production"):
-                lines += [f"  {e['host']}:", f"    role: {role}", f"    url: {e['url']}", f"    user: {e['username']}",
-                          f"    password_file: {pw}"]
-        if "dr" in esx and "dr" in t:
-            dr_addr, _, dr_port = t["dr"]["portal"].rpartition(":")
-            lines += [
-                "dr_network:",
-                f"  {esx['dr']['host']}:",
-                "    vswitches:",
-                "      vSwitch0: {uplinks: [vmnic0]}",
-                "      vSwitch1: {uplinks: [vmnic1], mtu: 9000}",
-                "    port_groups:",
-                "      iSCSI-Net0: {vswitch: vSwitch1, vlan: 20}",
-                "      DR-LAN: {vswitch: vSwitch0, vlan: 10}",
-                "      Prod-LAN: {vswitch: vSwitch1, vlan: 310, isolated: true}",
-                "    vmkernel:",
-                "      vmk1: {port_group: iSCSI-Net0, ip: 127.0.0.12/8, mtu: 9000}",
-                "    iscsi:",
-                "      bind: [vmk1]",
-                f"      send_targets: [{dr_addr}:{dr_port}]",
-            ]
-        seeded = state.get("seed", {})
-        lines += [
-            "protection_groups:",
-            f"  {c.group}:",
-            "    source: ss1",
-            "    destination: ss2",
-            f"    source_root: {c.prod_pool}/iscsi",
-            f"    dr_root: {c.dr_pool}/iscsi",
-        ]
-        if seeded.get("datastores"):
-            lines.append("    datasets:")
-            for ds_name, d in sorted(seeded["datastores"].items()):
-                lines.append(f"      - {{name: {d['dataset'].rsplit('/', 1)[1]}, naa: {d['naa']}, datastore: {ds_name}, "
-                             f"vmfs_uuid: {d['uuid']}}}")
-        else:
-            lines.append("    datasets: [" + ", ".join(f"lun{i}" for i in range(c.luns)) + "]")
-        if "production" in esx:
-            # quiesced VMware snapshots around each ZFS snapshot, through esx-prod
-            lines.append("    consistency: application")
-            lines.append(f"    vsphere_production: {esx['production']['host']}")
-        if "dr" in esx:
-            lines.append(f"    vsphere_dr: {esx['dr']['host']}")
-        if seeded.get("vms") and "dr" in esx:
-            lines.append("    vms:")
-            for vm in seeded["vms"]:
-                lines += [f"      {vm['name']}:", f"        priority: {vm['priority']}",
-                          "        networks: {Prod-LAN: {failover: DR-LAN, test: Prod-LAN}}"]
-        lines += [
-            "    retention:",
-            "      source: {hourly: 48, daily: 30, weekly: 12, monthly: 12}",
-            "      destination: {hourly: 48, daily: 30, weekly: 12, monthly: 12}",
-            "    schedule: {every: 1h}",
-            "    rpo: 2h",
-        ]
-        self.site_path.write_text("\n".join(lines) + "\n")
-        self.dr_site_path.write_text("\n".join(self._dr_view(lines, state)) + "\n")
-        self.production_pull_site_path.write_text("\n".join(self._production_pull_view(lines)) + "\n")
-        if state.get("sshd", {}).get("home_key"):
-            self.production_home_site_path.write_text("\n".join(self._production_home_view(lines, state)) + "\n")
+        from esxdr.lab import sitefiles
 
-    def _production_home_view(self, lines: list[str], state: dict) -> list[str]:
-        """site.yaml's lines as production keeps them for the way home in pull mode: ss1 local,
-        ss2 behind DR's send-only account, reached with production's home key; production's state."""
-        s, c = state["sshd"], self.cfg
-        start = lines.index("  ss2:")
-        end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
-        ss2 = ["  ss2:", "    role: dr", f"    address: {s['address']}", f"    port: {s['port']}",
-               f"    user: {s['account']}", f"    key: {s['home_key']}", f"    host_key: {s['host_key']}",
-               "    zfs: auto", f"    serve_prefix: {c.dr_pool}/iscsi", *_target_lines(lines[start + 1:end])]
-        out = lines[:start] + ss2 + lines[end:]
-        out[0] = "# Written by `esxdr lab up`: the embedded lab's production for the way home in pull mode."
-        return out
-
-    def _production_pull_view(self, lines: list[str]) -> list[str]:
-        """site.yaml's lines as production keeps them in pull mode: ss2 pulls and is given no key,
-        account or address (production never connects there); its target stays, for the record."""
-        start = lines.index("  ss2:")
-        end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
-        out = lines[:start] + ["  ss2:", "    role: dr", "    pulls: true", *_target_lines(lines[start + 1:end])] \
-            + lines[end:]
-        out[0] = "# Written by `esxdr lab up`: the embedded lab's production in pull mode (the DR box pulls)."
-        return out
-
-    def _dr_view(self, lines: list[str], state: dict) -> list[str]:
-        """site.yaml's lines as the DR box sees them (pull mode): its own state directory, ss2
-        local, ss1 behind production's send-only account, reached with DR's pull key."""
-        s, c = state["sshd"], self.cfg
-        start = lines.index("storage:")
-        end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(" "))
-        storage = lines[start:end]
-        ss2 = storage.index("  ss2:")
-        targets = {"ss1": _target_lines(storage[1:ss2]), "ss2": _target_lines(storage[ss2:])}
-        view = ["storage:", "  ss1:", "    role: production", f"    address: {s['address']}", f"    port: {s['port']}",
-                f"    user: {s['account']}", f"    key: {s['pull_key']}", f"    host_key: {s['host_key']}",
-                "    zfs: auto", f"    serve_prefix: {c.prod_pool}/iscsi", *targets["ss1"],
-                "  ss2:", "    role: dr", "    local: true", "    zfs: auto", *targets["ss2"]]
-        out = [f"state_dir: {self.dir / 'state-dr'}" if ln.startswith("state_dir: ") else ln for ln in lines]
-        out[0] = "# Written by `esxdr lab up`: the embedded lab's site as its DR box sees it (pull mode)."
-        return out[:start] + view + out[end:]
+        sitefiles.write(self, state)
 
     # -- status / down ---------------------------------------------------------------
     def status(self) -> dict:
@@ -440,8 +343,12 @@ class Lab:
                 out["components"].append({"kind": "pool", "role": role, "name": name, "up": name in imported})
         if state.get("sshd"):
             s = state["sshd"]
-            out["components"].append({"kind": "sshd", "address": f"{s['address']}:{s['port']}", "account": s["account"],
-                                      "host_key": s["host_key"], "up": _alive(s["pid"])})
+            out["components"].append({"kind": "sshd", "role": "dr", "address": f"{s['address']}:{s['port']}",
+                                      "account": s["account"], "host_key": s["host_key"], "up": _alive(s["pid"])})
+        if state.get("boxes"):
+            from esxdr.lab import boxes
+
+            out["components"] += boxes.status(state)
         for role, t in state.get("tgtd", {}).items():
             out["components"].append({"kind": "tgtd", "role": role, "portal": t["portal"],
                                       "control_port": t["control_port"], "up": _alive(t["pid"])})
@@ -457,14 +364,18 @@ class Lab:
             st["zfs_fuse_state"], [])
         up = {(c["kind"], c.get("role")) for c in st["components"] if c["up"]}
         wanted = [("pool", "production", self.cfg.prod_pool), ("pool", "dr", self.cfg.dr_pool),
-                  ("sshd", None, f"sshd with the DR account {self.cfg.account}")]
+                  ("sshd", "dr", f"sshd with the DR account {self.cfg.account}")]
+        if self.boxed:
+            wanted = [("netns", "production", f"network namespace {self.cfg.netns_prefix}-prod"),
+                      ("netns", "dr", f"network namespace {self.cfg.netns_prefix}-dr"), *wanted,
+                      ("sshd", "production", "production's sshd (pull and admin accounts)")]
         if self.cfg.with_tgt:
             wanted += [("tgtd", "production", "tgtd for production"), ("tgtd", "dr", "tgtd for DR")]
         if self.cfg.with_esxsim:
             wanted += [("esxsim", "production", "esxsim esx-prod"), ("esxsim", "dr", "esxsim esx-dr")]
         for kind, role, what in wanted:
             if (kind, role) not in up:
-                todo.append(f"create pool {what}" if kind == "pool" else f"start {what}")
+                todo.append({"pool": f"create pool {what}", "netns": f"create {what}"}.get(kind, f"start {what}"))
         if not self.site_path.exists():
             todo.append(f"write {self.site_path}")
         return todo
@@ -476,6 +387,8 @@ class Lab:
         todo += [f"stop tgtd {role} (pid {t['pid']})" for role, t in state.get("tgtd", {}).items()]
         if state.get("sshd"):
             todo.append(f"stop sshd (pid {state['sshd']['pid']}), remove the account {state['sshd']['account']}")
+        if state.get("sshd_production"):
+            todo.append(f"stop production's sshd (pid {state['sshd_production']['pid']})")
         pools = state.get("pools") or {"production": self.cfg.prod_pool, "dr": self.cfg.dr_pool}
         zstate, imported = zfsfuse.check()
         if zstate == "hung":
@@ -483,6 +396,10 @@ class Lab:
         for role in ("dr", "production"):
             if pools[role] in imported:
                 todo.append(f"destroy pool {pools[role]}")
+        from esxdr.lab import boxes, netns
+
+        todo += [f"remove network namespace {n} (and every process left in it)"
+                 for n in sorted(boxes.namespaces(self, state) & netns.existing())]
         if self.dir.exists():
             todo.append(f"remove {self.dir}")
         return todo
@@ -496,6 +413,8 @@ class Lab:
 
             Tgtd(control_port=t["control_port"], portal=t["portal"], pid=t["pid"], log_path="").stop()
             say(f"tgtd {role} stopped")
+        if state.get("sshd_production"):
+            _kill(state["sshd_production"]["pid"])
         if state.get("sshd"):
             _kill(state["sshd"]["pid"])
             from esxdr.lab.sshd import remove_account
@@ -503,6 +422,11 @@ class Lab:
             remove_account(state["sshd"]["account"])
             Path(state["sshd"].get("sudoers", "/nonexistent")).unlink(missing_ok=True)
             say("sshd stopped, account removed")
+        from esxdr.lab import boxes, netns
+
+        # Whatever the state file says or lost: a process started in a box dies with it.
+        for name in netns.destroy(boxes.namespaces(self, state)):
+            say(f"network namespace {name} removed")
         pools = state.get("pools") or {"production": self.cfg.prod_pool, "dr": self.cfg.dr_pool}
         zstate, imported = zfsfuse.check()
         if zstate == "hung":

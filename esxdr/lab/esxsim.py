@@ -22,11 +22,12 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from esxdr.lab.netns import netns_prefix
 
 DEFAULT_USERNAME = "root"
 READY_TIMEOUT_S = 20.0
@@ -114,12 +115,10 @@ class EsxsimProcess:
             return ""
 
 
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+def _port_open(host: str, port: int, netns: str | None = None) -> bool:
+    from esxdr.lab.netns import port_open
+
+    return port_open(host, port, netns)
 
 
 def start(
@@ -142,6 +141,7 @@ def start(
     dell_idrac: bool = False,
     profile: str | None = None,
     rescan_delay: float | None = None,
+    netns: str | None = None,
 ) -> EsxsimProcess:
     """Start esxsim serving host `name` on listen_host:port and wait for its SOAP port.
 
@@ -152,9 +152,12 @@ def start(
     ``heartbeat_delay`` / ``rescan_delay`` (seconds) overrides the profile's value.
     ``dell_idrac``: every host also has a Dell iDRAC USB NIC (vusb0, vmk1 at 169.254.0.2 on
     the hidden "iDRAC Network"), as real Dell hosts report it (esxsim -dell-idrac).
+    ``netns``: run it in that network namespace (the two-box lab), on an address of 198.18.0.0/15.
     """
-    if not listen_host.startswith("127."):
-        raise EsxsimError(f"esxsim listens on 127.0.0.0/8 only, not {listen_host}")
+    from esxdr.lab.netns import is_lab_address
+
+    if not (listen_host.startswith("127.") or is_lab_address(listen_host)):
+        raise EsxsimError(f"esxsim listens on 127.0.0.0/8 and 198.18.0.0/15 only, not {listen_host}")
     if profile is not None and profile not in PROFILES:
         raise EsxsimError(f"esxsim profile {profile!r}: choose one of {', '.join(PROFILES)}")
     if vcenter_hosts is not None and (not vcenter_hosts or len(set(vcenter_hosts)) != len(vcenter_hosts)):
@@ -164,7 +167,7 @@ def start(
     data.mkdir(parents=True, exist_ok=True)
     logp = Path(log_path) if log_path else data / "esxsim.log"
     logp.parent.mkdir(parents=True, exist_ok=True)
-    if _port_open(listen_host, port):
+    if _port_open(listen_host, port, netns):
         raise EsxsimError(f"{listen_host}:{port} is already in use; pick another port for esxsim {name}")
     cmd = [
         str(exe),
@@ -198,7 +201,7 @@ def start(
     logf = open(logp, "ab")
     try:
         popen = subprocess.Popen(
-            cmd,
+            netns_prefix(netns) + cmd,
             stdout=subprocess.PIPE,
             stderr=logf,
             stdin=subprocess.DEVNULL,
@@ -228,7 +231,7 @@ def start(
         tail = logp.read_text(errors="replace")[-2000:] if logp.exists() else ""
         raise EsxsimError(f"esxsim {name} did not become ready on {listen_host}:{port}: {tail}")
     info = json.loads(first)
-    while time.monotonic() < deadline and not _port_open(listen_host, port):
+    while time.monotonic() < deadline and not _port_open(listen_host, port, netns):
         time.sleep(0.05)
     # keep draining stdout so esxsim never blocks on a full pipe
     popen.stdout.close()

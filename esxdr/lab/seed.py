@@ -32,7 +32,8 @@ def comstar_naa(lab_id: str, index: int) -> str:
     return f"600144f0{host}4fc511ec{index + 1:04x}"
 
 
-def production_manifest(lab_dir: str, pool: str, luns: int, lun_size: int, portal: str) -> mf.Manifest:
+def production_manifest(lab_dir: str, pool: str, luns: int, lun_size: int, portal: str,
+                        initiators: str = "127.0.0.0/8") -> mf.Manifest:
     mnt = Path(lab_dir) / "mnt" / pool / "iscsi"
     addr, _, port = portal.rpartition(":")
     units = []
@@ -45,19 +46,21 @@ def production_manifest(lab_dir: str, pool: str, luns: int, lun_size: int, porta
             revision="1.0", alias=f"lun{i}", views=[mf.View(lun=i + 1, target=LAB_IQN)],
         ))
     # Every peer of the lab (esx-prod, esxdr's probes, the split-brain guard, the tests) logs in from
-    # loopback: production admits that network by name, since esxdr never binds tgt's "ALL".
+    # loopback, or from the two-box lab's link: production admits that network by name, since esxdr
+    # never binds tgt's "ALL".
     return mf.Manifest(
         targets=[mf.Target(iqn=LAB_IQN, alias="ss1 core", tpgs=[mf.Tpg(tag=1, portals=[mf.Portal(addr, int(port))])],
                            acl=[LAB_ACL])],
-        initiator_groups=[mf.InitiatorGroup(name=LAB_ACL, members=["127.0.0.0/8"])],
+        initiator_groups=[mf.InitiatorGroup(name=LAB_ACL, members=[initiators])],
         logical_units=units,
         source=mf.Source(stack="tgt", host="ss1"),
     )
 
 
-def export_production(state: dict, lab_dir: str, pool: str, luns: int, lun_size: int) -> mf.Manifest:
+def export_production(state: dict, lab_dir: str, pool: str, luns: int, lun_size: int,
+                      initiators: str = "127.0.0.0/8") -> mf.Manifest:
     t = state["tgtd"]["production"]
-    m = production_manifest(lab_dir, pool, luns, lun_size, t["portal"])
+    m = production_manifest(lab_dir, pool, luns, lun_size, t["portal"], initiators)
     tgt.apply(LocalTransport("ss1"), m, control_port=t["control_port"])
     return m
 
@@ -82,7 +85,9 @@ def connect(url: str, user: str, password: str):
     from pyVim.connect import SmartConnect
 
     u = urlparse(url)
-    return SmartConnect(protocol=u.scheme, host=u.hostname, port=u.port, user=user, pwd=password)
+    # The lab's own esxsim, just started: its self-signed certificate is the one it printed.
+    return SmartConnect(protocol=u.scheme, host=u.hostname, port=u.port, user=user, pwd=password,
+                        disableSslCertValidation=u.scheme == "https")
 
 
 def seed_esx_prod(esx: dict, portal: str, m: mf.Manifest, say) -> dict:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from esxdr.lab.netns import netns_prefix
 from esxdr.lab.tgtd import _port_open
 from esxdr.util import pid_running
 
@@ -72,8 +73,12 @@ def keygen(path: str, comment: str) -> str:
     return Path(path + ".pub").read_text().strip()
 
 
-def start(lab_dir: str, address: str, port: int, authorized_keys_dir: str) -> Sshd:
-    d = Path(lab_dir) / "sshd"
+def start(lab_dir: str, address: str, port: int, authorized_keys_dir: str, *, netns: str | None = None,
+          name: str = "sshd", root_login: bool = False) -> Sshd:
+    """An sshd of the lab's own (config, host key and log under ``lab_dir/name``); with ``netns``, in
+    that network namespace. ``root_login``: root may log in with a key (production's admin account
+    in the two-box lab, which DR's push-mode failback needs)."""
+    d = Path(lab_dir) / name
     d.mkdir(parents=True, exist_ok=True)
     host_key = d / "ssh_host_ed25519_key"
     keygen(str(host_key), "esxdr-lab-host")
@@ -86,7 +91,7 @@ AuthorizedKeysFile {authorized_keys_dir}/%u
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
-PermitRootLogin no
+PermitRootLogin {'prohibit-password' if root_login else 'no'}
 UsePAM no
 StrictModes yes
 AllowTcpForwarding no
@@ -97,21 +102,21 @@ MaxSessions 100
 LogLevel ERROR
 """)
     Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(netns_prefix(netns) + ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                             stderr=open(d / "sshd.log", "ab"), start_new_session=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"sshd exited with {proc.returncode}; see {d / 'sshd.log'}")
-        if _port_open(address, port):
+        if _port_open(address, port, netns):
             return Sshd(pid=proc.pid, address=address, port=port, config=str(config))
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"sshd did not listen on {address}:{port}")
 
 
-def host_fingerprint(lab_dir: str) -> str:
+def host_fingerprint(lab_dir: str, name: str = "sshd") -> str:
     out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f",
-                          str(Path(lab_dir) / "sshd" / "ssh_host_ed25519_key.pub")],
+                          str(Path(lab_dir) / name / "ssh_host_ed25519_key.pub")],
                          check=True, capture_output=True, text=True).stdout
     return out.split()[1]

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from esxdr.lab.netns import netns_prefix
 from esxdr.util import pid_running
 
 
@@ -65,11 +66,13 @@ class Tgtd:
         pid_running(self.pid)
 
 
-def start(control_port: int, address: str, port: int, log_path: str, timeout: float = 10.0) -> Tgtd:
-    """Start tgtd in the foreground (as a child we own) and wait until it answers."""
+def start(control_port: int, address: str, port: int, log_path: str, timeout: float = 10.0,
+          netns: str | None = None) -> Tgtd:
+    """Start tgtd in the foreground (as a child we own) and wait until it answers; with ``netns``,
+    in that network namespace (its control socket is a file, reachable from anywhere)."""
     log = open(log_path, "ab")
     proc = subprocess.Popen(
-        ["tgtd", "-f", "-C", str(control_port), "--iscsi", f"portal={address}:{port}"],
+        netns_prefix(netns) + ["tgtd", "-f", "-C", str(control_port), "--iscsi", f"portal={address}:{port}"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     log.close()
@@ -79,19 +82,17 @@ def start(control_port: int, address: str, port: int, log_path: str, timeout: fl
         if proc.poll() is not None:
             raise RuntimeError(f"tgtd exited with {proc.returncode}; see {log_path}")
         r = t.tgtadm("--op", "show", "--mode", "target", check=False)
-        if r.returncode == 0 and _port_open(address, port):
+        if r.returncode == 0 and _port_open(address, port, netns):
             return t
         time.sleep(0.1)
     t.stop()
     raise RuntimeError(f"tgtd on {address}:{port} did not come up within {timeout}s; see {log_path}")
 
 
-def _port_open(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+def _port_open(address: str, port: int, netns: str | None = None) -> bool:
+    from esxdr.lab.netns import port_open
+
+    return port_open(address, port, netns)
 
 
 def free_control_port() -> int:

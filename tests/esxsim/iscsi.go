@@ -65,8 +65,10 @@ type pdu struct {
 
 func (p *pdu) opcode() byte { return p.bhs[0] & 0x3f }
 
-// IsLoopbackPortal reports whether addr (host or host:port) is in 127.0.0.0/8.
-func IsLoopbackPortal(addr string) bool {
+// IsLabAddress reports whether addr (host or host:port) is one esxsim may listen on or connect
+// to: loopback (127.0.0.0/8), or 198.18.0.0/15, the range RFC 2544 sets aside for network tests
+// (the two-box lab's network namespaces use it; no router forwards it).
+func IsLabAddress(addr string) bool {
 	host := addr
 	if h, _, err := net.SplitHostPort(addr); err == nil {
 		host = h
@@ -76,7 +78,7 @@ func IsLoopbackPortal(addr string) bool {
 		return false
 	}
 	ip4 := ip.To4()
-	return ip4 != nil && ip4[0] == 127
+	return ip4 != nil && (ip4[0] == 127 || (ip4[0] == 198 && ip4[1]&0xfe == 18))
 }
 
 func portalAddr(address string, port int32) string {
@@ -213,8 +215,8 @@ func (e *LoginError) Error() string {
 
 // Login opens a session. target == "" makes a discovery session.
 func Login(portal, initiator, target string, chap *ChapConfig) (*IscsiSession, error) {
-	if !IsLoopbackPortal(portal) {
-		return nil, fmt.Errorf("portal %s is outside 127.0.0.0/8: esxsim never connects there", portal)
+	if !IsLabAddress(portal) {
+		return nil, fmt.Errorf("portal %s is outside 127.0.0.0/8 and 198.18.0.0/15: esxsim never connects there", portal)
 	}
 	conn, err := net.DialTimeout("tcp", portal, iscsiTimeout)
 	if err != nil {

@@ -92,7 +92,7 @@ func envOr(key, def string) string {
 
 func main() {
 	cfg := Config{}
-	flag.StringVar(&cfg.Listen, "listen", "127.0.0.1:18443", "SOAP listen address (must be in 127.0.0.0/8)")
+	flag.StringVar(&cfg.Listen, "listen", "127.0.0.1:18443", "SOAP listen address (in 127.0.0.0/8 or 198.18.0.0/15)")
 	flag.StringVar(&cfg.Hostname, "hostname", "esxsim", "host name of the simulated ESXi host")
 	flag.StringVar(&cfg.DataDir, "datadir", "", "state directory (datastore working copies, TLS key)")
 	flag.StringVar(&cfg.IQN, "iqn", "", "software iSCSI initiator name (default iqn.1998-01.com.vmware:<hostname>)")
@@ -149,8 +149,8 @@ func main() {
 		cfg.MountRegistry = filepath.Join(os.TempDir(), "esxsim-mounts")
 	}
 	host, _, err := net.SplitHostPort(cfg.Listen)
-	if err != nil || !IsLoopbackPortal(host) {
-		log.Fatalf("-listen %s: must be host:port with a host in 127.0.0.0/8", cfg.Listen)
+	if err != nil || !IsLabAddress(host) {
+		log.Fatalf("-listen %s: must be host:port with a host in 127.0.0.0/8 or 198.18.0.0/15", cfg.Listen)
 	}
 	log.SetPrefix("esxsim[" + cfg.Hostname + "] ")
 	log.SetOutput(os.Stderr)

@@ -115,3 +115,17 @@ func TestRescanDelayHoldsTheCallNotTheHost(t *testing.T) {
 		t.Errorf("RescanVmfs took %v", took)
 	}
 }
+
+// The lab's addresses: loopback, and the two-box lab's 198.18.0.0/15 (RFC 2544's test range).
+// Anything else, a private LAN included, is refused, so esxsim never reaches a real network.
+func TestIsLabAddress(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:3260": true, "127.0.0.2": true, "198.18.0.1:3260": true, "198.19.255.254": true,
+		"198.17.255.255": false, "198.20.0.1": false, "10.0.0.1:3260": false, "192.168.1.10": false,
+		"::1": false, "esx-dr": false, "": false,
+	} {
+		if got := IsLabAddress(addr); got != want {
+			t.Errorf("IsLabAddress(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}

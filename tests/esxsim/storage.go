@@ -426,8 +426,8 @@ func (s *StorageSystem) rescanHba() {
 	var discovered []types.HostInternetScsiHbaStaticTarget
 	for _, st := range s.hba.ConfiguredSendTarget {
 		portal := sendTargetKey(st.Address, st.Port)
-		if !IsLoopbackPortal(portal) {
-			s.w.postEvent(fmt.Sprintf("iSCSI send target %s on %s ignored: esxsim only connects to 127.0.0.0/8", portal, swHbaDevice), true)
+		if !IsLabAddress(portal) {
+			s.w.postEvent(fmt.Sprintf("iSCSI send target %s on %s ignored: esxsim only connects to 127.0.0.0/8 and 198.18.0.0/15", portal, swHbaDevice), true)
 			continue
 		}
 		sess, err := Login(portal, iqn, "", s.chapFor(portal, ""))
@@ -448,7 +448,7 @@ func (s *StorageSystem) rescanHba() {
 					hp = a[:i]
 				}
 				host, portS, err := splitHostPort(hp)
-				if err != nil || !IsLoopbackPortal(host) {
+				if err != nil || !IsLabAddress(host) {
 					continue
 				}
 				port, _ := strconv.Atoi(portS)
@@ -471,7 +471,7 @@ func (s *StorageSystem) rescanHba() {
 	for _, t := range all {
 		portal := sendTargetKey(t.Address, t.Port)
 		k := portal + "|" + t.IScsiName
-		if seen[k] || !IsLoopbackPortal(portal) {
+		if seen[k] || !IsLabAddress(portal) {
 			continue
 		}
 		seen[k] = true
