@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -184,8 +185,9 @@ class SshTransport:
                 raise UsageError(f"{self.name}: cannot read known_hosts {self.known_hosts}: {e.strerror}") from e
         client.set_missing_host_key_policy(_pinned_policy(self.host_key, f"{self.name} ({self.address}:{self.port})"))
         try:
+            sock = _socket(self.address, self.port, self.connect_timeout, self.keepalive)
             client.connect(
-                self.address, port=self.port, username=self.user, key_filename=self.key_file,
+                self.address, port=self.port, username=self.user, key_filename=self.key_file, sock=sock,
                 timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout, allow_agent=False, look_for_keys=False,
             )
@@ -239,6 +241,9 @@ class SshTransport:
             out = stdout.read().decode(errors="replace")
             err = stderr.read().decode(errors="replace")
             rc = stdout.channel.recv_exit_status()
+            if rc == -1 and not (client.get_transport() and client.get_transport().is_active()):
+                # the connection died under the command (the network went away): no exit status
+                raise EOFError("the connection closed before the command's exit status arrived")
         except TimeoutError as e:
             raise TransientError(f"{self.name}: `{display(argv)}` timed out after {timeout}s") from e
         except (_paramiko().SSHException, OSError, EOFError) as e:
@@ -433,3 +438,18 @@ class _ChannelProcess:
         self.channel.close()
 
     terminate = kill
+
+
+def _socket(address: str, port: int, connect_timeout: float, keepalive: int) -> socket.socket:
+    """The control connection's TCP socket, which gives up on a network that went away.
+
+    paramiko's keepalive sends a packet every ``keepalive`` seconds but never notices that none is
+    acknowledged: over a cut link a command would wait its whole timeout (minutes), and TCP itself
+    retransmits for a quarter of an hour. TCP_USER_TIMEOUT (Linux) closes the connection once data
+    has gone unacknowledged for three keepalive periods, as OpenSSH's ServerAliveCountMax 3 does for
+    the data stream; the command then fails as transient and is retried on a new connection."""
+    sock = socket.create_connection((address, port), timeout=connect_timeout)
+    if hasattr(socket, "TCP_USER_TIMEOUT") and keepalive > 0:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, keepalive * 3 * 1000)
+    return sock
+

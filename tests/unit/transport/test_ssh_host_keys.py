@@ -65,7 +65,6 @@ def dr(keys, tmp_path, monkeypatch):
     key_file = tmp_path / "id_ecdsa"
     keys["client"].write_private_key_file(str(key_file))
     started: list[tuple[paramiko.Transport, _Server]] = []
-    original = paramiko.SSHClient.connect
 
     def make(offered: paramiko.PKey, *, host_key: str | None = None, known: list[paramiko.PKey] | None = None):
         ours, theirs = socket.socketpair()
@@ -81,7 +80,7 @@ def dr(keys, tmp_path, monkeypatch):
         threading.Thread(target=serve, daemon=True).start()
         started.append((t, server))
         # the hostname and port are esxdr's; only the socket is handed in
-        monkeypatch.setattr(paramiko.SSHClient, "connect", lambda self, *a, **kw: original(self, *a, sock=ours, **kw))
+        monkeypatch.setattr(ssh, "_socket", lambda *a: ours)
         known_hosts = None
         if known is not None:
             known_hosts = tmp_path / "known_hosts"
@@ -188,3 +187,14 @@ def test_the_stream_reads_no_ssh_config_and_names_every_option(dr, keys, tmp_pat
     open(t._kh_dir + "/cm", "w").close()  # as if a master had left its control socket there
     t.close()
     assert ran and ran[0][:3] == ["/usr/bin/ssh", "-F", "none"] and "-O" in ran[0]
+
+
+def test_the_control_connection_gives_up_on_a_silent_network():
+    """Three keepalive periods without an acknowledgement close it (TCP_USER_TIMEOUT), so a command
+    over a cut link fails as transient within a minute instead of waiting out its timeout."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        sock = ssh._socket("127.0.0.1", srv.getsockname()[1], 2, 15)
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 45_000
+        finally:
+            sock.close()
