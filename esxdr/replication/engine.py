@@ -356,10 +356,27 @@ class Engine:
         attempt = 0
         actions = list(r.actions)
         started = time.monotonic()
+        replan = False  # after a transient failure: what DR has now decides what is left to send
         while actions:
-            action = actions[0]
             try:
-                r.bytes += self._apply(action, r, compression)
+                if replan:
+                    # Re-observe this dataset: a resumable receive may have left a token, or the
+                    # stream may have completed before the cut was noticed. Over a network that is
+                    # still down this fails too, and counts as one more attempt.
+                    dest_now = self.dst.zfs.observe([r.dest]).get(r.dest)
+                    if any(s.guid == -1 for s in source.snapshots):
+                        # the snapshot this run took is only known by name so far; the DR copy of
+                        # it, if the stream got through, is matched by guid
+                        source = self.src.zfs.observe([r.source]).get(r.source) or source
+                    actions = plan_dataset(source, dest_now, r.dest,
+                                           intermediate=self.group.incremental == "intermediate",
+                                           allow_rollback_dr=self.opts.rollback_dr,
+                                           bookmarks=getattr(self.group, "bookmarks", False))
+                    actions = [a for a in actions if not isinstance(a, UpToDate)]
+                    replan = False
+                    if not actions:
+                        break
+                r.bytes += self._apply(actions[0], r, compression)
                 actions.pop(0)
             except TransientError as e:
                 attempt += 1
@@ -370,17 +387,7 @@ class Engine:
                 delay = self.opts.backoff * (2 ** (attempt - 1)) * (1 + random.random() * 0.2)
                 self.opts.say(f"{r.dest}: {e.message} — retry {attempt}/{self.opts.retries} in {delay:.1f}s")
                 time.sleep(delay)
-                # Re-observe this dataset: a resumable receive may have left a token, or the
-                # stream may have completed before the cut was noticed.
-                dest_now = self.dst.zfs.observe([r.dest]).get(r.dest)
-                if any(s.guid == -1 for s in source.snapshots):
-                    # the snapshot this run took is only known by name so far; the DR copy of
-                    # it, if the stream got through, is matched by guid
-                    source = self.src.zfs.observe([r.source]).get(r.source) or source
-                actions = plan_dataset(source, dest_now, r.dest, intermediate=self.group.incremental == "intermediate",
-                                       allow_rollback_dr=self.opts.rollback_dr,
-                                       bookmarks=getattr(self.group, "bookmarks", False))
-                actions = [a for a in actions if not isinstance(a, UpToDate)]
+                replan = True
         r.seconds = time.monotonic() - started
 
     def _apply(self, action: Action, r: DatasetResult, compression: str | None) -> int:

@@ -64,8 +64,11 @@ class Options:
     take_snapshot: bool = True
     prune: bool = True
     progress: bool = True
-    retries: int = 3
-    backoff: float = 1.0
+    # 2, 4, 8, 16 and 32 s apart: about a minute of patience after a stream is cut, so a network
+    # that went away for a while (the stream's ssh notices after up to 60 s of silence) is
+    # outlasted in the same run; longer outages are the next scheduled run's to resume.
+    retries: int = 5
+    backoff: float = 2.0
     say: Callable[[str], None] = lambda s: None
     now: datetime | None = None
     failed_over: bool = False  # reprotect/failback replicate DR → production while the marker exists
