@@ -404,6 +404,9 @@ class Lab:
             todo.append(f"remove {self.dir}")
         return todo
 
+    def _account_is_ours(self) -> bool:
+        return _home_of(self.cfg.account) == str(self.dir / "home")
+
     def down(self, say=lambda s: None) -> None:
         state = self.state()
         for _role, e in state.get("esxsim", {}).items():
@@ -422,6 +425,13 @@ class Lab:
             remove_account(state["sshd"]["account"])
             Path(state["sshd"].get("sudoers", "/nonexistent")).unlink(missing_ok=True)
             say("sshd stopped, account removed")
+        elif self._account_is_ours():
+            # the state is lost (a crash): the account is still the lab's when its home is ours
+            from esxdr.lab.sshd import remove_account
+
+            remove_account(self.cfg.account)
+            Path(f"/etc/sudoers.d/{self.cfg.account.replace('.', '_')}").unlink(missing_ok=True)
+            say(f"account {self.cfg.account} removed")
         from esxdr.lab import boxes, netns
 
         # Whatever the state file says or lost: a process started in a box dies with it.
@@ -441,6 +451,15 @@ class Lab:
                 say(f"pool {name} destroyed")
         if self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _home_of(user: str) -> str | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_dir
+    except KeyError:
+        return None
 
 
 def _destroy_pool(name: str) -> None:

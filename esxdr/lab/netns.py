@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 CLONE_NEWNET = 0x40000000
 LAB_NET = ipaddress.ip_network("198.18.0.0/15")
-# /30: the two ends of the link and nothing else
+# one /24 on the link: the two boxes, and addresses for what lives on them (esx-dr's vmk1 at .12)
 PRODUCTION_ADDRESS = "198.18.0.1"
 DR_ADDRESS = "198.18.0.2"
-PREFIX_LEN = 30
+PREFIX_LEN = 24
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,10 @@ StrictModes yes
 AllowTcpForwarding no
 X11Forwarding no
 PermitTTY no
+# A client that vanished (its link cut) is dropped within 45 s, and with it the session's
+# `zfs receive`, which would otherwise hold its dataset until TCP gave up, hours later.
+ClientAliveInterval 15
+ClientAliveCountMax 3
 MaxStartups 100:30:200
 MaxSessions 100
 LogLevel ERROR
