@@ -224,9 +224,11 @@ class Lab:
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         return str(launcher)
 
-    def _ssh(self, state: dict, say) -> None:
+    def _service_account(self) -> tuple[str, Path, str, Path]:
+        """The service account behind every forced command of the lab (its sudoers rule for zfs),
+        the keys directory, esxdr's copy the account runs, and serve's log: (sudoers, keys,
+        launcher, log)."""
         from esxdr.lab import sshd as sshd_mod
-        from esxdr.lab.tgtd import free_port
 
         account = self.cfg.account
         home = self.dir / "home"
@@ -236,14 +238,22 @@ class Lab:
         sshd_mod.write_sudoers(account, sudoers)
         keys = self.dir / "keys"
         keys.mkdir(exist_ok=True, mode=0o700)
-        pub = sshd_mod.keygen(str(keys / "id_ed25519"), f"esxdr@{self.cfg.prod_pool}")
         launcher = self._serve_install()
-        ak_dir = self.dir / "authorized_keys"
-        ak_dir.mkdir(exist_ok=True)
-        os.chmod(ak_dir, 0o755)
         log = self.dir / "serve.log"
         log.touch()
         os.chmod(log, 0o666)
+        return sudoers, keys, launcher, log
+
+    def _ssh(self, state: dict, say) -> None:
+        from esxdr.lab import sshd as sshd_mod
+        from esxdr.lab.tgtd import free_port
+
+        account = self.cfg.account
+        sudoers, keys, launcher, log = self._service_account()
+        pub = sshd_mod.keygen(str(keys / "id_ed25519"), f"esxdr@{self.cfg.prod_pool}")
+        ak_dir = self.dir / "authorized_keys"
+        ak_dir.mkdir(exist_ok=True)
+        os.chmod(ak_dir, 0o755)
         line = (f'command="{launcher} serve --sudo --allow-prefix {self.cfg.dr_pool} --log {log}",restrict {pub}')
         # Pull mode: DR's own key, whose line on production runs serve --send-only. Production and
         # DR share this machine (and this account) in the lab; each key gets its own forced command.

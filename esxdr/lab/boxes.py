@@ -59,17 +59,7 @@ def ssh(lab: Lab, state: dict, say) -> None:
 
     b, c = pair(lab), lab.cfg
     account = c.account
-    home = lab.dir / "home"
-    home.mkdir(exist_ok=True)
-    sshd_mod.ensure_account(account, str(home))
-    sudoers = f"/etc/sudoers.d/{account.replace('.', '_')}"
-    sshd_mod.write_sudoers(account, sudoers)
-    keys = lab.dir / "keys"
-    keys.mkdir(exist_ok=True, mode=0o700)
-    launcher = lab._serve_install()
-    log = lab.dir / "serve.log"
-    log.touch()
-    os.chmod(log, 0o666)
+    sudoers, keys, launcher, log = lab._service_account()
     prod_from, dr_from = f'from="{b["production"].address}",', f'from="{b["dr"].address}",'
 
     def key(name: str, comment: str) -> str:

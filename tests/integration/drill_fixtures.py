@@ -86,6 +86,17 @@ class DrillLab:
 VCENTER_HOSTS = ["esx-a", "esx-b"]
 
 
+def keep_lab_logs(lab_dir: str) -> None:
+    """A flake's evidence (esxsim, tgtd and serve logs) outlives the lab (scripts/soak sets
+    ESXDR_KEEP_LAB_LOGS)."""
+    keep = os.environ.get("ESXDR_KEEP_LAB_LOGS")
+    if keep:
+        into = Path(keep) / Path(lab_dir).name
+        into.mkdir(parents=True, exist_ok=True)
+        for f in Path(lab_dir).glob("*.log"):
+            shutil.copy(f, into)
+
+
 def make_drill_lab(tag: str, *, vcenter: bool = False, drs: bool = True, replicate: bool = True):  # a generator
     """The drill lab; with ``vcenter`` the DR side is esxsim's vCenter mode (a cluster of
     esx-a and esx-b, DRS on or off) instead of the standalone esx-dr: the group's
@@ -111,12 +122,7 @@ def make_drill_lab(tag: str, *, vcenter: bool = False, drs: bool = True, replica
     finally:
         if dl is not None and dl.vc is not None:
             dl.vc.stop()
-        keep = os.environ.get("ESXDR_KEEP_LAB_LOGS")
-        if keep:  # a flake's evidence (esxsim, tgtd and serve logs) outlives the lab (scripts/soak)
-            into = Path(keep) / Path(d).name
-            into.mkdir(parents=True, exist_ok=True)
-            for f in Path(d).glob("*.log"):
-                shutil.copy(f, into)
+        keep_lab_logs(d)
         lab.down()
         shutil.rmtree(d, ignore_errors=True)
 

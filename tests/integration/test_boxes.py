@@ -125,12 +125,9 @@ def boxes():
         b.prod("replicate", "core")
         yield b
     finally:
-        keep = os.environ.get("ESXDR_KEEP_LAB_LOGS")
-        if keep:
-            into = Path(keep) / Path(d).name
-            into.mkdir(parents=True, exist_ok=True)
-            for f in Path(d).glob("*.log"):
-                shutil.copy(f, into)
+        from drill_fixtures import keep_lab_logs
+
+        keep_lab_logs(d)
         lab.down()
         shutil.rmtree(d, ignore_errors=True)
 
