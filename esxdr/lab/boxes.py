@@ -39,6 +39,9 @@ def pair(lab: Lab) -> dict[str, netns.Box]:
 
 
 def network(lab: Lab, state: dict, say) -> None:
+    from esxdr.lab import ensure_packages
+
+    ensure_packages({"iproute2": "ip", "util-linux": "nsenter"})
     if not netns.supported():
         from esxdr.errors import UsageError
 

@@ -181,6 +181,7 @@ def test_an_impostor_and_plain_http_across_the_link_are_refused(boxes, tmp_path)
     plain.write_text(Path(b.dr_push).read_text().replace("url: https://198.18.0.1:443/sdk", "url: http://198.18.0.1:443/sdk"))
     r = b.dr("failover", "core", "--planned", "--dry-run", site=str(plain), check=False)
     assert r.returncode == 2 and "plain http to 198.18.0.1" in r.stderr, r.stderr
+    b.same_data("lun0")  # and nothing reached DR through either
 
 
 def test_a_link_cut_mid_stream_is_transient_and_loses_nothing(boxes):
