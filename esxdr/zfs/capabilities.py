@@ -40,17 +40,30 @@ def probe(transport: Transport, zfs_command: tuple[str, ...]) -> Capabilities:
 def detect(transport: Transport, zfs_command: tuple[str, ...], setting: str, cache_dir: str | None) -> Capabilities:
     """Capabilities for a host: forced by the site file (zfs: openzfs|legacy) or probed and cached."""
     cache = Path(cache_dir) / f"{transport.name}.json" if cache_dir else None
+    # One box may keep two site files for one server, each reaching it through another account
+    # (the DR box: production's send-only account to pull, an admin account for failback). What
+    # the probe found depends on the account (esxdr serve reports its compressors, a plain account
+    # does not), so an entry holds only for the way it was probed.
+    via = _via(transport)
     if cache and cache.exists():
         try:
-            caps = Capabilities.from_dict(json.loads(cache.read_text()))
-            if setting in ("auto", caps.flavour):
+            cached = json.loads(cache.read_text())
+            caps = Capabilities.from_dict(cached)
+            if setting in ("auto", caps.flavour) and cached.get("via", via) == via:
                 return caps
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass
     caps = probe(transport, zfs_command)
     if setting in ("openzfs", "legacy") and caps.flavour != setting:
         base = OPENZFS if setting == "openzfs" else LEGACY
         caps = dataclasses.replace(base, compressors=caps.compressors, mbuffer=caps.mbuffer)
     if cache:
-        atomic_write(cache, json.dumps(caps.to_dict()), dir_mode=0o777)
+        atomic_write(cache, json.dumps({**caps.to_dict(), "via": via}), dir_mode=0o777)
     return caps
+
+
+def _via(transport: Transport) -> str:
+    """How this box reaches the host: "local", or user@address:port."""
+    if isinstance(transport, LocalTransport):
+        return "local"
+    return f"{getattr(transport, 'user', None) or ''}@{getattr(transport, 'address', '')}:{getattr(transport, 'port', '')}"

@@ -286,6 +286,20 @@ def test_a_link_cut_during_a_failover_step_resumes_from_the_journal(boxes, tmp_p
     b.prod("replicate", "core")
 
 
+def test_pull_mode_across_the_link(boxes):
+    b = boxes
+    b.write("lun1", 3)
+    # production snapshots itself and holds no key to DR; the DR box pulls through production's
+    # send-only account, at production's address
+    took = json.loads(b.prod("--json", "replicate", "core", "--snapshot-only",
+                             site=str(b.lab.production_pull_site_path)).stdout)
+    pulled = json.loads(b.dr("--json", "replicate", "core", "--pull", site=str(b.lab.dr_site_path)).stdout)
+    assert pulled["mode"] == "pull" and pulled["snapshot"] == took["snapshot"], pulled
+    assert pulled["compression"] in ("zstd", "lz4"), pulled  # across a network: compressed
+    for lun in ("lun0", "lun1"):
+        assert b.same_data(lun) == took["snapshot"]
+
+
 def test_production_unreachable_fails_over_only_as_a_disaster(boxes):
     b = boxes
     b.prod("replicate", "core")
