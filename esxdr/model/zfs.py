@@ -51,6 +51,8 @@ class Dataset:
     used: int | None = None
     referenced: int | None = None
     written: int | None = None  # bytes written since the newest snapshot (OpenZFS)
+    # When a snapshot of it was last created or destroyed, epoch seconds (OpenZFS >= 2.2; None before)
+    snapshots_changed: int | None = None
     resume_token: str | None = None
     origin: str | None = None
     mountpoint: str | None = None
@@ -87,6 +89,7 @@ class Capabilities:
     multi_snapshot: bool  # several snapshots atomically in one `zfs snapshot`
     compressors: tuple[str, ...] = ()  # zstd, lz4 present on the host
     mbuffer: bool = False
+    snapshots_changed: bool = False  # the dataset property (OpenZFS >= 2.2): a no-op can skip the listing
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -94,6 +97,7 @@ class Capabilities:
             "resume": self.resume, "bookmarks": self.bookmarks, "holds": self.holds,
             "send_estimate": self.send_estimate, "multi_snapshot": self.multi_snapshot,
             "compressors": list(self.compressors), "mbuffer": self.mbuffer,
+            "snapshots_changed": self.snapshots_changed,
         }
 
     @classmethod
@@ -103,6 +107,7 @@ class Capabilities:
             resume=bool(d["resume"]), bookmarks=bool(d["bookmarks"]), holds=bool(d["holds"]),
             send_estimate=bool(d["send_estimate"]), multi_snapshot=bool(d["multi_snapshot"]),
             compressors=tuple(d.get("compressors", ())), mbuffer=bool(d.get("mbuffer", False)),
+            snapshots_changed=bool(d.get("snapshots_changed", False)),
         )
 
 

@@ -41,7 +41,7 @@ from esxdr.plan.replication import (
 )
 from esxdr.plan.runbook import HANDOFF_PROP
 from esxdr.progress import Progress
-from esxdr.replication import holds, prune, shipping, sides
+from esxdr.replication import holds, prune, quick, shipping, sides
 from esxdr.replication.consistency import quiesced
 from esxdr.replication.result import DatasetResult, GroupResult, Options, combine, record_run
 from esxdr.replication.seal import heal_seals, seal_replica
@@ -223,21 +223,30 @@ class Engine:
         g, opts = self.group, self.opts
         if opts.snapshot_only:
             return self._snapshot_only()
+        if not (opts.dry_run or opts.take_snapshot or opts.rollback_dr or opts.failed_over):
+            record = quick.load(self.site.state_dir, g)
+            opened = lambda key, side: setattr(self, "src" if key == "source" else "dst", side)  # noqa: E731
+            hit = quick.attempt(self.site, g, record, opened, opts.say, opts.pull) if record else None
+            if hit is not None:
+                return hit
         # Each side opens and observes in its own thread: capability probes, the SSH handshake
         # (and the import of paramiko it needs) overlap the other side's `zfs get`.
         def source_side() -> dict[str, Dataset]:
-            self.src = sides.open_side(self.site, g.source, prewarm=opts.pull and not opts.dry_run)
+            if self.src is None:
+                self.src = sides.open_side(self.site, g.source, prewarm=opts.pull and not opts.dry_run)
             if opts.pull and not opts.dry_run and hasattr(self.src.transport, "prewarm"):
                 self.src.transport.prewarm()  # a pull's stream comes from production over SSH
             return self.src.zfs.observe([g.source_root])
 
         def dr_side() -> dict[str, Dataset]:
-            self.dst = sides.open_side(self.site, g.destination, prewarm=not opts.dry_run)
+            if self.dst is None:
+                self.dst = sides.open_side(self.site, g.destination, prewarm=not opts.dry_run)
             if not opts.dry_run and hasattr(self.dst.transport, "prewarm"):
                 # the stream's SSH master authenticates while DR lists its snapshots
                 self.dst.transport.prewarm()
             return self.dst.zfs.observe([g.dr_root])
 
+        observed_at = quick.observed_at()
         src_obs, dst_obs = both(source_side, dr_side)
         self._dst_obs = dst_obs
         src, dst = self.src, self.dst
@@ -348,6 +357,10 @@ class Engine:
                 src_obs, dst_obs = both(lambda: src.zfs.observe([g.source_root]),
                                         lambda: dst.zfs.observe([g.dr_root]))
             result.pruned = self._prune(src_obs, dst_obs, dry_run=False)
+        if work or opts.take_snapshot or opts.rollback_dr or opts.failed_over or any(result.pruned.values()):
+            quick.forget(self.site.state_dir, g.name)
+        else:
+            quick.remember(self.site.state_dir, g, src, dst, src_obs, dst_obs, observed_at, result.snapshot)
         return result
 
     # -- one dataset -----------------------------------------------------------

@@ -44,6 +44,9 @@ class GroupResult:
     manifest: str | None = None  # sha of the target manifest on DR
     consistency: dict | None = None  # how the snapshot was taken (crash / application / mixed)
     mode: str = "push"  # push | pull (on DR, from production's send-only account) | snapshot-only (production)
+    # "full": both sides listed; "quick": a targeted read found the last full observation still
+    # true (replication/quick.py), so nothing was listed and retention was left to the next full run
+    observation: str = "full"
 
     @property
     def bytes(self) -> int:
@@ -54,7 +57,7 @@ class GroupResult:
                 "bytes": self.bytes, "seconds": round(self.seconds, 3), "compression": self.compression,
                 "datasets": [d.to_dict() for d in self.datasets], "pruned": self.pruned, "manifest": self.manifest,
                 "consistency": self.consistency, "mode": self.mode,
-                "commands": self.remote_commands}
+                "commands": self.remote_commands, "observation": self.observation}
 
 
 @dataclass

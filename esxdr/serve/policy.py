@@ -425,6 +425,9 @@ def capabilities(zfs: list[str]) -> dict:
     return {
         "openzfs": version.returncode == 0 and "zfs-" in version.stdout,
         "zfs_version": version.stdout.strip().splitlines()[0] if version.returncode == 0 and version.stdout else None,
+        # the kernel module's line: properties such as snapshots_changed come from the module
+        "zfs_kmod_version": next((ln for ln in version.stdout.splitlines() if ln.startswith("zfs-kmod-")), None)
+        if version.returncode == 0 else None,
         "compressors": [c for c in ("zstd", "lz4") if shutil.which(c)],
         "mbuffer": bool(shutil.which("mbuffer")),
     }

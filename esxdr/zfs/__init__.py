@@ -8,6 +8,7 @@ Observation is ONE ``zfs get -rHp -o name,property,value`` per side per run:
 
 from __future__ import annotations
 
+import re
 import shlex
 import threading
 from collections.abc import Iterable
@@ -69,6 +70,7 @@ def parse_get(text: str, user_props: Iterable[str] = USER_PROPS) -> dict[str, Da
             datasets[name] = Dataset(
                 name=name, type=kind, guid=_int(p.get("guid")) or 0, createtxg=_int(p.get("createtxg")) or 0,
                 used=_int(p.get("used")), referenced=_int(p.get("referenced")), written=_int(p.get("written")),
+                snapshots_changed=_int(p.get("snapshots_changed")),
                 resume_token=_str(p.get("receive_resume_token")), origin=_str(p.get("origin")),
                 mountpoint=_str(p.get("mountpoint")), readonly=(p.get("readonly") == "on") if "readonly" in p else None,
                 props={k: v for k, v in p.items() if k in user and v != "-"},
@@ -126,8 +128,20 @@ def capabilities_from_probe(probe: dict) -> Capabilities:
     import dataclasses
 
     base = OPENZFS if probe.get("openzfs") else LEGACY
+    version = openzfs_version(probe.get("zfs_version"), probe.get("zfs_kmod_version"))
     return dataclasses.replace(base, compressors=tuple(probe.get("compressors", ())),
-                               mbuffer=bool(probe.get("mbuffer")))
+                               mbuffer=bool(probe.get("mbuffer")),
+                               snapshots_changed=bool(probe.get("openzfs")) and version is not None and version >= (2, 2))
+
+
+def openzfs_version(*lines: str | None) -> tuple[int, int] | None:
+    """The oldest of the versions `zfs version` printed (``zfs-2.2.2-1``, ``zfs-kmod-2.2.2-1``).
+
+    The kernel module provides the properties; userland may be newer or older than it, so
+    a feature counts only when both have it."""
+    found = [(int(m[1]), int(m[2])) for line in lines if line
+             for m in [re.match(r"zfs-(?:kmod-)?(\d+)\.(\d+)", line.strip())] if m]
+    return min(found) if found else None
 
 
 class Zfs:
@@ -151,7 +165,8 @@ class Zfs:
 
     # -- observe ---------------------------------------------------------------
     def props(self) -> list[str]:
-        return BASE_PROPS + (OPENZFS_PROPS if self.caps.written else []) + USER_PROPS
+        return (BASE_PROPS + (OPENZFS_PROPS if self.caps.written else [])
+                + (["snapshots_changed"] if self.caps.snapshots_changed else []) + USER_PROPS)
 
     def observe(self, roots: list[str]) -> dict[str, Dataset]:
         """Every dataset and snapshot under ``roots`` in one call; missing roots are simply absent."""
@@ -162,6 +177,24 @@ class Zfs:
                                           argv=argv, returncode=result.returncode, stderr=result.stderr,
                                           host=self.host))
         return parse_get(result.stdout)
+
+    def read(self, names: list[str], props: list[str]) -> dict[str, dict[str, str]] | None:
+        """Properties of exactly these datasets and snapshots, no descent: a targeted read whose
+        cost grows with ``names``, not with the snapshots under them. None when any is missing."""
+        argv = [*self.cmd, "get", "-Hp", "-o", "name,property,value", ",".join(props), *names]
+        result = self.t.run(argv, check=False, timeout=300)
+        if result.returncode != 0:
+            if "does not exist" in result.stderr or "dataset does not exist" in result.stderr:
+                return None
+            raise translate(CommandFailed(f"{self.host}: `{shlex.join(argv)}` failed: {result.stderr.strip()}",
+                                          argv=argv, returncode=result.returncode, stderr=result.stderr,
+                                          host=self.host))
+        rows: dict[str, dict[str, str]] = {}
+        for line in result.stdout.splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 3:
+                rows.setdefault(parts[0], {})[parts[1]] = "\t".join(parts[2:])
+        return rows if all(n in rows for n in names) else None
 
     # -- operations ------------------------------------------------------------
     def snapshot(self, names: list[str], recursive_root: str | None = None, props: dict[str, str] | None = None):

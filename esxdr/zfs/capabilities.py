@@ -31,8 +31,10 @@ def probe(transport: Transport, zfs_command: tuple[str, ...]) -> Capabilities:
         except (ValueError, TypeError):
             pass
     try:
-        transport.run([*zfs_command, "version"], timeout=60)
-        return OPENZFS
+        out = transport.run([*zfs_command, "version"], timeout=60).stdout
+        return capabilities_from_probe({"openzfs": True, "zfs_version": out.splitlines()[0] if out else None,
+                                        "zfs_kmod_version": next((ln for ln in out.splitlines()
+                                                                  if ln.startswith("zfs-kmod-")), None)})
     except CommandFailed:
         return LEGACY
 
@@ -44,25 +46,27 @@ def detect(transport: Transport, zfs_command: tuple[str, ...], setting: str, cac
     # (the DR box: production's send-only account to pull, an admin account for failback). What
     # the probe found depends on the account (esxdr serve reports its compressors, a plain account
     # does not), so an entry holds only for the way it was probed.
-    via = _via(transport)
+    via = reached_via(transport)
     if cache and cache.exists():
         try:
             cached = json.loads(cache.read_text())
             caps = Capabilities.from_dict(cached)
-            if setting in ("auto", caps.flavour) and cached.get("via", via) == via:
+            # an entry written before the cache knew snapshots_changed is probed again, once
+            if setting in ("auto", caps.flavour) and cached.get("via", via) == via and "snapshots_changed" in cached:
                 return caps
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
     caps = probe(transport, zfs_command)
     if setting in ("openzfs", "legacy") and caps.flavour != setting:
         base = OPENZFS if setting == "openzfs" else LEGACY
-        caps = dataclasses.replace(base, compressors=caps.compressors, mbuffer=caps.mbuffer)
+        caps = dataclasses.replace(base, compressors=caps.compressors, mbuffer=caps.mbuffer,
+                                   snapshots_changed=caps.snapshots_changed and setting == "openzfs")
     if cache:
         atomic_write(cache, json.dumps({**caps.to_dict(), "via": via}), dir_mode=0o777)
     return caps
 
 
-def _via(transport: Transport) -> str:
+def reached_via(transport: Transport) -> str:
     """How this box reaches the host: "local", or user@address:port."""
     if isinstance(transport, LocalTransport):
         return "local"

@@ -16,6 +16,11 @@ PREFIX = ["rp1/iscsi"]
 ALLOWED = [
     ("zfs get -rHp -o name,property,value type,guid,createtxg rp1/iscsi",
      [["zfs", "get", "-rHp", "-o", "name,property,value", "type,guid,createtxg", "rp1/iscsi"]]),
+    # the quick no-op's targeted read (replication/quick.py): datasets and snapshots, no descent
+    ("zfs get -Hp -o name,property,value guid,snapshots_changed,written,receive_resume_token,readonly "
+     "rp1/iscsi/lun0 rp1/iscsi/lun0@esxdr_core_1",
+     [["zfs", "get", "-Hp", "-o", "name,property,value", "guid,snapshots_changed,written,receive_resume_token,readonly",
+       "rp1/iscsi/lun0", "rp1/iscsi/lun0@esxdr_core_1"]]),
     ("zfs receive rp1/iscsi/lun0",
      [["zfs", "receive", "rp1/iscsi/lun0"]]),
     ("zfs receive -u -s rp1/iscsi/lun0",
@@ -356,6 +361,9 @@ SOURCE = ["sp1/iscsi"]
 SEND_ONLY_ALLOWED = [
     ("zfs get -rHp -o name,property,value type,guid,createtxg sp1/iscsi",
      [["zfs", "get", "-rHp", "-o", "name,property,value", "type,guid,createtxg", "sp1/iscsi"]]),
+    ("zfs get -Hp -o name,property,value guid,snapshots_changed sp1/iscsi/lun0 sp1/iscsi/lun0@b",
+     [["zfs", "get", "-Hp", "-o", "name,property,value", "guid,snapshots_changed", "sp1/iscsi/lun0",
+       "sp1/iscsi/lun0@b"]]),
     ("zfs send -I sp1/iscsi/lun0@a sp1/iscsi/lun0@b",
      [["zfs", "send", "-I", "sp1/iscsi/lun0@a", "sp1/iscsi/lun0@b"]]),
     ("zfs send -w -i sp1/iscsi/lun0#esxdr_core_a sp1/iscsi/lun0@b | zstd -c -1 -q",
