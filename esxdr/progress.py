@@ -41,14 +41,16 @@ class Progress:
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = self.done / elapsed
-        if self.total:
+        # Past its estimate a bar would sit at 100% while bytes still flow: bytes and rate only then.
+        if self.total and self.done <= self.total:
             frac = min(self.done / self.total, 1.0)
             filled = frac * self.BAR
             bar = "█" * int(filled) + ("▌" if filled - int(filled) >= 0.5 else "")
             eta = (self.total - self.done) / rate if rate > 0 and self.done < self.total else 0
             return (f"{self.label:<12} {bar:<{self.BAR}} {frac * 100:3.0f}%  {human_bytes(self.done)}/"
                     f"{human_bytes(self.total)}  {human_bytes(rate)}/s  ETA {human_duration(eta)}")
-        return f"{self.label:<12} {human_bytes(self.done)}  {human_bytes(rate)}/s"
+        past = f"  (estimate was {human_bytes(self.total)})" if self.total else ""
+        return f"{self.label:<12} {human_bytes(self.done)}  {human_bytes(rate)}/s{past}"
 
     def _render(self, final: bool) -> None:
         text = self.line()
@@ -61,6 +63,4 @@ class Progress:
     def finish(self) -> None:
         if self.enabled:
             with self._lock:
-                if self.total is not None:
-                    self.total = max(self.total, self.done)
                 self._render(final=True)

@@ -426,18 +426,20 @@ class Engine:
             # re-seeding destroys the unrelated DR dataset first (the operator's --rollback-dr).
             self._reseed_destroy(r.dest)
         if isinstance(action, SendFull | SendIncremental | Resume):
+            # The bar's total is what `zfs send -nvP` predicts for this very stream; where the stack
+            # cannot say (pool v23) the bar shows bytes and rate only. A snapshot's `referenced` is
+            # no estimate: a first full stream carried 4.6 MiB against 112 KiB referenced.
             if isinstance(action, SendFull):
                 send = src.zfs.send_argv(None, action.source.full_name, False)
-                total = action.source.referenced
+                total = src.zfs.send_estimate(None, action.source.full_name, False)
                 force = action.force
             elif isinstance(action, SendIncremental):
                 send = src.zfs.send_argv(action.base.full_name, action.target.full_name, action.intermediate)
-                total = action.estimate or src.zfs.send_estimate(action.base.full_name, action.target.full_name,
-                                                                 action.intermediate)
+                total = src.zfs.send_estimate(action.base.full_name, action.target.full_name, action.intermediate)
                 force = action.force
             else:
                 send = src.zfs.send_argv(None, "", False, resume_token=action.token)
-                total, force = None, False
+                total, force = None, False  # the rest of a resumed stream: bytes and rate only
             label = r.dest.rsplit("/", 1)[-1]
             bar = Progress(label, total, enabled=self.opts.progress, on_bytes=_mid_stream_checkpoint)
             recv = dst.zfs.recv_argv(r.dest, force=force)

@@ -326,6 +326,7 @@ class Zfs:
             self.run("unmount", *(["-f"] if force else []), dataset, dataset=dataset)
 
     def send_estimate(self, from_snap: str | None, to_snap: str, intermediate: bool) -> int | None:
+        """What `zfs send -nvP` predicts for the stream, or None where the stack cannot say."""
         if not self.caps.send_estimate:
             return None
         args = ["send", "-nvP"]

@@ -91,3 +91,31 @@ def test_progress_without_total_shows_bytes_and_rate():
     p = Progress("lun1", None, enabled=False)
     p(1 << 20)
     assert "1.0 MiB" in p.line() and "ETA" not in p.line()
+
+
+def test_progress_past_its_estimate_drops_the_percent_and_says_so():
+    """A bar at 100% while bytes still flow was the first full send's "996.2 KiB/112.0 KiB 100%"."""
+    p = Progress("lun2", 112 << 10, enabled=False)
+    p(996 << 10)
+    line = p.line()
+    assert "%" not in line and "ETA" not in line and "996.0 KiB" in line and "estimate was 112.0 KiB" in line
+
+
+def test_a_stream_total_is_what_send_nvp_predicts_or_nothing():
+    from esxdr.model import LEGACY, OPENZFS
+    from esxdr.transport.base import CommandResult
+    from esxdr.zfs import Zfs
+
+    seen = []
+
+    class T:
+        name = "ss1"
+
+        def run(self, argv, *, input=None, timeout=300, check=True):
+            seen.append(argv)
+            return CommandResult(argv, 0, "full\tsp1/lun0@a\t4823449\nsize\t4823449\n", "", 0.0)
+
+    assert Zfs(T(), OPENZFS).send_estimate(None, "sp1/lun0@a", False) == 4823449
+    assert seen[-1] == ["zfs", "send", "-nvP", "sp1/lun0@a"]  # a full stream is estimated too
+    # pool v23 has no -nvP: no estimate (the bar shows bytes and rate), and nothing is run
+    assert Zfs(T(), LEGACY).send_estimate("sp1/lun0@a", "sp1/lun0@b", True) is None and len(seen) == 1
