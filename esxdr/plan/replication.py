@@ -33,10 +33,10 @@ class Action:
 class SendFull(Action):
     source: Snapshot = field(default=None)  # type: ignore[assignment]
     force: bool = False
-    estimate: int | None = None
+    estimate: int | None = None  # the snapshot's referenced size: a hint for the plan, not the stream's size
 
     def describe(self) -> str:
-        est = f" (est. {human_bytes(self.estimate)})" if self.estimate else ""
+        est = f" ({human_bytes(self.estimate)} referenced)" if self.estimate else ""
         return f"send {self.source.full_name} full → {self.dataset}{est}{' [overwrite]' if self.force else ''}"
 
 
