@@ -22,11 +22,8 @@ Formats (OpenZFS ``sys/zfs_ioctl.h``, unchanged since the pool-v23 code zfs-fuse
   fletcher-4 word of the compressed bytes (the sum of its 32-bit words).
 """
 
-from __future__ import annotations
-
 import struct
 import zlib
-from dataclasses import dataclass
 
 MAGIC = 0x2F5BACBAC
 BEGIN_BYTES = 312  # one dmu_replay_record
@@ -38,14 +35,22 @@ class BadStream(ValueError):
     pass
 
 
-@dataclass(frozen=True)
 class Begin:
-    toguid: int
-    fromguid: int
-    toname: str
-    header_type: int
-    payload: int = 0  # drr_payloadlen: the bytes of nvlist after this record
-    order: str = "<"
+    """A stream's BEGIN record, as far as serve judges it. (No dataclass: serve runs on Python 3.6.)"""
+
+    __slots__ = ("toguid", "fromguid", "toname", "header_type", "payload", "order")
+
+    def __init__(self, toguid: int, fromguid: int, toname: str, header_type: int, payload: int = 0,
+                 order: str = "<") -> None:
+        self.toguid, self.fromguid, self.toname, self.header_type = toguid, fromguid, toname, header_type
+        self.payload = payload  # drr_payloadlen: the bytes of nvlist after this record
+        self.order = order
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Begin) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __repr__(self) -> str:
+        return "Begin(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
 
     @property
     def full(self) -> bool:
@@ -80,7 +85,7 @@ def record_type(record: bytes, order: str) -> int:
     return int(struct.unpack_from(order + "I", record, 0)[0])
 
 
-def read_head(read) -> tuple[bytes, Begin, Begin]:
+def read_head(read) -> "tuple[bytes, Begin, Begin]":
     """Read a stream's head with ``read(n)``: (the bytes read, its first BEGIN, the BEGIN of its
     first substream). For a compound stream without payload (``send -I``) that is the record after
     the compound header's END; a payload (``-R``/``-p``) is not read: the caller refuses it."""
@@ -104,7 +109,7 @@ def read_head(read) -> tuple[bytes, Begin, Begin]:
 _BOOLEAN, _UINT64, _INT64, _STRING, _BOOLEAN_VALUE = 1, 8, 7, 9, 21
 
 
-def decode_token(token: str) -> dict[str, object]:
+def decode_token(token: str) -> "dict[str, object]":
     """The nvlist a ``receive_resume_token`` packs: toguid, toname, fromguid, object, offset, …"""
     parts = token.strip().split("-")
     if len(parts) != 4 or parts[0] != "1":
@@ -128,7 +133,7 @@ def decode_token(token: str) -> dict[str, object]:
     return _unpack_native(packed)
 
 
-def _unpack_native(buf: bytes) -> dict[str, object]:
+def _unpack_native(buf: bytes) -> "dict[str, object]":
     """A natively encoded nvlist of scalars (what a resume token holds); nested lists are refused."""
     if len(buf) < 12 or buf[0] != 0:
         raise BadStream("the resume token's nvlist is not natively encoded")

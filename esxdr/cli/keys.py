@@ -161,11 +161,17 @@ def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: st
     """Print the line that pins `esxdr serve` as the forced command, under the DR dataset prefix
     (with --pull: production's line, under the source root, send-only; with --home: DR's line for
     the way home, under the DR root, send-only)."""
-    if pull and home:
-        raise UsageError("--pull (production's account, on DR's site file) and --home (DR's account, on "
-                         "production's home site file) print different lines: choose one")
-    if home and drills:
-        raise UsageError("--drills is for the DR push account; the way home only reads and sends")
+    _safe_word(esxdr_path, "--esxdr-path")
+    if esxdr_path.startswith("-"):
+        raise UsageError(f"--esxdr-path {esxdr_path!r} starts with '-'",
+                         hint="give the command's name or absolute path, e.g. /usr/local/bin/esxdr")
+    payload, text = line_for(ctx, server, [esxdr_path, "serve"], from_=from_, sudo=sudo, drills=drills, pull=pull,
+                             home=home, log=log)
+    ctx.emit(payload, text)
+
+
+def storage_server(ctx: Context, server: str | None, pull: bool):
+    """The storage server a line (and serve's file) is for: DR's, or with --pull production's."""
     site = ctx.site()
     role = "production" if pull else "dr"
     candidates = [s for s in site.storage.values() if s.role == role and not (pull and s.local)]
@@ -175,7 +181,20 @@ def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: st
         raise UsageError(f"name the {role} storage server with --server"
                          + (" (pull mode reads production through its account: it is not local: true)" if pull else ""),
                          hint=", ".join(s.name for s in candidates) or None)
-    srv = candidates[0]
+    return candidates[0]
+
+
+def line_for(ctx: Context, server: str | None, launcher: list[str], *, from_: str | None, sudo: bool,
+             drills: bool, pull: bool, home: bool, log: str) -> tuple[dict, str]:
+    """The authorized_keys line whose forced command is ``launcher`` + serve's options, with the
+    zfs rights to give the account; (--json payload, text)."""
+    if pull and home:
+        raise UsageError("--pull (production's account, on DR's site file) and --home (DR's account, on "
+                         "production's home site file) print different lines: choose one")
+    if home and drills:
+        raise UsageError("--drills is for the DR push account; the way home only reads and sends")
+    site = ctx.site()
+    srv = storage_server(ctx, server, pull)
     if pull:
         prefixes = sorted({g.source_root for g in site.protection_groups.values() if g.source == srv.name})
     else:
@@ -191,10 +210,6 @@ def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: st
         raise UsageError(f"storage.{srv.name}.key is not set; it names the private key esxdr uses")
     if not srv.user:
         raise UsageError(f"storage.{srv.name}.user is not set; it names {account}")
-    _safe_word(esxdr_path, "--esxdr-path")
-    if esxdr_path.startswith("-"):
-        raise UsageError(f"--esxdr-path {esxdr_path!r} starts with '-'",
-                         hint="give the command's name or absolute path, e.g. /usr/local/bin/esxdr")
     if log != "syslog" and not log.startswith("/"):
         raise UsageError(f"--log takes an absolute file or 'syslog', not {log!r}")
     _safe_word(log, "--log")
@@ -204,17 +219,17 @@ def authorized_line(ctx: Context, server: str | None, sudo: bool, esxdr_path: st
     key = _public_key(pub)
 
     mode = ["--send-only"] if pull or home else ([] if drills else ["--no-drills"])
-    argv = [esxdr_path, "serve", *(["--sudo"] if sudo else []), *mode]
+    argv = [*launcher, *(["--sudo"] if sudo else []), *mode]
     for p in prefixes:
         argv += ["--allow-prefix", p]
     argv += ["--log", log]
     line = f'restrict,from="{",".join(addresses)}",{_command_option(argv)} {key}'
     setup = _source_setup(srv.name, srv.user, prefixes, sudo) if pull else \
         _home_setup(srv.name, srv.user, prefixes, sudo) if home else _dr_setup(srv.name, srv.user, prefixes, sudo)
-    ctx.emit({"server": srv.name, "mode": "pull" if pull else "home" if home else "push", "prefixes": prefixes,
-              "from": addresses, "log": log, "line": line, "sudo": sudo, "drills": drills and not pull,
-              "dr_setup" if not pull else "production_setup": [c.strip() for c in setup if not c.startswith("#")]},
-             "\n".join([line, *(f"# {c}" if not c.startswith("#") else c for c in setup)]))
+    return ({"server": srv.name, "mode": "pull" if pull else "home" if home else "push", "prefixes": prefixes,
+             "from": addresses, "log": log, "line": line, "sudo": sudo, "drills": drills and not pull,
+             "dr_setup" if not pull else "production_setup": [c.strip() for c in setup if not c.startswith("#")]},
+            "\n".join([line, *(f"# {c}" if not c.startswith("#") else c for c in setup)]))
 
 
 def _public_key_path(key: str) -> Path:
@@ -273,3 +288,87 @@ def _dr_setup(server: str, user: str, prefixes: list[str], sudo: bool) -> list[s
             "# DR retention runs there too: replication through this key keeps its DR holds, and the DR",
             "# box prunes with `esxdr prune GROUP --side dr` (schedule: `esxdr schedule render --side dr`)."]
     return out
+
+
+@keys.command("serve-file", epilog="""\b
+Examples:
+  esxdr keys serve-file -o /tmp/esxdr-serve          then copy it to the DR box yourself
+  esxdr keys serve-file | ssh root@dr 'cat > /usr/local/libexec/esxdr-serve'
+
+The file is `esxdr serve` alone: standard library only, Python 3.6 or newer, for storage boxes
+(TrueNAS, OmniOS, older appliances) without an esxdr install. Its forced command is
+`python3 -I /path/esxdr-serve serve --allow-prefix …` (esxdr keys deploy-serve prints it).
+""")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write it here (mode 755) instead of stdout.")
+@json_option
+@pass_ctx
+def serve_file(ctx: Context, output: str | None) -> None:
+    """Print (or write) `esxdr serve` as one standard-library file for Python 3.6 and newer."""
+    from esxdr import __version__
+    from esxdr.serve.bundle import bundle, sources_sha256
+
+    text = bundle(__version__)
+    if output is None:
+        if ctx.json:
+            raise UsageError("--json describes a written file: add -o FILE")
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "w") as f:
+            f.write(text)
+        Path(output).chmod(0o755)
+    except OSError as e:
+        raise UsageError(f"cannot write {output}: {e.strerror}") from None
+    ctx.emit({"path": output, "version": __version__, "sources_sha256": sources_sha256(), "bytes": len(text.encode())},
+             f"wrote {output} (esxdr serve {__version__}, one file, Python 3.6+)")
+
+
+@keys.command("deploy-serve", epilog="""\b
+Examples:
+  esxdr keys deploy-serve --admin-key ~/.ssh/id_admin
+      copy serve to the DR box as root over its pinned host key, print the authorized_keys line
+  esxdr keys deploy-serve --admin-user admin --admin-key K --path /mnt/tank/esxdr/esxdr-serve --sudo
+      TrueNAS: a path on a pool (the root filesystem is replaced on upgrades), zfs through sudo
+  esxdr keys deploy-serve --admin-key K --python /usr/local/bin/python3.9 --dry-run
+      check the box's Python and show what would be written
+
+Then put the printed line into the service account's authorized_keys on the box.
+""")
+@click.option("--admin-user", default="root", show_default=True,
+              help="An account on the box that may write the file (not the service account: its key only reaches serve).")
+@click.option("--admin-key", required=True, type=click.Path(dir_okay=False), help="That account's private key.")
+@click.option("--path", "path", default="/usr/local/libexec/esxdr-serve", show_default=True,
+              help="Where the file goes on the box.")
+@click.option("--python", "python", help="The box's Python 3.6+ (default: the first of python3, "
+                                         "/usr/local/bin/python3, /usr/bin/python3, … that is 3.6 or newer).")
+@click.option("--server", help="The storage server (default: the only one with role dr; with --pull production).")
+@click.option("--sudo", is_flag=True, help="serve runs zfs through `sudo -n`.")
+@click.option("--from", "from_", metavar="ADDRESS[,ADDRESS…]", help="As for authorized-line.")
+@click.option("--drills", is_flag=True, help="As for authorized-line.")
+@click.option("--pull", is_flag=True, help="As for authorized-line: production's send-only account.")
+@click.option("--home", is_flag=True, help="As for authorized-line: DR's send-only account for the way home.")
+@click.option("--log", "log", default="syslog", show_default=True, metavar="FILE|syslog", help="As for authorized-line.")
+@click.option("--dry-run", is_flag=True, help="Connect and check the box's Python; write nothing.")
+@json_option
+@site_option
+@pass_ctx
+def deploy_serve(ctx: Context, admin_user: str, admin_key: str, path: str, python: str | None, server: str | None,
+                 sudo: bool, from_: str | None, drills: bool, pull: bool, home: bool, log: str, dry_run: bool) -> None:
+    """Copy `esxdr serve` as one file to a storage box without an esxdr install (over the site's pinned
+    SSH host key) and print the authorized_keys line that runs it."""
+    from esxdr.replication.serve_file import deploy
+
+    srv = storage_server(ctx, server, pull)
+    _safe_word(admin_user, "--admin-user")
+    if python is not None:
+        _safe_word(python, "--python")
+    # the line first: a site that cannot give one (no key, no group) is refused before any copy
+    probe_line = line_for(ctx, srv.name, ["python3", "-I", path, "serve"], from_=from_, sudo=sudo, drills=drills,
+                          pull=pull, home=home, log=log)
+    del probe_line
+    done = deploy(ctx.site(), srv, admin_user=admin_user, admin_key=admin_key, path=path, python=python,
+                  dry_run=dry_run, say=ctx.info)
+    payload, text = line_for(ctx, srv.name, [done["python"], "-I", path, "serve"], from_=from_, sudo=sudo,
+                             drills=drills, pull=pull, home=home, log=log)
+    ctx.emit({**payload, "deployed": done}, ("# dry run: nothing written; the line would be:\n" if dry_run else "")
+             + text)

@@ -199,30 +199,18 @@ class Lab:
         state["luns"] = [f"{root}/lun{i}" for i in range(self.cfg.luns)]
 
     def _serve_install(self) -> str:
-        """A copy of esxdr the service account can read (the checkout may sit under /root)."""
-        lib = self.dir / "serve-lib"
-        src = Path(__file__).resolve().parents[1]
-        if lib.exists():
-            shutil.rmtree(lib)
-        (lib / "esxdr").mkdir(parents=True)
-        for name in ("__init__.py", "__main__.py", "sendstream.py"):
-            shutil.copy2(src / name, lib / "esxdr" / name)
-        (lib / "esxdr" / "serve").mkdir()
-        for f in (src / "serve").glob("*.py"):
-            shutil.copy2(f, lib / "esxdr" / "serve" / f.name)
-        launcher = self.dir / "bin" / "esxdr"
-        launcher.parent.mkdir(exist_ok=True)
-        launcher.write_text(f"#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, {str(lib)!r})\n"
-                            "from esxdr.__main__ import main\nmain()\n")
-        os.chmod(launcher, 0o755)
-        # Byte-compiled by the interpreter that runs it, as a package install leaves it: the
-        # account cannot write __pycache__, and compiling serve/ on each of its starts cost
-        # about 30 ms per remote zfs command.
-        subprocess.run(["/usr/bin/python3", "-I", "-m", "compileall", "-q", str(lib)], check=False,
-                       capture_output=True)
-        for p in [lib, *lib.rglob("*")]:
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        return str(launcher)
+        """What the service account runs: serve as one file (esxdr keys serve-file), as a storage
+        box without an esxdr install would have it, so every test through the account runs that
+        very file. Returns the command that starts it."""
+        from esxdr import __version__
+        from esxdr.serve.bundle import bundle
+
+        path = self.dir / "bin" / "esxdr-serve"
+        path.parent.mkdir(exist_ok=True)
+        os.chmod(path.parent, 0o755)
+        path.write_text(bundle(__version__))
+        os.chmod(path, 0o755)
+        return f"/usr/bin/python3 -I {path}"
 
     def _service_account(self) -> tuple[str, Path, str, Path]:
         """The service account behind every forced command of the lab (its sudoers rule for zfs),

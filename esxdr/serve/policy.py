@@ -2,8 +2,6 @@
 allowed prefixes, verbs, flags, properties, hold tags and resume tokens; a refusal says which rule.
 Standard library only (the package's docstring says why)."""
 
-from __future__ import annotations
-
 import re
 import shlex
 import shutil
@@ -25,14 +23,14 @@ class Refused(Exception):
     pass
 
 
-def _under(name: str, prefixes: list[str]) -> bool:
+def _under(name: str, prefixes: "list[str]") -> bool:
     ds = name.split("@", 1)[0]
     if not DATASET_RE.match(name) or ".." in ds.split("/"):
         return False
     return any(ds == p or ds.startswith(p + "/") for p in prefixes)
 
 
-def _need_bookmark(arg: str, prefixes: list[str]) -> None:
+def _need_bookmark(arg: str, prefixes: "list[str]") -> None:
     """``ds#name`` under a prefix; only esxdr's own bookmarks (named like its snapshots, esxdr_…)."""
     ds, _, mark = arg.partition("#")
     if not BOOKMARK_RE.match(arg) or not _under(ds, prefixes):
@@ -47,7 +45,7 @@ def _is_test_clone(name: str) -> bool:
         and "@" not in name
 
 
-def _need_dataset(arg: str, prefixes: list[str], *, snapshot: bool | None = None) -> None:
+def _need_dataset(arg: str, prefixes: "list[str]", *, snapshot: "bool | None" = None) -> None:
     if not _under(arg, prefixes):
         raise Refused(f"dataset {arg!r} is not under the allowed prefix {', '.join(prefixes)}")
     if snapshot is True and "@" not in arg:
@@ -56,7 +54,7 @@ def _need_dataset(arg: str, prefixes: list[str], *, snapshot: bool | None = None
         raise Refused(f"{arg!r} must not be a snapshot")
 
 
-def _flags_and_options(args: list[str], allowed: str) -> list[str]:
+def _flags_and_options(args: "list[str]", allowed: str) -> "list[str]":
     """Strip leading flags and `-o prop=value` pairs (only the properties esxdr sets)."""
     rest = list(args)
     while rest and rest[0].startswith("-"):
@@ -70,7 +68,7 @@ def _flags_and_options(args: list[str], allowed: str) -> list[str]:
     return rest
 
 
-def _flags(args: list[str], allowed: str) -> list[str]:
+def _flags(args: "list[str]", allowed: str) -> "list[str]":
     """Split leading single-letter flags (possibly bundled, e.g. -rHp); refuse unknown ones."""
     rest = list(args)
     while rest and rest[0].startswith("-") and rest[0] != "-":
@@ -81,7 +79,7 @@ def _flags(args: list[str], allowed: str) -> list[str]:
     return rest
 
 
-def _check_token(token: str, prefixes: list[str]) -> None:
+def _check_token(token: str, prefixes: "list[str]") -> None:
     """``send -t``: libzfs finds the snapshot to send by the token's toguid, so a token is only as
     good as what it names. Its toname must be a snapshot under the prefix; main() then checks that
     this snapshot exists and carries the token's toguid."""
@@ -107,7 +105,7 @@ SEND_ONLY = "this key only reads and sends (esxdr serve --send-only: production'
 SEND_ONLY_VERBS = ("version", "get", "send", "hold", "release")
 
 
-def check_zfs(args: list[str], prefixes: list[str], *, drills: bool = True, send_only: bool = False) -> None:
+def check_zfs(args: "list[str]", prefixes: "list[str]", *, drills: bool = True, send_only: bool = False) -> None:
     """Refuse any zfs invocation esxdr does not make. Without ``drills``, also what only a drill
     run through this key makes: clones, their mounts and their clean-up. With ``send_only``
     (production's forced command in pull mode), only what DR's pull needs."""
@@ -322,7 +320,7 @@ def _size(value: str, what: str, bound: int) -> int:
     return n
 
 
-def _check_mbuffer(args: list[str]) -> None:
+def _check_mbuffer(args: "list[str]") -> None:
     """``mbuffer [-q] [-s SIZE] [-m SIZE]``, each at most once, within the bounds above."""
     seen: set[str] = set()
     it = iter(args)
@@ -342,7 +340,7 @@ def _check_mbuffer(args: list[str]) -> None:
         raise Refused(f"argument {a!r} is not allowed for mbuffer")
 
 
-def check_stage(argv: list[str]) -> None:
+def check_stage(argv: "list[str]") -> None:
     prog = argv[0]
     if prog == "mbuffer":
         _check_mbuffer(argv[1:])
@@ -354,7 +352,7 @@ def check_stage(argv: list[str]) -> None:
             raise Refused(f"argument {a!r} is not allowed for {prog}")
 
 
-def parse(command: str, prefixes: list[str], *, drills: bool = True, send_only: bool = False) -> list[list[str]] | str:
+def parse(command: str, prefixes: "list[str]", *, drills: bool = True, send_only: bool = False) -> "list[list[str]] | str":
     """Validate a requested command; returns pipeline stages or the name of a built-in."""
     if not command.strip():
         raise Refused("no command (interactive logins are not allowed)")
@@ -403,25 +401,27 @@ def natural_mountpoint(dataset: str, pool_mountpoint: str) -> str:
     return f"{base}/{rest}" if rest else base
 
 
-def check_clone_mountpoint(stages: list[list[str]], zfs: list[str]) -> None:
+def check_clone_mountpoint(stages: "list[list[str]]", zfs: "list[str]") -> None:
     """A clone may name a mountpoint only where ZFS itself would have put it: the path is decided
     on DR (from the pool's own mountpoint), never by whoever holds the replication key."""
     argv = next(s for s in stages if s[0] == "zfs")
     if argv[1] != "clone":
         return
-    wanted = [m.group(1) for a in argv if (m := CLONE_MOUNTPOINT_RE.match(a))]
+    wanted = [m.group(1) for m in map(CLONE_MOUNTPOINT_RE.match, argv) if m]
     if not wanted:
         return
     dataset = argv[-1]
     pool = dataset.split("/", 1)[0]
-    out = subprocess.run([*zfs, "get", "-H", "-o", "value", "mountpoint", pool], capture_output=True, text=True)
+    out = subprocess.run([*zfs, "get", "-H", "-o", "value", "mountpoint", pool], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, universal_newlines=True)
     natural = natural_mountpoint(dataset, out.stdout.strip())
     if out.returncode != 0 or wanted != [natural]:
         raise Refused(f"mountpoint {wanted[0]!r} for {dataset!r}: only {natural!r}, where ZFS would mount it")
 
 
-def capabilities(zfs: list[str]) -> dict:
-    version = subprocess.run([*zfs, "version"], capture_output=True, text=True)
+def capabilities(zfs: "list[str]") -> dict:
+    version = subprocess.run([*zfs, "version"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, universal_newlines=True)
     return {
         "openzfs": version.returncode == 0 and "zfs-" in version.stdout,
         "zfs_version": version.stdout.strip().splitlines()[0] if version.returncode == 0 and version.stdout else None,

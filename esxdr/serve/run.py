@@ -2,8 +2,6 @@
 resume token's snapshot, the replica's state), the stream header read before `zfs receive`
 sees a byte, and the relay. Standard library only."""
 
-from __future__ import annotations
-
 import json
 import os
 import subprocess
@@ -15,7 +13,7 @@ from esxdr.serve.policy import DATASET_RE, Refused, capabilities, check_clone_mo
 SYSLOG = "syslog"
 
 
-def _log(logs: list[str], line: str, *, refused: bool = False) -> None:
+def _log(logs: "list[str]", line: str, *, refused: bool = False) -> None:
     """One line per request to each log: a file (appended) or ``syslog`` (facility auth).
 
     The command is always written as repr(), so a newline or escape in SSH_ORIGINAL_COMMAND
@@ -57,7 +55,7 @@ absolute FILE, or to syslog (facility auth) with the word syslog.
 """
 
 
-def main(argv: list[str]) -> int:
+def main(argv: "list[str]") -> int:
     prefixes: list[str] = []
     sudo = False
     drills = True
@@ -124,7 +122,7 @@ def main(argv: list[str]) -> int:
     return next((rc for rc in reversed(rcs) if rc), 0)
 
 
-def _start(argvs: list[list[str]], stdin, last_stdout=None) -> list[subprocess.Popen]:
+def _start(argvs: "list[list[str]]", stdin, last_stdout=None) -> "list[subprocess.Popen]":
     """Start a pipeline, each stage's stdout the next one's stdin."""
     procs: list[subprocess.Popen] = []
     prev = stdin
@@ -139,10 +137,11 @@ def _start(argvs: list[list[str]], stdin, last_stdout=None) -> list[subprocess.P
 
 # -- what zfs would do, read before it does it ---------------------------------------------------
 
-def _zfs_get(zfs: list[str], props: str, dataset: str, *, recursive: bool = False) -> list[list[str]] | None:
+def _zfs_get(zfs: "list[str]", props: str, dataset: str, *, recursive: bool = False) -> "list[list[str]] | None":
     """``zfs get`` rows (name, property, value); None when the dataset does not exist."""
     out = subprocess.run([*zfs, "get", "-Hp", *(["-r"] if recursive else []), "-o", "name,property,value",
-                          props, dataset], capture_output=True, text=True)
+                          props, dataset], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, universal_newlines=True)
     if out.returncode != 0:
         if "does not exist" in out.stderr or "no such" in out.stderr.lower():
             return None
@@ -150,7 +149,7 @@ def _zfs_get(zfs: list[str], props: str, dataset: str, *, recursive: bool = Fals
     return [line.split("\t") for line in out.stdout.splitlines() if line.count("\t") == 2]
 
 
-def _mountpoint_of_new(zfs: list[str], dataset: str) -> tuple[str, str]:
+def _mountpoint_of_new(zfs: "list[str]", dataset: str) -> "tuple[str, str]":
     """(ancestor, its mountpoint): the nearest existing ancestor, whose mountpoint a new dataset inherits."""
     parts = dataset.split("/")
     for n in range(len(parts) - 1, 0, -1):
@@ -164,7 +163,7 @@ def _mountpoint_of_new(zfs: list[str], dataset: str) -> tuple[str, str]:
 NO_MOUNT = ("none", "legacy")  # zfs mounts neither by itself (legacy: only an fstab or mount -t zfs)
 
 
-def _check_create_mounts(argv: list[str], zfs: list[str], sudo: bool) -> None:
+def _check_create_mounts(argv: "list[str]", zfs: "list[str]", sudo: bool) -> None:
     """``zfs create`` mounts what it creates. Here it may only where it mounts nothing: with
     mountpoint=none or canmount=off/noauto given, or under an ancestor that mounts nowhere. Without
     --sudo zfs runs as this account, which the kernel does not let mount (docs/security.md)."""
@@ -177,7 +176,7 @@ def _check_create_mounts(argv: list[str], zfs: list[str], sudo: bool) -> None:
                       "only with -o mountpoint=none or canmount=noauto, or under a dataset that mounts nowhere")
 
 
-def _check_token_snapshot(token: str, zfs: list[str]) -> None:
+def _check_token_snapshot(token: str, zfs: "list[str]") -> None:
     """The token's toname (under the prefix, checked by parse) must be the snapshot its toguid is:
     libzfs resolves the guid, possibly to a snapshot anywhere in the pool."""
     from esxdr.sendstream import decode_token
@@ -189,7 +188,7 @@ def _check_token_snapshot(token: str, zfs: list[str]) -> None:
         raise Refused(f"the resume token's guid {toguid} is not that of {toname!r}")
 
 
-def _replica_state(zfs: list[str], dataset: str) -> tuple[bool, str | None, list[tuple[int, int, str]]]:
+def _replica_state(zfs: "list[str]", dataset: str) -> "tuple[bool, str | None, list[tuple[int, int, str]]]":
     """(exists, its mountpoint, its snapshots as (createtxg, guid, name) oldest first)."""
     rows = _zfs_get(zfs, "guid,createtxg,mountpoint", dataset, recursive=True)
     if rows is None:
@@ -214,7 +213,7 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return buf
 
 
-def _check_stream(flags: str, dataset: str, first, begin, exists: bool, snaps: list[tuple[int, int, str]]) -> None:
+def _check_stream(flags: str, dataset: str, first, begin, exists: bool, snaps: "list[tuple[int, int, str]]") -> None:
     """What a stream may do to ``dataset``: never bring properties or a tree, and with -F never
     lose a snapshot. -F rolls the dataset back to the stream's base and, for a full stream,
     replaces it whole; both are allowed only where that loses nothing: an incremental from the
@@ -243,16 +242,21 @@ def _check_stream(flags: str, dataset: str, first, begin, exists: bool, snaps: l
 
 def _relay(src: int, dst: int) -> None:
     """Copy until EOF; splice(2) where the kernel can (no copy through Python), else read/write."""
+    splice = getattr(os, "splice", None)  # Python 3.10 and newer, on Linux
     try:
-        while os.splice(src, dst, 1 << 20):
+        while splice and splice(src, dst, 1 << 20):
             pass
-        return
+        if splice:
+            return
     except BrokenPipeError:
         return
     except OSError as e:
         if e.errno not in (22, 38):  # EINVAL, ENOSYS: this pair of files cannot be spliced
             raise
-    while chunk := os.read(src, 1 << 20):
+    while True:
+        chunk = os.read(src, 1 << 20)
+        if not chunk:
+            return
         try:
             _write_all(dst, chunk)
         except BrokenPipeError:
@@ -265,7 +269,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _receive(stages: list[list[str]], zfs: list[str], logs: list[str], command: str) -> int:
+def _receive(stages: "list[list[str]]", zfs: "list[str]", logs: "list[str]", command: str) -> int:
     """A receive runs only after serve has read the stream's first record and checked it against
     the replica: serve sits between the last stage before zfs (or its own stdin) and zfs."""
     from esxdr.sendstream import BadStream, read_head
