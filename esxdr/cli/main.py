@@ -107,6 +107,7 @@ Examples:
   esxdr prune --dry-run
   esxdr schedule render --systemd
   esxdr lab up && esxdr lab status
+  eval "$(esxdr completion bash)"
 
 Exit codes: 0 ok, 2 bad input or configuration, 3 a conflict needing a decision,
 4 a remote or transient failure, 5 a health check failed (e.g. RPO exceeded),
@@ -176,6 +177,7 @@ def _attach_groups() -> list[tuple[str, str]]:
         ("esxdr.cli.failover", "failback"),
         ("esxdr.cli.guest", "guest"),
         ("esxdr.cli.plan", "plan"),
+        ("esxdr.cli.completion", "completion"),
     ]
 
 

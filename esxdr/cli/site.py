@@ -20,6 +20,7 @@ Examples:
   esxdr site validate site.yaml --json
   esxdr site validate --no-file-checks examples/site.yaml
   esxdr site show --site site.yaml
+  esxdr site schema > site.schema.json
 """)
 def site() -> None:
     pass
@@ -79,6 +80,34 @@ def show(ctx: Context, file: str | None, no_file_checks: bool) -> None:
         data["protection_groups"][name]["dr_datasets"] = dict(zip(group.datasets, group.dr_datasets, strict=True))
     ctx.emit(data, lambda: f"# {s.path}, resolved by esxdr (secrets are shown as references only)\n"
              + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=110).rstrip())
+
+
+@site.command(short_help="Print the site file's JSON Schema, for editors and CI.",
+              help="""Print the site file's JSON Schema (draft-07), for editors and CI.
+
+It is generated from the loader, so it knows every key this esxdr and its
+installed plugins read, with types, defaults and hints; `esxdr site validate`
+still checks what a schema cannot (references between sections, roles, dataset
+placement, networks). docs/site.schema.json is a copy. An editor with the YAML
+language server (VS Code's YAML extension, and others) checks and completes a
+site file whose first line names the schema (a path relative to the site file,
+or a URL):
+
+\b
+  # yaml-language-server: $schema=site.schema.json
+
+\b
+Examples:
+  esxdr site schema > /etc/esxdr/site.schema.json
+  check-jsonschema --schemafile /etc/esxdr/site.schema.json /etc/esxdr/site.yaml
+""")
+@json_option
+@pass_ctx
+def schema(ctx: Context) -> None:
+    from esxdr.site.schema import dumps, site_schema
+
+    data = site_schema()
+    ctx.emit(data, lambda: dumps(data).rstrip("\n"))
 
 
 def summary(s: Site) -> dict[str, int]:
