@@ -29,7 +29,9 @@ Examples:
   esxdr status
   esxdr status core --json
   esxdr status --prometheus /var/lib/prometheus/node-exporter/esxdr.prom
-Exit code 5 when any group's RPO is older than its `rpo` setting.
+Exit code 5 when any group's RPO is older than its `rpo` setting. The last successful
+drill's age (from the reports in <state_dir>/reports) is shown, STALE past drill_max_age;
+docs/monitoring/ has a Grafana dashboard and alert rules for the textfile.
 """)
 @click.argument("group", required=False)
 @click.option("--prometheus", "prom_file", metavar="FILE", help="Also write a node_exporter textfile.")
@@ -38,13 +40,19 @@ Exit code 5 when any group's RPO is older than its `rpo` setting.
 @pass_ctx
 def status(ctx: Context, group: str | None, prom_file: str | None) -> None:
     """Per group: the last replicated snapshot, its age (the current RPO) and the last run."""
+    from esxdr.recovery import history
     from esxdr.replication.status import group_status, prometheus_text
 
     site = ctx.site()
     now = time.time()
-    rows = [group_status(site, n, now) for n in site.group_names(group)]
+    names = site.group_names(group)
+    rows = [group_status(site, n, now) for n in names]
+    runs = history.runs(site.state_dir)  # the drills' reports: their age, for audit
+    for r in rows:
+        r["drill"] = history.drill_status(runs, r["group"], site.group(r["group"]).drill_max_age_seconds, now)
     if prom_file:
-        atomic_write(prom_file, prometheus_text(rows, now))
+        atomic_write(prom_file, prometheus_text(rows, now)
+                     + history.prometheus_text(runs, names, history.limits(site), now))
 
     def text() -> str:
         lines = []
@@ -55,6 +63,12 @@ def status(ctx: Context, group: str | None, prom_file: str | None) -> None:
             last = f", last run {human_bytes(lr['bytes'])} in {lr['seconds']}s" if lr.get("bytes") is not None else ""
             lines.append(f"{r['group']}: RPO {rpo} {flag} — @{r['last_snapshot'] or '-'}{last}")
             lines.append(f"  {directions_text(r['directions'])}")
+            d = r["drill"]
+            if d["at"] or d["max_age_seconds"] is not None:
+                limit = f" (limit {human_duration(d['max_age_seconds'])})" if d["max_age_seconds"] is not None else ""
+                when = f"last successful drill {human_duration(d['age_seconds'])} ago" if d["at"] else \
+                    "no successful drill"
+                lines.append(f"  {when}{limit}" + (" — STALE" if d["stale"] else ""))
             ret = r["dr_retention"]
             if ret["due"] and ret["pruned_by"] == "dr":
                 lines.append(f"  DR retention: {ret['due']} snapshot(s) due, the oldest made "

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from esxdr.plan import runbook as rb
 from esxdr.replication.sides import state_path
 from esxdr.util import write_json
-
-if TYPE_CHECKING:
-    pass
 
 
 # --------------------------------------------------------------------------- journal
@@ -143,3 +143,41 @@ class FailoverRecord(RunRecord):
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "mode": self.mode, "outage_at_least_seconds": self.outage_at_least_seconds}
 
+
+
+@dataclasses.dataclass
+class ReprotectRecord(RunRecord):
+    """Reprotect's run: production rolled back, then DR → production up to a new replication point.
+    It boots nothing (no RTO); its RPO is that point's age when the run finished: what production's
+    copy lacks of DR's writes until the next replication."""
+
+    direction: str = ""
+    bytes: int | None = None
+
+    @property
+    def rpo_seconds(self) -> float | None:
+        if self.finished and self.snapshot_created:
+            return max(0.0, self.finished - self.snapshot_created)
+        return None
+
+    @property
+    def rto_seconds(self) -> float | None:
+        return None
+
+    @contextmanager
+    def step(self, sid: str, kind: str, title: str, reason: str) -> Iterator[list[str]]:
+        """One step of the report's timeline: yields the evidence list to fill; failed on an exception."""
+        t0 = time.time()
+        entry: dict[str, Any] = {"id": sid, "kind": kind, "title": title, "reason": reason,
+                                 "start": t0 - self.started, "evidence": []}
+        self.steps.append(entry)
+        try:
+            yield entry["evidence"]
+        except BaseException as e:
+            entry.update(end=time.time() - self.started, outcome="failed",
+                         evidence=[*entry["evidence"], getattr(e, "message", None) or str(e) or type(e).__name__])
+            raise
+        entry.update(end=time.time() - self.started, outcome="done")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "direction": self.direction, "bytes": self.bytes}

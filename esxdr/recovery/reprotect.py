@@ -16,8 +16,9 @@ from esxdr.lock import GroupLock
 from esxdr.model.manifest import Naa
 from esxdr.plan import runbook as rb
 from esxdr.plan.replication import common_snapshot
+from esxdr.recovery import report
 from esxdr.recovery.failover import need_send_only_dr, unpresent_production
-from esxdr.recovery.record import state_path
+from esxdr.recovery.record import ReprotectRecord, state_path
 from esxdr.recovery.runner import Say, retry
 from esxdr.recovery.sources import resolve_manifest
 from esxdr.replication import Engine, Options, sides
@@ -133,6 +134,25 @@ class Reprotect:
         if not yes:
             raise UsageError("reprotect rolls production back and discards what is listed:\n" + p.render(),
                              hint=f"confirm with: esxdr reprotect {self.g.name} --yes")
+        # Its report (RPO of the replication point, the steps' timeline) is written whatever happens.
+        rec = ReprotectRecord(kind="reprotect", group=self.g.name, site=self.site.name, started=started,
+                              direction=f"{self.g.destination} → {self.g.source}", notes=list(p.notes))
+        try:
+            out = self._reprotect(p, rec)
+            rec.outcome = "ok"
+        except BaseException as e:
+            rec.outcome, rec.error = "failed", getattr(e, "message", None) or str(e) or type(e).__name__
+            raise
+        finally:
+            rec.finished = time.time()
+            try:
+                rec.report_json, rec.report_html = report.write(self.site.state_dir, rec.to_dict(), site=self.site)
+            except OSError as e:  # a report that cannot be written must not hide the run's own outcome
+                self.say(f"report not written: {e}")
+        return {**out, "report": rec.report_html}
+
+    def _reprotect(self, p: ReprotectPlan, rec: ReprotectRecord) -> dict[str, Any]:
+        started = rec.started
         with GroupLock(self.site.state_dir, f"{self.g.name}.failover"):
             marker = failover_marker(self.site.state_dir, self.g.name)
             if self.pull and not marker.exists():
@@ -141,35 +161,61 @@ class Reprotect:
                 # would find it diverged. The marker stops those runs until failback brings it home.
                 write_json(marker, {"group": self.g.name, "since": time.time(), "by": "reprotect"})
                 self.say(f"{self.g.source}: its snapshots stop until failback (marker {marker})")
-            self._stop_production_target()
+            with rec.step("unpresent-production", "unpresent-production", f"take {self.g.source}'s stale LUNs off",
+                          "a production back from the dead may serve its stale LUNs again") as ev:
+                ev += self._stop_production_target()
             prod, _dr = self._sides()
             try:
                 for r in p.rollbacks:
                     ds = r["dataset"]
-                    if prod.zfs.is_mounted(ds):
-                        retry(lambda ds=ds: prod.zfs.unmount(ds, force=True))
-                    retry(lambda ds=ds, r=r: prod.zfs.rollback(f"{ds}@{r['common']}", destroy_newer=True))
-                    # A replica now: never written, never mounted (as on DR before the failover).
-                    prod.zfs.set_props(ds, {"readonly": "on", "canmount": "noauto"})
-                    self.say(f"{ds}: rolled back to @{r['common']}" + (
-                        f", discarded {', '.join('@' + n for n in r['discards'])}" if r["discards"] else ""))
+                    with rec.step(f"rollback:{ds}", "rollback", f"roll {ds} back to @{r['common']}",
+                                  "the newest snapshot it shares with DR; production becomes DR's replica") as ev:
+                        if prod.zfs.is_mounted(ds):
+                            retry(lambda ds=ds: prod.zfs.unmount(ds, force=True))
+                        retry(lambda ds=ds, r=r: prod.zfs.rollback(f"{ds}@{r['common']}", destroy_newer=True))
+                        # A replica now: never written, never mounted (as on DR before the failover).
+                        prod.zfs.set_props(ds, {"readonly": "on", "canmount": "noauto"})
+                        line = f"{ds}: rolled back to @{r['common']}" + (
+                            f", discarded {', '.join('@' + n for n in r['discards'])}" if r["discards"] else "")
+                        ev.append(line)
+                        self.say(line)
             finally:
                 prod.transport.close()
                 _dr.transport.close()
 
             rev = rb.reversed_group(self.g)
-            res = Engine(self.site.with_group(rev), rev.name,
-                         Options(take_snapshot=True, prune=False, progress=False, say=self.say,
-                                 failed_over=True, pull=self.pull)).run()
+            with rec.step("replicate", "replicate", f"replicate {rec.direction}",
+                          "production's copy catches up with DR's writes") as ev:
+                res = Engine(self.site.with_group(rev), rev.name,
+                             Options(take_snapshot=True, prune=False, progress=False, say=self.say,
+                                     failed_over=True, pull=self.pull)).run()
+                rec.snapshot, rec.bytes, rec.consistency = res.snapshot, res.bytes, (res.consistency or {}).get("level")
+                rec.snapshot_created = self._created(res.snapshot)
+                ev.append(f"@{res.snapshot}: {len(res.datasets)} dataset(s), {res.bytes} bytes in {res.seconds:.1f}s")
         out = {"group": self.g.name, "plan": p.to_dict(), "snapshot": res.snapshot, "bytes": res.bytes,
                "seconds": round(time.time() - started, 1), "direction": f"{self.g.destination} → {self.g.source}"}
         write_json(state_path(self.site.state_dir, self.g.name, "reprotect"), {**out, "finished": time.time()})
         return out
 
-    def _stop_production_target(self) -> None:
+    def _stop_production_target(self) -> list[str]:
         """A production back from the dead may serve its stale LUNs again: take them off first."""
-        for line in unpresent_production(self.site, self.g, _group_naas(self.site, self.g)):
-            self.say(f"{self.g.source}: {line}")
+        lines = [f"{self.g.source}: {line}" for line in unpresent_production(self.site, self.g,
+                                                                              _group_naas(self.site, self.g))]
+        for line in lines:
+            self.say(line)
+        return lines
+
+    def _created(self, snapshot: str | None) -> float | None:
+        """When the replication point was taken, as production (its replica now) holds it: the RPO's start."""
+        if not snapshot:
+            return None
+        prod = sides.open_side(self.site, self.g.source)
+        try:
+            obs = prod.zfs.observe([self.g.datasets[0]]).get(self.g.datasets[0])
+        finally:
+            prod.transport.close()
+        snap = obs.snapshot(snapshot) if obs else None
+        return snap.creation if snap else None
 
 
 def _group_naas(site: Site, g: ProtectionGroup) -> set[str]:
@@ -186,4 +232,4 @@ def reprotect_summary(out: dict[str, Any]) -> str:
         return ReprotectPlan(out["plan"]["group"], out["plan"]["rollbacks"], out["plan"]["notes"]).render()
     return (f"{out['group']}: reprotected — production rolled back, replicated {out['direction']} to "
             f"@{out['snapshot']} ({out['bytes']} bytes in {out['seconds']}s); next: esxdr failback "
-            f"{out['group']} --planned")
+            f"{out['group']} --planned" + (f" — report: {out['report']}" if out.get("report") else ""))

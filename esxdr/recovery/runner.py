@@ -276,7 +276,7 @@ class Runner:
             return  # nothing happened: no evidence to keep
 
         try:
-            rec.report_json, rec.report_html = report.write(self.site.state_dir, rec.to_dict())
+            rec.report_json, rec.report_html = report.write(self.site.state_dir, rec.to_dict(), site=self.site)
         except OSError as e:  # a report that cannot be written must not hide the run's own outcome
             rec.notes.append(f"report not written: {e}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,12 +114,28 @@ def prometheus_text(rows: list[dict], now: float) -> str:
     out += ["# HELP esxdr_last_run_bytes Bytes sent by the last replication run.",
             "# TYPE esxdr_last_run_bytes gauge"]
     out += [f'esxdr_last_run_bytes{{group="{r["group"]}"}} {r["last_run"]["bytes"] or 0}' for r in rows]
+    out += ["# HELP esxdr_last_run_seconds How long the last replication run took (NaN: none recorded).",
+            "# TYPE esxdr_last_run_seconds gauge"]
+    out += [f'esxdr_last_run_seconds{{group="{r["group"]}"}} '
+            f'{r["last_run"]["seconds"] if r["last_run"].get("seconds") is not None else "NaN"}' for r in rows]
+    # A run that fails records nothing: a finish time that stops moving is how failed runs show.
+    out += ["# HELP esxdr_last_run_timestamp_seconds When the last successful replication run finished "
+            "(0: none recorded).", "# TYPE esxdr_last_run_timestamp_seconds gauge"]
+    out += [f'esxdr_last_run_timestamp_seconds{{group="{r["group"]}"}} {_epoch(r["last_run"].get("finished")):.0f}'
+            for r in rows]
     out += ["# HELP esxdr_dr_snapshots_due DR snapshots the destination retention rules would prune now.",
             "# TYPE esxdr_dr_snapshots_due gauge"]
     out += [f'esxdr_dr_snapshots_due{{group="{r["group"]}"}} {r["dr_retention"]["due"]}' for r in rows]
     out += ["# HELP esxdr_status_timestamp_seconds When this file was written.",
             "# TYPE esxdr_status_timestamp_seconds gauge", f"esxdr_status_timestamp_seconds {now:.0f}"]
     return "\n".join(out) + "\n"
+
+
+def _epoch(iso: str | None) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp() if iso else 0.0
+    except ValueError:
+        return 0.0
 
 
 def change_rate(snapshots, has_written: bool) -> tuple[float, str]:

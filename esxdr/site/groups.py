@@ -27,7 +27,7 @@ from esxdr.site.nodes import Mark, Reader, Section, did_you_mean, join, mark_of
 
 GROUP_KEYS = ("source", "destination", "source_root", "dr_root", "datasets", "incremental", "retention",
               "schedule", "rpo", "parallel", "compression", "bandwidth_limit", "mbuffer", "consistency",
-              "vsphere_production", "vsphere_dr", "vms", "callouts", "bookmarks")
+              "vsphere_production", "vsphere_dr", "vms", "callouts", "bookmarks", "drill_max_age")
 CALLOUT_KEYS = ("pre", "post", "runs", "timeout")
 LUN_KEYS = ("name", "naa", "datastore", "vmfs_uuid")
 RETENTION_KEYS = ("source", "destination", "prune_foreign")
@@ -100,7 +100,8 @@ class GroupReader:
             compression=compression or "auto", bandwidth_limit=bandwidth or None,  # type: ignore[arg-type]
             mbuffer=mbuffer or "auto", consistency=consistency or "crash",  # type: ignore[arg-type]
             vsphere_production=vsphere_production, vsphere_dr=vsphere_dr, vms=vms, line=where[0], luns=luns,
-            callouts=callouts, bookmarks=bool(g.flag("bookmarks", default=False)))
+            callouts=callouts, bookmarks=bool(g.flag("bookmarks", default=False)),
+            drill_max_age_seconds=drill_max_age_of(g))
 
     def datasets(self, g: Section, root: str | None) -> tuple[tuple[str, ...], dict[str, LunSpec]]:
         r = self.r
@@ -315,6 +316,17 @@ class GroupReader:
                                  os.path.expanduser(prog)) else None)
             argv = (full, *argv[1:])
         return argv
+
+
+def drill_max_age_of(sec: Section) -> int | None:
+    """``drill_max_age`` of the site or of a group: a duration > 0, or None when not set."""
+    age = sec.scalar("drill_max_age", v.parse_duration, what="a duration",
+                     hint="how old the last successful drill may be, e.g. drill_max_age: 90d")
+    if age == 0:
+        sec.r.error(sec.node("drill_max_age") or sec.where, sec.p("drill_max_age"),
+                    "drill_max_age must be longer than 0s", "remove it for no limit")
+        return None
+    return age
 
 
 def _check_vmx_path(text: str) -> str:

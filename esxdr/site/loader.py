@@ -9,6 +9,7 @@ together as one :class:`~esxdr.errors.SiteError`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ from esxdr import plugins  # esxdr's own stacks and any plugin's
 from esxdr.errors import SiteError, UsageError
 from esxdr.site import values as v
 from esxdr.site.checks import CrossChecks
-from esxdr.site.groups import GroupReader
+from esxdr.site.groups import GroupReader, drill_max_age_of
 from esxdr.site.model import (
     Site,
     StorageServer,
@@ -34,7 +35,8 @@ DEFAULT_STATE_DIR = "/var/lib/esxdr"
 ROLES = ("production", "dr")
 ZFS_FLAVOURS = ("auto", "openzfs", "legacy")
 KINDS = ("esxi", "vcenter")
-SITE_KEYS = ("version", "name", "state_dir", "storage", "vsphere", "protection_groups", "dr_network")
+SITE_KEYS = ("version", "name", "state_dir", "storage", "vsphere", "protection_groups", "dr_network",
+             "drill_max_age")
 STORAGE_KEYS = ("role", "local", "address", "port", "user", "key", "host_key", "known_hosts", "zfs",
                 "zfs_command", "serve_prefix", "stream_ciphers", "target", "pulls")
 TARGET_KEYS = ("stack", "portal", "control_port", "iqn_prefix")
@@ -143,11 +145,16 @@ class _SiteBuilder:
         vsphere = self.vsphere(top.node("vsphere"))
         dr_network = NetworkReader(r).dr_network(top.node("dr_network"))
         groups = GroupReader(r).groups(top.node("protection_groups"))
+        drill_max_age = drill_max_age_of(top)
         CrossChecks(r, storage, vsphere, groups, dr_network, self.storage_names, self.vsphere_names).run()
         if r.problems:
             return None
+        # A group without its own drill_max_age takes the site's: resolved once, here.
+        groups = {n: g if g.drill_max_age_seconds is not None else
+                  dataclasses.replace(g, drill_max_age_seconds=drill_max_age) for n, g in groups.items()}
         return Site(path=self.full_path, version=version or 1, name=name or "", state_dir=state_dir,
-                    storage=storage, vsphere=vsphere, protection_groups=groups, dr_network=dr_network)
+                    storage=storage, vsphere=vsphere, protection_groups=groups, dr_network=dr_network,
+                    drill_max_age_seconds=drill_max_age)
 
     # ------------------------------------------------------------------ storage
 

@@ -227,6 +227,9 @@ class ProtectionGroup:
     luns: dict[str, LunSpec] = field(default_factory=dict, hash=False)  # by full source dataset name
     callouts: tuple[Callout, ...] = ()  # pre/post commands per runbook step
     bookmarks: bool = False  # bookmark the newest common snapshot on the source; use it as -i base (OpenZFS)
+    # For audit: the last successful drill may be at most this old (the report index and `esxdr
+    # status` flag it). The group's own `drill_max_age`, else the site's; None: no limit.
+    drill_max_age_seconds: int | None = None
 
     def dr_dataset(self, source_dataset: str) -> str:
         """The DR dataset a source dataset replicates into (source_root prefix → dr_root)."""
@@ -338,6 +341,7 @@ class Site:
     vsphere: dict[str, VsphereEndpoint] = field(hash=False)
     protection_groups: dict[str, ProtectionGroup] = field(hash=False)
     dr_network: dict[str, HostNetwork] = field(hash=False)
+    drill_max_age_seconds: int | None = None  # the site-wide `drill_max_age`, every group's default
 
     def group(self, name: str | None = None) -> ProtectionGroup:
         """A protection group by name, or the only one when none is named; an unknown name is a

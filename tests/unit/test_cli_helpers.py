@@ -40,7 +40,8 @@ def test_on_calendar(cron, tz, cal):
 
 def test_prometheus_text():
     rows = [{"group": "core", "rpo_seconds": 252.0, "rpo_target_seconds": 14400, "ok": True,
-             "last_run": {"bytes": 1024}, "dr_retention": {"pruned_by": "dr", "due": 3, "oldest_due_seconds": 7200}},
+             "last_run": {"bytes": 1024, "seconds": 41.023, "finished": "2027-01-15T08:00:00+00:00"},
+             "dr_retention": {"pruned_by": "dr", "due": 3, "oldest_due_seconds": 7200}},
             {"group": "db", "rpo_seconds": None, "rpo_target_seconds": 3600, "ok": False, "last_run": {"bytes": None},
              "dr_retention": {"pruned_by": "replication", "due": 0, "oldest_due_seconds": None}}]
     text = prometheus_text(rows, 1_800_000_000)
@@ -49,7 +50,10 @@ def test_prometheus_text():
     assert 'esxdr_rpo_ok{group="db"} 0' in text
     assert 'esxdr_last_run_bytes{group="db"} 0' in text
     assert 'esxdr_dr_snapshots_due{group="core"} 3' in text and 'esxdr_dr_snapshots_due{group="db"} 0' in text
-    assert text.count("# TYPE") == 6 and text.endswith("\n")
+    assert 'esxdr_last_run_seconds{group="core"} 41.023' in text and 'esxdr_last_run_seconds{group="db"} NaN' in text
+    assert 'esxdr_last_run_timestamp_seconds{group="core"} 1800000000' in text  # 2027-01-15T08:00:00Z
+    assert 'esxdr_last_run_timestamp_seconds{group="db"} 0' in text  # never: an alert on its age fires
+    assert text.count("# TYPE") == 8 and text.endswith("\n")
 
 
 def snap(i: int, day: float, written=None, used=None, referenced=None) -> Snapshot:

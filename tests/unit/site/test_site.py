@@ -194,6 +194,26 @@ def test_defaults(tmp_path: Path):
     assert g.retention.prune_foreign is False
 
 
+def test_drill_max_age_per_group_or_site_wide(tmp_path: Path):
+    assert load_site(with_key(tmp_path)).group("core").drill_max_age_seconds is None  # no limit by default
+    text = MINIMAL.replace("name: lab\n", "name: lab\ndrill_max_age: 90d\n")
+    text += """  web:
+    source: ss1
+    destination: ss2
+    source_root: sp1/web
+    dr_root: rp1/web
+    datasets: [lun0]
+    retention: "48h 30d"
+    rpo: 4h
+    drill_max_age: 2w
+"""
+    site = load_site(with_key(tmp_path, text))
+    assert site.drill_max_age_seconds == 90 * 86400
+    assert site.group("core").drill_max_age_seconds == 90 * 86400  # the site's
+    assert site.group("web").drill_max_age_seconds == 14 * 86400  # its own wins
+    assert site.to_dict()["protection_groups"]["web"]["drill_max_age_seconds"] == 14 * 86400
+
+
 def test_network_defaults(tmp_path: Path):
     text = MINIMAL + """\
     vsphere_dr: dr-vc
