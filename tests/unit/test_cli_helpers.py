@@ -30,12 +30,44 @@ def test_cron_of_refuses_what_cron_cannot_say():
 
 
 @pytest.mark.parametrize("cron,tz,cal", [
-    ("0 * * * *", "UTC", "*-*-* *:0:00 UTC"),
-    ("*/15 2 * * 1-5", "Europe/Berlin", "Mon..Fri *-*-* 2:0/15:00 Europe/Berlin"),
-    ("30 1 1 */3 *", "UTC", "*-0/3-1 1:30:00 UTC"),
+    ("0 * * * *", "UTC", ["*-*-* *:0:00 UTC"]),
+    ("*/15 2 * * 1-5", "Europe/Berlin", ["Mon..Fri *-*-* 2:0/15:00 Europe/Berlin"]),
+    # day and month steps start at 1 (systemd's 0/3 would be months 3, 6, 9, 12)
+    ("30 1 1 */3 *", "UTC", ["*-1/3-1 1:30:00 UTC"]),
+    ("0 3 */2 * *", "UTC", ["*-*-1/2 3:0:00 UTC"]),
+    ("0 3 1 jan-mar *", "UTC", ["*-1..3-1 3:0:00 UTC"]),
+    ("0 3 1 JUN,dec *", "UTC", ["*-6,12-1 3:0:00 UTC"]),
+    ("0 0-12/3 10-20/5 * *", "UTC", ["*-*-10..20/5 0..12/3:0:00 UTC"]),
+    ("0 3 5/10 * *", "UTC", ["*-*-5/10 3:0:00 UTC"]),
+    ("0,*/30 3 * * *", "UTC", ["*-*-* 3:0,0/30:00 UTC"]),
+    ("* 3,* * * *", "UTC", ["*-*-* *:*:00 UTC"]),  # "*" in a list is the whole field
+    # weekdays: listed by name in systemd's Monday-first week; 0 and 7 are Sunday
+    ("0 3 * * */2", "UTC", ["Tue,Thu,Sat,Sun *-*-* 3:0:00 UTC"]),
+    ("0 3 * * 0-2", "UTC", ["Mon,Tue,Sun *-*-* 3:0:00 UTC"]),
+    ("0 3 * * 1-5/2", "UTC", ["Mon,Wed,Fri *-*-* 3:0:00 UTC"]),
+    ("0 3 * * 7", "UTC", ["Sun *-*-* 3:0:00 UTC"]),
+    ("0 3 * * SAT,sun", "UTC", ["Sat,Sun *-*-* 3:0:00 UTC"]),
+    ("0 3 * * 1/2", "UTC", ["Mon,Wed,Fri,Sun *-*-* 3:0:00 UTC"]),  # 1, 3, 5, 7
+    ("0 3 * * 5-7", "UTC", ["Fri..Sun *-*-* 3:0:00 UTC"]),
+    ("0 3 * * 0-7", "UTC", ["*-*-* 3:0:00 UTC"]),
+    # day of month and day of week both restricted: cron runs on either, so two values
+    ("0 3 1,15 * 1", "UTC", ["*-*-1,15 3:0:00 UTC", "Mon *-*-* 3:0:00 UTC"]),
+    ("0 3 1-7 jan mon", "Asia/Kolkata", ["*-1-1..7 3:0:00 Asia/Kolkata", "Mon *-1-* 3:0:00 Asia/Kolkata"]),
+    # one field starting with "*" (even "*/2"): cron requires both, as one value does
+    ("0 3 */2 * 1", "UTC", ["Mon *-*-1/2 3:0:00 UTC"]),
+    ("0 3 1 * */2", "UTC", ["Tue,Thu,Sat,Sun *-*-1 3:0:00 UTC"]),
 ])
 def test_on_calendar(cron, tz, cal):
     assert on_calendar(cron, tz) == cal
+
+
+def test_on_calendar_refuses_what_is_not_cron():
+    with pytest.raises(UsageError):
+        on_calendar("0 3 * *", "UTC")
+    with pytest.raises(UsageError):
+        on_calendar("0 3 * * xyz", "UTC")
+    with pytest.raises(UsageError):
+        on_calendar("0 3 * * sat-sun", "UTC")  # backwards, as the site file's check says
 
 
 def test_prometheus_text():

@@ -4,15 +4,18 @@ forms a site file may hold."""
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import shutil
 import subprocess
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from esxdr.cli.main import run
-from esxdr.plan.schedule import SIDES
+from esxdr.plan.schedule import SIDES, on_calendar
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 
@@ -96,13 +99,81 @@ def test_a_unit_run_by_an_esxdr_binary_in_a_percent_directory_verifies(tmp_path)
     verify(tmp_path / "units")
 
 
-@pytest.mark.xfail(strict=True, reason="plan/schedule.py on_calendar() starts day and month steps at 0 and "
-                   "writes month names, weekday steps and Sunday-first weekday ranges as cron has them: systemd "
-                   "reads none of these (reported)")
-@pytest.mark.parametrize("cron", ["0 3 */2 * *", "0 3 1 */3 *", "0 3 1 jan-mar *", "0 3 * * */2", "0 3 * * 0-2",
-                                  "0 3 * * 1-5/2"])
-def test_cron_forms_systemd_cannot_read_yet(tmp_path, capsys, cron):
+# cron forms systemd reads differently: day and month steps from 1, month names, weekday steps and
+# names, ranges through Sunday (0 and 7), and both day fields restricted (cron: either one)
+CRON_FORMS = ["0 3 */2 * *", "0 3 1 */3 *", "0 3 1 jan-mar *", "0 3 * * */2", "0 3 * * 0-2", "0 3 * * 1-5/2",
+              "0 3 1,15 * 1", "30 4 1-7 * mon", "0 0 5/10 feb,aug sun-tue", "0 3 * * 1/2", "0 12 13 * 5",
+              "0 3 */2 * 1", "0 3 * * 4-7", "0 3 1-31 * 1"]
+
+
+@pytest.mark.parametrize("cron", CRON_FORMS)
+def test_cron_forms_pass_systemd_analyze_verify(tmp_path, capsys, cron):
     site = _site(tmp_path / "site", {"odd": f'{{cron: "{cron}"}}'})
     assert run(["--site", str(site), "schedule", "render", "--systemd", "--out", str(tmp_path / "units")]) == 0
     capsys.readouterr()
     verify(tmp_path / "units")
+    timer = (tmp_path / "units" / "esxdr-replicate-odd.timer").read_text()
+    restricted = not cron.split()[2].startswith("*") and not cron.split()[4].startswith("*")
+    assert timer.count("OnCalendar=") == (2 if restricted else 1), timer
+
+
+# ---------------------------------------------------------------- what systemd makes of it
+
+
+MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+BASE = datetime(2027, 1, 1, 0, 0, 30)  # UTC; half a minute past, so "next" is the same for both
+RUNS = 25
+
+
+def _cron_values(field: str, lo: int, hi: int, names: list[str] | None = None) -> set[int]:
+    def number(s: str) -> int:
+        return names.index(s.lower()) + lo if names and s.lower() in names else int(s)
+
+    out: set[int] = set()
+    for item in field.split(","):
+        base, _, step = item.partition("/")
+        if base == "*":
+            a, b = lo, hi
+        else:
+            start, dash, end = base.partition("-")
+            a = number(start)
+            b = number(end) if dash else hi if step else a  # "a/n": a to the end (cronie)
+        out.update(range(a, b + 1, int(step or 1)))
+    return out
+
+
+def cron_runs(cron: str, n: int) -> list[datetime]:
+    """The next n times cron runs ``cron`` after BASE, by crontab(5): day of week 0-7 (0 and 7 are
+    Sunday); a day matches both day fields, or either when neither field starts with "*"."""
+    minute, hour, dom, month, dow = cron.split()
+    minutes, hours = sorted(_cron_values(minute, 0, 59)), sorted(_cron_values(hour, 0, 23))
+    doms, months = _cron_values(dom, 1, 31), _cron_values(month, 1, 12, MONTHS)
+    dows = {d % 7 for d in _cron_values(dow, 0, 7, DAYS)}
+    either = not dom.startswith("*") and not dow.startswith("*")
+    out: list[datetime] = []
+    day = BASE.date()
+    while len(out) < n:
+        on_dom, on_dow = day.day in doms, day.isoweekday() % 7 in dows
+        if day.month in months and ((on_dom or on_dow) if either else (on_dom and on_dow)):
+            out += [t for h in hours for m in minutes if (t := datetime(day.year, day.month, day.day, h, m)) > BASE]
+        day += timedelta(days=1)
+    return out[:n]
+
+
+def systemd_runs(calendars: list[str], n: int) -> list[datetime]:
+    """The next n times a timer with these OnCalendar= values elapses after BASE, as systemd computes them."""
+    if not Path(SYSTEMD_ANALYZE).exists():
+        pytest.fail("systemd-analyze is missing: scripts/setup installs Debian's systemd package")
+    r = subprocess.run([SYSTEMD_ANALYZE, "calendar", f"--iterations={n}", f"--base-time={BASE:%Y-%m-%d %H:%M:%S} UTC",
+                        *calendars], capture_output=True, text=True, env={**os.environ, "TZ": "UTC"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    found = re.findall(r"(?:Next elapse|Iter\. #\d+): \w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", r.stdout)
+    assert len(found) == n * len(calendars), r.stdout
+    return sorted({datetime.fromisoformat(t) for t in found})[:n]
+
+
+@pytest.mark.parametrize("cron", CRON_FORMS + [s.split('"')[1] for s in SCHEDULES.values() if "cron" in s])
+def test_systemd_runs_a_timer_when_cron_would(cron):
+    calendars = on_calendar(cron, "UTC")
+    assert systemd_runs(calendars, RUNS) == cron_runs(cron, RUNS), calendars
