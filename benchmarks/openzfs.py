@@ -34,10 +34,8 @@ Tools: syncoid from Debian (sanoid), bzfs and zfs-autobackup from PyPI (pip inst
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -48,6 +46,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _record import esxdr_version, header, lane_accel, machine  # noqa: E402, F401
+from _record import first_line as _sh  # noqa: E402
 
 from esxdr.lab.openzfs import NOT_RUNNING, Lane, keygen, site_storage  # noqa: E402
 
@@ -59,43 +61,11 @@ STEPS = (("full", 0), ("incremental", 1), ("noop", 2))
 
 
 # --------------------------------------------------------------------------- the record's header
-def _sh(argv: list[str], env: dict | None = None) -> str:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})})
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return (r.stdout.strip() or r.stderr.strip()).splitlines()[0] if (r.stdout.strip() or r.stderr.strip()) else ""
-
-
-def machine() -> str:
-    """hostname, cores, CPU model, RAM (what the figures were measured on)."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or "?")
-    kib = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal:")), 0)
-    return f"{platform.node()}, {os.cpu_count()} cores, {cpu}, {kib / 1024 / 1024:.1f} GiB RAM"
-
-
-def esxdr_version() -> str:
-    commit = _sh(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"]) or "unknown commit"
-    dirty = _sh(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
-    return f"esxdr {commit}" + (" + uncommitted changes" if dirty else "")
-
-
-def header(title: str, versions: list[str]) -> str:
-    return (f"## {title}\n\n"
-            f"Command: `{shlex.join(sys.orig_argv)}`  \n"
-            f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  \n"
-            f"Machine: {machine()}  \n"
-            f"Versions: {', '.join([esxdr_version(), *versions])}")
-
-
 def versions(lane: Lane, tools: str, tools_env: dict) -> list[str]:
-    kvm = "KVM" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "TCG, no KVM"
-    return [f"guest {lane.zfs_version()} ({kvm})", _sh(["qemu-system-x86_64", "--version"]) or "qemu ?",
+    return [f"guest {lane.zfs_version()} ({lane_accel()})", _sh(["qemu-system-x86_64", "--version"]) or "qemu ?",
             _sh(["ssh", "-V"]) or "ssh ?", f"syncoid {_sh(['syncoid', '--version']) or '?'}",
             f"zfs-autobackup {_sh([f'{tools}/bin/zfs-autobackup', '--version'], tools_env) or '?'}",
-            f"bzfs {_sh([f'{tools}/bin/bzfs', '--version'], tools_env) or '?'}", f"Python {platform.python_version()}"]
+            f"bzfs {_sh([f'{tools}/bin/bzfs', '--version'], tools_env) or '?'}"]
 
 
 # --------------------------------------------------------------------------- running and checking

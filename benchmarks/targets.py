@@ -24,11 +24,8 @@ Prints the table; --append also appends it to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -43,6 +40,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _record import esxdr_version, header, lane_accel, machine  # noqa: E402, F401
+from _record import first_line as _sh  # noqa: E402
 
 from esxdr import vmfs  # noqa: E402
 from esxdr.lab import tgtd as labtgtd  # noqa: E402
@@ -57,38 +58,8 @@ INITIATOR = "iqn.1998-01.com.vmware:esxi-dr"
 
 
 # --------------------------------------------------------------------------- the record's header
-def _sh(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def machine() -> str:
-    """hostname, cores, CPU model, RAM (what the figures were measured on)."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or "?")
-    kib = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal:")), 0)
-    return f"{platform.node()}, {os.cpu_count()} cores, {cpu}, {kib / 1024 / 1024:.1f} GiB RAM"
-
-
-def esxdr_version() -> str:
-    commit = _sh(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"]) or "unknown commit"
-    dirty = _sh(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
-    return f"esxdr {commit}" + (" + uncommitted changes" if dirty else "")
-
-
 def deb_version(package: str) -> str:
     return _sh(["dpkg-query", "-W", "-f", "${Version}", package]) or "not installed"
-
-
-def header(title: str, versions: list[str]) -> str:
-    return (f"## {title}\n\n"
-            f"Command: `{shlex.join(sys.orig_argv)}`  \n"
-            f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  \n"
-            f"Machine: {machine()}  \n"
-            f"Versions: {', '.join([esxdr_version(), *versions])}")
 
 
 # --------------------------------------------------------------------------- counting commands
@@ -354,7 +325,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[list[Phase], dict[str, An
 
 # --------------------------------------------------------------------------- the table
 def render(args: argparse.Namespace, phases: list[Phase], extra: dict[str, Any]) -> str:
-    versions = [f"Python {platform.python_version()}", f"tgt {deb_version('tgt')}",
+    versions = [f"tgt {deb_version('tgt')}",
                 f"libiscsi-bin {deb_version('libiscsi-bin')}"]
     lines = [header(f"targets: export + import + verify, {args.luns} LUNs on {args.targets} tgt targets "
                     "(benchmarks/targets.py)", versions), "",

@@ -30,12 +30,8 @@ Prints the table; --append also appends it to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +42,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from _record import esxdr_version, header, lane_accel, machine  # noqa: E402, F401
+from _record import first_line as _sh  # noqa: E402
 from vsphere_fixtures import start_lab  # noqa: E402
 
 from esxdr.lab import esxsim  # noqa: E402
@@ -56,38 +55,8 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
 # --------------------------------------------------------------------------- the record's header
-def _sh(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def machine() -> str:
-    """hostname, cores, CPU model, RAM (what the figures were measured on)."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or "?")
-    kib = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal:")), 0)
-    return f"{platform.node()}, {os.cpu_count()} cores, {cpu}, {kib / 1024 / 1024:.1f} GiB RAM"
-
-
-def esxdr_version() -> str:
-    commit = _sh(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"]) or "unknown commit"
-    dirty = _sh(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
-    return f"esxdr {commit}" + (" + uncommitted changes" if dirty else "")
-
-
 def deb_version(package: str) -> str:
     return _sh(["dpkg-query", "-W", "-f", "${Version}", package]) or "not installed"
-
-
-def header(title: str, versions: list[str]) -> str:
-    return (f"## {title}\n\n"
-            f"Command: `{shlex.join(sys.orig_argv)}`  \n"
-            f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  \n"
-            f"Machine: {machine()}  \n"
-            f"Versions: {', '.join([esxdr_version(), *versions])}")
 
 
 # --------------------------------------------------------------------------- one measured run
@@ -483,7 +452,7 @@ def target_cell(row: Row) -> str:
 def render(rows: list[Row], luns: int) -> str:
     import importlib.metadata
 
-    versions = [f"Python {platform.python_version()}", f"pyVmomi {importlib.metadata.version('pyvmomi')}",
+    versions = [f"pyVmomi {importlib.metadata.version('pyvmomi')}",
                 f"esxsim on govmomi {deb_version('golang-github-vmware-govmomi-dev')}",
                 f"tgt {deb_version('tgt')}"]
     lines = [header("vSphere adapter: SOAP requests, esxdr vs a naive pyVmomi loop (benchmarks/vsphere.py)",
