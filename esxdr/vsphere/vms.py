@@ -258,6 +258,7 @@ def boot(session: Session, vms: list[Any], states: dict[str, tuple[str, str | No
         raise ValueError(f"unknown answer {uuid_answer!r}: one of {', '.join(UUID_LABELS)}")
     answered: dict[str, str] = {}
     answered_ids: set[tuple[str, str]] = set()  # (moid, question id): each question is answered once
+    wave_start: list[float | None] = [None]  # when a guest of the batch was first seen green (heartbeat_gather)
     tasks = []
     for vm in vms:
         power, qid = states.get(vm._moId, ("poweredOff", None))
@@ -299,7 +300,11 @@ def boot(session: Session, vms: list[Any], states: dict[str, tuple[str, str | No
             waiting_guests = tasks_done(state) and not any(
                 (q := read_question(state.get(m, {}).get("runtime.question"))) is not None
                 and (m, q.id) not in answered_ids for m in by_id)
-            time.sleep(settle * 2 if waiting_guests else settle)
+            green = sum(1 for m in by_id if str(state.get(m, {}).get("guestHeartbeatStatus")) == "green")
+            if green and wave_start[0] is None:
+                wave_start[0] = time.monotonic()
+            wave_s = time.monotonic() - wave_start[0] if wave_start[0] is not None else 0.0
+            time.sleep(heartbeat_gather(settle, len(by_id) - green, green, wave_s) if waiting_guests else settle)
 
     # Per type (a real host refuses a filter asking a Task for runtime.question): one filter.
     paths: dict[Any, list[str]] = {type(t): TASK_PATHS for t in tasks}
@@ -307,6 +312,30 @@ def boot(session: Session, vms: list[Any], states: dict[str, tuple[str, str | No
     watch(session, list(tasks) + list(vms), paths, done, timeout=timeout,
           what=f"power-on and guest heartbeats of {len(vms)} VM(s)" if heartbeats else what, on_change=on_change)
     return answered
+
+
+HEARTBEAT_GATHER_MAX = 10  # x settle: 2 s with the default 0.2 s
+
+
+def heartbeat_gather(settle: float, pending: int, green: int, wave_s: float) -> float:
+    """How long a batch lets guest heartbeats gather before its next WaitForUpdatesEx, once nothing
+    but heartbeats is awaited: ``pending`` guests not green yet, ``green`` green, the first of them
+    seen ``wave_s`` seconds ago.
+
+    Heartbeats of a batch arrive as a wave: on a real host 45 to 120 s after each power-on, spread
+    by how long each guest takes to boot. Woken every ``2 x settle`` through a wave of 67 guests
+    spread over 10 s, a batch spent about 25 WaitForUpdatesEx (benchmarks/failover.py, 200 VMs);
+    over a minute it would be about one per guest. Only the last heartbeat's delay counts (it ends
+    the step and the RTO), so the gather is a quarter of the time the wave still needs at the rate
+    seen so far, between ``2 x settle`` and ``HEARTBEAT_GATHER_MAX x settle``: long in the middle
+    of a long wave, short near its end, and short for a burst (no rate seen yet) or a small batch."""
+    if settle <= 0:
+        return 0.0
+    short, longest = settle * 2, settle * HEARTBEAT_GATHER_MAX
+    if green <= 0 or wave_s <= 0 or pending <= 0:
+        return short
+    still = pending * wave_s / green  # seconds the wave needs yet at the rate seen so far
+    return min(longest, max(short, still / 4))
 
 
 def vm_states(session: Session, vms: list[Any]) -> dict[str, tuple[str, str | None]]:
