@@ -127,11 +127,27 @@ def new_lab(tag: str, pool_size: int) -> Lab:
 
 
 def end_lab(lab: Lab) -> None:
+    """Lab down, then make sure its pools are gone: when the shared zfs-fuse daemon was restarted
+    under the run (another lab's check found it hung), `down` may find them not yet re-imported
+    and leave them; their vdev files are only removed once they are destroyed."""
     d = lab.cfg.dir
     try:
         lab.down()
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    except Exception as e:  # noqa: BLE001 - the pools below are still ours to remove
+        print(f"lab down: {e}", file=sys.stderr)
+    for pool in (lab.cfg.dr_pool, lab.cfg.prod_pool):
+        try:
+            for _ in range(12):
+                if subprocess.run(["zpool", "list", "-H", "-o", "name", pool], capture_output=True,
+                                  timeout=120).returncode != 0:
+                    break
+                subprocess.run(["zpool", "destroy", "-f", pool], capture_output=True, timeout=120)
+                time.sleep(5)
+            else:
+                raise subprocess.SubprocessError("still busy after a minute")
+        except subprocess.SubprocessError as e:
+            print(f"lab down: pool {pool} is left ({e}); remove it with zpool destroy -f {pool}", file=sys.stderr)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 class Bench:
