@@ -127,9 +127,10 @@ def new_lab(tag: str, pool_size: int) -> Lab:
 
 
 def end_lab(lab: Lab) -> None:
-    """Lab down, then make sure its pools are gone: when the shared zfs-fuse daemon was restarted
-    under the run (another lab's check found it hung), `down` may find them not yet re-imported
-    and leave them; their vdev files are only removed once they are destroyed."""
+    """Lab down, then destroy whichever of its pools zfs-fuse still lists: `down` skips a pool when
+    the daemon did not answer at that moment or its own destroy gave up, and a pool left behind
+    keeps its vdev files. A daemon that still does not answer here leaves them too (said on
+    stderr); the retry loop is a slower twin of esxdr.lab._destroy_pool's."""
     d = lab.cfg.dir
     try:
         lab.down()
