@@ -1,5 +1,6 @@
 """What benchmarks/replicate.py and benchmarks/scale.py share: the lab, a root sshd for the
-baselines, the verification of every peer's replica, and the record's header.
+baselines, the verification of every peer's replica, and the peers' versions for the record's
+header (the header itself is _record's, as every benchmark's is).
 
 Verification reads what each peer left on DR with this machine's own zfs (not through the peer):
 the snapshot list by name and guid, and the sha256 of a file at a snapshot, read through a clone
@@ -11,27 +12,27 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
-import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import append, first_line, table  # noqa: E402, F401 - table and append: for the scripts
+from _record import header as record_header  # noqa: E402
 
 from esxdr.lab import Lab, LabConfig  # noqa: E402
 from esxdr.lab.sshd import keygen  # noqa: E402
 from esxdr.lab.tgtd import _port_open, free_port  # noqa: E402
 
 ESXDR = str(ROOT / ".venv" / "bin" / "esxdr")
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
 class Failed(Exception):
@@ -345,55 +346,18 @@ def peak_rss_of(cmd: list[str]) -> tuple[int, float, subprocess.CompletedProcess
 
 
 # --------------------------------------------------------------------------- the record
-def _first_line(argv: list[str]) -> str:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    text = (r.stdout.strip() or r.stderr.strip())
-    return text.splitlines()[0] if text else ""
-
-
-def machine() -> str:
-    """hostname, cores, CPU model, RAM (what the figures were measured on)."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or "?")
-    kib = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal:")), 0)
-    return f"{platform.node()}, {os.cpu_count()} cores, {cpu}, {kib / 1024 / 1024:.1f} GiB RAM"
-
-
-def versions(syncoid: bool = True) -> str:
-    commit = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"]) or "unknown commit"
-    dirty = _first_line(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
-    out = [f"esxdr {commit}" + (" + uncommitted changes" if dirty else ""),
-           "zfs-fuse " + (_first_line(["dpkg-query", "-W", "-f", "${Version}", "zfs-fuse"]) or "?") + " (pool v23)",
-           _first_line(["ssh", "-V"]) or "ssh ?"]
+def tool_versions(syncoid: bool = True) -> list[str]:
+    """The peers these benchmarks run beside esxdr (the record's header adds esxdr and Python)."""
+    out = ["zfs-fuse " + (first_line(["dpkg-query", "-W", "-f", "${Version}", "zfs-fuse"]) or "?") + " (pool v23)",
+           first_line(["ssh", "-V"]) or "ssh ?"]
     if syncoid:
-        out.append(_first_line(["syncoid", "--version"]).replace("/usr/sbin/", "") or "syncoid ?")
-    out.append(f"Python {platform.python_version()}")
-    return ", ".join(out)
+        out.append(first_line(["syncoid", "--version"]).replace("/usr/sbin/", "") or "syncoid ?")
+    return out
 
 
 def header(title: str, syncoid: bool = True) -> str:
-    return (f"## {title}\n\n"
-            f"Command: `{shlex.join(sys.orig_argv)}`  \n"
-            f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  \n"
-            f"Machine: {machine()}  \n"
-            f"Versions: {versions(syncoid)}\n")
-
-
-def table(head: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
-    head = list(head)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return record_header(title, tool_versions(syncoid))
 
 
 def target(ok: bool, what: str, reason: str) -> str:
     return f"{what}: met" if ok else f"{what}: MISSED ({reason})"
-
-
-def append_results(text: str) -> None:
-    with RESULTS.open("a", encoding="utf-8") as f:
-        f.write("\n" + text.rstrip("\n") + "\n")

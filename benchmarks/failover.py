@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _failover_lab import VC_NAME, FailoverLab, LabFailed  # noqa: E402
 from _failover_measure import FailoverRun, run_failover  # noqa: E402
 from _failover_naive import NaiveResult, naive_loop, problems, read_back, reset_vms  # noqa: E402
+from _record import esxdr_version, first_line, machine  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SOAP_PER_VM_TARGET = 2.5
@@ -55,31 +54,13 @@ STEP_ORDER = ["guard", "stop-replication", "promote", "present", "rescan", "veri
 
 
 # --------------------------------------------------------------------------- the record's header
-def _sh(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor() or "?")
-    kib = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal:")), 0)
-    return f"{platform.node()}, {os.cpu_count()} cores, {cpu}, {kib / 1024 / 1024:.1f} GiB RAM"
-
-
 def versions() -> str:
-    commit = _sh(["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"]) or "unknown commit"
-    dirty = _sh(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
     from importlib.metadata import version
 
-    debs = {p: _sh(["dpkg-query", "-W", "-f", "${Version}", p]) or "not installed"
+    debs = {p: first_line(["dpkg-query", "-W", "-f", "${Version}", p]) or "not installed"
             for p in ("zfs-fuse", "tgt", "golang-github-vmware-govmomi-dev")}
-    return (f"esxdr {commit}{' + uncommitted changes' if dirty else ''}, pyVmomi {version('pyvmomi')}, "
-            f"zfs-fuse {debs['zfs-fuse']}, tgt {debs['tgt']}, esxsim on govmomi "
-            f"{debs['golang-github-vmware-govmomi-dev']}")
+    return (f"{esxdr_version()}, pyVmomi {version('pyvmomi')}, zfs-fuse {debs['zfs-fuse']}, tgt {debs['tgt']}, "
+            f"esxsim on govmomi {debs['golang-github-vmware-govmomi-dev']}")
 
 
 # --------------------------------------------------------------------------- one size of the curve

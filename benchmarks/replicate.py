@@ -39,7 +39,7 @@ from _bench_common import (
     SYNCOID_FIX,
     Bench,
     Failed,
-    append_results,
+    append,
     cause,
     compile_esxdr,
     end_lab,
@@ -281,7 +281,7 @@ def main() -> int:
                       f"\nRuntime: {time.monotonic() - started:.0f} s.\n"])
     print(text)
     if args.append:
-        append_results(text)
+        append(text)
     return 1 if any(v.startswith("failed") for _, v, _ in rows) else 0
 
 

@@ -56,7 +56,7 @@ from _bench_common import (
     SYNCOID_FIX,
     Bench,
     Failed,
-    append_results,
+    append,
     cause,
     compile_esxdr,
     end_lab,
@@ -491,7 +491,7 @@ def main() -> int:
         f"{args.verify_sample or 'all'} datasets a run. " + " ".join(dict.fromkeys(notes)), ""])
     print(text)
     if args.append:
-        append_results(text)
+        append(text)
     return 1 if any(v.startswith("failed") for _, _, v, _ in rows) else 0
 
 
