@@ -46,6 +46,8 @@ def test_a_hung_daemon_is_restarted_with_its_pools_and_mounts(group_factory):
 
     assert zfsfuse.daemon_pid() not in (None, pid)
     assert zfsfuse.state() == "up"
+    # the restarted daemon took the lab's ARC ceiling, whatever /etc/zfs/zfsrc says
+    assert int((zfsfuse.ARCSTATS / "c_max").read_text()) == zfsfuse.arc_max_mib() << 20
     assert pools <= set(zfsfuse.pool_names() or [])
     # the source is mounted again with its data; the replica stays unmounted (canmount=noauto)
     assert hashlib.sha256(g.lun_file(ds).read_bytes()).hexdigest() == before
