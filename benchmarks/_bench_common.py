@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import append, first_line, table  # noqa: E402, F401 - table and append: for the scripts
 from _record import header as record_header  # noqa: E402
 
-from esxdr.lab import Lab, LabConfig  # noqa: E402
+from esxdr.lab import Lab, LabConfig, zfsfuse  # noqa: E402
 from esxdr.lab.sshd import keygen  # noqa: E402
 from esxdr.lab.tgtd import _port_open, free_port  # noqa: E402
 
@@ -348,11 +348,20 @@ def peak_rss_of(cmd: list[str]) -> tuple[int, float, subprocess.CompletedProcess
 # --------------------------------------------------------------------------- the record
 def tool_versions(syncoid: bool = True) -> list[str]:
     """The peers these benchmarks run beside esxdr (the record's header adds esxdr and Python)."""
-    out = ["zfs-fuse " + (first_line(["dpkg-query", "-W", "-f", "${Version}", "zfs-fuse"]) or "?") + " (pool v23)",
-           first_line(["ssh", "-V"]) or "ssh ?"]
+    out = ["zfs-fuse " + (first_line(["dpkg-query", "-W", "-f", "${Version}", "zfs-fuse"]) or "?")
+           + f" (pool v23, ARC ceiling {arc_ceiling()})", first_line(["ssh", "-V"]) or "ssh ?"]
     if syncoid:
         out.append(first_line(["syncoid", "--version"]).replace("/usr/sbin/", "") or "syncoid ?")
     return out
+
+
+def arc_ceiling() -> str:
+    """The running daemon's ARC ceiling: at 100 MiB it hangs at a few hundred filesystems (see
+    esxdr.lab.zfsfuse.arc_max_mib), so it belongs with the figures."""
+    try:
+        return f"{int((zfsfuse.ARCSTATS / 'c_max').read_text()) >> 20} MiB"
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def header(title: str, syncoid: bool = True) -> str:
