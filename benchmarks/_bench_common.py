@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _record import append, first_line, table  # noqa: E402, F401 - table and append: for the scripts
+from _record import first_line  # noqa: E402
 from _record import header as record_header  # noqa: E402
 
 from esxdr.lab import Lab, LabConfig, zfsfuse  # noqa: E402

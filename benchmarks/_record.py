@@ -15,6 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(ROOT))
+from esxdr.util import mem_total_kib  # noqa: E402
 
 
 def first_line(argv: list[str], env: dict | None = None) -> str:
@@ -31,8 +33,7 @@ def machine() -> str:
     """hostname, cores, CPU model, RAM (what the figures were measured on)."""
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor() or "?")
-    kib = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal:")), 0)
+    kib = mem_total_kib()
     return f"{platform.node()}, {os.cpu_count()} cores, {cpu}, {kib / 1024 / 1024:.1f} GiB RAM"
 
 

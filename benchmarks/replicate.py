@@ -39,7 +39,6 @@ from _bench_common import (
     SYNCOID_FIX,
     Bench,
     Failed,
-    append,
     cause,
     compile_esxdr,
     end_lab,
@@ -47,12 +46,12 @@ from _bench_common import (
     new_lab,
     peak_rss_of,
     sha256_file,
-    table,
     target,
     timed,
     verify_replica,
     write_incompressible,
 )
+from _record import append, table
 
 from esxdr.transport.ssh import stream_cipher_option
 

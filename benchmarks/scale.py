@@ -56,7 +56,6 @@ from _bench_common import (
     SYNCOID_FIX,
     Bench,
     Failed,
-    append,
     cause,
     compile_esxdr,
     end_lab,
@@ -64,10 +63,10 @@ from _bench_common import (
     new_lab,
     sample,
     sha256_file,
-    table,
     target,
     verify_replica,
 )
+from _record import append, table
 
 GROUP = "g"
 BLOCK = 16 << 10

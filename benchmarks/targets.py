@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _record import esxdr_version, header, lane_accel, machine  # noqa: E402, F401
 from _record import first_line as _sh  # noqa: E402
+from _record import header  # noqa: E402
 
 from esxdr import vmfs  # noqa: E402
 from esxdr.lab import tgtd as labtgtd  # noqa: E402

@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from _record import esxdr_version, header, lane_accel, machine  # noqa: E402, F401
 from _record import first_line as _sh  # noqa: E402
+from _record import header  # noqa: E402
 from vsphere_fixtures import start_lab  # noqa: E402
 
 from esxdr.lab import esxsim  # noqa: E402

@@ -41,6 +41,15 @@ def write_json(path: str | os.PathLike[str], data: Any, *, indent: int = 1, mode
     return atomic_write(path, json.dumps(data, indent=indent, default=str), mode=mode, dir_mode=dir_mode)
 
 
+def mem_total_kib(meminfo: str = "/proc/meminfo") -> int:
+    """The machine's RAM in KiB (MemTotal), 0 where the kernel does not say."""
+    try:
+        lines = Path(meminfo).read_text().splitlines()
+    except OSError:
+        return 0
+    return next((int(ln.split()[1]) for ln in lines if ln.startswith("MemTotal:")), 0)
+
+
 def pid_running(pid: int) -> bool:
     """Whether process ``pid`` is alive: reaped if it is our exited child, and a zombie counts as gone."""
     try:

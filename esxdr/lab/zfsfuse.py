@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from esxdr.errors import UsageError
-from esxdr.util import pid_running
+from esxdr.util import mem_total_kib, pid_running
 
 PIDFILE = Path("/var/run/zfs-fuse.pid")
 # Long enough for a loaded two-core machine; a healthy daemon answers `zpool list` in milliseconds.
@@ -37,8 +37,7 @@ def arc_max_mib(mem_kib: int | None = None) -> int:
     through with the ARC at 456 MiB.
     """
     if mem_kib is None:
-        mem_kib = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                        if ln.startswith("MemTotal:")), 0)
+        mem_kib = mem_total_kib()
     return max(100, min(2048, mem_kib // 1024 // 4))
 
 

@@ -18,3 +18,12 @@ def test_the_daemon_is_started_with_it_on_its_command_line():
     argv = zfsfuse.daemon_argv()
     assert argv[:3] == ["zfs-fuse", "--pidfile", str(zfsfuse.PIDFILE)]
     assert argv[argv.index("--max-arc-size") + 1] == str(zfsfuse.arc_max_mib())
+
+
+def test_mem_total_is_read_from_meminfo(tmp_path):
+    from esxdr.util import mem_total_kib
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       25165824 kB\nMemFree:         1024 kB\n")
+    assert mem_total_kib(str(meminfo)) == 25165824
+    assert zfsfuse.arc_max_mib(mem_total_kib(str(meminfo))) == 2048
+    assert mem_total_kib(str(tmp_path / "absent")) == 0
