@@ -185,6 +185,12 @@ def run_tool(lane: Lane, tool: str, args: argparse.Namespace, work: Path, ssh: s
         if r.returncode != 0:
             row["failure"] = f"{label}: {cause(r)}"
             return row
+        if tool == "esxdr":
+            # the zfs commands esxdr ran on each side: what its time pays for beyond the stream
+            try:
+                row[f"{label}_commands"] = json.loads(r.stdout).get("commands", {})
+            except (ValueError, AttributeError):
+                row[f"{label}_commands"] = {}
     replica = {"esxdr": f"{DR}/bench/esx/esxdr", "zfs-autobackup": f"{DR}/bench/zab/{src}"}.get(tool, dst)
     problems, facts = verify(lane, src, replica)
     row.update(facts)
@@ -219,6 +225,17 @@ def render(results: dict[str, dict[str, object]], size: int, inc: int, vers: lis
         lines.append(f"| {tool} | {secs(r, 'full')} | {secs(r, 'incremental')} | {secs(r, 'noop')} | "
                      f"{ratio(r, raw, 'full')} / {ratio(r, raw, 'incremental')} | "
                      f"{ratio(r, esx, 'full')} / {ratio(r, esx, 'incremental')} / {ratio(r, esx, 'noop')} | {check} |")
+    if "failure" not in esx:
+        def cmds(label: str) -> str:
+            c = esx.get(f"{label}_commands") or {}
+            return f"ss1 {c.get('ss1', '?')} / ss2 {c.get('ss2', '?')}"
+        lines += ["", "esxdr's zfs commands per run (production ss1 / DR ss2): "
+                  + "; ".join(f"{label} {cmds(label)}" for label, _ in STEPS)
+                  + ". Beyond the snapshot and the stream, esxdr lists both sides, moves its holds to the new "
+                  "snapshot on both sides and marks the snapshot's consistency level on DR (this site sets no "
+                  "`bookmarks` and presents no targets, so no bookmark and no manifest); bzfs bookmarks (its "
+                  "default --create-bookmarks) but holds nothing; the raw pipe runs only the snapshot and the "
+                  "stream."]
     gz = [r["gzip"] for r in results.values() if isinstance(r.get("gzip"), float)]
     lines += ["", f"Setup: one zvol per tool (volblocksize 16k, pool compression off), {size} MiB written with "
               f"`dd if=/dev/urandom bs=1M` for the full send, then {inc} MiB more for the incremental; "
