@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from esxdr.util import mem_total_kib  # every script puts the checkout first on sys.path before importing this
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-sys.path.insert(0, str(ROOT))
-from esxdr.util import mem_total_kib  # noqa: E402
 
 
 def first_line(argv: list[str], env: dict | None = None) -> str:
